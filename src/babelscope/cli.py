@@ -1,0 +1,158 @@
+"""The ``babelscope`` command line. Every command writes into a run directory and can be re-run to resume.
+
+Bad input ends with one line on stderr (``error: ...``) and exit code 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from babelscope.errors import BabelscopeError
+
+app = typer.Typer(
+    help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
+    "Models: 'gemma-3-270m' (embedded default), a local Hugging Face directory, a .gguf file or a hub id. "
+    "Languages: ISO 639-1/639-3 codes, tags like cmn-Hans or por-BR, or English names (see `babelscope langs`).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
+]
+
+
+def _run_dir(run_dir: Path | None, model: str) -> Path:
+    return run_dir or Path("runs") / Path(model).name.replace(".gguf", "")
+
+
+@model_app.command("info")
+def model_info(spec: Annotated[str, typer.Argument(help="Model spec.")] = "gemma-3-270m",
+               trust_remote_code: bool = typer.Option(False, help="Allow the model's own Python code (off by default).")) -> None:
+    """Load a model and print its info record (kind, parameter count, layers, vocabulary, weights checksum)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from babelscope.models import load_model
+
+    _, _, info = load_model(spec, trust_remote_code=trust_remote_code)
+    table = Table(title=f"model {spec}", show_header=False)
+    for key, value in info.to_dict().items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+
+
+@app.command("langs")
+def langs(corpus: Annotated[str | None, typer.Option(help="List only the languages this corpus has.")] = None) -> None:
+    """List the languages Babelscope knows (code, ISO 639-1, script, family, name)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from babelscope.data import all_languages, open_corpus, resolve_language
+
+    langs_ = [resolve_language(c) for c in open_corpus(corpus).languages()] if corpus else all_languages()
+    table = Table("code", "639-1", "script", "family", "name")
+    for lang in langs_:
+        table.add_row(lang.code, lang.iso639_1 or "", lang.script or "", lang.family or "", lang.name)
+    Console().print(table)
+
+
+@app.command("ppl")
+def ppl(
+    model: ModelOpt = "gemma-3-270m",
+    corpus: Annotated[str, typer.Option(help="udhr-sample (embedded), udhr, pud, a .conllu/.txt/.jsonl path, hf:NAME.")] = "udhr-sample",
+    langs: Annotated[str, typer.Option(help="Comma-separated languages, or 'all' (every language in the corpus).")] = "all",
+    window: Annotated[int, typer.Option(help="Tokens per scoring window; each starts with BOS.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    max_units: Annotated[int | None, typer.Option(help="Score only the first N units (same ids in every language).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Per-language cap in tokens (whole units).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: where it loads).")] = None,
+    run_dir: RunDirOpt = None,
+    step: Annotated[str, typer.Option(help="Step folder name inside the run directory.")] = "ppl",
+) -> None:
+    """Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results files."""
+    from babelscope.evaluate.perplexity import PplConfig, run
+
+    cfg = PplConfig(model=model, corpus=corpus, langs=langs, window=window, batch_size=batch_size,
+                    max_units=max_units, max_tokens=max_tokens, dtype=dtype, device=device)
+    out = _run_dir(run_dir, model)
+    doc = run(cfg, out, step=step)
+    if doc:
+        _print_ppl(doc)
+        typer.echo(f"results: {out / step / 'results.json'}")
+
+
+def _print_ppl(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = doc["tables"]["per_language"]["rows"]
+    table = Table("lang", "name", "script", "units", "tokens", "ppl", "bits/byte", "bits/unit",
+                  title=f"{doc['results']['model']} on {doc['results']['corpus']}")
+    for r in rows:
+        bpu = f"{r['bits_per_unit']:.1f}" if r.get("bits_per_unit") is not None else "-"
+        table.add_row(r["lang"], r["name"][:28], r["script"] or "", str(r["units"]), str(r["tokens"]),
+                      f"{r['ppl']:.2f}", f"{r['bits_per_byte']:.3f}", bpu)
+    Console().print(table)
+
+
+@app.command("report")
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with step results.")]) -> None:
+    """Render RUN_DIR/report.html (figures embedded) from the results files alone."""
+    from babelscope.report import render_report
+
+    typer.echo(f"report: {render_report(run_dir)}")
+
+
+@app.command("run")
+def run_experiment(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML: run_dir, defaults and a list of steps.")],
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Run an experiment's steps into one run directory (resuming finished ones) and render the report."""
+    from babelscope.experiment import run_file
+
+    typer.echo(f"report: {run_file(experiment, run_dir)}")
+
+
+#: Capability packages whose ``cli.py`` holds a Typer ``app`` mounted under the package's CLI name.
+CAPABILITIES = {"regions": "regions", "evaluate": "eval", "syntax": "syntax", "transfer": "transfer"}
+
+
+def _mount_capabilities() -> None:
+    import importlib
+    import importlib.util
+
+    for package, name in CAPABILITIES.items():
+        module = f"babelscope.{package}.cli"
+        if importlib.util.find_spec(f"babelscope.{package}") and importlib.util.find_spec(module):
+            app.add_typer(importlib.import_module(module).app, name=name)
+
+
+_mount_capabilities()
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except BabelscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command with the same --run-dir to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

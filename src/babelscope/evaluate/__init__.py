@@ -1,0 +1,1 @@
+"""Evaluations: per-language perplexity (this package's first capability); benchmarks come later."""

@@ -1,0 +1,170 @@
+"""Per-language perplexity, bits per byte and bits per parallel unit.
+
+For language ``l`` with units ``u`` (UDHR articles, PUD sentences, lines), total NLL in nats
+``N_l = sum_u sum_t -log p(x_t | x_<t)`` over every token, each text scored in disjoint windows of ``window``
+tokens that each start with BOS (so no token is scored twice and none without its BOS):
+
+* token-level perplexity ``PPL_l = exp(N_l / T_l)`` (``T_l`` scored tokens; depends on the tokenizer);
+* bits per byte ``BPB_l = N_l / ln 2 / B_l`` (``B_l`` UTF-8 bytes; comparable across tokenizers, not scripts);
+* bits per parallel unit ``BPU_l = N_l / ln 2 / U_l`` over the same ``U_l`` unit ids in every language: the
+  information the model needs to encode one translation of the same content, comparable across scripts and
+  tokenizers (only on parallel corpora).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+
+KIND = "perplexity"
+
+
+@dataclass
+class PplConfig:
+    model: str = "gemma-3-270m"
+    corpus: str = "udhr-sample"
+    langs: str = "all"
+    window: int = 512
+    batch_size: int = 8
+    max_units: int | None = None  # first N unit ids (common to all languages on a parallel corpus)
+    max_tokens: int | None = None  # per-language cap: whole units while the total stays under it
+    dtype: str = "float32"
+    device: str | None = None
+
+
+def select_units(corpus, languages: Sequence[str], max_units: int | None) -> dict[str, list]:
+    """Units per language; on a parallel corpus only the ids every language has, in the first's order."""
+    units = {lang: corpus.units(lang) for lang in languages}
+    for lang, us in units.items():
+        if not us or not any(u.text.strip() for u in us):
+            raise BabelscopeError(f"corpus {corpus.name!r} has no text for language {lang}; drop it from --langs")
+    if corpus.parallel and len(languages) > 1:
+        common = set.intersection(*({u.id for u in us} for us in units.values()))
+        if not common:
+            raise BabelscopeError(f"corpus {corpus.name!r}: the languages share no unit id; choose other languages")
+        units = {lang: [u for u in us if u.id in common] for lang, us in units.items()}
+    if max_units is not None:
+        units = {lang: us[:max_units] for lang, us in units.items()}
+    return units
+
+
+def cap_tokens(units: list, token_counts: list[int], max_tokens: int | None) -> int:
+    """How many leading units fit in ``max_tokens`` (at least one)."""
+    if max_tokens is None:
+        return len(units)
+    total, keep = 0, 0
+    for n in token_counts:
+        if keep and total + n > max_tokens:
+            break
+        total += n
+        keep += 1
+    return keep
+
+
+def language_rows(engine, corpus, languages: Sequence[Any], cfg: PplConfig) -> tuple[list[dict], list[dict], dict]:
+    """Score every language's units in one length-sorted pass.
+
+    Returns (per-language rows, per-unit rows, sha256 of the texts scored per language)."""
+    from babelscope.data.languages import resolve_language, script_of_text
+    from babelscope.runs import text_sha256
+
+    codes = [corpus.match_language(lang) for lang in languages]
+    units = select_units(corpus, codes, cfg.max_units)
+    if cfg.max_tokens is not None:
+        for code in codes:
+            counts = [len(ids) for ids in engine.encode([u.text for u in units[code]])]
+            units[code] = units[code][: cap_tokens(units[code], counts, cfg.max_tokens)]
+        if corpus.parallel and len(codes) > 1:  # keep the same ids in every language
+            keep = min(len(us) for us in units.values())
+            units = {code: us[:keep] for code, us in units.items()}
+    flat = [(code, u) for code in codes for u in units[code]]
+    scores = engine.rolling_loglikelihood([u.text for _, u in flat], window=cfg.window, desc="perplexity")
+    unit_rows = [
+        {"lang": code, "unit": u.id, "tokens": s.tokens, "bytes": len(u.text.encode("utf-8")),
+         "chars": len(u.text), "nll": s.nll}
+        for (code, u), s in zip(flat, scores, strict=True)
+    ]
+    rows = []
+    for code in codes:
+        mine = [r for r in unit_rows if r["lang"] == code]
+        nll = sum(r["nll"] for r in mine)
+        tokens = sum(r["tokens"] for r in mine)
+        nbytes = sum(r["bytes"] for r in mine)
+        language = resolve_language(code)
+        bits = nll / math.log(2)
+        rows.append({
+            "lang": code,
+            "name": language.name,
+            "script": language.script or script_of_text(" ".join(u.text for u in units[code][:3])),
+            "family": language.family,
+            "units": len(mine),
+            "tokens": tokens,
+            "bytes": nbytes,
+            "chars": sum(r["chars"] for r in mine),
+            "nll": nll,
+            "ppl": math.exp(nll / tokens) if tokens else None,
+            "bits_per_token": bits / tokens if tokens else None,
+            "bits_per_byte": bits / nbytes if nbytes else None,
+            "bits_per_unit": bits / len(mine) if corpus.parallel and mine else None,
+            "tokens_per_byte": tokens / nbytes if nbytes else None,
+        })
+    checksums = {code: text_sha256(u.text for u in units[code]) for code in codes}
+    return rows, unit_rows, checksums
+
+
+def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, Any]:
+    """The ``babelscope ppl`` step: score, write results (resumable through the request cache), return the doc.
+
+    ``loaded`` is an optional zero-argument callable returning ``(model, tokenizer, info)`` (shared models).
+    """
+    from babelscope.data import open_corpus, parse_languages
+    from babelscope.models.engine import Engine
+    from babelscope.runs import Step, is_main_process, load_results, provenance
+
+    config = {k: v for k, v in vars(cfg).items() if k not in ("device",)}
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        return load_results(st.results_path)
+    corpus = open_corpus(cfg.corpus)
+    languages = corpus.languages() if cfg.langs in ("all", "", None) else [
+        lang.code for lang in parse_languages(cfg.langs)
+    ]
+    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: perplexity needs a causal LM, this is an {info.kind}")
+    if is_main_process():
+        st.write_config(config)
+    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+    rows, unit_rows, checksums = language_rows(engine, corpus, languages, cfg)
+    if not engine.is_main:
+        return {}
+    rows.sort(key=lambda r: r["bits_per_unit"] if r["bits_per_unit"] is not None else r["bits_per_byte"])
+    summary = {
+        "languages": len(rows),
+        "tokens": sum(r["tokens"] for r in rows),
+        "units": sum(r["units"] for r in rows),
+        "median_ppl": _median([r["ppl"] for r in rows]),
+        "median_bits_per_byte": _median([r["bits_per_byte"] for r in rows]),
+    }
+    results = {"model": info.name, "corpus": corpus.name, "window": cfg.window, "parallel": corpus.parallel,
+               "summary": summary}
+    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name, "sha256": checksums})
+    st.write_results(KIND, config, results, {"per_language": rows, "per_unit": unit_rows}, prov)
+    return load_results(st.results_path)
+
+
+def _median(values: list[float | None]) -> float | None:
+    import statistics
+
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _load(cfg: PplConfig):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

@@ -1,0 +1,388 @@
+"""One scoring engine on top of the unmodified Hugging Face model.
+
+Every capability computes the same few things over many texts, so they live here once:
+
+* ``loglikelihood``: log P(continuation | context), as lm-evaluation-harness's ``loglikelihood``;
+* ``rolling_loglikelihood``: total NLL of whole texts in disjoint windows that each start with BOS;
+* ``generate``: greedy generation with stop strings;
+* ``hidden_states``: chosen layers only, the forward stopped after the deepest one;
+* ``backward``: the summed token loss over a normaliser, back-propagated into ``.grad`` (importance scores).
+
+How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
+
+* requests are sorted longest first (padding stays small; an out-of-memory shows at the first batch), batched,
+  right-padded, and returned in the original order;
+* the decoder runs without its LM head; the head is applied only at the positions being scored, in chunks of
+  ``logit_chunk`` positions, so B x T x V float32 logits are never materialised;
+* a per-request cache (JSON lines, keyed by the model checksum and the request) lets a re-run skip finished work;
+* under ``accelerate launch`` requests are split across processes and the results gathered on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from babelscope.models.arch import base_model, logits_from_hidden, prefix_token_id
+from babelscope.models.hooks import capture_layers, run_until_stopped
+from babelscope.runs import RequestCache
+
+
+@dataclass
+class Scored:
+    """Log-likelihood of the target tokens of one sequence (natural log)."""
+
+    logprob: float
+    greedy: bool  # every target token is the argmax
+    tokens: int
+
+
+@dataclass
+class RollingScore:
+    """Total NLL (nats) of one text scored in disjoint windows."""
+
+    nll: float
+    tokens: int
+    windows: int
+
+
+@dataclass
+class DistState:
+    """Rank and world size of the torch.distributed group this process belongs to."""
+
+    process_index: int
+    num_processes: int
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.process_index == 0
+
+
+def _dist_state() -> DistState | None:
+    """The process group when launched with several processes (``accelerate launch``, ``debug_launcher``,
+    ``torchrun``), else ``None``. Accelerate's ``PartialState`` sets the group up when the launcher did not."""
+    import os
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        from accelerate import PartialState
+
+        PartialState()
+        if not dist.is_initialized():
+            return None
+    world = dist.get_world_size()
+    return DistState(dist.get_rank(), world) if world > 1 else None
+
+
+class Engine:
+    """Scores requests on ``model`` (eval mode, unmodified) with ``tokenizer``.
+
+    ``checksum`` (the weights' sha256 from the model info) keys the per-request cache in ``cache_dir``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        batch_size: int = 8,
+        logit_chunk: int = 256,
+        cache_dir: str | Path | None = None,
+        checksum: str = "",
+        progress: bool = True,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.logit_chunk = logit_chunk
+        self.checksum = checksum
+        self.progress = progress
+        self.state = _dist_state()
+        rank = self.state.process_index if self.state else 0
+        self.cache = RequestCache(Path(cache_dir) / f"requests-rank{rank}.jsonl" if cache_dir else None)
+        if cache_dir:  # a resumed run may have been made with another number of processes: read them all
+            for other in Path(cache_dir).glob("requests-rank*.jsonl"):
+                self.cache._data.update(RequestCache(other)._data)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_main(self) -> bool:
+        return self.state is None or self.state.is_main_process
+
+    def _bar(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="req", disable=not (self.progress and self.is_main), leave=False)
+
+    # ------------------------------------------------------------------------------------------ tokenization
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text without special tokens."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def windows(self, ids: list[int], window: int) -> list[tuple[list[int], int]]:
+        """Disjoint windows of ``window`` tokens, each ``[BOS] + chunk``; every token scored exactly once."""
+        prefix = prefix_token_id(self.tokenizer)
+        step = window - 1
+        return [([prefix, *ids[i : i + step]], len(ids[i : i + step])) for i in range(0, len(ids), step)]
+
+    # ------------------------------------------------------------------------------------------ public API
+    def rolling_loglikelihood(self, texts: Sequence[str], window: int = 512, desc: str = "rolling") -> list[RollingScore]:
+        """Total NLL of each text; long texts go in windows of ``window`` tokens, each starting with BOS."""
+        if window < 2:
+            from babelscope.errors import BabelscopeError
+
+            raise BabelscopeError(f"--window {window}: a window needs at least 2 tokens (BOS + one scored)")
+        owners, seqs = [], []
+        for t, ids in enumerate(self.encode(texts)):
+            for seq in self.windows(ids, window):
+                owners.append(t)
+                seqs.append(seq)
+        scored = self.score_sequences(seqs, desc=desc)
+        out = [RollingScore(0.0, 0, 0) for _ in texts]
+        for t, s in zip(owners, scored, strict=True):
+            out[t].nll -= s.logprob
+            out[t].tokens += s.tokens
+            out[t].windows += 1
+        return out
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], max_length: int | None = None,
+                      desc: str = "loglikelihood") -> list[Scored]:
+        """log P(continuation | context) for each ``(context, continuation)``, tokenized as
+        lm-evaluation-harness does: trailing spaces of the context move to the continuation, the pair is
+        encoded whole and the continuation is what follows the context's tokens; an empty context is the
+        prefix token (BOS)."""
+        prefix = prefix_token_id(self.tokenizer)
+        add_bos = self._adds_bos()
+        max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
+        seqs = []
+        for context, continuation in requests:
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:
+                continuation = context[-n_spaces:] + continuation
+                context = context[:-n_spaces]
+            if context:
+                whole = self._encode_one(context + continuation, add_bos)
+                ctx = self._encode_one(context, add_bos)
+                cont = whole[len(ctx):]
+                ctx = whole[: len(ctx)]
+            else:
+                ctx, cont = [prefix], self._encode_one(continuation, False)
+            seq = (ctx + cont)[-(max_length + 1):]
+            seqs.append((seq, len(cont)))
+        return self.score_sequences(seqs, desc=desc)
+
+    def _adds_bos(self) -> bool:
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
+
+    def _encode_one(self, text: str, special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    # ------------------------------------------------------------------------------------------ core
+    def score_sequences(self, seqs: Sequence[tuple[list[int], int]], desc: str = "scoring") -> list[Scored]:
+        """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them."""
+        keys = [RequestCache.key(self.checksum, "seq", seq, n) for seq, n in seqs]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        todo.sort(key=lambda i: -len(seqs[i][0]))  # longest first
+        if self.state is not None:
+            todo = todo[self.state.process_index :: self.state.num_processes]
+        with self._bar(len(todo), desc) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                with torch.inference_mode():
+                    results = self._score_batch([seqs[i] for i in batch])
+                self.cache.put_many({keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(batch, results, strict=True)})
+                bar.update(len(batch))
+        if self.state is not None:
+            self._share_cache(keys)
+        return [Scored(*self.cache[k]) for k in keys]
+
+    def _share_cache(self, keys: list[str]) -> None:
+        """Gather every rank's answers so all ranks return the full list."""
+        import torch.distributed as dist
+
+        mine = [(k, self.cache[k]) for k in keys if k in self.cache]
+        everyone: list = [None] * self.state.num_processes
+        dist.all_gather_object(everyone, mine)
+        for k, v in _flatten(everyone):
+            self.cache._data[k] = v
+
+    def _batch_inputs(self, seqs: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(seq) - 1 for seq, _ in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, (seq, _) in enumerate(seqs):
+            ids[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+            mask[row, : len(seq) - 1] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _positions(self, seqs: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows, columns and target ids of every scored position in the batch."""
+        rows, cols, targets = [], [], []
+        for row, (seq, n) in enumerate(seqs):
+            first = len(seq) - 1 - n
+            rows += [row] * n
+            cols += range(first, len(seq) - 1)
+            targets += seq[len(seq) - n :]
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        return as_tensor(rows), as_tensor(cols), as_tensor(targets)
+
+    def _final_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    def _score_batch(self, seqs: Sequence[tuple[list[int], int]]) -> list[Scored]:
+        ids, mask = self._batch_inputs(seqs)
+        hidden = self._final_hidden(ids, mask)
+        rows, cols, targets = self._positions(seqs)
+        h = hidden[rows, cols]
+        logprobs, greedy = [], []
+        for start in range(0, len(targets), self.logit_chunk):
+            logits = logits_from_hidden(self.model, h[start : start + self.logit_chunk])
+            tgt = targets[start : start + self.logit_chunk]
+            logprobs.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+            greedy.append(logits.argmax(dim=-1) == tgt)
+        lp = torch.cat(logprobs).double().cpu() if logprobs else torch.zeros(0, dtype=torch.float64)
+        gr = torch.cat(greedy).cpu() if greedy else torch.zeros(0, dtype=torch.bool)
+        out, start = [], 0
+        for _, n in seqs:
+            out.append(Scored(float(lp[start : start + n].sum()), bool(gr[start : start + n].all()), n))
+            start += n
+        return out
+
+    # ------------------------------------------------------------------------------------------ gradients
+    def backward(self, seqs: Sequence[tuple[list[int], int]], normalizer: float,
+                 on_batch: Callable[[int], None] | None = None) -> float:
+        """Back-propagate ``sum of target-token NLL / normalizer`` into ``.grad`` (no optimizer step).
+
+        Dividing by one global token count (not per batch) makes the accumulated gradient independent of the
+        batch size and of the number of processes (Accelerate's token-count normalisation). Each rank takes
+        its share of ``seqs``; call :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL.
+        The LM head runs in checkpointed chunks, so its logits are recomputed in backward, never all held.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+        if self.state is not None:
+            order = order[self.state.process_index :: self.state.num_processes]
+        total = 0.0
+        for start in range(0, len(order), self.batch_size):
+            batch = [seqs[i] for i in order[start : start + self.batch_size]]
+            ids, mask = self._batch_inputs(batch)
+            hidden = self._final_hidden(ids, mask)
+            rows, cols, targets = self._positions(batch)
+            h = hidden[rows, cols]
+            loss = h.new_zeros(())
+            for c in range(0, len(targets), self.logit_chunk):
+                loss = loss + checkpoint(self._chunk_nll, h[c : c + self.logit_chunk],
+                                         targets[c : c + self.logit_chunk], use_reentrant=False)
+            (loss / normalizer).backward()
+            total += float(loss.detach())
+            if on_batch:
+                on_batch(len(batch))
+        return total
+
+    def _chunk_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits_from_hidden(self.model, h)
+        return (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]).sum()
+
+    # ------------------------------------------------------------------------------------------ hidden states
+    def hidden_states(self, texts: Sequence[str], layers: Sequence[int], add_special_tokens: bool = True,
+                      desc: str = "hidden states") -> list[dict[str, Any]]:
+        """Per text ``{"hidden": float32 (len(layers), T, H), "offsets": (T, 2), "ids": (T,)}``.
+
+        Only the requested layers are captured (copied to CPU as each batch finishes) and the forward stops
+        after the deepest one, so the LM head and later blocks never run.
+        """
+        enc = self.tokenizer(list(texts), add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
+        out: list[dict[str, Any] | None] = [None] * len(texts)
+        layers = list(layers)
+        with self._bar(len(order), desc) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                seqs = [(list(enc["input_ids"][i]) + [self.pad_id], 0) for i in batch]
+                ids, mask = self._batch_inputs(seqs)
+                with torch.inference_mode(), capture_layers(self.model, layers) as store:
+                    run_until_stopped(base_model(self.model), input_ids=ids, attention_mask=mask, use_cache=False)
+                    stacked = torch.stack([store[layer] for layer in layers], dim=1).float().cpu()
+                for row, i in enumerate(batch):
+                    n = len(enc["input_ids"][i])
+                    out[i] = {
+                        "hidden": stacked[row, :, :n].numpy(),
+                        "offsets": np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2),
+                        "ids": np.asarray(enc["input_ids"][i], dtype=np.int64),
+                    }
+                bar.update(len(batch))
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------ generation
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, stop: Sequence[str] = (),
+                 desc: str = "generate") -> list[str]:
+        """Greedy continuation of each prompt (left-padded batches, longest first), cut at the first stop string."""
+        keys = [RequestCache.key(self.checksum, "gen", p, max_new_tokens, list(stop)) for p in prompts]
+        todo = sorted((i for i, k in enumerate(keys) if k not in self.cache), key=lambda i: -len(prompts[i]))
+        if self.state is not None:
+            todo = todo[self.state.process_index :: self.state.num_processes]
+        tok = self.tokenizer
+        side = tok.padding_side
+        with self._bar(len(todo), desc) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                tok.padding_side = "left"
+                try:
+                    inputs = tok([prompts[i] for i in batch], return_tensors="pt", padding=True).to(self.device)
+                finally:
+                    tok.padding_side = side
+                with torch.inference_mode():
+                    gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=self.pad_id)
+                texts = tok.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                self.cache.put_many({keys[i]: _cut(t, stop) for i, t in zip(batch, texts, strict=True)})
+                bar.update(len(batch))
+        if self.state is not None:
+            self._share_cache(keys)
+        return [self.cache[k] for k in keys]
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
+    return text[:cut]
+
+
+def _flatten(lists):
+    for chunk in lists:
+        yield from chunk
+
+
+def all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
+    """Sum ``.grad`` over processes (no-op in a single process)."""
+    if _dist_state() is None:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def perplexity(nll: float, tokens: int) -> float:
+    """exp(mean token NLL)."""
+    return math.exp(nll / tokens) if tokens else float("nan")

@@ -1,0 +1,106 @@
+"""Sections of the report and the registry that maps a results ``kind`` to the function that renders it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from babelscope.report.markup import esc, html_table
+
+
+@dataclass
+class Section:
+    """What one step contributes to the report: a title and HTML fragments shown in order.
+
+    Build it with :meth:`add` (raw HTML), :meth:`text` (an escaped paragraph), :meth:`figure`
+    (a matplotlib figure, embedded as PNG) and :meth:`table` (rows as an HTML table). The report adds the
+    step's configuration and provenance blocks itself.
+    """
+
+    title: str
+    html: list[str] = field(default_factory=list)
+    figures: int = 0
+
+    def add(self, fragment: str) -> Section:
+        """Append a raw HTML fragment (already escaped)."""
+        self.html.append(fragment)
+        return self
+
+    def text(self, paragraph: str) -> Section:
+        """Append a paragraph of plain text (escaped here)."""
+        return self.add(f"<p>{esc(paragraph)}</p>")
+
+    def figure(self, fig: Any, caption: str, alt: str | None = None) -> Section:
+        """Embed a matplotlib figure (closed afterwards) with a caption and alt text."""
+        from babelscope.report.figures import fig_to_img_html
+
+        self.figures += 1
+        return self.add(fig_to_img_html(fig, caption, alt=alt))
+
+    def table(self, rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> Section:
+        """Append rows as a table; keyword arguments go to :func:`babelscope.report.markup.html_table`."""
+        return self.add(html_table(rows, **kwargs))
+
+
+log = logging.getLogger(__name__)
+
+SectionFn = Callable[[dict[str, Any]], Section]
+
+_SECTIONS: dict[str, SectionFn] = {}
+_LOADED = False
+
+
+def register_section(kind: str, *, replace: bool = False) -> Callable[[SectionFn], SectionFn]:
+    """Decorator: render results of ``kind`` with the decorated ``(doc) -> Section`` function.
+
+    ``doc`` is the step's results document (see :mod:`babelscope.runs`) plus ``doc["report"]``, the
+    report options (e.g. ``{"group_by": "family"}``).
+    """
+
+    def decorate(fn: SectionFn) -> SectionFn:
+        old = _SECTIONS.get(kind)
+        if old is not None and not replace and _qualname(old) != _qualname(fn):
+            raise ValueError(f"a report section for kind {kind!r} is already registered ({_qualname(old)})")
+        _SECTIONS[kind] = fn
+        return fn
+
+    return decorate
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def load_sections() -> None:
+    """Import every module in :mod:`babelscope.report.sections` so their sections register themselves."""
+    global _LOADED
+    if _LOADED:
+        return
+    from babelscope.report import sections
+
+    for info in pkgutil.iter_modules(sections.__path__):
+        if info.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{sections.__name__}.{info.name}")
+        except Exception as exc:  # one broken section module must not cost the whole report
+            log.warning("report section module %r failed to import: %s", info.name, exc, exc_info=True)
+    _LOADED = True
+
+
+def section_for(kind: str) -> SectionFn:
+    """The section function for ``kind``; the generic section for kinds without one."""
+    load_sections()
+    from babelscope.report.sections._generic import generic_section
+
+    return _SECTIONS.get(kind, generic_section)
+
+
+def section_kinds() -> list[str]:
+    """Kinds that have a custom section."""
+    load_sections()
+    return sorted(_SECTIONS)
