@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+
 from conftest import SENTENCES, build_tiny
 
 TEXTS = [" ".join(SENTENCES[i:] * 2) for i in range(len(SENTENCES))]

@@ -9,10 +9,10 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SENTENCES, build_tiny
 
 from babelscope.models.arch import block_list
 from babelscope.models.engine import Engine
+from conftest import SENTENCES, build_tiny
 
 LONG = " ".join(SENTENCES * 4)
 
@@ -66,7 +66,7 @@ def test_loglikelihood_and_greedy():
     out = engine.loglikelihood(reqs)
     for (ctx, cont), got in zip(reqs, out, strict=True):
         if ctx:
-            ctx_t, cont_t = ctx.rstrip(), ctx[len(ctx.rstrip()):] + cont
+            ctx_t, cont_t = ctx.rstrip(), ctx[len(ctx.rstrip()) :] + cont
             whole = tok(ctx_t + cont_t)["input_ids"]
             n = len(whole) - len(tok(ctx_t)["input_ids"])
         else:
@@ -165,7 +165,7 @@ def test_generate_is_greedy():
     for prompt, text in zip(prompts, got, strict=True):
         ids = tok(prompt, return_tensors="pt")
         ref = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
-        assert text == tok.decode(ref[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert text == tok.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_perplexity_helper():

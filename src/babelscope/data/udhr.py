@@ -2,8 +2,8 @@
 
 A directory with ``index.json`` (a list of ``{code, name, bcp47, iso6393, stage, ...}``) and
 ``declaration/<code>.html``. Each stage >= 4 declaration is mapped to one registry language code
-(:func:`declaration_languages`); units are the preamble (id ``preamble``) and the articles (``a1`` .. ``a30``),
-the same ids in every language.
+(:func:`declaration_languages`); units are the preamble (id ``preamble``) and the articles (``a1`` ..
+``a30``), the same ids in every language.
 """
 
 from __future__ import annotations
@@ -87,9 +87,7 @@ def _qualifiers(entry: dict) -> tuple[str | None, str | None]:
     for sub in str(entry["code"]).split("_")[1:]:
         if sub.lower() in _SCRIPT_CODES and len(sub) == 4:
             script = script or sub.title()
-        elif len(sub) == 2 and sub.isalpha() and sub.isupper():
-            variant = variant or sub
-        elif len(sub) == 4 and sub.isdigit():
+        elif len(sub) == 2 and sub.isalpha() and sub.isupper() or len(sub) == 4 and sub.isdigit():
             variant = variant or sub
     return script, variant
 

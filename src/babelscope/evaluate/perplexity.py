@@ -84,8 +84,14 @@ def language_rows(engine, corpus, languages: Sequence[Any], cfg: PplConfig) -> t
     flat = [(code, u) for code in codes for u in units[code]]
     scores = engine.rolling_loglikelihood([u.text for _, u in flat], window=cfg.window, desc="perplexity")
     unit_rows = [
-        {"lang": code, "unit": u.id, "tokens": s.tokens, "bytes": len(u.text.encode("utf-8")),
-         "chars": len(u.text), "nll": s.nll}
+        {
+            "lang": code,
+            "unit": u.id,
+            "tokens": s.tokens,
+            "bytes": len(u.text.encode("utf-8")),
+            "chars": len(u.text),
+            "nll": s.nll,
+        }
         for (code, u), s in zip(flat, scores, strict=True)
     ]
     rows = []
@@ -96,22 +102,24 @@ def language_rows(engine, corpus, languages: Sequence[Any], cfg: PplConfig) -> t
         nbytes = sum(r["bytes"] for r in mine)
         language = resolve_language(code)
         bits = nll / math.log(2)
-        rows.append({
-            "lang": code,
-            "name": language.name,
-            "script": language.script or script_of_text(" ".join(u.text for u in units[code][:3])),
-            "family": language.family,
-            "units": len(mine),
-            "tokens": tokens,
-            "bytes": nbytes,
-            "chars": sum(r["chars"] for r in mine),
-            "nll": nll,
-            "ppl": math.exp(nll / tokens) if tokens else None,
-            "bits_per_token": bits / tokens if tokens else None,
-            "bits_per_byte": bits / nbytes if nbytes else None,
-            "bits_per_unit": bits / len(mine) if corpus.parallel and mine else None,
-            "tokens_per_byte": tokens / nbytes if nbytes else None,
-        })
+        rows.append(
+            {
+                "lang": code,
+                "name": language.name,
+                "script": language.script or script_of_text(" ".join(u.text for u in units[code][:3])),
+                "family": language.family,
+                "units": len(mine),
+                "tokens": tokens,
+                "bytes": nbytes,
+                "chars": sum(r["chars"] for r in mine),
+                "nll": nll,
+                "ppl": math.exp(nll / tokens) if tokens else None,
+                "bits_per_token": bits / tokens if tokens else None,
+                "bits_per_byte": bits / nbytes if nbytes else None,
+                "bits_per_unit": bits / len(mine) if corpus.parallel and mine else None,
+                "tokens_per_byte": tokens / nbytes if nbytes else None,
+            }
+        )
     checksums = {code: text_sha256(u.text for u in units[code]) for code in codes}
     return rows, unit_rows, checksums
 
@@ -129,10 +137,13 @@ def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, An
     st = Step(run_dir, step)
     if st.is_done(config):
         return load_results(st.results_path)
+    if cfg.window < 2:
+        raise BabelscopeError(f"--window {cfg.window}: a window needs at least 2 tokens (BOS + one scored)")
     corpus = open_corpus(cfg.corpus)
-    languages = corpus.languages() if cfg.langs in ("all", "", None) else [
-        lang.code for lang in parse_languages(cfg.langs)
-    ]
+    languages = (
+        corpus.languages() if cfg.langs in ("all", "", None) else [lang.code for lang in parse_languages(cfg.langs)]
+    )
+    select_units(corpus, [corpus.match_language(lang) for lang in languages], cfg.max_units)  # fail before loading
     model, tokenizer, info = loaded() if loaded else _load(cfg)
     if info.kind != "causal":
         raise BabelscopeError(f"{cfg.model}: perplexity needs a causal LM, this is an {info.kind}")
@@ -150,8 +161,13 @@ def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, An
         "median_ppl": _median([r["ppl"] for r in rows]),
         "median_bits_per_byte": _median([r["bits_per_byte"] for r in rows]),
     }
-    results = {"model": info.name, "corpus": corpus.name, "window": cfg.window, "parallel": corpus.parallel,
-               "summary": summary}
+    results = {
+        "model": info.name,
+        "corpus": corpus.name,
+        "window": cfg.window,
+        "parallel": corpus.parallel,
+        "summary": summary,
+    }
     prov = provenance(model=info.to_dict(), data={"corpus": corpus.name, "sha256": checksums})
     st.write_results(KIND, config, results, {"per_language": rows, "per_unit": unit_rows}, prov)
     return load_results(st.results_path)

