@@ -148,6 +148,18 @@ def describe(model, tokenizer, spec: str, source: Path | str, checksum: str | No
     )
 
 
+def resolve_device(device: str | None) -> str:
+    """``device``, or by default this process's GPU (``cuda:LOCAL_RANK`` under ``accelerate launch``), else CPU."""
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
+    return device
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     dtype: str = "float32",
@@ -184,7 +196,6 @@ def load_model(
     except OSError as exc:
         raise BabelscopeError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     model.eval()
-    if device:
-        model.to(device)
+    model.to(resolve_device(device))
     info = describe(model, tokenizer, spec, source)
     return model, tokenizer, info
