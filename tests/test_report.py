@@ -148,7 +148,7 @@ def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "demo-run"
     write_ppl(run)
     Step(run, "regions").write_results(
-        kind="regions-importance",
+        kind="future-analysis",
         config={"model": "gemma-3-270m", "method": "ablation", "note": "a<b> & c"},
         results={"layers": 18, "top": {"layer": 11, "score": 0.4213}, "languages": ["eng-Latn", "rus-Cyrl"]},
         tables={"per_layer": [{"layer": i, "importance": 0.01 * i * i, "heads": 4} for i in range(18)]},
@@ -196,7 +196,7 @@ def test_report_has_header_sections_tables_and_figures(run_dir: Path) -> None:
     assert "<summary>configuration</summary>" in ppl and "window: 512" in ppl
 
     generic = section_html(html, "step-regions")
-    assert "regions-importance" in generic and "No dedicated view" in generic
+    assert "future-analysis" in generic and "No dedicated view" in generic
     assert generic.count("<tr><td") >= 18 and "per layer" in generic and "<img" not in generic
     assert "top.score" in generic and "0.4213" in generic
     assert "a&lt;b&gt; &amp; c" in generic and "a<b>" not in html  # configuration is escaped

@@ -213,13 +213,7 @@ def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
     else:
         model_html = '<p class="note">No model recorded.</p>'
     if data:
-        data_html = "".join(
-            kv_table(
-                flatten(record) if isinstance(record, dict) else {"data": record},
-                caption="used by " + ", ".join(steps),
-            )  # fmt: skip
-            for record, steps in data.values()
-        )
+        data_html = "".join(_data_card(record, steps) for record, steps in data.values())
     else:
         data_html = '<p class="note">No data checksums recorded.</p>'
     software: dict[str, Any] = {}
@@ -235,6 +229,17 @@ def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
         f'<div class="card data"><h2>Data</h2>{data_html}</div>\n'
         f'<div class="card versions"><h2>Software</h2>{software_html}</div></div>\n</header>'
     )
+
+
+def _data_card(record: Any, steps: list[str], shown: int = 6) -> str:
+    """The data a step read; long checksum lists (one per language) fold into a details block."""
+    flat = flatten(record) if isinstance(record, dict) else {"data": record}
+    caption = "used by " + ", ".join(steps)
+    if len(flat) <= shown + 2:
+        return kv_table(flat, caption=caption)
+    head = dict(list(flat.items())[:shown])
+    rest = dict(list(flat.items())[shown:])
+    return kv_table(head, caption=caption) + details(f"{len(rest)} more", kv_table(rest), "data-more")
 
 
 def _transposed(records: list[dict[str, Any]], fields: list[str]) -> str:
