@@ -183,9 +183,8 @@ class Engine:
                 context = context[:-n_spaces]
             if context:
                 whole = self._encode_one(context + continuation, add_bos)
-                ctx = self._encode_one(context, add_bos)
+                ctx = self._encode_one(context, add_bos)  # the context alone, as the harness does
                 cont = whole[len(ctx) :]
-                ctx = whole[: len(ctx)]
             else:
                 ctx, cont = [prefix], self._encode_one(continuation, False)
             seq = (ctx + cont)[-(max_length + 1) :]
