@@ -58,7 +58,8 @@ def test_request_cache_survives_a_truncated_line(tmp_path):
 def test_to_jsonable_handles_numpy():
     import numpy as np
 
-    assert to_jsonable({"a": np.float32(1.5), "b": np.arange(3), "c": (1, 2)}) == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2]}
+    got = to_jsonable({"a": np.float32(1.5), "b": np.arange(3), "c": (1, 2)})
+    assert got == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2]}
 
 
 def test_import_is_cheap():

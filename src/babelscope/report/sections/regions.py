@@ -76,7 +76,7 @@ def select_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import heatmap
 
     res = doc.get("results") or {}
-    sec = Section("Linguistic regions: core and monolingual")
+    sec = Section(f"Linguistic regions: core and monolingual ({len(res.get('languages') or [])} languages)")
     sec.text(
         "Top-k: the fraction k of weights with the highest Imp (the core region); Bottom-k: the lowest; "
         "Random-k: the same count at random. Per tensor, every matrix loses exactly k; globally, one ranking "
@@ -231,7 +231,7 @@ def scan_section(doc: dict[str, Any]) -> Section:
             [r["ratio"] for r in pts],
             [str(r["dim"]) for r in pts],
             groups=["breaks" if r["broken"] else "ok" for r in pts],
-            xlabel="max |activation| at the norm's input",
+            xlabel=f"max |activation| ({res.get('activation', 'norm input')})",
             ylabel="PPL ratio (after / base)",
             logx=True,
             logy=True,

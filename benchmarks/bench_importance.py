@@ -1,0 +1,190 @@
+"""Importance scoring vs a bare forward + backward loop over the same batches (Zhang et al. 2024, Eq. 2-3).
+
+Ours: the full ``regions importance`` step (per-language S = θ ⊙ g through ``Engine.backward``, each
+language's scores written to safetensors, the aggregate Imp = Σ|S| kept and written). Bare: the plain loop a
+user would write, over the same windows in the same longest-first batches, the same chunked, checkpointed
+LM-head loss and the same trainable set (the weights inside the blocks), gradients dropped after each language;
+no scores, no files. Each setup runs in its own child process; its peak memory is the peak RSS (VmHWM, reset
+after the model is loaded and the text tokenized) of that child. Run with 2 and with 6 languages.
+
+Targets: throughput >= 0.9 of the bare loop; peak memory <= bare peak + 2 x fp32 bytes of the scored weights.
+Last line: ``ratio X`` = our tokens/s over the bare loop's (all runs together).
+
+    python benchmarks/bench_importance.py [--corpus udhr] [--max-tokens 512] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LANGS = "eng,fra,deu,spa,rus,cmn-Hans"
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+
+
+def child(setup: str, args) -> dict:
+    import torch
+
+    from babelscope.models import load_model
+    from babelscope.models.arch import base_model, logits_from_hidden
+    from babelscope.models.engine import Engine
+    from babelscope.regions.importance import ImportanceConfig, grads_only_for, run
+    from babelscope.regions.params import scored_parameters
+    from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
+
+    torch.manual_seed(0)
+    loaded = load_model(args.model)
+    model, tok, info = loaded
+    params = scored_parameters(model)
+    engine = Engine(model, tok, batch_size=args.batch_size, progress=False)
+    corpus = open_text_corpus(args.corpus)
+    codes = language_codes(corpus, args.langs)
+    per_lang = [
+        token_windows(
+            engine, [u.text for u in split_side(corpus, c, "train", 0.5, 0)], args.window, args.max_tokens
+        )
+        for c in codes
+    ]
+    tokens = sum(n for seqs in per_lang for _, n in seqs)
+    scored_bytes = 4 * sum(p.numel() for p in params.values())
+    after_load = _status("VmRSS")
+    _reset_peak()
+    start = time.perf_counter()
+    if setup == "ours":
+        cfg = ImportanceConfig(
+            model=args.model,
+            corpus=args.corpus,
+            langs=args.langs,
+            max_tokens=args.max_tokens,
+            window=args.window,
+            batch_size=args.batch_size,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            run(cfg, Path(tmp), "imp", loaded=lambda: loaded)
+            seconds = time.perf_counter() - start
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        def chunk_nll(h, targets):
+            logits = logits_from_hidden(model, h)
+            return (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]).sum()
+
+        with grads_only_for(model, params):
+            for seqs in per_lang:
+                n_tokens = sum(n for _, n in seqs)
+                order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+                for b in range(0, len(order), args.batch_size):
+                    batch = [seqs[i] for i in order[b : b + args.batch_size]]
+                    ids, mask = engine._batch_inputs(batch)
+                    rows, cols, targets = engine._positions(batch)
+                    hidden = base_model(model)(
+                        input_ids=ids, attention_mask=mask, use_cache=False
+                    ).last_hidden_state
+                    h = hidden[rows, cols]
+                    loss = h.new_zeros(())
+                    for c in range(0, len(targets), 256):
+                        loss = loss + checkpoint(
+                            chunk_nll, h[c : c + 256], targets[c : c + 256], use_reentrant=False
+                        )
+                    (loss / n_tokens).backward()
+                for p in params.values():
+                    p.grad = None
+        seconds = time.perf_counter() - start
+    return {
+        "setup": setup,
+        "languages": len(codes),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "peak_bytes": _status("VmHWM"),
+        "after_load_bytes": after_load,
+        "scored_bytes": scored_bytes,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--corpus", default="udhr")
+    ap.add_argument(
+        "--langs", default=LANGS, help="the 6-language run; the 2-language run takes the first two"
+    )
+    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--child", choices=["ours", "bare"])
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    langs6 = args.langs.split(",")
+    results = []
+    for langs in (",".join(langs6[:2]), ",".join(langs6)):
+        for setup in ("bare", "ours"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                setup,
+                "--model",
+                args.model,
+                "--corpus",
+                args.corpus,
+                "--langs",
+                langs,
+                "--max-tokens",
+                str(args.max_tokens),
+                "--window",
+                str(args.window),
+                "--batch-size",
+                str(args.batch_size),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{setup} child failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(r)
+            print(
+                f"{setup:5s} {r['languages']} langs: {r['tokens']} tokens in {r['seconds']:.2f} s = "
+                f"{r['tokens_per_s']:.1f} tokens/s; peak RSS {r['peak_bytes'] / 2**30:.3f} GiB "
+                f"(after load {r['after_load_bytes'] / 2**30:.3f} GiB)",
+                flush=True,
+            )
+    ok = True
+    for n in (2, len(langs6)):
+        bare = next(r for r in results if r["setup"] == "bare" and r["languages"] == n)
+        ours = next(r for r in results if r["setup"] == "ours" and r["languages"] == n)
+        extra = ours["peak_bytes"] - bare["peak_bytes"]
+        budget = 2 * ours["scored_bytes"]
+        thr = ours["tokens_per_s"] / bare["tokens_per_s"]
+        ok &= extra <= budget and thr >= 0.9
+        print(
+            f"{n} langs: throughput ratio {thr:.3f} (target >= 0.9); peak memory over bare "
+            f"{extra / 2**20:.0f} MiB, budget 2 x fp32 scored = {budget / 2**20:.0f} MiB "
+            f"({'within' if extra <= budget else 'OVER'})"
+        )
+    def total(setup: str) -> float:
+        mine = [r for r in results if r["setup"] == setup]
+        return sum(r["tokens"] for r in mine) / sum(r["seconds"] for r in mine)
+
+    print(f"targets {'met' if ok else 'NOT met'}")
+    print(f"ratio {total('ours') / total('bare'):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Multiple-choice scoring: babelscope's engine vs lm-evaluation-harness's HFLM on the same loaded model.
+
+Both sides score the same items of a 5-shot MMLU subject and of XCOPA (Italian): the harness's requests come
+from its own task files (``tasks/mmlu/default``, ``tasks/xcopa``) on the shared data; ours from babelscope's task
+YAMLs (the prompts must be identical). Batch size 8, the default model loaded once (load time excluded), each
+side timed on its log-likelihood calls only after a one-batch warm-up. The harness is timed as users run it
+(float32 log_softmax); agreement is checked against the harness run again with ``softmax_dtype=float64`` (its
+float32 log_softmax over a 262k vocabulary is itself off by ~1e-4 nats per token). Exits 1, printing no ratio,
+if a prompt differs or a per-item log-likelihood differs by more than 1e-4.
+
+    python benchmarks/bench_mc.py [--mmlu-subject world_religions] [--mmlu-items 40] [--xcopa-items 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def compare(name: str, benchmark: str, subset: str, shots: int, items: int, model, tok, lm, reference) -> float:
+    from babelscope.evaluate.benchmarks import build_items, load_task
+    from babelscope.evaluate.harness import harness_loglikelihoods, harness_requests, harness_task
+    from babelscope.models.engine import Engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        instances = harness_requests(harness_task(benchmark, subset, Path(tmp), shots), limit=items)
+    instances.sort(key=lambda i: (i.doc_id, i.idx))
+    ours = [r for it in build_items(load_task(benchmark), subset, shots, items) for r in it.requests]
+    if ours != [tuple(i.args) for i in instances]:
+        print(f"{name}: prompts differ from lm-evaluation-harness's")
+        sys.exit(1)
+    engine = Engine(model, tok, batch_size=8, progress=False)
+    engine.loglikelihood(ours[-8:])  # warm-up; no cache directory, so the timed run recomputes everything
+    harness_loglikelihoods(lm, instances[-8:])
+    mine, t_ours = timed(lambda: [s.logprob for s in Engine(model, tok, batch_size=8, progress=False)
+                                  .loglikelihood(ours)])
+    theirs, t_harness = timed(lambda: harness_loglikelihoods(lm, instances))
+    exact = harness_loglikelihoods(reference, instances)  # untimed: the harness with a float64 log_softmax
+    diff = max(abs(a - b) for a, b in zip(mine, exact, strict=True))
+    fp32 = max(abs(a - b) for a, b in zip(theirs, exact, strict=True))
+    print(f"{name}: {len(instances)} requests, {items} items; max |ll diff| babelscope vs harness (float64 "
+          f"softmax) {diff:.2e}; harness default (float32 softmax) vs float64 {fp32:.2e}")
+    print(f"{name}: babelscope {t_ours:.2f} s, lm-evaluation-harness {t_harness:.2f} s")
+    if diff > 1e-4:
+        print(f"{name}: per-item log-likelihoods differ by more than 1e-4")
+        sys.exit(1)
+    return t_harness / t_ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mmlu-subject", default="world_religions")
+    parser.add_argument("--mmlu-items", type=int, default=40)
+    parser.add_argument("--xcopa-items", type=int, default=100)
+    args = parser.parse_args()
+
+    import torch
+
+    from babelscope.evaluate.harness import harness_model
+    from babelscope.models import load_model
+
+    model, tok, info = load_model("gemma-3-270m")
+    lm = harness_model(model, tok, batch_size=8)  # timed: the harness as users run it
+    reference = harness_model(model, tok, batch_size=1, softmax_dtype="float64")  # agreement reference
+    print(f"model {info.name} ({info.parameters:,} parameters), torch threads {torch.get_num_threads()}")
+    xcopa = compare("xcopa it 0-shot", "xcopa", "it", 0, args.xcopa_items, model, tok, lm, reference)
+    print(f"ratio xcopa {xcopa:.2f}")
+    mmlu = compare(f"mmlu {args.mmlu_subject} 5-shot", "mmlu", args.mmlu_subject, 5, args.mmlu_items, model, tok, lm,
+                   reference)
+    print(f"ratio {mmlu:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""In-context POS tagging (Xu et al. 2023, Fig. 17): k tagged demonstrations, then a sentence to tag.
+
+Each demonstration is a sentence's words on one line and ``=> word/UPOS ...`` on the next (no words of any
+language around the data); the demonstrations come from the target language (MONO) or from English (EN). The
+model continues the query's ``=>`` line greedily; the i-th ``/TAG`` it writes is compared with the i-th gold
+UPOS tag. For language ``l`` and setting ``s``,
+
+    acc_{l,s,r} = correct tags / gold tags over the query sentences, with demonstration sample r = 1..R,
+
+reported as mean and standard deviation over the ``R`` runs (the same queries in every run).
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+
+KIND = "pos"
+UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
+        "SCONJ", "SYM", "VERB", "X"}
+
+
+@dataclass
+class PosConfig:
+    model: str = "gemma-3-270m"
+    langs: str = "de,fr,ru"  # languages with a treebank in --treebanks
+    treebanks: str = "ud"  # ud (the shared UD folder) or embedded (the package's PUD samples)
+    settings: str = "MONO,EN"
+    shots: int = 3
+    runs: int = 10
+    queries: int = 20  # query sentences per language (the same in every run)
+    max_words: int = 12  # only sentences this short, as demonstrations and queries
+    seed: int = 0
+    batch_size: int = 4
+    dtype: str = "float32"
+    device: str | None = None
+
+
+def _read(path: Path) -> list:
+    from babelscope.data.ud import read_conllu
+
+    if path.suffix != ".gz":
+        return read_conllu(path)
+    with tempfile.TemporaryDirectory() as tmp:  # read_conllu names the language from the file name
+        plain = Path(tmp) / path.name[:-3]
+        plain.write_bytes(gzip.decompress(path.read_bytes()))
+        return read_conllu(plain)
+
+
+def treebank_split(lang: str, treebanks: str) -> tuple[list, list]:
+    """(demonstration pool, query sentences) of a language: train (else dev) and test of a UD treebank with
+    splits; a test-only treebank (PUD) is split by sentence position, the first half being the pool."""
+    from babelscope.data.languages import resolve_language
+    from babelscope.settings import data_dir
+
+    code = resolve_language(lang).iso639_1 or lang
+    root = Path(__file__).resolve().parents[1] / "data" / "embedded" / "syntax" if treebanks == "embedded" \
+        else data_dir() / "ud"
+    files = sorted(root.glob(f"**/{code}_*-ud-*.conllu*"))
+    if not files:
+        raise BabelscopeError(f"no UD treebank for {lang!r} under {root}; choose another language")
+    by_split: dict[str, list[Path]] = {}
+    for f in files:
+        by_split.setdefault(f.name.split("-ud-")[1].split(".")[0], []).append(f)
+    non_pud = [f for f in files if "_pud-" not in f.name]
+    if "test" in by_split and ("train" in by_split or "dev" in by_split) and non_pud:
+        pool_file = next((f for f in non_pud if "-ud-train" in f.name), None) or \
+            next(f for f in non_pud if "-ud-dev" in f.name)
+        test_file = next((f for f in non_pud if "-ud-test" in f.name), by_split["test"][0])
+        return _read(pool_file), _read(test_file)
+    sentences = _read(by_split["test"][0])
+    half = len(sentences) // 2
+    return sentences[:half], sentences[half:]
+
+
+def _short(sentences: list, max_words: int) -> list:
+    return [s for s in sentences if 2 <= len(s.tokens) <= max_words]
+
+
+def demonstration(sentence) -> str:
+    words = [t.form for t in sentence.tokens]
+    return " ".join(words) + "\n=> " + " ".join(f"{t.form}/{t.upos}" for t in sentence.tokens)
+
+
+def pos_prompt(demos: list, query) -> str:
+    return "".join(demonstration(d) + "\n\n" for d in demos) + " ".join(t.form for t in query.tokens) + "\n=>"
+
+
+def parse_tags(text: str) -> list[str]:
+    """The tags of a ``word/TAG word/TAG`` line (anything after the last '/' of each piece)."""
+    tags = []
+    for piece in text.strip().split("\n")[0].split():
+        if "/" in piece:
+            tags.append(piece.rsplit("/", 1)[1].strip(".,;").upper())
+    return tags
+
+
+def tag_accuracy(predicted: list[str], gold: list[str]) -> int:
+    """Number of positions where the predicted tag equals the gold one (missing tags are wrong)."""
+    return sum(p == g for p, g in zip(predicted, gold, strict=False))
+
+
+def run(cfg: PosConfig, run_dir, step: str = "pos", loaded=None) -> dict[str, Any]:
+    """The ``babelscope eval pos`` step."""
+    from babelscope.models.engine import Engine
+    from babelscope.runs import Step, is_main_process, load_results, provenance
+
+    config = {k: v for k, v in vars(cfg).items() if k != "device"}
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        return load_results(st.results_path)
+    settings = [s.strip().upper() for s in cfg.settings.split(",") if s.strip()]
+    if not settings or set(settings) - {"MONO", "EN"}:
+        raise BabelscopeError(f"--settings {cfg.settings!r}: use MONO, EN or both")
+    langs = [x.strip() for x in cfg.langs.split(",") if x.strip()]
+    data = {lang: treebank_split(lang, cfg.treebanks) for lang in langs}
+    english = _short(treebank_split("en", cfg.treebanks)[0], cfg.max_words) if "EN" in settings else []
+    jobs = []  # (lang, setting, run, query index, prompt, gold tags)
+    for lang, (pool, test) in data.items():
+        pool, queries = _short(pool, cfg.max_words), _short(test, cfg.max_words)[: cfg.queries]
+        if len(pool) < cfg.shots or not queries:
+            raise BabelscopeError(f"{lang}: too few sentences of at most {cfg.max_words} words; raise --max-words")
+        for setting in settings:
+            source = pool if setting == "MONO" else english
+            for r in range(cfg.runs):
+                demos = random.Random(f"{cfg.seed}-{lang}-{setting}-{r}").sample(source, cfg.shots)
+                for q, query in enumerate(queries):
+                    jobs.append((lang, setting, r, q, pos_prompt(demos, query), [t.upos for t in query.tokens]))
+    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    if is_main_process():
+        st.write_config(config)
+    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+    longest = max(len(job[5]) for job in jobs)
+    outputs = engine.generate([job[4] for job in jobs], max_new_tokens=6 * longest + 4, stop=["\n"], desc="POS")
+    if not engine.is_main:
+        return {}
+    per_query = []
+    for (lang, setting, r, q, _, gold), text in zip(jobs, outputs, strict=True):
+        tags = parse_tags(text)
+        per_query.append({"lang": lang, "setting": setting, "run": r, "query": q, "tokens": len(gold),
+                          "correct": tag_accuracy(tags, gold), "predicted": " ".join(tags), "gold": " ".join(gold)})
+    per_run = []
+    for key in dict.fromkeys((row["lang"], row["setting"], row["run"]) for row in per_query):
+        rows = [row for row in per_query if (row["lang"], row["setting"], row["run"]) == key]
+        per_run.append({"lang": key[0], "setting": key[1], "run": key[2],
+                        "accuracy": sum(x["correct"] for x in rows) / sum(x["tokens"] for x in rows)})
+    per_language = []
+    for lang in langs:
+        entry: dict[str, Any] = {"lang": lang}
+        for setting in settings:
+            accs = [x["accuracy"] for x in per_run if x["lang"] == lang and x["setting"] == setting]
+            entry[f"{setting}_mean"] = statistics.fmean(accs)
+            entry[f"{setting}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        per_language.append(entry)
+    summary = {f"{s}_mean": statistics.fmean(e[f"{s}_mean"] for e in per_language) for s in settings}
+    results = {"model": info.name, "shots": cfg.shots, "runs": cfg.runs, "settings": settings, "summary": summary}
+    st.write_results(KIND, config, results, {"per_language": per_language, "per_run": per_run,
+                                             "per_query": per_query}, provenance(model=info.to_dict()))
+    return load_results(st.results_path)
+
+
+def _load(cfg: PosConfig):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

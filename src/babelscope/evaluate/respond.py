@@ -1,0 +1,167 @@
+"""Response quality: generate answers to an instruction set and have them judged (Zhao et al. 2024, Tables 1, 3).
+
+Instructions come from a JSONL file (``instruction``/``question``, ``reference``/``std_answer``, ``lang``; BELLE's
+``eval_set.json`` reads as is, as Chinese) or from ``embedded`` (a few of our own, for the demo). Prompts use the
+model's chat template when it has one; a base model gets the language's own question and answer words.
+Judgments are cached per item (instruction, response, reference, judge), so a re-run judges only what is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+
+KIND = "responses"
+
+
+@dataclass
+class RespondConfig:
+    model: str = "gemma-3-270m"
+    instructions: str = "embedded"  # embedded, belle, or a JSONL path
+    langs: str = "all"
+    limit: int | None = None
+    max_new_tokens: int = 64
+    judge: str = "local"  # local, openai or none
+    judge_model: str | None = None  # local judge (default: the evaluated model)
+    judge_url: str | None = None  # openai: base URL, e.g. http://127.0.0.1:8000/v1
+    judge_api_model: str | None = None  # openai: the model name the endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (the key is never stored)
+    timeout: float = 60.0
+    retries: int = 4
+    judge_max_tokens: int = 64
+    pipeline_check: bool = False  # label the results as a pipeline check, not a quality measure
+    batch_size: int = 4
+    dtype: str = "float32"
+    device: str | None = None
+
+
+def read_instructions(spec: str) -> list[dict[str, Any]]:
+    """Items ``{id, lang, instruction, reference}`` from ``embedded``, ``belle`` or a JSONL file."""
+    import yaml
+
+    from babelscope.evaluate.benchmarks import TASKS_DIR, data_path, read_jsonl
+
+    if spec == "embedded":
+        return [dict(x) for x in yaml.safe_load((TASKS_DIR / "instructions.yaml").read_text("utf-8"))["items"]]
+    path = data_path("bench/belle/eval_set.json") if spec == "belle" else Path(spec)
+    items = []
+    for i, row in enumerate(read_jsonl(path)):
+        instruction = row.get("instruction") or row.get("question")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise BabelscopeError(f"{row['_source']}: no 'instruction' (or 'question'); fix or remove the row")
+        items.append({"id": str(row.get("id", i)), "lang": row.get("lang") or ("zh" if spec == "belle" else "und"),
+                      "instruction": instruction,
+                      "reference": row.get("reference") or row.get("std_answer") or row.get("output") or "",
+                      "category": row.get("class", "")})
+    return items
+
+
+def response_prompt(tokenizer, instruction: str, lang: str) -> str:
+    """The chat template when the tokenizer has one, else the language's own question/answer words."""
+    from babelscope.evaluate.benchmarks import load_task
+
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                             add_generation_prompt=True)
+    words = load_task("mgsm")["words"].get(lang.split("-")[0])
+    if words is None:
+        return instruction.strip() + "\n"
+    return f"{words['question']}{instruction.strip()}\n{words['answer']}"
+
+
+def _language_key(lang: str) -> str:
+    from babelscope.data.languages import resolve_language
+
+    try:
+        return resolve_language(lang).iso639_1 or lang
+    except BabelscopeError:
+        return lang
+
+
+def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict[str, Any]:
+    """The ``babelscope eval respond`` step: generate, judge, write per-item judgments and per-language means."""
+    from babelscope.evaluate.judge import CRITERIA, average, judge_all, make_judge
+    from babelscope.models.engine import Engine
+    from babelscope.runs import RequestCache, Step, is_main_process, load_results, provenance
+
+    config = {k: v for k, v in vars(cfg).items() if k != "device"}
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        done = load_results(st.results_path)
+        if not any(str(r.get("status", "ok")).startswith("failed") for r in done["tables"]["per_item"]["rows"]):
+            return done
+    items = read_instructions(cfg.instructions)
+    if cfg.langs not in ("all", "", None):
+        wanted = {_language_key(x.strip()) for x in cfg.langs.split(",")}
+        items = [it for it in items if _language_key(it["lang"]) in wanted]
+    items = items[: cfg.limit] if cfg.limit else items
+    if not items:
+        raise BabelscopeError(f"--instructions {cfg.instructions}: no items for --langs {cfg.langs}")
+    if cfg.judge == "openai" and not (cfg.judge_url and cfg.judge_api_model):
+        make_judge("openai", url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
+                   timeout=cfg.timeout, retries=cfg.retries)  # raises the one-line error before any loading
+    model, tokenizer, info = loaded() if loaded else _load(cfg.model, cfg)
+    if is_main_process():
+        st.write_config(config)
+    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+    prompts = [response_prompt(tokenizer, it["instruction"], it["lang"]) for it in items]
+    stop = ["\n"] if not getattr(tokenizer, "chat_template", None) else []  # a base model goes on with Q/A
+    for it, text in zip(items, engine.generate(prompts, cfg.max_new_tokens, stop, desc="responses"), strict=True):
+        it["response"] = text.strip()
+    if not engine.is_main:
+        return {}
+    judge_name = "none"
+    if cfg.judge != "none":
+        if cfg.judge == "local":
+            spec = cfg.judge_model or cfg.model
+
+            def factory():
+                if spec == cfg.model:
+                    return Engine(model, tokenizer, batch_size=1, progress=False, checksum=info.checksum)
+                m, t, _ = _load(spec, cfg)
+                return Engine(m, t, batch_size=1, progress=False)
+
+            judge_name = f"{info.name if spec == cfg.model else spec} (local)"
+        else:
+            factory = None
+            judge_name = f"{cfg.judge_api_model} @ {cfg.judge_url}"
+        judge = make_judge(cfg.judge, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
+                           timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory)
+        judge.max_tokens = cfg.judge_max_tokens
+        cache = RequestCache(st.cache_dir / "judgments.jsonl")
+        items = judge_all(items, judge, cache, lambda it: RequestCache.key(judge_name, it["instruction"],
+                                                                            it["response"], it.get("reference")))
+    rows = []
+    for it in items:
+        scores = it.get("scores") or {}
+        rows.append({"id": it["id"], "lang": it["lang"], "instruction": it["instruction"], "response": it["response"],
+                     "reference": it.get("reference", ""), **{c: scores.get(c) for c in CRITERIA},
+                     "AVG": average(scores) if scores else None, "status": it.get("status", "not judged"),
+                     "judge_raw": it.get("raw", "")})
+    per_language = []
+    for lang in dict.fromkeys(r["lang"] for r in rows):
+        scored = [r for r in rows if r["lang"] == lang and r["AVG"] is not None]
+        entry: dict[str, Any] = {"lang": lang, "responses": sum(r["lang"] == lang for r in rows),
+                                 "judged": len(scored)}
+        for c in [*CRITERIA, "AVG"]:
+            entry[c] = sum(r[c] for r in scored) / len(scored) if scored else None
+        per_language.append(entry)
+    judged = [r for r in rows if r["AVG"] is not None]
+    summary = {"responses": len(rows), "judged": len(judged),
+               "failed": sum(str(r["status"]).startswith("failed") for r in rows),
+               "unparsed": sum(r["status"] == "unparsed" for r in rows),
+               "AVG": sum(r["AVG"] for r in judged) / len(judged) if judged else None}
+    results = {"model": info.name, "judge": judge_name, "instructions": cfg.instructions,
+               "pipeline_check": cfg.pipeline_check, "summary": summary}
+    st.write_results(KIND, config, results, {"per_language": per_language, "per_item": rows},
+                     provenance(model=info.to_dict(), judge=judge_name))
+    return load_results(st.results_path)
+
+
+def _load(spec: str, cfg: RespondConfig):
+    from babelscope.models import load_model
+
+    return load_model(spec, dtype=cfg.dtype, device=cfg.device)

@@ -1,0 +1,277 @@
+"""Perplexity before and after removing a region (Zhang et al. 2024, §3, Tables 1-2 and Figure 2).
+
+For every evaluation language ``l`` and region ``R`` (Top-k, Bottom-k or Random-k of ``Imp``, per tensor or
+global) the step reports ``PPL_l(θ with θ_R changed) / PPL_l(θ)``, on text held out (by unit id) from the text
+the importance was computed on, and on languages that were not used for importance at all. Perplexity is that of
+:mod:`babelscope.evaluate.perplexity` (disjoint BOS-prefixed windows, exp of the mean token NLL), scored by the
+shared engine with a per-request cache keyed by the model *and* the change, so an interrupted run resumes.
+Greedy generations of "Fudan University is located in" (and its translations) show the damage side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+
+KIND = "regions-ablation"
+
+#: The paper's probe prompt and translations (inputs, keyed by corpus language code).
+PROMPTS = {
+    "eng": "Fudan University is located in",
+    "cmn-Hans": "复旦大学位于",
+    "fra": "L'université Fudan est située à",
+    "deu": "Die Fudan-Universität befindet sich in",
+    "spa": "La Universidad Fudan está ubicada en",
+    "rus": "Университет Фудань находится в",
+    "jpn": "復旦大学の所在地は",
+    "arb": "تقع جامعة فودان في",
+    "ita": "L'Università Fudan si trova a",
+    "por-BR": "A Universidade Fudan está localizada em",
+}
+
+EVAL_LANGS = (
+    "eng,fra,deu,spa,rus,cmn-Hans,ita,por-BR,nld,pol,ces,swe,tur,arb,heb,hin,jpn,kor,vie,ind,ell,fin,hun,ukr"
+)
+
+
+@dataclass
+class AblateConfig:
+    model: str = "gemma-3-270m"
+    select_step: str = "regions-select"
+    corpus: str = "udhr-sample"
+    langs: str = EVAL_LANGS  # evaluation languages (held-out text of each)
+    k: str = "0.01,0.03"
+    scope: str = "tensor,global"
+    regions: str = "top,bottom,random"
+    mode: str = "zero"
+    factor: float = 0.0  # for mode scale (multiplier) and noise (σ / std of the tensor)
+    include_norms: bool = False
+    initial: str | None = None  # for mode reset: safetensors file or model directory with the initial weights
+    window: int = 512
+    batch_size: int = 8
+    max_tokens: int | None = None  # per-language cap on evaluation tokens (whole units)
+    generate: bool = True
+    gen_langs: str = "eng,cmn-Hans,fra,deu,spa,rus,jpn,arb"
+    max_new_tokens: int = 16
+    dtype: str = "float32"
+    device: str | None = None
+
+
+def condition_checksum(model_checksum: str, *parts: Any) -> str:
+    """Cache key of the changed model: the weights' checksum plus what was changed and how."""
+    return hashlib.sha256("\0".join([model_checksum, *map(str, parts)]).encode()).hexdigest()
+
+
+def perplexities(engine, corpus, codes: list[str], window: int, max_tokens: int | None) -> dict[str, dict]:
+    """``{lang: perplexity row}`` from :func:`babelscope.evaluate.perplexity.language_rows`."""
+    from babelscope.evaluate.perplexity import PplConfig, language_rows
+
+    rows, _, _ = language_rows(engine, corpus, codes, PplConfig(window=window, max_tokens=max_tokens))
+    return {r["lang"]: r for r in rows}
+
+
+def ratio_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median PPL ratio per condition over all, held-out and importance languages."""
+    out = []
+    conditions = list(dict.fromkeys((r["region"], r["k"], r["scope"]) for r in rows if r["region"] != "base"))
+    for region, k, scope in conditions:
+        mine = [r for r in rows if (r["region"], r["k"], r["scope"]) == (region, k, scope)]
+        ratios = [r["ratio"] for r in mine if r["ratio"] is not None]
+        held = [r["ratio"] for r in mine if r["ratio"] is not None and not r["in_importance"]]
+        seen = [r["ratio"] for r in mine if r["ratio"] is not None and r["in_importance"]]
+        out.append(
+            {
+                "region": region,
+                "k": k,
+                "scope": scope,
+                "languages": len(ratios),
+                "median_ratio": _median(ratios),
+                "median_ratio_heldout_langs": _median(held),
+                "median_ratio_importance_langs": _median(seen),
+                "changed": mine[0]["changed"],
+            }
+        )
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def load_initial(path: str) -> dict:
+    """Initial weights for ``--mode reset``: a safetensors file or a directory of them."""
+    from pathlib import Path
+
+    from babelscope.regions.importance import load_tensors
+
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+    if not files or not all(f.is_file() for f in files):
+        raise BabelscopeError(
+            f"--initial {path}: no safetensors weights there; give a .safetensors file or a model directory"
+        )
+    out = {}
+    for f in files:
+        out.update(load_tensors(f))
+    return out
+
+
+def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -> dict[str, Any]:
+    """The ``babelscope regions ablate`` step."""
+    from babelscope.models.engine import Engine
+    from babelscope.regions.apply import REGION_MODES, applied_region
+    from babelscope.regions.params import norm_modules, scored_parameters
+    from babelscope.regions.select import SCOPES, WHICH, load_mask, mask_file, parse_choice, parse_fractions
+    from babelscope.regions.texts import SplitView, language_codes, open_text_corpus
+    from babelscope.runs import Step, is_main_process, load_results, provenance
+
+    ks = parse_fractions(cfg.k)
+    scopes = parse_choice(cfg.scope, SCOPES, "--scope")
+    which = parse_choice(cfg.regions, WHICH, "--regions")
+    if cfg.mode not in REGION_MODES:
+        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(REGION_MODES)}")
+    config = {k: v for k, v in vars(cfg).items() if k != "device"}
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        return load_results(st.results_path)
+    sel_doc = load_results(Step(run_dir, cfg.select_step).results_path)
+    imp_doc = load_results(Step(run_dir, sel_doc["results"]["importance_step"]).results_path)
+    imp_cfg = imp_doc["config"]
+    imp_langs = set(imp_doc["results"]["languages"])
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    view = SplitView(corpus, "test", imp_cfg["test_fraction"], imp_cfg["seed"])
+    for code in codes:
+        view.units(code)  # a language with no held-out text fails here, before the model loads
+    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    params = scored_parameters(model, imp_cfg.get("include", ""), imp_cfg.get("exclude", ""))
+    norms = set(norm_modules(model))
+    initial = load_initial(cfg.initial) if cfg.mode == "reset" and cfg.initial else None
+    if is_main_process():
+        st.write_config(config)
+    gen_codes = [c for c in language_codes(corpus, cfg.gen_langs) if c in PROMPTS] if cfg.generate else []
+
+    def engine_for(*change: Any) -> Engine:
+        checksum = condition_checksum(info.checksum, *change) if change else info.checksum
+        return Engine(
+            model,
+            tokenizer,
+            batch_size=cfg.batch_size,
+            cache_dir=st.cache_dir,
+            checksum=checksum,
+            progress=False,
+        )
+
+    base_engine = engine_for()
+    base = perplexities(base_engine, view, codes, cfg.window, cfg.max_tokens)
+    rows = [_row("base", None, None, code, base[code], base[code], code in imp_langs, 0) for code in codes]
+    generations = []
+    if gen_codes:
+        outs = base_engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens, desc="generate")
+        generations += [
+            {"region": "base", "k": None, "scope": None, "lang": c, "prompt": PROMPTS[c], "output": o}
+            for c, o in zip(gen_codes, outs, strict=True)
+        ]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(scopes) * len(ks) * len(which),
+        desc="ablate",
+        unit="region",
+        leave=False,
+        disable=not base_engine.is_main,
+    )
+    with bar:
+        for scope in scopes:
+            for k in ks:
+                for region in which:
+                    path = st.run_dir / cfg.select_step / mask_file(region, k, scope)
+                    if not path.exists():
+                        raise BabelscopeError(
+                            f"{path}: no such region; run `babelscope regions select` with "
+                            f"--k {k} --scope {scope}"
+                        )
+                    mask, meta = load_mask(path, params, info.checksum)
+                    change = (
+                        region,
+                        k,
+                        scope,
+                        cfg.mode,
+                        cfg.factor,
+                        cfg.include_norms,
+                        cfg.initial,
+                        meta.get("size"),
+                        meta.get("importance"),
+                    )
+                    engine = engine_for(*change)
+                    with applied_region(
+                        params, mask, cfg.mode, cfg.factor, initial, cfg.include_norms, norms
+                    ) as n:
+                        after = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
+                        if gen_codes and k == ks[0] and scope == scopes[0]:
+                            outs = engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens)
+                            generations += [
+                                {
+                                    "region": region,
+                                    "k": k,
+                                    "scope": scope,
+                                    "lang": c,
+                                    "prompt": PROMPTS[c],
+                                    "output": o,
+                                }
+                                for c, o in zip(gen_codes, outs, strict=True)
+                            ]
+                    rows += [
+                        _row(region, k, scope, code, after[code], base[code], code in imp_langs, n)
+                        for code in codes
+                    ]
+                    del mask
+                    bar.update(1)
+    if not base_engine.is_main:
+        return {}
+    summary = ratio_summary(rows)
+    results = {
+        "model": info.name,
+        "corpus": view.name,
+        "mode": cfg.mode,
+        "factor": cfg.factor,
+        "importance_languages": sorted(imp_langs),
+        "evaluation_languages": codes,
+        "heldout_languages": [c for c in codes if c not in imp_langs],
+        "summary": summary,
+    }
+    prov = provenance(
+        model=info.to_dict(),
+        data={"corpus": view.name, "units": {code: [u.id for u in view.units(code)] for code in codes}},
+    )
+    st.write_results(
+        KIND, config, results, {"per_language": rows, "summary": summary, "generations": generations}, prov
+    )
+    return load_results(st.results_path)
+
+
+def _row(region, k, scope, code, row, base_row, in_importance, changed) -> dict[str, Any]:
+    ratio = row["ppl"] / base_row["ppl"] if row["ppl"] and base_row["ppl"] else None
+    return {
+        "region": region,
+        "k": k,
+        "scope": scope,
+        "lang": code,
+        "name": row["name"],
+        "in_importance": in_importance,
+        "tokens": row["tokens"],
+        "ppl": row["ppl"],
+        "base_ppl": base_row["ppl"],
+        "ratio": ratio,
+        "changed": changed,
+    }
+
+
+def _load(cfg):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

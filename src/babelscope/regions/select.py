@@ -1,0 +1,340 @@
+"""Regions from importance scores (Zhang et al. 2024, §2.2-§3): Top-k, Bottom-k, Random-k, core, monolingual.
+
+* ``top`` / ``bottom``: the fraction ``k`` of parameters with the highest / lowest importance; ``random``: the
+  same count drawn uniformly (seeded). Per tensor (the paper's default: every matrix loses exactly ``k``) or
+  global (one ranking over all scored parameters, so some matrices lose far more than others).
+* Core region: Top-k of ``Imp = Σ_l |S_l|``. Monolingual region of ``l``: ``Top-k(|S_l|)`` minus the Top-k of
+  every other language.
+* Overlap of two languages' regions: Jaccard ``|A ∩ B| / |A ∪ B|``, overall and per layer and matrix type.
+
+Masks are ``{parameter name: bool tensor}`` (True = in the region) saved as safetensors with the model checksum,
+``k``, scope and kind in the metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from babelscope.errors import BabelscopeError
+
+KIND = "regions-select"
+WHICH = ("top", "bottom", "random")
+SCOPES = ("tensor", "global")
+Masks = dict[str, torch.Tensor]
+
+
+@dataclass
+class SelectConfig:
+    importance_step: str = "regions-importance"
+    k: str = "0.01,0.03"  # fractions whose masks are saved
+    scope: str = "tensor,global"
+    table_k: str = "0.01,0.03,0.05"  # fractions of the per-matrix table (the paper's Table 3)
+    monolingual: bool = True
+    seed: int = 0
+
+
+def parse_fractions(spec: str | float, option: str = "--k") -> list[float]:
+    """``"0.01,0.03"`` -> ``[0.01, 0.03]``; every value strictly between 0 and 1."""
+    values = []
+    for part in str(spec).split(","):
+        try:
+            k = float(part)
+        except ValueError:
+            raise BabelscopeError(
+                f"{option} {spec!r}: {part!r} is not a number; give fractions like 0.01,0.03"
+            ) from None
+        if not 0 < k < 1:
+            raise BabelscopeError(f"{option} {k}: k must lie strictly between 0 and 1 (0.01 = 1%)")
+        values.append(k)
+    return values
+
+
+def parse_choice(spec: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    values = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise BabelscopeError(f"{option} {spec!r}: use one or more of {', '.join(allowed)}")
+    return values
+
+
+# ------------------------------------------------------------------------------------------------ masks
+def region_mask(
+    scores: Mapping[str, torch.Tensor], k: float, which: str = "top", scope: str = "tensor", seed: int = 0
+) -> Masks:
+    """Boolean masks of the fraction ``k`` of parameters ranked by ``scores`` (top, bottom or random)."""
+    if not 0 < k < 1:
+        raise BabelscopeError(f"k={k}: k must lie strictly between 0 and 1")
+    if which not in WHICH or scope not in SCOPES:
+        raise BabelscopeError(f"which={which!r}, scope={scope!r}: use {WHICH} and {SCOPES}")
+    gen = torch.Generator().manual_seed(seed)
+    names = list(scores)
+    if scope == "tensor":
+        return {
+            name: _mask_flat(scores[name].flatten(), k, which, gen).view(scores[name].shape) for name in names
+        }
+    flat = torch.cat([scores[n].flatten().float() for n in names])
+    mask = _mask_flat(flat, k, which, gen)
+    del flat
+    out, start = {}, 0
+    for name in names:
+        n = scores[name].numel()
+        out[name] = mask[start : start + n].view(scores[name].shape).clone()
+        start += n
+    return out
+
+
+def _mask_flat(values: torch.Tensor, k: float, which: str, gen: torch.Generator) -> torch.Tensor:
+    count = round(k * values.numel())
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    if count == 0:
+        return mask
+    if which == "random":
+        mask[random_indices(values.numel(), count, gen)] = True
+    else:
+        mask[extreme_indices(values, count, largest=which == "top")] = True
+    return mask
+
+
+def random_indices(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` distinct indices in ``range(n)``, uniformly at random (no n-sized permutation is built)."""
+    if count * 4 >= n:
+        return torch.randperm(n, generator=gen)[:count]
+    picked = torch.empty(0, dtype=torch.long)
+    while picked.numel() < count:
+        draw = torch.randint(n, (int(1.1 * (count - picked.numel())) + 16,), generator=gen)
+        picked = torch.unique(torch.cat([picked, draw]))
+    return picked[torch.randperm(picked.numel(), generator=gen)[:count]]
+
+
+def extreme_indices(values: torch.Tensor, count: int, largest: bool = True) -> torch.Tensor:
+    """Indices of the ``count`` largest (smallest) values: exactly ``torch.topk``'s set, faster on big tensors.
+
+    A sample of a million values gives a threshold a little beyond the ``count``-th value; ``topk`` then runs
+    only over the candidates past it (if they are too few, over everything)."""
+    n = values.numel()
+    values = values.float()
+    if n <= 1 << 22 or count * 4 > n:
+        return torch.topk(values, count, largest=largest, sorted=False).indices
+    gen = torch.Generator().manual_seed(0)
+    sample = values[torch.randint(n, (1 << 20,), generator=gen)]
+    q = min(1.0, 1.5 * count / n + 1e-3)
+    threshold = torch.quantile(sample, 1 - q if largest else q)
+    candidates = torch.nonzero(values >= threshold if largest else values <= threshold).flatten()
+    if candidates.numel() < count:
+        return torch.topk(values, count, largest=largest, sorted=False).indices
+    return candidates[torch.topk(values[candidates], count, largest=largest, sorted=False).indices]
+
+
+def monolingual_masks(per_language: Mapping[str, Masks]) -> dict[str, Masks]:
+    """``{lang: Top_l minus every other language's Top}`` from each language's Top-k masks."""
+    langs = list(per_language)
+    if not langs:
+        return {}
+    names = list(per_language[langs[0]])
+    count = {n: torch.zeros(per_language[langs[0]][n].shape, dtype=torch.int16) for n in names}
+    for masks in per_language.values():
+        for n in names:
+            count[n] += masks[n]
+    return {lang: {n: masks[n] & (count[n] == 1) for n in names} for lang, masks in per_language.items()}
+
+
+def kept_fraction(mask: Masks) -> dict[str, float]:
+    """Per tensor, the fraction of weights left after removing the region (the paper's Table 3 cells)."""
+    return {name: 1.0 - float(m.sum()) / m.numel() for name, m in mask.items()}
+
+
+def jaccard(a: Masks, b: Masks) -> float:
+    inter = sum(int((a[n] & b[n]).sum()) for n in a)
+    union = sum(int((a[n] | b[n]).sum()) for n in a)
+    return inter / union if union else math.nan
+
+
+def jaccard_by_matrix(a: Masks, b: Masks) -> dict[str, float]:
+    out = {}
+    for n in a:
+        union = int((a[n] | b[n]).sum())
+        out[n] = int((a[n] & b[n]).sum()) / union if union else math.nan
+    return out
+
+
+def region_size(mask: Masks) -> int:
+    return sum(int(m.sum()) for m in mask.values())
+
+
+# ------------------------------------------------------------------------------------------------ files
+def save_mask(path: str | Path, mask: Masks, meta: dict[str, Any]) -> None:
+    from babelscope.regions.importance import save_tensors
+
+    save_tensors(path, mask, {**meta, "size": region_size(mask)})
+
+
+def load_mask(
+    path: str | Path, params: Mapping[str, torch.Tensor] | None = None, checksum: str | None = None
+) -> tuple[Masks, dict[str, Any]]:
+    """Read a mask file; with ``params``, refuse one made for another model (names or shapes differ)."""
+    from babelscope.regions.importance import load_tensors, read_metadata
+
+    meta = read_metadata(path)
+    mask = load_tensors(path)
+    if params is not None:
+        missing = sorted(set(params) - set(mask))
+        extra = sorted(set(mask) - set(params))
+        if extra or (missing and len(missing) == len(params)):
+            name = (extra or missing)[0]
+            raise BabelscopeError(
+                f"{path}: mask for another model (parameter {name!r} is not among this model's scored weights); "
+                f"select the region from this model's importance scores"
+            )
+        for name, m in mask.items():
+            if tuple(m.shape) != tuple(params[name].shape) or m.dtype != torch.bool:
+                raise BabelscopeError(
+                    f"{path}: mask for another model ({name} has shape {tuple(m.shape)} {m.dtype}, the model's "
+                    f"is {tuple(params[name].shape)}); select the region from this model's importance scores"
+                )
+    if checksum and meta.get("model") not in (None, checksum):
+        meta["other_model"] = True  # same names and shapes, other weights (e.g. a further-trained model)
+    return mask, meta
+
+
+def mask_file(region: str, k: float, scope: str) -> str:
+    return f"masks/{region}-k{k:g}-{scope}.safetensors"
+
+
+# ------------------------------------------------------------------------------------------------ step
+def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -> dict[str, Any]:
+    """The ``babelscope regions select`` step: masks and tables from an importance step (no model needed)."""
+    from tqdm.auto import tqdm
+
+    from babelscope.regions.importance import load_tensors, read_metadata
+    from babelscope.regions.params import layer_and_kind
+    from babelscope.runs import Step, is_main_process, load_results, provenance
+
+    ks = parse_fractions(cfg.k)
+    table_ks = parse_fractions(cfg.table_k, "--table-k")
+    scopes = parse_choice(cfg.scope, SCOPES, "--scope")
+    config = dict(vars(cfg))
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        return load_results(st.results_path)
+    if not is_main_process():
+        return {}
+    src = Step(run_dir, cfg.importance_step)
+    imp_doc = load_results(src.results_path)
+    imp_path = src.path / imp_doc["results"]["importance_file"]
+    imp_meta = read_metadata(imp_path)
+    imp = load_tensors(imp_path)
+    langs = imp_doc["results"]["languages"]
+    st.write_config(config)
+    base_meta = {
+        "model": imp_meta["model"],
+        "importance": str(imp_path),
+        "method": imp_meta["method"],
+        "languages": langs,
+    }
+    regions, per_matrix = [], []
+
+    def record(region: str, k: float, scope: str, mask: Masks, save: bool) -> None:
+        size = region_size(mask)
+        row = {"region": region, "k": k, "scope": scope, "parameters": size, "file": None}
+        if save:
+            row["file"] = mask_file(region, k, scope)
+            save_mask(st.path / row["file"], mask, {**base_meta, "region": region, "k": k, "scope": scope})
+        regions.append(row)
+
+    with tqdm(total=len(ks) * len(scopes), desc="regions", unit="set", leave=False) as bar:
+        for scope in scopes:
+            for k in ks:
+                for which in WHICH:
+                    record(which, k, scope, region_mask(imp, k, which, scope, cfg.seed), save=True)
+                bar.update(1)
+    # Per-matrix table (global selection, core region and monolingual regions) for table_k.
+    for k in table_ks:
+        core = region_mask(imp, k, "top", "global")
+        for name, kept in kept_fraction(core).items():
+            layer, kind = layer_and_kind(name)
+            per_matrix.append(
+                {"region": "core", "k": k, "layer": layer, "kind": kind, "kept": kept, "scope": "global"}
+            )
+        if k not in ks or "global" not in scopes:
+            record("top", k, "global", core, save=False)
+        del core
+    # Monolingual regions and overlaps: each language's Top-k of |S_l| (loaded one language at a time).
+    overlap, overlap_matrix = [], []
+    if cfg.monolingual and len(langs) > 1:
+        k_mono = ks[0]
+        for scope in scopes:
+            tops = {}
+            for lang in langs:
+                scores = load_tensors(src.path / imp_doc["results"]["score_files"][lang])
+                tops[lang] = region_mask({n: s.abs() for n, s in scores.items()}, k_mono, "top", scope)
+                del scores
+            mono = monolingual_masks(tops)
+            for lang, mask in mono.items():
+                record(f"mono-{lang}", k_mono, scope, mask, save=True)
+                if scope == "global" or len(scopes) == 1:
+                    for name, kept in kept_fraction(mask).items():
+                        layer, kind = layer_and_kind(name)
+                        per_matrix.append(
+                            {
+                                "region": f"mono-{lang}",
+                                "k": k_mono,
+                                "layer": layer,
+                                "kind": kind,
+                                "kept": kept,
+                                "scope": scope,
+                            }
+                        )
+            if scope == scopes[0]:
+                pairs = [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
+                sums: dict[str, list[float]] = {}
+                for a, b in pairs:
+                    overlap.append(
+                        {"a": a, "b": b, "k": k_mono, "scope": scope, "jaccard": jaccard(tops[a], tops[b])}
+                    )
+                    for name, j in jaccard_by_matrix(tops[a], tops[b]).items():
+                        sums.setdefault(name, []).append(j)
+                for name, js in sums.items():
+                    layer, kind = layer_and_kind(name)
+                    overlap_matrix.append(
+                        {
+                            "layer": layer,
+                            "kind": kind,
+                            "k": k_mono,
+                            "scope": scope,
+                            "mean_jaccard": sum(js) / len(js),
+                            "min_jaccard": min(js),
+                            "max_jaccard": max(js),
+                        }
+                    )
+            del tops, mono
+    results = {
+        "importance_step": cfg.importance_step,
+        "model": imp_meta["model"],
+        "languages": langs,
+        "k": ks,
+        "scope": scopes,
+        "table_k": table_ks,
+        "masks": {f"{r['region']}@{r['k']:g}/{r['scope']}": r["file"] for r in regions if r["file"]},
+    }
+    prov = provenance(
+        model={"checksum": imp_meta["model"], "name": imp_meta.get("model_name")}, importance=str(imp_path)
+    )
+    st.write_results(
+        KIND,
+        config,
+        results,
+        {
+            "regions": regions,
+            "per_matrix": per_matrix,
+            "overlap": overlap,
+            "overlap_by_matrix": overlap_matrix,
+        },
+        prov,
+    )
+    return load_results(st.results_path)
