@@ -1,0 +1,85 @@
+"""Time and peak memory of the OTDD distance matrix for 10 languages x 2000 relation vectors.
+
+Ours: :func:`babelscope.syntax.otdd.otdd_matrix` (one eps for all pairs, so each language's self term
+OT(A, A) is solved once; cost matrices rebuilt rather than kept). Baseline: the straightforward loop of
+:func:`babelscope.syntax.otdd.otdd` over every pair, each pair solving its own two self terms. Data: seeded
+synthetic relation sets shaped like the default model's (hidden 640, 35 labels with Zipf frequencies, one
+"massive" dimension), so the benchmark needs no model. Each setup runs in a child process (peak RSS = VmHWM).
+
+Last line: ``ratio X`` = baseline seconds / our seconds.
+
+    python benchmarks/bench_otdd.py [--langs 10] [--n 2000] [--dim 640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def sets(n_langs: int, n: int, dim: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([f"rel{k}" for k in range(35)])
+    p = 1.0 / np.arange(1, 36)
+    p /= p.sum()
+    means = rng.normal(size=(35, dim)) * 2
+    out = []
+    for lang in range(n_langs):
+        y = rng.choice(35, size=n, p=p)
+        shift = rng.normal(size=dim) * 0.3 * lang / n_langs
+        X = means[y] + rng.normal(size=(n, dim)) + shift
+        X[:, 0] *= 50  # a massive-activation dimension
+        out.append((X.astype(np.float32), labels[y]))
+    return out
+
+
+def child(setup: str, args) -> dict:
+    from babelscope.syntax import otdd
+
+    data = sets(args.langs, args.n, args.dim)
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    if setup == "ours":
+        D, _ = otdd.otdd_matrix(data)
+    else:
+        import numpy as np
+
+        D = np.zeros((args.langs, args.langs))
+        for i in range(args.langs):
+            for j in range(i + 1, args.langs):
+                D[i, j] = D[j, i] = otdd.otdd(*data[i], *data[j])["distance"]
+    seconds = time.perf_counter() - start
+    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
+    return {"seconds": seconds, "peak_rss": peak, "mean_distance": float(D.sum() / (args.langs ** 2 - args.langs))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--langs", type=int, default=10)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=640)
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    results = {}
+    for setup in ("ours", "pairwise"):
+        cmd = [sys.executable, __file__, "--langs", str(args.langs), "--n", str(args.n), "--dim", str(args.dim),
+               "--child", setup]
+        results[setup] = r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
+                                        .stdout.strip().splitlines()[-1])
+        print(f"{setup:8s}: {args.langs} languages x {args.n} vectors (dim {args.dim}): {r['seconds']:.1f} s, "
+              f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB, mean distance {r['mean_distance']:.4g}", flush=True)
+    print(f"ratio {results['pairwise']['seconds'] / results['ours']['seconds']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``babelscope syntax extract | otdd | rsa | probe`` (kept import-light: the work happens in :mod:`.steps`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Syntax and structural concepts: relation vectors, OTDD syntactic distance, RSA "
+                       "alignability, probes (Xu et al. 2022; 2023).", no_args_is_help=True)
+
+EXPERIMENT_COMMANDS = {
+    "syntax-extract": "babelscope.syntax.steps:ExtractConfig:run_extract",
+    "syntax-otdd": "babelscope.syntax.steps:OtddConfig:run_otdd",
+    "syntax-rsa": "babelscope.syntax.steps:RsaConfig:run_rsa",
+    "syntax-probe": "babelscope.syntax.steps:ProbeConfig:run_probe",
+}
+
+RunDir = Annotated[Path, typer.Option("--run-dir", "-o", help="Run directory; re-run with the same one to resume.")]
+Store = Annotated[str, typer.Option(help="Step folder (in the run directory) of the extract step to read.")]
+Langs = Annotated[str, typer.Option(help="Comma-separated languages, or 'all' (every language in the store).")]
+Seed = Annotated[int, typer.Option(help="Seed of every subsample, split and permutation.")]
+
+
+def _echo(doc: dict, run_dir: Path, step: str) -> None:
+    if doc:
+        import json
+
+        typer.echo(json.dumps(doc["results"], indent=1, ensure_ascii=False, default=str)[:4000])
+        typer.echo(f"results: {run_dir / step / 'results.json'}")
+
+
+@app.command("extract")
+def extract(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf.")]
+    = "gemma-3-270m",
+    treebank: Annotated[str, typer.Option(help="pud (21 PUD treebanks), pud-sample (embedded) or a .conllu "
+                                               "file / treebank folder.")] = "pud-sample",
+    langs: Annotated[str, typer.Option(help="Comma-separated languages, or 'all'.")] = "all",
+    layers: Annotated[str, typer.Option(help="all, middle, or comma-separated layers (0 = embeddings).")] = "all",
+    pooling: Annotated[str, typer.Option(help="Subword pooling: auto (first for encoders, last for decoders), "
+                                              "first, last, mean.")] = "auto",
+    max_sentences: Annotated[int | None, typer.Option(help="First N sentences (the same sent_ids on PUD).")]
+    = None,
+    batch_size: Annotated[int, typer.Option(help="Sentences per forward pass.")] = 16,
+    random_init: Annotated[bool, typer.Option(help="Use a randomly initialised copy of the model (control).")]
+    = False,
+    seed: Seed = 0,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: where it loads).")] = None,
+    run_dir: RunDir = Path("runs/syntax"),
+    step: Annotated[str, typer.Option(help="Step folder name.")] = "syntax-extract",
+) -> None:
+    """Word vectors per layer for every UD word into a streaming store (per language and layer)."""
+    from babelscope.syntax.steps import ExtractConfig, run_extract
+
+    cfg = ExtractConfig(model=model, treebank=treebank, langs=langs, layers=layers, pooling=pooling,
+                        max_sentences=max_sentences, batch_size=batch_size, random_init=random_init, seed=seed,
+                        dtype=dtype, device=device)
+    _echo(run_extract(cfg, run_dir, step=step), run_dir, step)
+
+
+@app.command("otdd")
+def otdd(
+    store: Store = "syntax-extract",
+    langs: Langs = "all",
+    layer: Annotated[str, typer.Option(help="Layer of the store, or middle.")] = "middle",
+    samples: Annotated[int, typer.Option(help="Relation vectors per language per draw.")] = 1000,
+    draws: Annotated[int, typer.Option(help="Seeded subsamples (mean and standard deviation).")] = 3,
+    reg: Annotated[float, typer.Option(help="Outer entropic regularisation, times the median cost.")] = 0.05,
+    inner: Annotated[str, typer.Option(help="Label-to-label OT: emd (exact) or sinkhorn (the paper's).")] = "emd",
+    max_per_label: Annotated[int, typer.Option(help="Vectors per label in the label-to-label OT.")] = 50,
+    typology: Annotated[str, typer.Option(help="URIEL syntax features: knn (imputed) or wals.")] = "knn",
+    mantel_perm: Annotated[int, typer.Option(help="Permutations of the Mantel tests.")] = 9999,
+    seed: Seed = 0,
+    run_dir: RunDir = Path("runs/syntax"),
+    step: Annotated[str, typer.Option(help="Step folder name.")] = "syntax-otdd",
+) -> None:
+    """Optimal-transport dataset distance between languages' relation sets, and its typological links."""
+    from babelscope.syntax.steps import OtddConfig, run_otdd
+
+    cfg = OtddConfig(store=store, langs=langs, layer=layer, samples=samples, draws=draws, reg=reg, inner=inner,
+                     max_per_label=max_per_label, typology=typology, mantel_perm=mantel_perm, seed=seed)
+    _echo(run_otdd(cfg, run_dir, step=step), run_dir, step)
+
+
+@app.command("rsa")
+def rsa(
+    store: Store = "syntax-extract",
+    control: Annotated[str, typer.Option(help="Extract step of the randomly initialised model ('' = none).")]
+    = "",
+    langs: Langs = "all",
+    layers: Annotated[str, typer.Option(help="Layers of the per-layer curves (all = every stored layer).")]
+    = "all",
+    layer: Annotated[str, typer.Option(help="Layer of the language-by-language heatmap, or middle.")] = "middle",
+    concepts: Annotated[str, typer.Option(help="relation or pos.")] = "relation",
+    min_count: Annotated[int, typer.Option(help="Instances a concept needs in both languages.")] = 20,
+    metric: Annotated[str, typer.Option(help="RDM distance: euclidean, cosine or correlation.")] = "euclidean",
+    n_perm: Annotated[int, typer.Option(help="Permutations for the heatmap layer's p-values.")] = 1000,
+    seed: Seed = 0,
+    run_dir: RunDir = Path("runs/syntax"),
+    step: Annotated[str, typer.Option(help="Step folder name.")] = "syntax-rsa",
+) -> None:
+    """Alignability of structural concepts across languages (RSA, Procrustes) with controls."""
+    from babelscope.syntax.steps import RsaConfig, run_rsa
+
+    cfg = RsaConfig(store=store, control=control, langs=langs, layers=layers, layer=layer, concepts=concepts,
+                    min_count=min_count, metric=metric, n_perm=n_perm, seed=seed)
+    _echo(run_rsa(cfg, run_dir, step=step), run_dir, step)
+
+
+@app.command("probe")
+def probe(
+    store: Store = "syntax-extract",
+    control: Annotated[str, typer.Option(help="Extract step of the randomly initialised model ('' = none).")]
+    = "",
+    langs: Langs = "all",
+    layers: Annotated[str, typer.Option(help="Layers to probe (all = every stored layer).")] = "all",
+    concepts: Annotated[str, typer.Option(help="relation, pos or both (comma-separated).")] = "relation,pos",
+    transfer_layer: Annotated[str, typer.Option(help="Layer of the transfer matrix, or middle.")] = "middle",
+    test_fraction: Annotated[float, typer.Option(help="Share of sent_ids held out for testing.")] = 0.5,
+    max_train: Annotated[int, typer.Option(help="Training instances per language (subsample).")] = 3000,
+    otdd_step: Annotated[str, typer.Option("--otdd", help="OTDD step to correlate transfer with ('' = none).")]
+    = "",
+    seed: Seed = 0,
+    run_dir: RunDir = Path("runs/syntax"),
+    step: Annotated[str, typer.Option(help="Step folder name.")] = "syntax-probe",
+) -> None:
+    """Linear relation/POS probes per layer with baselines, and the cross-lingual transfer matrix."""
+    from babelscope.syntax.steps import ProbeConfig, run_probe
+
+    cfg = ProbeConfig(store=store, control=control, langs=langs, layers=layers, concepts=concepts,
+                      transfer_layer=transfer_layer, test_fraction=test_fraction, max_train=max_train,
+                      otdd=otdd_step, seed=seed)
+    _echo(run_probe(cfg, run_dir, step=step), run_dir, step)
