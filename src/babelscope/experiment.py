@@ -81,11 +81,13 @@ def run_file(path: str | Path, run_dir: str | Path | None = None) -> Path:
     for i, raw in enumerate(doc["steps"], 1):
         if not isinstance(raw, dict) or "command" not in raw:
             raise BabelscopeError(f"{path}: step {i} needs a 'command' (one of {', '.join(all_commands())})")
-        options = {**defaults, **raw}
+        options = dict(raw)
         name = options.pop("command")
         step = options.pop("step", name)
         cfg_cls, fn = _command(name)
         fields = {f.name for f in dataclasses.fields(cfg_cls)}
+        # defaults apply to the steps that have such an option (a model-free analysis step ignores `model`)
+        options = {**{k: v for k, v in defaults.items() if k in fields}, **options}
         unknown = sorted(set(options) - fields)
         if unknown:
             raise BabelscopeError(f"{path}: step {i} ({name}): unknown option(s) {unknown}; known: {sorted(fields)}")
