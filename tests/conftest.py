@@ -136,3 +136,14 @@ def encoder_dir() -> Path:
     tool = data_dir().parent / "tools" / "multilingual_encoder.py"
     subprocess.run([sys.executable, str(tool), str(out)], check=True, stdout=subprocess.DEVNULL)
     return out
+
+
+def launch_two_processes(module: str, function: str, env: dict[str, str], timeout: float = 900) -> None:
+    """Run ``module.function`` in 2 CPU processes (Accelerate's ``debug_launcher``, gloo on loopback) from a
+    fresh interpreter: forking this pytest process after torch has started its thread pools can deadlock."""
+    tests = str(Path(__file__).parent)
+    code = (f"import sys; sys.path.insert(0, {tests!r}); from accelerate import debug_launcher; "
+            f"from {module} import {function}; debug_launcher({function}, num_processes=2)")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import SENTENCES, build_tiny
+from conftest import SENTENCES, build_tiny, launch_two_processes
 
 TEXTS = [" ".join(SENTENCES[i:] * 2) for i in range(len(SENTENCES))]
 
@@ -32,15 +32,13 @@ def _worker():
             json.dump({"scores": scores, "grad": grad}, fh)
 
 
-def test_two_processes_match_one(tmp_path, monkeypatch):
+def test_two_processes_match_one(tmp_path):
     import torch
-    from accelerate import debug_launcher
 
     from babelscope.models.engine import Engine
 
     out = tmp_path / "dist.json"
-    monkeypatch.setenv("BABELSCOPE_TEST_OUT", str(out))
-    debug_launcher(_worker, num_processes=2)
+    launch_two_processes("test_distributed", "_worker", {"BABELSCOPE_TEST_OUT": str(out)})
     got = json.loads(out.read_text())
 
     model, tok = build_tiny("gemma3")

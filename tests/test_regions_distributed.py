@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import build_tiny
+from conftest import build_tiny, launch_two_processes
 
 CFG = dict(langs="eng,fra", max_tokens=40, window=16, batch_size=2)
 
@@ -29,13 +29,10 @@ def _worker():
     _run(Path(os.environ["BABELSCOPE_TEST_OUT"]))
 
 
-def test_importance_two_processes_match_one(tmp_path, monkeypatch):
-    from accelerate import debug_launcher
-
+def test_importance_two_processes_match_one(tmp_path):
     from babelscope.regions.importance import load_tensors, read_metadata
 
-    monkeypatch.setenv("BABELSCOPE_TEST_OUT", str(tmp_path / "dist"))
-    debug_launcher(_worker, num_processes=2)
+    launch_two_processes("test_regions_distributed", "_worker", {"BABELSCOPE_TEST_OUT": str(tmp_path / "dist")})
     _run(tmp_path / "single")
     for name in ("scores/eng.safetensors", "scores/fra.safetensors", "importance.safetensors"):
         dist = load_tensors(tmp_path / "dist" / "imp" / name)
