@@ -46,18 +46,35 @@ def lm_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def logits_from_hidden(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Apply the LM head and any logit post-processing the architecture does (softcapping, scaling)."""
+def logits_from_hidden(model: nn.Module, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the LM head and any logit post-processing the architecture does (softcapping, scaling).
+
+    ``out`` (inference only): a reusable float32 buffer of at least ``hidden.shape[0]`` rows that receives the
+    logits of a bias-free float32 head, so scoring loops do not fault in a fresh B x V block per chunk."""
     config = text_config(model)
-    logits = lm_head(model)(hidden).float()
+    head = lm_head(model)
+    weight = getattr(head, "weight", None)
+    plain = isinstance(head, nn.Linear) and head.bias is None and not head._forward_hooks
+    if out is not None and plain and weight.dtype == hidden.dtype == out.dtype == torch.float32:
+        logits = torch.matmul(hidden, weight.t(), out=out[: hidden.shape[0]])
+    else:
+        logits = head(hidden).float()
+    inplace = not logits.requires_grad  # autograd keeps tanh's output: post-process out of place then
     if getattr(config, "final_logit_softcapping", None):
         cap = config.final_logit_softcapping
-        logits = torch.tanh(logits / cap) * cap
+        logits = logits.div_(cap).tanh_().mul_(cap) if inplace else torch.tanh(logits / cap) * cap
     if getattr(config, "logit_scale", None) and isinstance(config.logit_scale, float):  # Cohere
-        logits = logits * config.logit_scale
+        logits = logits.mul_(config.logit_scale) if inplace else logits * config.logit_scale
     if getattr(config, "logits_scaling", None):  # Granite
-        logits = logits / config.logits_scaling
+        logits = logits.div_(config.logits_scaling) if inplace else logits / config.logits_scaling
     return logits
+
+
+def logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last dimension, overwriting ``logits`` (one pass fewer than ``torch.logsumexp``
+    and no second B x V block): max + log Σ exp(x - max)."""
+    peak = logits.amax(dim=-1, keepdim=True)
+    return logits.sub_(peak).exp_().sum(dim=-1).log_().add_(peak[..., 0])
 
 
 def prefix_token_id(tokenizer) -> int:

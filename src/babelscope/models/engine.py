@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from babelscope.models.arch import base_model, logits_from_hidden, prefix_token_id
+from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, prefix_token_id
 from babelscope.models.hooks import capture_layers, run_until_stopped
 from babelscope.runs import RequestCache
 
@@ -277,11 +277,11 @@ class Engine:
         logprobs, greedy = [], []
         for start in range(0, len(targets), self.logit_chunk):
             need, inverse = torch.unique(where[start : start + self.logit_chunk], return_inverse=True)
-            logits = logits_from_hidden(self.model, h[need])
+            logits = logits_from_hidden(self.model, h[need], out=self._logit_buffer(h))
             tgt = targets[start : start + self.logit_chunk]
-            picked = logits[inverse, tgt] - torch.logsumexp(logits, dim=-1)[inverse]
-            logprobs.append(picked)
+            picked = logits[inverse, tgt]
             greedy.append(logits.argmax(dim=-1)[inverse] == tgt)
+            logprobs.append(picked - logsumexp_(logits)[inverse])  # overwrites the logits
         lp = torch.cat(logprobs).double().cpu() if logprobs else torch.zeros(0, dtype=torch.float64)
         gr = torch.cat(greedy).cpu() if greedy else torch.zeros(0, dtype=torch.bool)
         out, start = [], 0
@@ -289,6 +289,16 @@ class Engine:
             out.append(Scored(float(lp[start : start + n].sum()), bool(gr[start : start + n].all()), n))
             start += n
         return out
+
+    def _logit_buffer(self, h: torch.Tensor) -> torch.Tensor | None:
+        """One ``logit_chunk x vocab`` float32 block reused by every chunk (inference only)."""
+        if h.dtype != torch.float32:
+            return None
+        vocab = lm_head(self.model).weight.shape[0]
+        buf = getattr(self, "_logits", None)
+        if buf is None or buf.shape != (self.logit_chunk, vocab) or buf.device != h.device:
+            buf = self._logits = torch.empty(self.logit_chunk, vocab, device=h.device)
+        return buf
 
     # ------------------------------------------------------------------------------------------ gradients
     def backward(
