@@ -47,8 +47,8 @@ def run_ours(engine, seqs, batch_size) -> list[float]:
     out = [0.0] * len(seqs)
     for batch in batches(seqs, batch_size):
         with torch.inference_mode():
-            scored = engine._score_batch([seqs[i] for i in batch])
-        for i, s in zip(batch, scored, strict=True):
+            scored = engine._score_batch([[seqs[i]] for i in batch])  # one request per context group
+        for i, (s,) in zip(batch, scored, strict=True):
             out[i] = -s.logprob
     return out
 

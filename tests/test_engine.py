@@ -82,6 +82,40 @@ def test_loglikelihood_and_greedy():
         assert got.greedy == bool((logp[-n:].argmax(-1) == targets).all())
 
 
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_shared_contexts_run_once_and_match_model_forward(kind):
+    """Multiple-choice items (contexts of different lengths, several multi-token choices each, one choice of a
+    single token) take the shared-context path: each context once, left-padded, its KV cache copied to the
+    continuations; every score equals the model's own unpadded forward, and the greedy flags agree."""
+    model, tok = build_tiny(kind)
+    items = [
+        (SENTENCES[0] + " because", [" " + SENTENCES[1], " " + SENTENCES[2], " the"]),
+        (SENTENCES[3][:30], [" " + SENTENCES[4], " " + SENTENCES[5]]),
+        (LONG[:300], [" " + SENTENCES[6], " " + SENTENCES[0]]),
+    ]
+    reqs = [(ctx, cont) for ctx, conts in items for cont in conts]
+    engine = Engine(model, tok, batch_size=3, progress=False)
+    calls = []
+    shared = engine._shared_hidden
+    engine._shared_hidden = lambda groups: calls.append([len(g) for g in groups]) or shared(groups)
+    out = engine.loglikelihood(reqs)
+    assert sorted(calls[0]) == [2, 2, 3]  # one batch, one context group per item
+    for (ctx, cont), got in zip(reqs, out, strict=True):
+        whole = tok(ctx + cont)["input_ids"]
+        n = len(whole) - len(tok(ctx)["input_ids"])
+        x = torch.tensor([whole])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+        targets = x[0, 1:][-n:]
+        assert got.tokens == n
+        assert got.logprob == pytest.approx(logp[-n:].gather(1, targets[:, None]).sum().item(), rel=1e-5, abs=1e-5)
+        assert got.greedy == bool((logp[-n:].argmax(-1) == targets).all())
+    plain = Engine(model, tok, batch_size=3, progress=False)
+    plain._shared_hidden = plain._row_hidden  # every distinct input as its own right-padded row
+    rows = plain.loglikelihood(reqs)
+    assert [r.logprob for r in rows] == pytest.approx([r.logprob for r in out], rel=1e-5, abs=1e-5)
+
+
 def test_hidden_states_match_output_hidden_states_and_stop_early():
     model, tok = build_tiny("gemma3")
     engine = Engine(model, tok, batch_size=2, progress=False)

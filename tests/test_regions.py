@@ -294,6 +294,12 @@ def test_interrupted_language_leaves_nothing_half_written(tmp_path, monkeypatch)
     files = sorted(p.name for p in (tmp_path / "imp").rglob("*") if p.is_file())
     assert files == ["config.yaml", "eng.safetensors"]  # no partial score file, no results
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    (tmp_path / "imp" / "scores" / ".fra.safetensors.x.tmp").write_bytes(b"cut off")  # a killed writer's file
+    monkeypatch.setattr(importance, "language_scores", real)
+    importance.run(cfg, tmp_path, "imp", _loaded(model, tok))  # resumes: eng loaded, fra computed
+    files = sorted(p.name for p in (tmp_path / "imp").rglob("*") if p.is_file())
+    assert not [f for f in files if f.endswith(".tmp")]
+    assert {"eng.safetensors", "fra.safetensors", "importance.safetensors", "results.json"} <= set(files)
 
 
 def test_bad_input(tmp_path):

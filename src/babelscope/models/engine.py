@@ -20,6 +20,7 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -200,20 +201,26 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ core
     def score_sequences(self, seqs: Sequence[tuple[list[int], int]], desc: str = "scoring") -> list[Scored]:
-        """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them."""
+        """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them.
+
+        Requests with the same context (the tokens before the scored ones: the choices of a multiple-choice
+        item) go to the same batch, where the context can run once (see :meth:`_score_batch`)."""
         keys = [RequestCache.key(self.checksum, "seq", seq, n) for seq, n in seqs]
-        groups: dict[tuple, list[int]] = {}  # requests with the same input tokens share one forward row
+        groups: dict[tuple, list[int]] = {}
         for i, k in enumerate(keys):
             if k not in self.cache:
-                groups.setdefault(tuple(seqs[i][0][:-1]), []).append(i)
-        todo = sorted(groups.values(), key=lambda g: -len(seqs[g[0]][0]))  # longest first
+                seq, n = seqs[i]
+                groups.setdefault(tuple(seq[: len(seq) - n]), []).append(i)
+        todo = sorted(groups.values(), key=lambda g: -max(len(seqs[i][0]) for i in g))  # longest first
         if self.state is not None:
             todo = todo[self.state.process_index :: self.state.num_processes]
         with self._bar(sum(map(len, todo)), desc) as bar:
             for start in range(0, len(todo), self.batch_size):
-                batch = [i for group in todo[start : start + self.batch_size] for i in group]
+                chunk = todo[start : start + self.batch_size]
+                batch = [i for group in chunk for i in group]
                 with torch.inference_mode():
-                    results = self._score_batch([seqs[i] for i in batch])
+                    scored = self._score_batch([[seqs[i] for i in group] for group in chunk])
+                results = [r for group in scored for r in group]
                 self.cache.put_many(
                     {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(batch, results, strict=True)}
                 )
@@ -255,25 +262,20 @@ class Engine:
     def _final_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
-    def _score_batch(self, seqs: Sequence[tuple[list[int], int]]) -> list[Scored]:
-        """Score a batch; sequences with the same input tokens (``seq[:-1]``, e.g. the choices of a
-        multiple-choice item whose answers are one token each) run as one row, and each scored position's
-        logits are computed once however many requests read it (as lm-evaluation-harness groups one-token
-        continuations)."""
-        row_of: dict[tuple, int] = {}
-        unique = []
-        for seq, n in seqs:
-            if tuple(seq[:-1]) not in row_of:
-                row_of[tuple(seq[:-1])] = len(unique)
-                unique.append((seq, n))
-        ids, mask = self._batch_inputs(unique)
-        hidden = self._final_hidden(ids, mask)
-        rows, cols, targets = self._positions(seqs)
-        rows = torch.tensor(
-            [row_of[tuple(seq[:-1])] for seq, n in seqs for _ in range(n)], dtype=torch.long, device=self.device
-        )
-        pos, where = torch.unique(rows * ids.shape[1] + cols, return_inverse=True)  # distinct positions
-        h = hidden[pos // ids.shape[1], pos % ids.shape[1]]
+    def _score_batch(self, groups: list[list[tuple[list[int], int]]]) -> list[list[Scored]]:
+        """Score a batch of context groups (each: requests sharing the tokens before their scored ones).
+
+        When contexts are shared by several multi-token continuations and that saves at least a fifth of the
+        input tokens (XCOPA's two choices), each context runs once, left-padded, with a KV cache that its
+        continuations then extend (:meth:`_shared_hidden`); otherwise every distinct input runs as one
+        right-padded row (:meth:`_row_hidden`; requests with the same input, e.g. one-token answers, share
+        it). Each scored position's logits are computed once however many requests read it."""
+        flat = [r for group in groups for r in group]
+        whole = sum(len(seq) - 1 for seq in {tuple(seq): n for seq, n in flat})
+        shared = sum(len(g[0][0]) - g[0][1] for g in groups) + sum(max(n - 1, 0) for _, n in flat)
+        table, index, targets = (self._shared_hidden if shared <= 0.8 * whole else self._row_hidden)(groups)
+        pos, where = torch.unique(index, return_inverse=True)  # distinct positions
+        h = table[pos]
         logprobs, greedy = [], []
         for start in range(0, len(targets), self.logit_chunk):
             need, inverse = torch.unique(where[start : start + self.logit_chunk], return_inverse=True)
@@ -285,10 +287,88 @@ class Engine:
         lp = torch.cat(logprobs).double().cpu() if logprobs else torch.zeros(0, dtype=torch.float64)
         gr = torch.cat(greedy).cpu() if greedy else torch.zeros(0, dtype=torch.bool)
         out, start = [], 0
-        for _, n in seqs:
-            out.append(Scored(float(lp[start : start + n].sum()), bool(gr[start : start + n].all()), n))
-            start += n
+        for group in groups:
+            out.append([])
+            for _, n in group:
+                out[-1].append(Scored(float(lp[start : start + n].sum()), bool(gr[start : start + n].all()), n))
+                start += n
         return out
+
+    def _row_hidden(self, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One right-padded row per distinct input ``seq[:-1]``: ``(hidden table, row per scored position,
+        targets)`` in request order."""
+        row_of: dict[tuple, int] = {}
+        unique = []
+        for seq, n in (r for group in groups for r in group):
+            if tuple(seq[:-1]) not in row_of:
+                row_of[tuple(seq[:-1])] = len(unique)
+                unique.append((seq, n))
+        ids, mask = self._batch_inputs(unique)
+        hidden = self._final_hidden(ids, mask)
+        width = ids.shape[1]
+        index, targets = [], []
+        for seq, n in (r for group in groups for r in group):
+            base = row_of[tuple(seq[:-1])] * width
+            index += range(base + len(seq) - 1 - n, base + len(seq) - 1)
+            targets += seq[len(seq) - n :]
+        return hidden.reshape(-1, hidden.shape[-1]), self._long(index), self._long(targets)
+
+    def _shared_hidden(self, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each context once (left-padded, so its last position predicts every continuation's first token),
+        then the continuations' inputs on a copy of their context's KV cache, right-padded, with positions
+        continuing from the context's length. Same table/index/targets as :meth:`_row_hidden`."""
+        from transformers import DynamicCache
+
+        ctxs = [g[0][0][: len(g[0][0]) - g[0][1]] for g in groups]
+        width = max(map(len, ctxs))
+        ids = torch.full((len(ctxs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ctxs), width), dtype=torch.long)
+        for row, ctx in enumerate(ctxs):
+            ids[row, width - len(ctx) :] = torch.tensor(ctx)
+            mask[row, width - len(ctx) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        body = base_model(self.model)
+        cache = DynamicCache(config=body.config)
+        cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        last = body(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            **{cache_arg: cache},
+        ).last_hidden_state[:, -1]
+        conts = [(g, seq[len(seq) - n :]) for g, group in enumerate(groups) for seq, n in group]
+        longer = [(g, cont[:-1]) for g, cont in conts if len(cont) > 1]
+        table = [last]
+        if longer:
+            owner = self._long([g for g, _ in longer])
+            xwidth = max(len(x) for _, x in longer)
+            xids = torch.full((len(longer), xwidth), self.pad_id, dtype=torch.long)
+            xmask = torch.zeros((len(longer), xwidth), dtype=torch.long)
+            for row, (_, x) in enumerate(longer):
+                xids[row, : len(x)] = torch.tensor(x)
+                xmask[row, : len(x)] = 1
+            xids, xmask = xids.to(self.device), xmask.to(self.device)
+            cache.reorder_cache(owner)  # one copy of its context's keys and values per continuation
+            hidden = body(
+                input_ids=xids,
+                attention_mask=torch.cat([mask[owner], xmask], dim=1),
+                position_ids=mask.sum(-1)[owner, None] + torch.arange(xwidth, device=self.device),
+                use_cache=True,
+                **{cache_arg: cache},
+            ).last_hidden_state
+            table.append(hidden.reshape(-1, hidden.shape[-1]))
+        index, targets, row = [], [], 0
+        for g, cont in conts:
+            index.append(g)
+            if len(cont) > 1:
+                index += range(len(ctxs) + row * xwidth, len(ctxs) + row * xwidth + len(cont) - 1)
+                row += 1
+            targets += cont
+        return torch.cat(table), self._long(index), self._long(targets)
+
+    def _long(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
 
     def _logit_buffer(self, h: torch.Tensor) -> torch.Tensor | None:
         """One ``logit_chunk x vocab`` float32 block reused by every chunk (inference only)."""

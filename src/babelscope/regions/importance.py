@@ -30,6 +30,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,12 @@ _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", t
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write a safetensors file atomically (temporary file, then rename); metadata values JSON-encoded.
+    """Write a safetensors file atomically (temporary file, fsync, then rename); metadata values JSON-encoded."""
+    commit_file(write_temporary(path, tensors, metadata), path)
+
+
+def write_temporary(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write ``tensors`` to a temporary file beside ``path`` and return its name (see :func:`commit_file`).
 
     The file is streamed one tensor at a time (the safetensors layout: 8-byte header size, JSON header, raw
     little-endian data), so saving never holds a second copy of the whole score set in memory."""
@@ -183,8 +189,21 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
                 if t.dtype in (torch.bfloat16, torch.float16):
                     t = t.view(torch.int16)
                 fh.write(memoryview(t.numpy()).cast("B"))
-            fh.flush()
-            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def commit_file(tmp: Path, path: str | Path) -> None:
+    """Flush ``tmp`` to disk, then rename it to ``path``: the file appears whole or not at all."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -254,9 +273,13 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     engine = Engine(model, tokenizer, batch_size=cfg.batch_size, checksum=info.checksum, progress=False)
     shapes = {name: list(p.shape) for name, p in params.items()}
     aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
-    rows = []
+    for stale in (st.path / "scores").glob(".*.tmp"):  # left by an interrupted run
+        stale.unlink()
+    rows: list[dict[str, Any] | Future] = []
     bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
-    with bar, grads_only_for(model, params):
+    # One writer thread saves each language's scores and folds |S_l| into the aggregate while the next
+    # language runs; it drops the scores as soon as they are in the page cache, before the fsync.
+    with bar, grads_only_for(model, params), ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
         for code in codes:
             units = texts[code]
             sha = text_sha256(u.text for u in units)
@@ -275,7 +298,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
             path = st.path / "scores" / f"{code}.safetensors"
             meta = read_metadata(path) if path.exists() else {}
             if meta.get("key") == key:  # finished in an earlier run
-                scores = load_tensors(path)
+                scores, save = load_tensors(path), None
             else:
                 seqs = token_windows(engine, [u.text for u in units], cfg.window, cfg.max_tokens)
                 scores, nll, tokens = language_scores(engine, params, seqs, cfg.method)
@@ -289,16 +312,13 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     "units": [u.id for u in units],
                     "text_sha256": sha,
                 }
-                if engine.is_main:
-                    save_tensors(path, scores, meta)
-            abs_sum = 0.0
-            for name, s in scores.items():
-                magnitude = s.abs_()  # |S_l| in place: the signed scores are on disk
-                aggregate[name].add_(magnitude)
-                abs_sum += float(magnitude.sum(dtype=torch.float64))
-            rows.append(_language_row(code, meta, abs_sum))
+                save = path
+            if engine.is_main:
+                rows.append(writer.submit(_save_and_fold, scores, aggregate, save, meta, code))
+                _raise_failed(rows)
             del scores
             bar.update(1)
+        rows = [r.result() if isinstance(r, Future) else r for r in rows]
     if not engine.is_main:
         return {}
     imp_meta = {
@@ -317,7 +337,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                 "layer": layer,
                 "kind": kind,
                 "parameters": imp.numel(),
-                "mean_importance": float(imp.double().mean()),
+                "mean_importance": float(imp.mean(dtype=torch.float64)),
                 "max_importance": float(imp.max()),
             }
         )
@@ -336,6 +356,30 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     )
     st.write_results(KIND, config, results, {"per_language": rows, "by_matrix": by_matrix}, prov)
     return load_results(st.results_path)
+
+
+def _save_and_fold(
+    scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor], path: Path | None, meta: dict, code: str
+) -> dict[str, Any]:
+    """(Writer thread.) Write the signed scores (when ``path``), add |S_l| into ``aggregate`` (Eq. 3), drop
+    the scores, then make the file durable and give it its name; returns the language's table row."""
+    tmp = write_temporary(path, scores, meta) if path is not None else None
+    abs_sum = 0.0
+    for name in list(scores):
+        magnitude = scores.pop(name).abs_()  # |S_l| in place: the signed scores are in the file
+        aggregate[name].add_(magnitude)
+        abs_sum += float(magnitude.sum(dtype=torch.float64))
+        del magnitude
+    if tmp is not None:
+        commit_file(tmp, path)
+    return _language_row(code, meta, abs_sum)
+
+
+def _raise_failed(futures: list) -> None:
+    """Surface a writer-thread error (disk full, permissions) at once rather than after every language."""
+    for f in futures:
+        if isinstance(f, Future) and f.done() and f.exception() is not None:
+            raise f.exception()
 
 
 def _language_row(code: str, meta: dict[str, Any], abs_sum: float) -> dict[str, Any]:
