@@ -275,10 +275,11 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
     for stale in (st.path / "scores").glob(".*.tmp"):  # left by an interrupted run
         stale.unlink()
-    rows: list[dict[str, Any] | Future] = []
+    rows: list[dict[str, Any]] = []
+    saves: list[Future] = []
     bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
-    # One writer thread saves each language's scores and folds |S_l| into the aggregate while the next
-    # language runs; it drops the scores as soon as they are in the page cache, before the fsync.
+    # One writer thread saves each language's scores while the next language runs; it drops them as soon as
+    # they are in the page cache, before the fsync.
     with bar, grads_only_for(model, params), ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
         for code in codes:
             units = texts[code]
@@ -314,11 +315,14 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                 }
                 save = path
             if engine.is_main:
-                rows.append(writer.submit(_save_and_fold, scores, aggregate, save, meta, code))
-                _raise_failed(rows)
+                rows.append(_language_row(code, meta, _fold(scores, aggregate)))
+                if save is not None:
+                    saves.append(writer.submit(_save, scores, save, meta))
+                _raise_failed(saves)
             del scores
             bar.update(1)
-        rows = [r.result() if isinstance(r, Future) else r for r in rows]
+        for f in saves:
+            f.result()
     if not engine.is_main:
         return {}
     imp_meta = {
@@ -358,27 +362,29 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     return load_results(st.results_path)
 
 
-def _save_and_fold(
-    scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor], path: Path | None, meta: dict, code: str
-) -> dict[str, Any]:
-    """(Writer thread.) Write the signed scores (when ``path``), add |S_l| into ``aggregate`` (Eq. 3), drop
-    the scores, then make the file durable and give it its name; returns the language's table row."""
-    tmp = write_temporary(path, scores, meta) if path is not None else None
+def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -> float:
+    """Add |S_l| into ``aggregate`` (Eq. 3), one tensor at a time (the signed scores stay intact for the file);
+    returns Σ|S_l|."""
     abs_sum = 0.0
-    for name in list(scores):
-        magnitude = scores.pop(name).abs_()  # |S_l| in place: the signed scores are in the file
+    for name, s in scores.items():
+        magnitude = s.abs()
         aggregate[name].add_(magnitude)
         abs_sum += float(magnitude.sum(dtype=torch.float64))
-        del magnitude
-    if tmp is not None:
-        commit_file(tmp, path)
-    return _language_row(code, meta, abs_sum)
+    return abs_sum
+
+
+def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
+    """(Writer thread: file I/O only, no tensor arithmetic to compete with the scoring.) Stream the signed scores
+    into a temporary file, drop them, then make the file durable and give it its name."""
+    tmp = write_temporary(path, scores, meta)
+    scores.clear()
+    commit_file(tmp, path)
 
 
 def _raise_failed(futures: list) -> None:
     """Surface a writer-thread error (disk full, permissions) at once rather than after every language."""
     for f in futures:
-        if isinstance(f, Future) and f.done() and f.exception() is not None:
+        if f.done() and f.exception() is not None:
             raise f.exception()
 
 
