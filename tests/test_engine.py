@@ -51,6 +51,18 @@ def test_batch_size_invariance():
     assert a == pytest.approx(b, rel=1e-6)
 
 
+def test_rolling_windows_are_batched_a_window_a_row():
+    """Windows share only their BOS context: never a shared unit, never more than batch_size rows a forward."""
+    model, tok = build_tiny("gemma3")
+    engine = Engine(model, tok, batch_size=3, progress=False)
+    sizes = []
+    rows = engine._row_hidden
+    engine._row_hidden = lambda groups: sizes.append(len(groups)) or rows(groups)
+    engine._shared_hidden = None  # would fail if called
+    engine.rolling_loglikelihood([LONG, LONG[:200], SENTENCES[1]], window=16)
+    assert max(sizes) == 3 and sum(sizes) > 6
+
+
 def test_logit_chunking_never_changes_scores():
     model, tok = build_tiny("llama")
     texts = [LONG]
@@ -90,7 +102,7 @@ def test_shared_contexts_run_once_and_match_model_forward(kind):
     model, tok = build_tiny(kind)
     items = [
         (SENTENCES[0] + " because", [" " + SENTENCES[1], " " + SENTENCES[2], " the"]),
-        (SENTENCES[3][:30], [" " + SENTENCES[4], " " + SENTENCES[5]]),
+        (SENTENCES[3] + " " + SENTENCES[2], [" " + SENTENCES[4], " " + SENTENCES[5]]),
         (LONG[:300], [" " + SENTENCES[6], " " + SENTENCES[0]]),
     ]
     reqs = [(ctx, cont) for ctx, conts in items for cont in conts]

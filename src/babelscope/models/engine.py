@@ -203,23 +203,24 @@ class Engine:
     def score_sequences(self, seqs: Sequence[tuple[list[int], int]], desc: str = "scoring") -> list[Scored]:
         """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them.
 
-        Requests with the same context (the tokens before the scored ones: the choices of a multiple-choice
-        item) go to the same batch, where the context can run once (see :meth:`_score_batch`)."""
+        Work goes in units of one forward row each: requests with the same input share a row (one-token
+        answers), and requests sharing a context long enough to be worth running once (the choices of a
+        multiple-choice item) form one shared unit (see :func:`_units`). A batch is ``batch_size`` units of
+        one kind, longest first."""
         keys = [RequestCache.key(self.checksum, "seq", seq, n) for seq, n in seqs]
-        groups: dict[tuple, list[int]] = {}
-        for i, k in enumerate(keys):
-            if k not in self.cache:
-                seq, n = seqs[i]
-                groups.setdefault(tuple(seq[: len(seq) - n]), []).append(i)
-        todo = sorted(groups.values(), key=lambda g: -max(len(seqs[i][0]) for i in g))  # longest first
+        todo = _units([i for i, k in enumerate(keys) if k not in self.cache], seqs)
         if self.state is not None:
             todo = todo[self.state.process_index :: self.state.num_processes]
-        with self._bar(sum(map(len, todo)), desc) as bar:
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                batch = [i for group in chunk for i in group]
+        kinds = ([u for u in todo if u[0]], [u for u in todo if not u[0]])
+        size = self.batch_size
+        batches = [part[start : start + size] for part in kinds for start in range(0, len(part), size)]
+        with self._bar(sum(len(u[1]) for u in todo), desc) as bar:
+            for units in batches:
+                groups = [[seqs[i] for i in u[1]] for u in units]
                 with torch.inference_mode():
-                    scored = self._score_batch([[seqs[i] for i in group] for group in chunk])
+                    hidden = self._shared_hidden(groups) if units[0][0] else self._row_hidden(groups)
+                    scored = self._score_positions(groups, *hidden)
+                batch = [i for u in units for i in u[1]]
                 results = [r for group in scored for r in group]
                 self.cache.put_many(
                     {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(batch, results, strict=True)}
@@ -262,18 +263,16 @@ class Engine:
     def _final_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
-    def _score_batch(self, groups: list[list[tuple[list[int], int]]]) -> list[list[Scored]]:
-        """Score a batch of context groups (each: requests sharing the tokens before their scored ones).
+    def _score_batch(self, groups: list[list[tuple[list[int], int]]], shared: bool = False) -> list[list[Scored]]:
+        """Score groups of requests in one batch (the shared-context path when ``shared``)."""
+        hidden = self._shared_hidden(groups) if shared else self._row_hidden(groups)
+        return self._score_positions(groups, *hidden)
 
-        When contexts are shared by several multi-token continuations and that saves at least a fifth of the
-        input tokens (XCOPA's two choices), each context runs once, left-padded, with a KV cache that its
-        continuations then extend (:meth:`_shared_hidden`); otherwise every distinct input runs as one
-        right-padded row (:meth:`_row_hidden`; requests with the same input, e.g. one-token answers, share
-        it). Each scored position's logits are computed once however many requests read it."""
-        flat = [r for group in groups for r in group]
-        whole = sum(len(seq) - 1 for seq in {tuple(seq): n for seq, n in flat})
-        shared = sum(len(g[0][0]) - g[0][1] for g in groups) + sum(max(n - 1, 0) for _, n in flat)
-        table, index, targets = (self._shared_hidden if shared <= 0.8 * whole else self._row_hidden)(groups)
+    def _score_positions(
+        self, groups, table: torch.Tensor, index: torch.Tensor, targets: torch.Tensor
+    ) -> list[list[Scored]]:
+        """Log-probabilities of ``targets`` from the hidden vectors ``table[index]``, the LM head applied once
+        per distinct position, ``logit_chunk`` positions at a time; per request, in group order."""
         pos, where = torch.unique(index, return_inverse=True)  # distinct positions
         h = table[pos]
         logprobs, greedy = [], []
@@ -478,6 +477,31 @@ class Engine:
         if self.state is not None:
             self._share_cache(keys)
         return [self.cache[k] for k in keys]
+
+
+def _units(todo: list[int], seqs: Sequence[tuple[list[int], int]]) -> list[tuple[bool, list[int]]]:
+    """Requests ``todo`` (indices into ``seqs``) as forward units ``(shared, request indices)``, longest first.
+
+    Requests with the same context (the tokens before the scored ones) form a shared unit when the context is
+    run once for several multi-token continuations and that saves at least a fifth of their input tokens (an
+    item's choices; not rolling windows, whose shared context is BOS alone). Every other request joins the
+    row unit of its input tokens ``seq[:-1]`` (identical inputs, e.g. one-token answers, share a row)."""
+    by_context: dict[tuple, list[int]] = {}
+    for i in todo:
+        seq, n = seqs[i]
+        by_context.setdefault(tuple(seq[: len(seq) - n]), []).append(i)
+    units: list[tuple[bool, list[int]]] = []
+    rows: dict[tuple, list[int]] = {}
+    for context, group in by_context.items():
+        whole = sum(len(seqs[i][0]) - 1 for i in group)
+        alone = len(context) + sum(max(seqs[i][1] - 1, 0) for i in group)
+        if sum(seqs[i][1] > 1 for i in group) > 1 and alone <= 0.8 * whole:
+            units.append((True, group))
+        else:
+            for i in group:
+                rows.setdefault(tuple(seqs[i][0][:-1]), []).append(i)
+    units += [(False, group) for group in rows.values()]
+    return sorted(units, key=lambda u: -max(len(seqs[i][0]) for i in u[1]))
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
