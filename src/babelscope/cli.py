@@ -12,6 +12,10 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
+from babelscope.options import Device, Dtype, config_from
+from babelscope.options import Model as ModelOpt
+from babelscope.options import RunDir as RunDirOpt
+from babelscope.options import run_dir_for as _run_dir
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
@@ -24,17 +28,6 @@ app = typer.Typer(
 model_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")
-]
-RunDirOpt = Annotated[
-    Path | None,
-    typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
-]
-
-
-def _run_dir(run_dir: Path | None, model: str) -> Path:
-    return run_dir or Path("runs") / Path(model).name.replace(".gguf", "")
 
 
 @model_app.command("info")
@@ -85,25 +78,15 @@ def ppl(
         int | None, typer.Option(help="Score only the first N units (same ids in every language).")
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Per-language cap in tokens (whole units).")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: where it loads).")] = None,
+    dtype: Dtype = "float32",
+    device: Device = None,
     run_dir: RunDirOpt = None,
     step: Annotated[str, typer.Option(help="Step folder name inside the run directory.")] = "ppl",
 ) -> None:
     """Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results files."""
     from babelscope.evaluate.perplexity import PplConfig, run
 
-    cfg = PplConfig(
-        model=model,
-        corpus=corpus,
-        langs=langs,
-        window=window,
-        batch_size=batch_size,
-        max_units=max_units,
-        max_tokens=max_tokens,
-        dtype=dtype,
-        device=device,
-    )
+    cfg = config_from(PplConfig, locals())
     out = _run_dir(run_dir, model)
     doc = run(cfg, out, step=step)
     if doc:

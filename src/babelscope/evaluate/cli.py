@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from babelscope.options import config_from
+
 app = typer.Typer(help="Evaluate: knowledge benchmarks (MC by log-likelihood, MGSM), judged responses, "
                   "code-switching rate, in-context POS tagging.", no_args_is_help=True)
 
@@ -51,8 +53,7 @@ def bench(
     """Score a benchmark: accuracy and length-normalised accuracy per subset (MC), exact match (MGSM)."""
     from babelscope.evaluate.knowledge import BenchConfig, run
 
-    cfg = BenchConfig(model=model, benchmark=benchmark, subsets=subsets, shots=shots, limit=limit, path=path,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device)
+    cfg = config_from(BenchConfig, locals())
     out = _run_dir(run_dir, model)
     name = step or f"bench-{Path(benchmark).stem}"
     doc = run(cfg, out, step=name)
@@ -102,11 +103,7 @@ def respond(
     """Generate responses and judge them: ACC, F, INFO, LC, H (0-3 each) and AVG per language."""
     from babelscope.evaluate.respond import RespondConfig, run
 
-    cfg = RespondConfig(model=model, instructions=instructions, langs=langs, limit=limit,
-                        max_new_tokens=max_new_tokens, judge=judge, judge_model=judge_model, judge_url=judge_url,
-                        judge_api_model=judge_api_model, api_key_env=api_key_env, timeout=timeout,
-                        retries=retries, judge_max_tokens=judge_max_tokens, pipeline_check=pipeline_check,
-                        batch_size=batch_size, dtype=dtype, device=device)
+    cfg = config_from(RespondConfig, locals())
     out = _run_dir(run_dir, model)
     doc = run(cfg, out, step=step)
     if doc:
@@ -129,8 +126,7 @@ def codeswitch(
     """Code-switching rate per language: share of responses with a segment in another language."""
     from babelscope.evaluate.codeswitch import CodeSwitchConfig, run
 
-    cfg = CodeSwitchConfig(model=model, responses=responses, min_letters=min_letters, min_words=min_words,
-                           threshold=threshold)
+    cfg = config_from(CodeSwitchConfig, locals())
     out = _run_dir(run_dir, model)
     doc = run(cfg, out, step=step)
     if doc:
@@ -159,8 +155,7 @@ def pos(
     """In-context POS tagging: token accuracy against UD with MONO or EN demonstrations, mean and std over runs."""
     from babelscope.evaluate.pos import PosConfig, run
 
-    cfg = PosConfig(model=model, langs=langs, treebanks=treebanks, settings=settings, shots=shots, runs=runs,
-                    queries=queries, max_words=max_words, seed=seed, batch_size=batch_size, dtype=dtype, device=device)
+    cfg = config_from(PosConfig, locals())
     out = _run_dir(run_dir, model)
     doc = run(cfg, out, step=step)
     if doc:

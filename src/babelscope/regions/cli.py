@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from babelscope.options import Device, Dtype, Model, RunDir, config_from, run_dir_for
 
 app = typer.Typer(
     help="Linguistic regions (Zhang et al., ACL 2024): per-language parameter importance, Top/Bottom/Random-k "
@@ -22,38 +25,26 @@ EXPERIMENT_COMMANDS = {
     "regions-scan": "babelscope.regions.scan:ScanConfig:run",
 }
 
-Model = Annotated[
-    str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")
-]
-RunDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."
-    ),
-]
 Corpus = Annotated[str, typer.Option(help="udhr-sample (embedded), udhr, pud or a .conllu/.txt/.jsonl path.")]
 Window = Annotated[int, typer.Option(help="Tokens per window; each starts with BOS.")]
 Batch = Annotated[int, typer.Option(help="Windows per forward (and backward) pass.")]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: where it loads).")]
 
 
-def _out(run_dir: Path | None, model: str) -> Path:
-    from babelscope.cli import _run_dir
-
-    return _run_dir(run_dir, model)
-
-
-def _echo_table(rows: list[dict], columns: list[str], title: str) -> None:
+def _finish(run, cfg, out: Path, step: str, table: Callable[[dict], list[dict]], columns: list[str],
+            title: Callable[[dict], str]) -> None:
+    """Run the step into the run directory ``out``, then print its main table and where the results are."""
     from rich.console import Console
     from rich.table import Table
 
     from babelscope.report.markup import format_value
 
-    table = Table(*columns, title=title)
-    for r in rows:
-        table.add_row(*(format_value(r.get(c)) for c in columns))
-    Console().print(table)
+    doc = run(cfg, out, step=step)
+    if doc:
+        shown = Table(*columns, title=title(doc))
+        for r in table(doc):
+            shown.add_row(*(format_value(r.get(c)) for c in columns))
+        Console().print(shown)
+        typer.echo(f"results: {out / step / 'results.json'}")
 
 
 @app.command("importance")
@@ -81,30 +72,9 @@ def importance_cmd(
     """Per-language importance S = θ ⊙ ∂L/∂θ (one safetensors file per language) and Imp = Σ|S|."""
     from babelscope.regions.importance import ImportanceConfig, run
 
-    cfg = ImportanceConfig(
-        model=model,
-        corpus=corpus,
-        langs=langs,
-        max_tokens=max_tokens,
-        window=window,
-        batch_size=batch_size,
-        method=method,
-        test_fraction=test_fraction,
-        seed=seed,
-        include=include,
-        exclude=exclude,
-        dtype=dtype,
-        device=device,
-    )
-    out = _out(run_dir, model)
-    doc = run(cfg, out, step=step)
-    if doc:
-        _echo_table(
-            doc["tables"]["per_language"]["rows"],
-            ["lang", "name", "tokens", "ppl", "sum_abs_score"],
-            f"importance ({cfg.method})",
-        )
-        typer.echo(f"results: {out / step / 'results.json'}")
+    cfg = config_from(ImportanceConfig, locals())
+    _finish(run, cfg, run_dir_for(run_dir, model), step, lambda doc: doc["tables"]["per_language"]["rows"],
+            ["lang", "name", "tokens", "ppl", "sum_abs_score"], lambda doc: f"importance ({cfg.method})")
 
 
 @app.command("select")
@@ -128,16 +98,9 @@ def select_cmd(
     """Top-k / Bottom-k / Random-k and monolingual region masks, overlaps and the per-matrix table."""
     from babelscope.regions.select import SelectConfig, run
 
-    cfg = SelectConfig(
-        importance_step=importance_step, k=k, scope=scope, table_k=table_k, monolingual=monolingual, seed=seed
-    )
-    out = _out(run_dir, model)
-    doc = run(cfg, out, step=step)
-    if doc:
-        _echo_table(
-            doc["tables"]["regions"]["rows"], ["region", "k", "scope", "parameters", "file"], "regions"
-        )
-        typer.echo(f"results: {out / step / 'results.json'}")
+    cfg = config_from(SelectConfig, locals())
+    _finish(run, cfg, run_dir_for(run_dir, model), step, lambda doc: doc["tables"]["regions"]["rows"],
+            ["region", "k", "scope", "parameters", "file"], lambda doc: "regions")
 
 
 @app.command("ablate")
@@ -184,36 +147,10 @@ def ablate_cmd(
     """Perplexity per language with each region removed (Base / Top / Bottom / Random), and generations."""
     from babelscope.regions.ablate import AblateConfig, run
 
-    cfg = AblateConfig(
-        model=model,
-        select_step=select_step,
-        corpus=corpus,
-        langs=langs,
-        k=k,
-        scope=scope,
-        regions=regions,
-        mode=mode,
-        factor=factor,
-        include_norms=include_norms,
-        initial=initial,
-        window=window,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        generate=generate,
-        gen_langs=gen_langs,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        device=device,
-    )
-    out = _out(run_dir, model)
-    doc = run(cfg, out, step=step)
-    if doc:
-        _echo_table(
-            doc["results"]["summary"],
+    cfg = config_from(AblateConfig, locals())
+    _finish(run, cfg, run_dir_for(run_dir, model), step, lambda doc: doc["results"]["summary"],
             ["region", "k", "scope", "median_ratio", "median_ratio_heldout_langs"],
-            "perplexity after / before",
-        )
-        typer.echo(f"results: {out / step / 'results.json'}")
+            lambda doc: "perplexity after / before")
 
 
 @app.command("scan-dims")
@@ -249,31 +186,7 @@ def scan_cmd(
     """Perturb each dimension of a norm's scale γ and flag those that break the model."""
     from babelscope.regions.scan import ScanConfig, run
 
-    cfg = ScanConfig(
-        model=model,
-        corpus=corpus,
-        langs=langs,
-        layer=layer,
-        norm=norm,
-        mode=mode,
-        factor=factor,
-        dims=dims,
-        top_n=top_n,
-        threshold=threshold,
-        max_tokens=max_tokens,
-        window=window,
-        batch_size=batch_size,
-        test_fraction=test_fraction,
-        seed=seed,
-        dtype=dtype,
-        device=device,
-    )
-    out = _out(run_dir, model)
-    doc = run(cfg, out, step=step)
-    if doc:
-        _echo_table(
-            doc["tables"]["dims"]["rows"][:20],
+    cfg = config_from(ScanConfig, locals())
+    _finish(run, cfg, run_dir_for(run_dir, model), step, lambda doc: doc["tables"]["dims"]["rows"][:20],
             ["dim", "act_max", "act_rank", "ppl", "ratio", "broken"],
-            f"{doc['results']['norm']} ({cfg.mode}); base PPL {doc['results']['base_ppl']:.2f}",
-        )
-        typer.echo(f"results: {out / step / 'results.json'}")
+            lambda doc: f"{doc['results']['norm']} ({cfg.mode}); base PPL {doc['results']['base_ppl']:.2f}")

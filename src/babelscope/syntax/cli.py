@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from babelscope.options import config_from
+
 app = typer.Typer(help="Syntax and structural concepts: relation vectors, OTDD syntactic distance, RSA "
                        "alignability, probes (Xu et al. 2022; 2023).", no_args_is_help=True)
 
@@ -55,9 +57,7 @@ def extract(
     """Word vectors per layer for every UD word into a streaming store (per language and layer)."""
     from babelscope.syntax.steps import ExtractConfig, run_extract
 
-    cfg = ExtractConfig(model=model, treebank=treebank, langs=langs, layers=layers, pooling=pooling,
-                        max_sentences=max_sentences, batch_size=batch_size, random_init=random_init, seed=seed,
-                        dtype=dtype, device=device)
+    cfg = config_from(ExtractConfig, locals())
     _echo(run_extract(cfg, run_dir, step=step), run_dir, step)
 
 
@@ -80,8 +80,7 @@ def otdd(
     """Optimal-transport dataset distance between languages' relation sets, and its typological links."""
     from babelscope.syntax.steps import OtddConfig, run_otdd
 
-    cfg = OtddConfig(store=store, langs=langs, layer=layer, samples=samples, draws=draws, reg=reg, inner=inner,
-                     max_per_label=max_per_label, typology=typology, mantel_perm=mantel_perm, seed=seed)
+    cfg = config_from(OtddConfig, locals())
     _echo(run_otdd(cfg, run_dir, step=step), run_dir, step)
 
 
@@ -105,8 +104,7 @@ def rsa(
     """Alignability of structural concepts across languages (RSA, Procrustes) with controls."""
     from babelscope.syntax.steps import RsaConfig, run_rsa
 
-    cfg = RsaConfig(store=store, control=control, langs=langs, layers=layers, layer=layer, concepts=concepts,
-                    min_count=min_count, metric=metric, n_perm=n_perm, seed=seed)
+    cfg = config_from(RsaConfig, locals())
     _echo(run_rsa(cfg, run_dir, step=step), run_dir, step)
 
 
@@ -130,7 +128,5 @@ def probe(
     """Linear relation/POS probes per layer with baselines, and the cross-lingual transfer matrix."""
     from babelscope.syntax.steps import ProbeConfig, run_probe
 
-    cfg = ProbeConfig(store=store, control=control, langs=langs, layers=layers, concepts=concepts,
-                      transfer_layer=transfer_layer, test_fraction=test_fraction, max_train=max_train,
-                      otdd=otdd_step, seed=seed)
+    cfg = config_from(ProbeConfig, locals(), otdd="otdd_step")
     _echo(run_probe(cfg, run_dir, step=step), run_dir, step)
