@@ -139,7 +139,18 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     offset = gamma_offset(norm)
     if is_main_process():
         st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, checksum=info.checksum, progress=False)
+
+    def engine_for(checksum: str, cache: bool = True) -> Engine:
+        return Engine(
+            model,
+            tokenizer,
+            batch_size=cfg.batch_size,
+            cache_dir=st.cache_dir if cache else None,
+            checksum=checksum,
+            progress=False,
+        )
+
+    engine = engine_for(info.checksum, cache=False)
     seqs = [
         s
         for code in codes
@@ -147,33 +158,13 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     ]
     peak, mean, where = activation_magnitudes(model, norm, cfg.layer, seqs)
     dims, top = choose_dims(cfg.dims, peak, cfg.top_n, cfg.seed)
-    base_rows = perplexities(
-        Engine(
-            model,
-            tokenizer,
-            batch_size=cfg.batch_size,
-            cache_dir=st.cache_dir,
-            checksum=info.checksum,
-            progress=False,
-        ),
-        view,
-        codes,
-        cfg.window,
-        cfg.max_tokens,
-    )
+    base_rows = perplexities(engine_for(info.checksum), view, codes, cfg.window, cfg.max_tokens)
     base = pooled_ppl(base_rows)
     rank = {int(d): i for i, d in enumerate(torch.argsort(peak, descending=True))}
     rows = []
     for d in tqdm(dims, desc="scan-dims", unit="dim", leave=False, disable=not engine.is_main):
         checksum = condition_checksum(info.checksum, "dim", name, d, cfg.mode, cfg.factor)
-        eng = Engine(
-            model,
-            tokenizer,
-            batch_size=cfg.batch_size,
-            cache_dir=st.cache_dir,
-            checksum=checksum,
-            progress=False,
-        )
+        eng = engine_for(checksum)
         with perturbed_dimension(norm, d, cfg.mode, cfg.factor, offset) as gamma:
             after = perplexities(eng, view, codes, cfg.window, cfg.max_tokens)
         ppl = pooled_ppl(after)
