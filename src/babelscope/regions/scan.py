@@ -140,17 +140,17 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     if is_main_process():
         st.write_config(config)
 
-    def engine_for(checksum: str, cache: bool = True) -> Engine:
+    def engine_for(checksum: str) -> Engine:
         return Engine(
             model,
             tokenizer,
             batch_size=cfg.batch_size,
-            cache_dir=st.cache_dir if cache else None,
+            cache_dir=st.cache_dir,
             checksum=checksum,
             progress=False,
         )
 
-    engine = engine_for(info.checksum, cache=False)
+    engine = engine_for(info.checksum)  # tokenizes the windows, then scores the base
     seqs = [
         s
         for code in codes
@@ -158,7 +158,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     ]
     peak, mean, where = activation_magnitudes(model, norm, cfg.layer, seqs)
     dims, top = choose_dims(cfg.dims, peak, cfg.top_n, cfg.seed)
-    base_rows = perplexities(engine_for(info.checksum), view, codes, cfg.window, cfg.max_tokens)
+    base_rows = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
     base = pooled_ppl(base_rows)
     rank = {int(d): i for i, d in enumerate(torch.argsort(peak, descending=True))}
     rows = []
