@@ -145,7 +145,14 @@ def run_experiment(
 
 
 #: Capability packages whose ``cli.py`` holds a Typer ``app`` mounted under the package's CLI name.
-CAPABILITIES = {"regions": "regions", "evaluate": "eval", "syntax": "syntax", "transfer": "transfer"}
+CAPABILITIES = {
+    "regions": "regions",
+    "evaluate": "eval",
+    "syntax": "syntax",
+    "transfer": "transfer",
+    "neurons": "neurons",
+    "lens": "lens",
+}
 
 
 def _mount_capabilities() -> None:
