@@ -16,6 +16,7 @@ from babelscope.options import Device, Dtype, config_from
 from babelscope.options import Model as ModelOpt
 from babelscope.options import RunDir as RunDirOpt
 from babelscope.options import run_dir_for as _run_dir
+from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
@@ -129,6 +130,11 @@ def _print_ppl(doc: dict) -> None:
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with step results.")]) -> None:
     """Render RUN_DIR/report.html (figures embedded) from the results files alone."""
     from babelscope.report import render_report
+    from babelscope.runs import check_run_dir
+
+    if not run_dir.is_dir() and not run_dir.exists():
+        raise BabelscopeError(f"run directory {run_dir} does not exist; give the --run-dir of a finished step")
+    check_run_dir(run_dir, create=False)
 
     typer.echo(f"report: {render_report(run_dir)}")
 
@@ -144,15 +150,6 @@ def run_experiment(
     typer.echo(f"report: {run_file(experiment, run_dir)}")
 
 
-#: Capability packages whose ``cli.py`` holds a Typer ``app`` mounted under the package's CLI name.
-CAPABILITIES = {
-    "regions": "regions",
-    "evaluate": "eval",
-    "syntax": "syntax",
-    "transfer": "transfer",
-    "neurons": "neurons",
-    "lens": "lens",
-}
 
 
 def _mount_capabilities() -> None:
@@ -181,8 +178,22 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+INTERRUPTED = "interrupted; re-run the same command to resume"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from Ctrl-C (Typer turns a KeyboardInterrupt into ``Exit(130)``, then SystemExit)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says how to resume (130)."""
     _quiet_libraries()
     try:
         app()
@@ -190,8 +201,12 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: re-run the same command with the same --run-dir to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):
+            print(INTERRUPTED, file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

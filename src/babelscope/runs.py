@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -38,13 +39,25 @@ SCHEMA_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------- atomic I/O
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the mode a plain ``open()`` would give a new file (``mkstemp`` makes its files 0600 whatever the umask)
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
-    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
+    The file gets the permissions of a normally created one (``0666`` less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
@@ -147,6 +160,50 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def barrier() -> None:
+    """Wait for every process of the group (no-op in a single process): what one rank wrote, the others may
+    read after this."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
+
+
+def check_step_name(name: str) -> str:
+    """A step folder name: not empty, no path separators, not ``.``/``..`` (results must land in their folder)."""
+    from babelscope.errors import BabelscopeError
+
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise BabelscopeError(f"--step {name!r}: give a folder name such as 'ppl' (no '/', not empty)")
+    return name
+
+
+def check_run_dir(run_dir: str | Path, create: bool = True) -> Path:
+    """The run directory, created if needed; a one-line error when it is a file or not writable."""
+    from babelscope.errors import BabelscopeError
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BabelscopeError(f"run directory {run_dir} is a file; give a directory (--run-dir)")
+    if create:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BabelscopeError(f"run directory {run_dir}: cannot create it ({exc.strerror}); choose another "
+                                  "--run-dir") from None
+    if run_dir.exists() and not os.access(run_dir, os.W_OK | os.X_OK):
+        raise BabelscopeError(f"run directory {run_dir} is not writable; fix its permissions or choose another "
+                              "--run-dir")
+    return run_dir
+
+
+def inputs_sha256(inputs: Any) -> str | None:
+    """One checksum of what a step read besides its config (texts' checksums, upstream results files)."""
+    if inputs is None:
+        return None
+    return hashlib.sha256(json.dumps(to_jsonable(inputs), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------- run dirs
 @dataclass
 class Step:
@@ -169,14 +226,24 @@ class Step:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def is_done(self, config: dict[str, Any] | None = None) -> bool:
-        """True when results exist (and, if ``config`` is given, were made with the same config)."""
+    def is_done(self, config: dict[str, Any] | None = None, inputs: Any = None) -> bool:
+        """True when results exist (and, if ``config`` is given, were made with the same config; if ``inputs``
+        is given, from the same inputs: see :func:`inputs_sha256`)."""
+        return self.finished(config, inputs) is not None
+
+    def finished(self, config: dict[str, Any] | None = None, inputs: Any = None) -> dict[str, Any] | None:
+        """The results document when :meth:`is_done`, else ``None`` (an unreadable file counts as not done)."""
         if not self.results_path.exists():
-            return False
-        if config is None:
-            return True
-        done = json.loads(self.results_path.read_text(encoding="utf-8"))
-        return done.get("config") == to_jsonable(config)
+            return None
+        try:
+            done = load_results(self.results_path)
+        except Exception:  # a results file of another schema or a damaged one: recompute
+            return None
+        if config is not None and done.get("config") != to_jsonable(config):
+            return None
+        if inputs is not None and done.get("inputs") != inputs_sha256(inputs):
+            return None
+        return done
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -189,8 +256,11 @@ class Step:
         results: dict[str, Any],
         tables: dict[str, list[dict[str, Any]]] | None = None,
         prov: dict[str, Any] | None = None,
+        inputs: Any = None,
     ) -> Path:
-        """Write each table as CSV, then ``results.json`` last (its presence marks the step as done)."""
+        """Write each table as CSV, then ``results.json`` last (its presence marks the step as done).
+        ``inputs`` (what the step read besides its config) is stored as one checksum that :meth:`is_done`
+        compares."""
         self.path.mkdir(parents=True, exist_ok=True)
         table_files = {}
         for name, rows in (tables or {}).items():
@@ -201,6 +271,7 @@ class Step:
             "kind": kind,
             "step": self.name,
             "config": config,
+            "inputs": inputs_sha256(inputs),
             "provenance": prov or provenance(),
             "results": results,
             "tables": {name: {"file": table_files[name], "rows": rows} for name, rows in (tables or {}).items()},
@@ -242,18 +313,28 @@ class RequestCache:
     """Append-only per-request cache (JSON lines): a re-run skips requests already answered.
 
     Keys are hashes of the request and everything that determines its answer (model checksum, options).
-    Lines are flushed as results arrive; a truncated last line from a crash is ignored on load.
+    Lines are flushed as results arrive. A last line cut by a crash is cut off the file on load (``repair``),
+    so the next record starts on a line of its own. Non-finite numbers are refused, never cached.
     """
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, repair: bool = True):
         self.path = Path(path) if path else None
         self._data: dict[str, Any] = {}
         if self.path and self.path.exists():
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    with contextlib.suppress(json.JSONDecodeError, KeyError):
-                        item = json.loads(line)
-                        self._data[item["k"]] = item["v"]
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+            for line in raw.splitlines(keepends=True):
+                item = _record(line)
+                if item is not None:
+                    self._data[item[0]] = item[1]
+            if repair and raw and not raw.endswith(b"\n"):  # the last line was cut (a crash mid-write)
+                with open(self.path, "r+b") as fh:
+                    last = raw.rfind(b"\n") + 1
+                    if _record(raw[last:]) is None:
+                        fh.truncate(last)  # drop the partial record; the next one starts on its own line
+                    else:
+                        fh.seek(0, os.SEEK_END)
+                        fh.write(b"\n")  # a whole record that only lost its newline
 
     @staticmethod
     def key(*parts: Any) -> str:
@@ -269,6 +350,15 @@ class RequestCache:
         return len(self._data)
 
     def put_many(self, items: dict[str, Any]) -> None:
+        """Add answers (and append them to the file); a non-finite number refuses the whole batch."""
+        for value in items.values():
+            if not _all_finite(value):
+                from babelscope.errors import BabelscopeError
+
+                raise BabelscopeError(
+                    f"a score came out {_first_bad(value)} (the model overflows in this dtype, e.g. float16); "
+                    "nothing was cached: re-run with --dtype float32 (or bfloat16)"
+                )
         self._data.update(items)
         if self.path is None or not items:
             return
@@ -277,3 +367,30 @@ class RequestCache:
             for k, v in items.items():
                 fh.write(json.dumps({"k": k, "v": to_jsonable(v)}, ensure_ascii=False) + "\n")
             fh.flush()
+
+
+def _record(line: bytes) -> tuple[str, Any] | None:
+    """``(key, value)`` of one cache line, ``None`` when the line is damaged."""
+    try:
+        item = json.loads(line)
+        return item["k"], item["v"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return None
+
+
+def _all_finite(value: Any) -> bool:
+    return _first_bad(value) is None
+
+
+def _first_bad(value: Any) -> float | None:
+    """The first non-finite float inside ``value`` (lists, dicts, numbers), else ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        for v in value:
+            bad = _first_bad(v)
+            if bad is not None:
+                return bad
+    return None

@@ -130,29 +130,22 @@ def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, An
     ``loaded`` is an optional zero-argument callable returning ``(model, tokenizer, info)`` (shared models).
     """
     from babelscope.data import open_corpus, parse_languages
-    from babelscope.models.engine import Engine
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
 
-    config = {k: v for k, v in vars(cfg).items() if k not in ("device",)}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.window < 2:
         raise BabelscopeError(f"--window {cfg.window}: a window needs at least 2 tokens (BOS + one scored)")
     corpus = open_corpus(cfg.corpus)
-    languages = (
-        corpus.languages() if cfg.langs in ("all", "", None) else [lang.code for lang in parse_languages(cfg.langs)]
-    )
-    select_units(corpus, [corpus.match_language(lang) for lang in languages], cfg.max_units)  # fail before loading
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: perplexity needs a causal LM, this is an {info.kind}")
-    if is_main_process():
-        st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+    languages = corpus.languages() if cfg.langs == "all" else [lang.code for lang in parse_languages(cfg.langs)]
+    units = select_units(corpus, [corpus.match_language(lang) for lang in languages], cfg.max_units)
+    if (doc := sr.done(inputs={code: text_sha256(u.text for u in us) for code, us in units.items()})) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "perplexity")
+    engine = sr.engine(batch_size=cfg.batch_size)
     rows, unit_rows, checksums = language_rows(engine, corpus, languages, cfg)
     if not engine.is_main:
-        return {}
+        return sr.wait()
     rows.sort(key=lambda r: r["bits_per_unit"] if r["bits_per_unit"] is not None else r["bits_per_byte"])
     summary = {
         "languages": len(rows),
@@ -169,8 +162,7 @@ def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, An
         "summary": summary,
     }
     prov = provenance(model=info.to_dict(), data={"corpus": corpus.name, "sha256": checksums})
-    st.write_results(KIND, config, results, {"per_language": rows, "per_unit": unit_rows}, prov)
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"per_language": rows, "per_unit": unit_rows}, prov)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -178,9 +170,3 @@ def _median(values: list[float | None]) -> float | None:
 
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
-
-
-def _load(cfg: PplConfig):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

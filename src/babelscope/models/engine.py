@@ -87,10 +87,36 @@ def _dist_state() -> DistState | None:
     return DistState(dist.get_rank(), world) if world > 1 else None
 
 
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of a tokenizer's serialized state (the fast tokenizer's JSON, or the vocabulary of a slow one,
+    plus special tokens and chat template); memoised on the tokenizer while its length stays the same."""
+    import hashlib
+    import json
+
+    memo = getattr(tokenizer, "_babelscope_sha256", None)
+    if memo is not None and memo[0] == len(tokenizer):
+        return memo[1]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = {"class": type(tokenizer).__name__, "special": getattr(tokenizer, "all_special_tokens", None),
+             "chat_template": getattr(tokenizer, "chat_template", None), "len": len(tokenizer)}
+    digest = hashlib.sha256(state.encode("utf-8"))
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
+    sha = digest.hexdigest()
+    try:
+        tokenizer._babelscope_sha256 = (len(tokenizer), sha)
+    except (AttributeError, TypeError):  # pragma: no cover - a tokenizer that refuses new attributes
+        pass
+    return sha
+
+
 class Engine:
     """Scores requests on ``model`` (eval mode, unmodified) with ``tokenizer``.
 
-    ``checksum`` (the weights' sha256 from the model info) keys the per-request cache in ``cache_dir``.
+    ``checksum`` (the weights' sha256 from the model info, or a changed model's own key) keys the per-request
+    cache in ``cache_dir`` together with the model's dtype, the device type and the tokenizer's checksum
+    (:attr:`identity`); each request's key adds the request itself (its exact token ids, or the prompt text
+    with the generation settings), so the window and prompt settings are part of it.
     """
 
     def __init__(
@@ -110,12 +136,20 @@ class Engine:
         self.logit_chunk = logit_chunk
         self.checksum = checksum
         self.progress = progress
+        param = next(model.parameters(), None)
+        self.identity = RequestCache.key(
+            checksum,
+            str(param.dtype) if param is not None else None,
+            param.device.type if param is not None else None,
+            tokenizer_sha256(tokenizer),
+        )
         self.state = _dist_state()
         rank = self.state.process_index if self.state else 0
         self.cache = RequestCache(Path(cache_dir) / f"requests-rank{rank}.jsonl" if cache_dir else None)
         if cache_dir:  # a resumed run may have been made with another number of processes: read them all
             for other in Path(cache_dir).glob("requests-rank*.jsonl"):
-                self.cache._data.update(RequestCache(other)._data)
+                if other != self.cache.path:  # read only: another rank may be appending to it
+                    self.cache._data.update(RequestCache(other, repair=False)._data)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @property
@@ -207,7 +241,7 @@ class Engine:
         answers), and requests sharing a context long enough to be worth running once (the choices of a
         multiple-choice item) form one shared unit (see :func:`_units`). A batch is ``batch_size`` units of
         one kind, longest first."""
-        keys = [RequestCache.key(self.checksum, "seq", seq, n) for seq, n in seqs]
+        keys = [RequestCache.key(self.identity, "seq", seq, n) for seq, n in seqs]
         todo = _units([i for i, k in enumerate(keys) if k not in self.cache], seqs)
         if self.state is not None:
             todo = todo[self.state.process_index :: self.state.num_processes]
@@ -453,7 +487,7 @@ class Engine:
         self, prompts: Sequence[str], max_new_tokens: int = 64, stop: Sequence[str] = (), desc: str = "generate"
     ) -> list[str]:
         """Greedy continuation of each prompt (left-padded batches, longest first), cut at the first stop string."""
-        keys = [RequestCache.key(self.checksum, "gen", p, max_new_tokens, list(stop)) for p in prompts]
+        keys = [RequestCache.key(self.identity, "gen", p, max_new_tokens, list(stop)) for p in prompts]
         todo = sorted((i for i, k in enumerate(keys) if k not in self.cache), key=lambda i: -len(prompts[i]))
         if self.state is not None:
             todo = todo[self.state.process_index :: self.state.num_processes]
