@@ -162,11 +162,15 @@ def is_main_process() -> bool:
 
 def barrier() -> None:
     """Wait for every process of the group (no-op in a single process): what one rank wrote, the others may
-    read after this."""
+    read after this. Under a launcher (``WORLD_SIZE`` > 1) the process group is set up first if needed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from babelscope.models.engine import _dist_state
+
+        _dist_state()
     torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size() > 1:
-            torch.distributed.barrier()
+    dist = torch.distributed if torch is not None else None
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def check_step_name(name: str) -> str:

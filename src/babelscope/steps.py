@@ -36,7 +36,7 @@ NOT_RESULT = ("device",)
 #: count fields that may be 0 (zero-shot prompts, no retries); every other count must be positive
 MAY_BE_ZERO = {"shots", "retries"}
 _COUNT_NAMES = {"window", "limit", "samples", "draws", "queries", "runs", "top_n", "n_perm", "mantel_perm",
-                "min_count", "min_words", "min_letters", "timeout"}
+                "min_count", "min_words", "min_letters"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -182,12 +182,16 @@ class StepRun:
 
     def engine(self, *, model: Any = None, checksum: str | None = None, cache: bool = True, **kwargs: Any):
         """An :class:`~babelscope.models.engine.Engine` on the step's model (or ``model``), its request cache in
-        the step's folder (``cache=False``: none); ``checksum`` names a changed model (default: the weights')."""
+        the step's folder (``cache=False``: none); ``checksum`` names a changed model (default: the weights').
+        With a cache, every rank must call this at the same point (it waits for the others)."""
         from babelscope.models.engine import Engine
 
         base, tokenizer, info = self.model()
-        return Engine(model if model is not None else base, tokenizer, cache_dir=self.cache_dir if cache else None,
-                      checksum=checksum or info.checksum, **kwargs)
+        engine = Engine(model if model is not None else base, tokenizer, cache_dir=self.cache_dir if cache else None,
+                        checksum=checksum or info.checksum, **kwargs)
+        if cache:  # every rank has read the cache files before any rank adds to them: they split the same work
+            barrier()
+        return engine
 
     def write(self, kind: str, results: dict[str, Any], tables: dict[str, list[dict]] | None = None,
               prov: dict[str, Any] | None = None) -> dict[str, Any]:

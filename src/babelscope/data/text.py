@@ -15,8 +15,9 @@ __all__ = ["HfCorpus", "JsonlCorpus", "TextDirCorpus", "TextFileCorpus"]
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; a UTF-8 byte-order mark (Windows editors write one) is not part of it."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise BabelscopeError(f"{path} not found: give an existing file") from None
     except UnicodeDecodeError as exc:
@@ -89,8 +90,8 @@ class TextDirCorpus(Corpus):
             self.files[language.code] = path
         if not self.files:
             raise BabelscopeError(f"{self.root}: no <lang>.txt files found; add files like eng.txt, fra.txt")
-        if parallel is None:
-            counts = {len(_read_text(p).splitlines()) for p in self.files.values()}
+        if parallel is None:  # line counts without trailing blank lines (an editor's final newline or two)
+            counts = {len(_read_text(p).rstrip().splitlines()) for p in self.files.values()}
             parallel = len(counts) == 1 and len(self.files) > 1
         self.parallel = parallel
 

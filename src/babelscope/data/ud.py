@@ -196,7 +196,7 @@ def read_conllu(path: str | Path, lang: str | Language | None = None) -> list[Se
 
     path = Path(path)
     try:
-        data = path.read_text(encoding="utf-8")
+        data = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise BabelscopeError(f"{path} not found: give an existing .conllu file") from None
     except UnicodeDecodeError as exc:
@@ -274,7 +274,7 @@ def _peek_language(path: Path) -> Language | None:
     language = _language_from_name(path)
     if language is None:
         return None
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         head = fh.read(40000)
     texts = [ln[len("# text = "):] for ln in head.splitlines() if ln.startswith("# text = ")]
     if not texts:

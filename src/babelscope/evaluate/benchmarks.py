@@ -65,7 +65,7 @@ def task_names() -> list[str]:
 @cache
 def _load_task_file(path: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as exc:
         raise BabelscopeError(f"{path}: invalid YAML ({exc}); fix the task file") from None
     if not isinstance(doc, dict) or "format" not in doc or "path" not in doc:
@@ -132,7 +132,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """JSON lines with ``_source`` = file:line on each row."""
     rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise BabelscopeError(f"{path}: benchmark file not found; check the task path or BABELSCOPE_DATA") from None
     for i, line in enumerate(lines, 1):
@@ -158,7 +158,7 @@ def _need(row: dict[str, Any], keys: list[str], path: Path, line: int | str) -> 
 def read_csv_rows(path: Path, columns: list[str], header_first: str) -> list[dict[str, Any]]:
     """CSV rows as dicts over ``columns``; a first row starting with ``header_first`` is a header."""
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
             raw = list(csv.reader(fh))
     except FileNotFoundError:
         raise BabelscopeError(f"{path}: benchmark file not found; check the task path or BABELSCOPE_DATA") from None

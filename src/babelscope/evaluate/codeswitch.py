@@ -169,22 +169,21 @@ def read_responses(spec: str, run_dir) -> list[dict[str, Any]]:
 
 def run(cfg: CodeSwitchConfig, run_dir, step: str = "codeswitch", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval codeswitch`` step (no model needed: it reads responses)."""
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
 
-    config = dict(vars(cfg))
-    st = Step(run_dir, step)
+    sr = StepRun(cfg, run_dir, step, loaded)
     responses = read_responses(cfg.responses, run_dir)
-    if st.is_done(config) and load_results(st.results_path)["results"].get("responses_sha256") == text_sha256(
-            r["response"] for r in responses):
-        return load_results(st.results_path)
-    per_language, per_response = codeswitch_rows(responses, cfg)
+    sha = text_sha256(r["response"] for r in responses)
+    if (doc := sr.done(inputs={"responses": sha})) is not None:
+        return doc
     if not is_main_process():
-        return {}
+        return sr.wait()
+    per_language, per_response = codeswitch_rows(responses, cfg)
     total = sum(r["switched"] for r in per_response)
     results = {"model": cfg.model, "responses": cfg.responses,
                "responses_sha256": text_sha256(r["response"] for r in responses),
                "summary": {"responses": len(per_response), "switched": total,
                            "rate": total / len(per_response) if per_response else None}}
-    st.write_results(KIND, config, results, {"per_language": per_language, "per_response": per_response},
-                     provenance(detector="py3langid"))
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"per_language": per_language, "per_response": per_response},
+                    provenance(detector="py3langid"))

@@ -98,6 +98,11 @@ class OpenAIJudge:
     def name(self) -> str:
         return f"{self.model} @ {self.base_url}"
 
+    @property
+    def identity(self) -> str:
+        """What decides this judge's answers besides the messages: the endpoint and the model it serves."""
+        return f"openai:{self.model}@{self.base_url.rstrip('/')}"
+
     def __call__(self, messages: list[dict[str, str]]) -> str:
         url = self.base_url.rstrip("/") + ("" if self.base_url.rstrip("/").endswith("/v1") else "/v1")
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
@@ -134,6 +139,11 @@ class LocalJudge:
     name: str = "local"
     max_tokens: int = 64
 
+    @property
+    def identity(self) -> str:
+        """The engine's identity: weights' checksum, dtype, device type and tokenizer."""
+        return f"local:{self.engine.identity}"
+
     def __call__(self, messages: list[dict[str, str]]) -> str:
         prompt = chat_prompt(self.engine.tokenizer, messages)
         return self.engine.generate([prompt], self.max_tokens, [], desc="judge")[0]
@@ -145,6 +155,16 @@ def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def judgment_key(judge: Any, item: dict[str, Any]) -> str:
+    """Cache key of one judgment: the judge's identity and reply length cap, and the exact messages it is sent
+    (so the judge prompt, the instruction, the response and the reference are all in it)."""
+    from babelscope.runs import RequestCache
+
+    messages = judge_messages(item["instruction"], item["response"], item.get("reference", ""))
+    return RequestCache.key("judgment", getattr(judge, "identity", repr(judge)), getattr(judge, "max_tokens", None),
+                            messages)
 
 
 def judge_all(items: list[dict[str, Any]], judge: Callable[[list[dict[str, str]]], str], cache,
@@ -180,6 +200,11 @@ def make_judge(kind: str, *, url: str | None, api_model: str | None, api_key_env
         if not url or not api_model:
             raise BabelscopeError("--judge openai needs --judge-url (e.g. http://127.0.0.1:8000/v1) and "
                                   "--judge-api-model")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BabelscopeError(f"--judge-url {url!r}: give a full URL such as http://127.0.0.1:8000/v1")
         return OpenAIJudge(url, api_model, api_key_env, timeout, retries)
     if kind == "local":
         if engine_factory is None:

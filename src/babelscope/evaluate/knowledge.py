@@ -131,24 +131,20 @@ def evaluate(engine, task: dict[str, Any], cfg: BenchConfig,
 
 def run(cfg: BenchConfig, run_dir, step: str = "bench", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval bench`` step: score one benchmark, write per-subset and per-item tables."""
-    from babelscope.models.engine import Engine
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
 
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    sr = StepRun(cfg, run_dir, step, loaded)
     task = load_task(cfg.benchmark)
     items = collect_items(task, cfg)
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: benchmarks need a causal LM, this is an {info.kind}")
-    if is_main_process():
-        st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+    prompts = text_sha256(repr(it.requests if isinstance(it, MCItem) else it.prompt) for it in items)
+    if (doc := sr.done(inputs={"prompts": prompts})) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "benchmarks")
+    engine = sr.engine(batch_size=cfg.batch_size)
     rows, item_rows, summary = evaluate(engine, task, cfg, items)
     if not engine.is_main:
-        return {}
+        return sr.wait()
     shots = task.get("shots", 0) if cfg.shots is None else cfg.shots
     results = {"model": info.name, "benchmark": task.get("name", cfg.benchmark), "shots": shots,
                "generation": "exact_match" in summary, "summary": summary}
@@ -157,11 +153,4 @@ def run(cfg: BenchConfig, run_dir, step: str = "bench", loaded=None) -> dict[str
             row["loglikelihoods"] = " ".join(f"{v:.6f}" for v in row["loglikelihoods"])
     prov = provenance(model=info.to_dict(), data={"benchmark": task.get("name"), "path": cfg.path or task["path"],
                                                   "prompts_sha256": summary["prompts_sha256"]})
-    st.write_results(KIND, config, results, {"per_subset": rows, "per_item": item_rows}, prov)
-    return load_results(st.results_path)
-
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return sr.write(KIND, results, {"per_subset": rows, "per_item": item_rows}, prov)

@@ -109,13 +109,10 @@ def tag_accuracy(predicted: list[str], gold: list[str]) -> int:
 
 def run(cfg: PosConfig, run_dir, step: str = "pos", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval pos`` step."""
-    from babelscope.models.engine import Engine
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
 
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    sr = StepRun(cfg, run_dir, step, loaded)
     settings = [s.strip().upper() for s in cfg.settings.split(",") if s.strip()]
     if not settings or set(settings) - {"MONO", "EN"}:
         raise BabelscopeError(f"--settings {cfg.settings!r}: use MONO, EN or both")
@@ -133,14 +130,14 @@ def run(cfg: PosConfig, run_dir, step: str = "pos", loaded=None) -> dict[str, An
                 demos = random.Random(f"{cfg.seed}-{lang}-{setting}-{r}").sample(source, cfg.shots)
                 for q, query in enumerate(queries):
                     jobs.append((lang, setting, r, q, pos_prompt(demos, query), [t.upos for t in query.tokens]))
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if is_main_process():
-        st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+    if (doc := sr.done(inputs=text_sha256(f"{job[4]}\0{job[5]}" for job in jobs))) is not None:
+        return doc
+    model, tokenizer, info = sr.model()
+    engine = sr.engine(batch_size=cfg.batch_size)
     longest = max(len(job[5]) for job in jobs)
     outputs = engine.generate([job[4] for job in jobs], max_new_tokens=6 * longest + 4, stop=["\n"], desc="POS")
     if not engine.is_main:
-        return {}
+        return sr.wait()
     per_query = []
     for (lang, setting, r, q, _, gold), text in zip(jobs, outputs, strict=True):
         tags = parse_tags(text)
@@ -161,12 +158,5 @@ def run(cfg: PosConfig, run_dir, step: str = "pos", loaded=None) -> dict[str, An
         per_language.append(entry)
     summary = {f"{s}_mean": statistics.fmean(e[f"{s}_mean"] for e in per_language) for s in settings}
     results = {"model": info.name, "shots": cfg.shots, "runs": cfg.runs, "settings": settings, "summary": summary}
-    st.write_results(KIND, config, results, {"per_language": per_language, "per_run": per_run,
-                                             "per_query": per_query}, provenance(model=info.to_dict()))
-    return load_results(st.results_path)
-
-
-def _load(cfg: PosConfig):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return sr.write(KIND, results, {"per_language": per_language, "per_run": per_run, "per_query": per_query},
+                    provenance(model=info.to_dict()))

@@ -83,36 +83,43 @@ def _language_key(lang: str) -> str:
 
 def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval respond`` step: generate, judge, write per-item judgments and per-language means."""
-    from babelscope.evaluate.judge import CRITERIA, average, judge_all, make_judge
-    from babelscope.models.engine import Engine
-    from babelscope.runs import RequestCache, Step, is_main_process, load_results, provenance
+    import json
 
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        done = load_results(st.results_path)
-        if not any(str(r.get("status", "ok")).startswith("failed") for r in done["tables"]["per_item"]["rows"]):
-            return done
+    from babelscope.evaluate.judge import CRITERIA, average, judge_all, judgment_key, make_judge
+    from babelscope.models.engine import Engine
+    from babelscope.runs import RequestCache, provenance, text_sha256
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    if cfg.judge not in ("local", "openai", "none"):
+        raise BabelscopeError(f"--judge {cfg.judge!r}: use local, openai or none")
+    if cfg.retries < 0 or cfg.timeout <= 0:
+        raise BabelscopeError(f"--retries {cfg.retries} / --timeout {cfg.timeout}: need retries >= 0, timeout > 0")
     items = read_instructions(cfg.instructions)
-    if cfg.langs not in ("all", "", None):
-        wanted = {_language_key(x.strip()) for x in cfg.langs.split(",")}
+    if cfg.langs != "all":
+        wanted = {_language_key(x.strip()) for x in cfg.langs.split(",") if x.strip()}
         items = [it for it in items if _language_key(it["lang"]) in wanted]
     items = items[: cfg.limit] if cfg.limit else items
     if not items:
         raise BabelscopeError(f"--instructions {cfg.instructions}: no items for --langs {cfg.langs}")
-    if cfg.judge == "openai" and not (cfg.judge_url and cfg.judge_api_model):
+    if cfg.judge == "openai":
         make_judge("openai", url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
                    timeout=cfg.timeout, retries=cfg.retries)  # raises the one-line error before any loading
-    model, tokenizer, info = loaded() if loaded else _load(cfg.model, cfg)
-    if is_main_process():
-        st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=info.checksum)
+
+    def judged_all(doc: dict) -> bool:  # a run with failed judgments is not finished: retry them
+        return not any(str(r.get("status", "ok")).startswith("failed") for r in doc["tables"]["per_item"]["rows"])
+
+    inputs = text_sha256(json.dumps(it, sort_keys=True, ensure_ascii=False) for it in items)
+    if (doc := sr.done(inputs=inputs, when=judged_all)) is not None:
+        return doc
+    model, tokenizer, info = sr.model()
+    engine = sr.engine(batch_size=cfg.batch_size)
     prompts = [response_prompt(tokenizer, it["instruction"], it["lang"]) for it in items]
     stop = ["\n"] if not getattr(tokenizer, "chat_template", None) else []  # a base model goes on with Q/A
     for it, text in zip(items, engine.generate(prompts, cfg.max_new_tokens, stop, desc="responses"), strict=True):
         it["response"] = text.strip()
     if not engine.is_main:
-        return {}
+        return sr.wait()
     judge_name = "none"
     if cfg.judge != "none":
         if cfg.judge == "local":
@@ -120,9 +127,14 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
 
             def factory():
                 if spec == cfg.model:
-                    return Engine(model, tokenizer, batch_size=1, progress=False, checksum=info.checksum)
-                m, t, _ = _load(spec, cfg)
-                return Engine(m, t, batch_size=1, progress=False)
+                    judge_engine = Engine(model, tokenizer, batch_size=1, progress=False, checksum=info.checksum)
+                else:
+                    from babelscope.models import load_model
+
+                    m, t, judge_info = load_model(spec, dtype=cfg.dtype, device=cfg.device)
+                    judge_engine = Engine(m, t, batch_size=1, progress=False, checksum=judge_info.checksum)
+                judge_engine.state = None  # rank 0 judges alone: no work split over (or gathered from) other ranks
+                return judge_engine
 
             judge_name = f"{info.name if spec == cfg.model else spec} (local)"
         else:
@@ -131,9 +143,8 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
         judge = make_judge(cfg.judge, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
                            timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory)
         judge.max_tokens = cfg.judge_max_tokens
-        cache = RequestCache(st.cache_dir / "judgments.jsonl")
-        items = judge_all(items, judge, cache, lambda it: RequestCache.key(judge_name, it["instruction"],
-                                                                            it["response"], it.get("reference")))
+        cache = RequestCache(sr.cache_dir / "judgments.jsonl")
+        items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
     rows = []
     for it in items:
         scores = it.get("scores") or {}
@@ -156,12 +167,12 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
                "AVG": sum(r["AVG"] for r in judged) / len(judged) if judged else None}
     results = {"model": info.name, "judge": judge_name, "instructions": cfg.instructions,
                "pipeline_check": cfg.pipeline_check, "summary": summary}
-    st.write_results(KIND, config, results, {"per_language": per_language, "per_item": rows},
-                     provenance(model=info.to_dict(), judge=judge_name))
-    return load_results(st.results_path)
-
-
-def _load(spec: str, cfg: RespondConfig):
-    from babelscope.models import load_model
-
-    return load_model(spec, dtype=cfg.dtype, device=cfg.device)
+    doc = sr.write(KIND, results, {"per_language": per_language, "per_item": rows},
+                   provenance(model=info.to_dict(), judge=judge_name))
+    failed = [r for r in rows if str(r["status"]).startswith("failed")]
+    if failed:
+        raise BabelscopeError(
+            f"{len(failed)}/{len(rows)} judgments failed ({failed[0]['status'][len('failed: '):]}); the responses "
+            f"are kept in {sr.path}: fix the judge and re-run the same command to judge them"
+        )
+    return doc

@@ -20,6 +20,7 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -103,10 +104,8 @@ def tokenizer_sha256(tokenizer) -> str:
     digest = hashlib.sha256(state.encode("utf-8"))
     digest.update(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
     sha = digest.hexdigest()
-    try:
+    with contextlib.suppress(AttributeError, TypeError):  # a tokenizer that refuses new attributes
         tokenizer._babelscope_sha256 = (len(tokenizer), sha)
-    except (AttributeError, TypeError):  # pragma: no cover - a tokenizer that refuses new attributes
-        pass
     return sha
 
 

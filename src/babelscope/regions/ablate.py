@@ -127,44 +127,37 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
     from babelscope.regions.params import norm_modules, scored_parameters
     from babelscope.regions.select import SCOPES, WHICH, load_mask, mask_file, parse_choice, parse_fractions
     from babelscope.regions.texts import SplitView, language_codes, open_text_corpus
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import Step, load_results, provenance, text_sha256
+    from babelscope.steps import StepRun, results_sha256
 
+    sr = StepRun(cfg, run_dir, step, loaded)
+    st = sr.st
     ks = parse_fractions(cfg.k)
     scopes = parse_choice(cfg.scope, SCOPES, "--scope")
     which = parse_choice(cfg.regions, WHICH, "--regions")
     if cfg.mode not in REGION_MODES:
         raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(REGION_MODES)}")
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
-    sel_doc = load_results(Step(run_dir, cfg.select_step).results_path)
-    imp_doc = load_results(Step(run_dir, sel_doc["results"]["importance_step"]).results_path)
+    sel_doc = load_results(Step(sr.run_dir, cfg.select_step).results_path)
+    imp_doc = load_results(Step(sr.run_dir, sel_doc["results"]["importance_step"]).results_path)
     imp_cfg = imp_doc["config"]
     imp_langs = set(imp_doc["results"]["languages"])
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     view = SplitView(corpus, "test", imp_cfg["test_fraction"], imp_cfg["seed"])
-    for code in codes:
-        view.units(code)  # a language with no held-out text fails here, before the model loads
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    texts = {code: text_sha256(u.text for u in view.units(code)) for code in codes}  # none: fails here
+    inputs = {"select": results_sha256(run_dir, cfg.select_step), "texts": texts,
+              "importance": results_sha256(run_dir, sel_doc["results"]["importance_step"])}
+    if (doc := sr.done(inputs=inputs)) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "ablate")
     params = scored_parameters(model, imp_cfg.get("include", ""), imp_cfg.get("exclude", ""))
     norms = set(norm_modules(model))
     initial = load_initial(cfg.initial) if cfg.mode == "reset" and cfg.initial else None
-    if is_main_process():
-        st.write_config(config)
     gen_codes = [c for c in language_codes(corpus, cfg.gen_langs) if c in PROMPTS] if cfg.generate else []
 
     def engine_for(*change: Any) -> Engine:
         checksum = condition_checksum(info.checksum, *change) if change else info.checksum
-        return Engine(
-            model,
-            tokenizer,
-            batch_size=cfg.batch_size,
-            cache_dir=st.cache_dir,
-            checksum=checksum,
-            progress=False,
-        )
+        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
 
     base_engine = engine_for()
     base = perplexities(base_engine, view, codes, cfg.window, cfg.max_tokens)
@@ -232,7 +225,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
                     del mask
                     bar.update(1)
     if not base_engine.is_main:
-        return {}
+        return sr.wait()
     summary = ratio_summary(rows)
     results = {
         "model": info.name,
@@ -248,10 +241,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
         model=info.to_dict(),
         data={"corpus": view.name, "units": {code: [u.id for u in view.units(code)] for code in codes}},
     )
-    st.write_results(
-        KIND, config, results, {"per_language": rows, "summary": summary, "generations": generations}, prov
-    )
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"per_language": rows, "summary": summary, "generations": generations}, prov)
 
 
 def _row(region, k, scope, code, row, base_row, in_importance, changed) -> dict[str, Any]:
@@ -270,8 +260,3 @@ def _row(region, k, scope, code, row, base_row, in_importance, changed) -> dict[
         "changed": changed,
     }
 
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

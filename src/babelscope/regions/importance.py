@@ -306,29 +306,25 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from tqdm.auto import tqdm
 
-    from babelscope.models.engine import Engine
     from babelscope.regions.params import layer_and_kind, scored_parameters
     from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
 
+    sr = StepRun(cfg, run_dir, step, loaded)
+    st = sr.st
     if cfg.method not in METHODS:
         raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
     if cfg.window < 2 or cfg.max_tokens < 1:
         raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: importance needs a causal LM, this is an {info.kind}")
+    if (doc := sr.done(inputs={c: text_sha256(u.text for u in us) for c, us in texts.items()})) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "importance")
     params = scored_parameters(model, cfg.include, cfg.exclude)
-    if is_main_process():
-        st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, checksum=info.checksum, progress=False)
+    engine = sr.engine(batch_size=cfg.batch_size, cache=False, progress=False)
     shapes = {name: list(p.shape) for name, p in params.items()}
     aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
     for stale in (st.path / "scores").glob(".*.tmp"):  # left by an interrupted run
@@ -382,7 +378,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         for f in saves:
             f.result()
     if not engine.is_main:
-        return {}
+        return sr.wait()
     imp_meta = {
         "model": info.checksum,
         "model_name": info.name,
@@ -416,8 +412,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     prov = provenance(
         model=info.to_dict(), data={"corpus": corpus.name, "units": {r["lang"]: r["units"] for r in rows}}
     )
-    st.write_results(KIND, config, results, {"per_language": rows, "by_matrix": by_matrix}, prov)
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"per_language": rows, "by_matrix": by_matrix}, prov)
 
 
 def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -> float:
@@ -460,8 +455,3 @@ def _language_row(code: str, meta: dict[str, Any], abs_sum: float) -> dict[str, 
         "sum_abs_score": abs_sum,
     }
 
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

@@ -41,7 +41,11 @@ class RegionsConfig:
 
 def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict[str, Any]:
     from babelscope.regions import ablate, importance, scan, select
+    from babelscope.runs import check_step_name
+    from babelscope.steps import check_config
 
+    check_config(cfg)
+    check_step_name(step)
     shared = {
         "model": cfg.model,
         "dtype": cfg.dtype,

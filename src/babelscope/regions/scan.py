@@ -117,7 +117,10 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     from babelscope.regions.apply import DIM_MODES, perturbed_dimension
     from babelscope.regions.params import find_norm, gamma_offset
     from babelscope.regions.texts import SplitView, language_codes, open_text_corpus, token_windows
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
 
     if cfg.mode not in DIM_MODES:
         raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(DIM_MODES)}")
@@ -125,30 +128,17 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
         raise BabelscopeError(
             f"--top-n {cfg.top_n} / --threshold {cfg.threshold}: need top_n >= 1 and threshold > 1"
         )
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     view = SplitView(corpus, "test", cfg.test_fraction, cfg.seed)
-    for code in codes:
-        view.units(code)
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    if (doc := sr.done(inputs={c: text_sha256(u.text for u in view.units(c)) for c in codes})) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "scan-dims")
     name, norm = find_norm(model, cfg.layer, cfg.norm)
     offset = gamma_offset(norm)
-    if is_main_process():
-        st.write_config(config)
 
     def engine_for(checksum: str) -> Engine:
-        return Engine(
-            model,
-            tokenizer,
-            batch_size=cfg.batch_size,
-            cache_dir=st.cache_dir,
-            checksum=checksum,
-            progress=False,
-        )
+        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
 
     engine = engine_for(info.checksum)  # tokenizes the windows, then scores the base
     seqs = [
@@ -184,7 +174,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
             }
         )
     if not engine.is_main:
-        return {}
+        return sr.wait()
     rows.sort(key=lambda r: -r["ratio"])
     median_act = float(mean.median())
     results = {
@@ -203,11 +193,5 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
         "scanned": len(rows),
     }
     prov = provenance(model=info.to_dict(), data={"corpus": view.name})
-    st.write_results(KIND, config, results, {"dims": rows}, prov)
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"dims": rows}, prov)
 
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

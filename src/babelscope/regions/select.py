@@ -214,23 +214,23 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     from babelscope.regions.importance import load_tensors, read_metadata
     from babelscope.regions.params import layer_and_kind
     from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.steps import StepRun, results_sha256
 
+    sr = StepRun(cfg, run_dir, step, loaded)
+    st = sr.st
     ks = parse_fractions(cfg.k)
     table_ks = parse_fractions(cfg.table_k, "--table-k")
     scopes = parse_choice(cfg.scope, SCOPES, "--scope")
-    config = dict(vars(cfg))
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    if (doc := sr.done(inputs={"importance": results_sha256(run_dir, cfg.importance_step)})) is not None:
+        return doc
     if not is_main_process():
-        return {}
-    src = Step(run_dir, cfg.importance_step)
+        return sr.wait()
+    src = Step(sr.run_dir, cfg.importance_step)
     imp_doc = load_results(src.results_path)
     imp_path = src.path / imp_doc["results"]["importance_file"]
     imp_meta = read_metadata(imp_path)
     imp = load_tensors(imp_path)
     langs = imp_doc["results"]["languages"]
-    st.write_config(config)
     base_meta = {
         "model": imp_meta["model"],
         "importance": str(imp_path),
@@ -325,9 +325,8 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     prov = provenance(
         model={"checksum": imp_meta["model"], "name": imp_meta.get("model_name")}, importance=str(imp_path)
     )
-    st.write_results(
+    return sr.write(
         KIND,
-        config,
         results,
         {
             "regions": regions,
@@ -337,4 +336,3 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
         },
         prov,
     )
-    return load_results(st.results_path)

@@ -77,12 +77,6 @@ def _layer(store, layer: int | str | None) -> int:
     return int(layer)
 
 
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-
-
 def _bar(total: int, desc: str, unit: str = "it"):
     from tqdm.auto import tqdm
 
@@ -99,10 +93,14 @@ def _pairs_rows(langs: list[str], matrices: dict[str, np.ndarray]) -> list[dict[
     return rows
 
 
-def _done(st, config):
-    from babelscope.runs import load_results
+def _start(cfg, run_dir, step: str, loaded, *reads: str):
+    """The step runner of an analysis step, and its finished results when it ran with the same config on the
+    same stores (``reads``: the extract / otdd steps it reads; their results files are its inputs)."""
+    from babelscope.steps import StepRun, results_sha256
 
-    return load_results(st.results_path) if st.is_done(config) else None
+    sr = StepRun(cfg, run_dir, step, loaded)
+    _store(run_dir, cfg.store)  # "no representation store; run `babelscope syntax extract` first"
+    return sr, sr.done(inputs={name: results_sha256(run_dir, name) for name in reads if name})
 
 
 # ------------------------------------------------------------------------------------------------- extract
@@ -123,17 +121,21 @@ class ExtractConfig:
 
 def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loaded=None) -> dict[str, Any]:
     """Embed every word of the chosen treebanks at the chosen layers into ``RUN_DIR/STEP/store``."""
-    from babelscope.models.engine import Engine
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
     from babelscope.syntax import represent
     from babelscope.syntax.treebanks import load_treebanks
 
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(Path(run_dir), step)
-    if (doc := _done(st, config)) is not None:
-        return doc
+    sr = StepRun(cfg, run_dir, step, loaded)
+    st = sr.st
     sentences = load_treebanks(cfg.treebank, cfg.langs, cfg.max_sentences)
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    data = {"treebank": cfg.treebank, "sha256": {lang: text_sha256(s.text for s in sents)
+                                                 for lang, sents in sentences.items()}}
+    if (doc := sr.done(inputs=data)) is not None:
+        return doc
+    if not is_main_process():  # one process writes the store (the forward passes are not split over ranks)
+        return sr.wait()
+    model, tokenizer, info = sr.model()
     checksum = info.checksum
     if cfg.random_init:
         model = random_copy(model, cfg.seed)
@@ -142,9 +144,7 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
     if pooling not in represent.POOLINGS:
         raise BabelscopeError(f"--pooling {cfg.pooling!r}: use auto, first, last or mean")
     layers = parse_layers(cfg.layers, info.layers)
-    if is_main_process():
-        st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, checksum=checksum, progress=False)
+    engine = sr.engine(model=model, checksum=checksum, cache=False, batch_size=cfg.batch_size, progress=False)
     max_tokens = getattr(model.config, "max_position_embeddings", None)
     store = st.path / "store"
     meta = {"model": info.name, "checksum": checksum, "random_init": cfg.random_init, "treebank": cfg.treebank}
@@ -181,11 +181,8 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
     results = {"model": info.name, "kind": info.kind, "random_init": cfg.random_init, "pooling": pooling,
                "layers": layers, "languages": langs, "treebank": cfg.treebank, "store": "store",
                "hidden_size": info.hidden_size}
-    data = {"treebank": cfg.treebank, "sha256": {lang: text_sha256(s.text for s in sents)
-                                                 for lang, sents in sentences.items()}}
-    st.write_results(KINDS["extract"], config, results, {"per_language": rows, "per_layer": shares},
-                     provenance(model=info.to_dict(), data=data))
-    return load_results(st.results_path)
+    return sr.write(KINDS["extract"], results, {"per_language": rows, "per_layer": shares},
+                    provenance(model=info.to_dict(), data=data))
 
 
 # ------------------------------------------------------------------------------------------------- otdd
@@ -215,13 +212,14 @@ def _standardized(sets: dict[str, Any], mean, std) -> dict[str, Any]:
 def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -> dict[str, Any]:
     """The OTDD matrix over languages (raw and standardised), typological distances, Mantel tests and the
     gradient-boosting feature importances."""
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import is_main_process, provenance
     from babelscope.syntax import otdd, represent, typology
 
-    config = dict(vars(cfg))
-    st = Step(Path(run_dir), step)
-    if (doc := _done(st, config)) is not None:
+    sr, doc = _start(cfg, run_dir, step, loaded, cfg.store)
+    if doc is not None:
         return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
     if cfg.draws < 1 or cfg.samples < 2:
         raise BabelscopeError(f"--draws {cfg.draws} --samples {cfg.samples}: need at least 1 draw of 2 samples")
     store = _store(run_dir, cfg.store)
@@ -229,8 +227,6 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
     if len(langs) < 2:
         raise BabelscopeError(f"OTDD needs at least 2 languages (got {langs})")
     layer = _layer(store, cfg.layer)
-    if is_main_process():
-        st.write_config(config)
     full = {lang: represent.instances(store, lang, layer, "relation") for lang in langs}
     for lang, inst in full.items():
         if len(inst) < 20:
@@ -285,8 +281,7 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
                "instances": {lang: len(inst) for lang, inst in full.items()},
                "store_model": store.records[langs[0]].get("model"),
                "random_init": store.records[langs[0]].get("random_init")}
-    st.write_results(KINDS["otdd"], config, results, tables, provenance(store=str(store.path)))
-    return load_results(st.results_path)
+    return sr.write(KINDS["otdd"], results, tables, provenance(store=str(store.path)))
 
 
 def _has_typology(lang: str, source: str) -> bool:
@@ -366,13 +361,14 @@ def _upper_mean(M: np.ndarray) -> float:
 def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> dict[str, Any]:
     """Alignability heatmap (RSA and Procrustes, with and without standardisation) at one layer, per-layer
     curves with split-half ceilings and the random-model control, and the Mantel test against typology."""
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import is_main_process, provenance
     from babelscope.syntax import represent, rsa, typology
 
-    config = dict(vars(cfg))
-    st = Step(Path(run_dir), step)
-    if (doc := _done(st, config)) is not None:
+    sr, doc = _start(cfg, run_dir, step, loaded, cfg.store, cfg.control)
+    if doc is not None:
         return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
     store = _store(run_dir, cfg.store)
     control = _store(run_dir, cfg.control) if cfg.control else None
     langs = _languages(store, cfg.langs)
@@ -380,8 +376,6 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
         raise BabelscopeError(f"RSA needs at least 2 languages (got {langs})")
     layer = _layer(store, cfg.layer)
     layers = [x for x in parse_layers(cfg.layers, max(store.layers())) if x in store.layers()]
-    if is_main_process():
-        st.write_config(config)
     curves, pair_rows = [], []
     heat: dict[str, np.ndarray] = {}
     with _bar(len(set(layers) | {layer}), "rsa", "layer") as bar:
@@ -440,8 +434,7 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
                "store_model": store.records[langs[0]].get("model"),
                "control": bool(control)}
     tables = {"pairs": pair_rows, "per_layer": curves, "split_half": ceilings}
-    st.write_results(KINDS["rsa"], config, results, tables, provenance(store=str(store.path)))
-    return load_results(st.results_path)
+    return sr.write(KINDS["rsa"], results, tables, provenance(store=str(store.path)))
 
 
 # ------------------------------------------------------------------------------------------------- probe
@@ -473,21 +466,20 @@ def _split(inst, cfg: ProbeConfig):
 def run_probe(cfg: ProbeConfig, run_dir, step: str = "syntax-probe", loaded=None) -> dict[str, Any]:
     """Per-layer probe accuracy against majority, layer-0 and random-model baselines; the cross-lingual
     relation-probe transfer matrix; its Mantel correlation with the OTDD matrix when one is given."""
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import is_main_process, provenance
     from babelscope.syntax import probe, represent, typology
 
-    config = dict(vars(cfg))
-    st = Step(Path(run_dir), step)
-    if (doc := _done(st, config)) is not None:
+    sr, doc = _start(cfg, run_dir, step, loaded, cfg.store, cfg.control, cfg.otdd)
+    if doc is not None:
         return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
     store = _store(run_dir, cfg.store)
     control = _store(run_dir, cfg.control) if cfg.control else None
     langs = _languages(store, cfg.langs)
     kinds = [k.strip() for k in cfg.concepts.split(",") if k.strip()]
     layers = [x for x in parse_layers(cfg.layers, max(store.layers())) if x in store.layers()]
     t_layer = _layer(store, cfg.transfer_layer)
-    if is_main_process():
-        st.write_config(config)
     curves = []
     with _bar(len(kinds) * len(layers) * len(langs), "probe", "fit") as bar:
         for kind in kinds:
@@ -540,5 +532,4 @@ def run_probe(cfg: ProbeConfig, run_dir, step: str = "syntax-probe", loaded=None
     results = {"languages": langs, "layers": layers, "transfer_layer": t_layer, "layer0_accuracy": layer0,
                "links": links, "store_model": store.records[langs[0]].get("model"), "control": bool(control)}
     tables = {"per_layer": summary, "per_language": curves, "transfer": _matrix_rows(langs, T)}
-    st.write_results(KINDS["probe"], config, results, tables, provenance(store=str(store.path)))
-    return load_results(st.results_path)
+    return sr.write(KINDS["probe"], results, tables, provenance(store=str(store.path)))

@@ -1,0 +1,296 @@
+"""The step runner and what it guarantees: caches keyed by everything that changes a result, finished steps
+recomputed when their config or inputs change, non-finite scores refused, experiment files checked whole, bad
+options refused before any model loads, resumable caches, normal file permissions, Ctrl-C."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from babelscope.errors import BabelscopeError
+from babelscope.evaluate.perplexity import PplConfig
+from babelscope.evaluate.perplexity import run as run_ppl
+from conftest import SENTENCES, build_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from babelscope.models.loader import describe
+
+    model, tok = build_tiny("gemma3")
+    return model, tok, describe(model, tok, "tiny", "memory")
+
+
+def _no_load():
+    pytest.fail("the model was loaded before the options were checked")
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"id": f"u{i}", "lang": lang, "text": (text + " ") * (i + 1)}
+            for lang, text in zip(["eng", "fra"], SENTENCES[:2], strict=True) for i in range(2)]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _nll(doc):
+    return {r["lang"]: r["nll"] for r in doc["tables"]["per_language"]["rows"]}
+
+
+# ------------------------------------------------------------------------------------------- cache keys
+def test_dtype_rerun_in_the_same_run_dir_recomputes(tiny, corpus, tmp_path):
+    """A bfloat16 re-run in a float32 run directory scores again (the old cache held float32 answers under
+    the same key and reported them labelled bfloat16)."""
+    model, tok, info = tiny
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    cfg = PplConfig(model="tiny", corpus=f"{corpus}#parallel=true", langs="en,fr", window=8)
+    f32 = run_ppl(cfg, tmp_path / "a", loaded=lambda: (model, tok, info))
+    cfg16 = PplConfig(**{**vars(cfg), "dtype": "bfloat16"})
+    again = run_ppl(cfg16, tmp_path / "a", loaded=lambda: (bf16, tok, info))  # same checksum: the dtype differs
+    fresh = run_ppl(cfg16, tmp_path / "b", loaded=lambda: (bf16, tok, info))
+    assert _nll(again) == _nll(fresh)
+    assert _nll(again) != _nll(f32)  # bfloat16 rounds: not the float32 numbers
+
+
+def test_engine_identity_holds_dtype_device_and_tokenizer(tiny):
+    from babelscope.models.engine import Engine
+
+    model, tok, info = tiny
+    base = Engine(model, tok, checksum=info.checksum, progress=False)
+    other_tok = copy.deepcopy(tok)
+    other_tok.add_tokens(["<extra-token>"])
+    assert Engine(model, copy.deepcopy(tok), checksum=info.checksum).identity == base.identity  # same state
+    assert Engine(model, other_tok, checksum=info.checksum).identity != base.identity
+    assert Engine(copy.deepcopy(model).half(), tok, checksum=info.checksum).identity != base.identity
+    assert Engine(model, tok, checksum="other weights").identity != base.identity
+
+
+def test_judge_cache_keys_prompt_judge_and_max_tokens(monkeypatch):
+    from babelscope.evaluate import judge as judge_mod
+    from babelscope.evaluate.judge import OpenAIJudge, judge_all, judgment_key
+    from babelscope.runs import RequestCache
+
+    calls = []
+
+    class Fake(OpenAIJudge):
+        def __call__(self, messages):
+            calls.append(messages)
+            return "ACC: 1\nF: 1\nINFO: 1\nLC: 1\nH: 1"
+
+    items = [{"instruction": "Say hi", "response": "hi", "reference": ""}]
+    cache = RequestCache(None)
+    judge = Fake("http://127.0.0.1:1/v1", "m1")
+    judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
+    judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
+    assert len(calls) == 1  # cached
+    judge.max_tokens = 8
+    judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
+    other = Fake("http://127.0.0.1:1/v1", "m2")
+    judge_all(items, other, cache, lambda it: judgment_key(other, it))
+    monkeypatch.setattr(judge_mod, "JUDGE_PROMPT", judge_mod.JUDGE_PROMPT.replace("strict", "lenient"))
+    judge_all(items, other, cache, lambda it: judgment_key(other, it))
+    assert len(calls) == 4 and "lenient" in calls[-1][0]["content"]
+
+
+# ------------------------------------------------------------------------------------------- finished steps
+def test_changed_config_or_edited_corpus_recomputes(tiny, tmp_path):
+    model, tok, info = tiny
+    loaded = lambda: (model, tok, info)  # noqa: E731
+    path = tmp_path / "eng.txt"
+    path.write_text("One line of text.\nA second line.\n", encoding="utf-8")
+    cfg = PplConfig(model="tiny", corpus=str(path), langs="all", window=8)
+    first = run_ppl(cfg, tmp_path / "run", loaded=loaded)
+    assert first["results"]["summary"]["units"] == 2
+    assert run_ppl(cfg, tmp_path / "run", loaded=_no_load)["provenance"] == first["provenance"]  # done: skipped
+    path.write_text("One line of text.\nA second line.\nAnd a third one.\n", encoding="utf-8")
+    edited = run_ppl(cfg, tmp_path / "run", loaded=loaded)
+    assert edited["results"]["summary"]["units"] == 3  # the data checksum is compared, not only recorded
+    fewer = run_ppl(PplConfig(**{**vars(cfg), "max_units": 1}), tmp_path / "run", loaded=loaded)
+    assert fewer["results"]["summary"]["units"] == 1 and fewer["config"]["max_units"] == 1
+
+
+def test_upstream_step_rerun_makes_downstream_recompute(tiny, tmp_path):
+    from babelscope.regions import importance, select
+
+    model, tok, info = tiny
+    loaded = lambda: (model, tok, info)  # noqa: E731
+    importance.run(importance.ImportanceConfig(langs="eng,fra", max_tokens=16, window=16), tmp_path, "imp", loaded)
+    sel = select.run(select.SelectConfig(importance_step="imp", k="0.05", scope="tensor"), tmp_path, "sel")
+    assert sel["results"]["languages"] == ["eng", "fra"]
+    importance.run(importance.ImportanceConfig(langs="eng,deu", max_tokens=16, window=16), tmp_path, "imp", loaded)
+    sel2 = select.run(select.SelectConfig(importance_step="imp", k="0.05", scope="tensor"), tmp_path, "sel")
+    assert sel2["results"]["languages"] == ["eng", "deu"]  # same select config, new importance: recomputed
+
+
+def test_non_finite_scores_fail_and_are_never_cached(tiny, corpus, tmp_path):
+    model, tok, info = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))  # what float16 overflow does to the 270M model
+    cfg = PplConfig(model="tiny", corpus=f"{corpus}#parallel=true", langs="en,fr", window=8, dtype="float16")
+    with pytest.raises(BabelscopeError, match="float32"):
+        run_ppl(cfg, tmp_path, loaded=lambda: (broken, tok, info))
+    assert not (tmp_path / "ppl" / "results.json").exists()
+    for cache in (tmp_path / "ppl" / "cache").glob("*.jsonl"):
+        assert "NaN" not in cache.read_text() and "null" not in cache.read_text()
+    fixed = run_ppl(PplConfig(**{**vars(cfg), "dtype": "float32"}), tmp_path, loaded=lambda: (model, tok, info))
+    fresh = run_ppl(PplConfig(**{**vars(cfg), "dtype": "float32"}), tmp_path / "fresh",
+                    loaded=lambda: (model, tok, info))
+    assert _nll(fixed) == _nll(fresh)
+
+
+def test_cut_cache_line_is_repaired_so_no_record_is_lost(tmp_path):
+    from babelscope.runs import RequestCache
+
+    path = tmp_path / "c.jsonl"
+    RequestCache(path).put_many({"k1": [1.5, True, 3], "k2": "text"})
+    with open(path, "a") as fh:
+        fh.write('{"k": "k3", "v": [0.')  # killed mid-line
+    again = RequestCache(path)
+    assert len(again) == 2
+    again.put_many({"k4": [2.5, False, 1]})
+    RequestCache(path).put_many({"k5": "more"})
+    final = RequestCache(path)
+    assert {k: final[k] for k in ("k1", "k2", "k4", "k5")} and len(final) == 4
+    assert all(json.loads(line) for line in path.read_text().splitlines())  # every line whole
+    with pytest.raises(BabelscopeError, match="float32"):
+        final.put_many({"k6": [float("nan"), True, 1]})
+    assert "k6" not in RequestCache(path)
+
+
+def test_results_files_get_normal_permissions(tmp_path):
+    from babelscope.runs import Step
+
+    old = os.umask(0o022)
+    try:
+        Step(tmp_path, "s").write_results("k", {}, {"x": 1}, {"rows": [{"a": 1}]})
+    finally:
+        os.umask(old)
+    for name in ("results.json", "rows.csv"):
+        assert stat.S_IMODE((tmp_path / "s" / name).stat().st_mode) == 0o644
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(("option", "value", "match"), [
+    ("langs", "", "no language"), ("langs", " , ", "no language"), ("max_units", -1, "--max-units -1"),
+    ("max_units", 0, "--max-units 0"), ("max_tokens", -5, "--max-tokens"), ("batch_size", 0, "--batch-size 0"),
+    ("batch_size", -1, "--batch-size"), ("window", "big", "--window 'big': expected int"),
+    ("dtype", "float8", "--dtype"),
+])
+def test_bad_options_refused_before_loading(corpus, tmp_path, option, value, match):
+    cfg = PplConfig(model="tiny", corpus=str(corpus))
+    setattr(cfg, option, value)
+    with pytest.raises(BabelscopeError, match=match):
+        run_ppl(cfg, tmp_path, loaded=_no_load)
+    assert not (tmp_path / "ppl").exists()
+
+
+def test_other_counts_step_name_device_and_run_dir(corpus, tmp_path, monkeypatch):
+    from babelscope.evaluate.knowledge import BenchConfig
+    from babelscope.evaluate.knowledge import run as run_bench
+    from babelscope.evaluate.respond import RespondConfig
+    from babelscope.evaluate.respond import run as run_respond
+
+    with pytest.raises(BabelscopeError, match="--limit -1"):
+        run_bench(BenchConfig(limit=-1), tmp_path, loaded=_no_load)
+    with pytest.raises(BabelscopeError, match="--max-new-tokens"):
+        run_respond(RespondConfig(max_new_tokens=-5), tmp_path, loaded=_no_load)
+    with pytest.raises(BabelscopeError, match="--judge-url"):
+        run_respond(RespondConfig(judge="openai", judge_url="127.0.0.1:9/v1", judge_api_model="m"), tmp_path,
+                    loaded=_no_load)
+    with pytest.raises(BabelscopeError, match="--step ''"):
+        run_ppl(PplConfig(corpus=str(corpus)), tmp_path, step="", loaded=_no_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BabelscopeError, match="no CUDA"):
+        run_ppl(PplConfig(corpus=str(corpus), device="cuda"), tmp_path, loaded=_no_load)
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(BabelscopeError, match="is a file"):
+        run_ppl(PplConfig(corpus=str(corpus)), afile, loaded=_no_load)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path / "ro") else real_access(p, m))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(BabelscopeError, match="not writable"):
+        run_ppl(PplConfig(corpus=str(corpus)), tmp_path / "ro", loaded=_no_load)
+
+
+def test_cli_run_dir_file_and_report_exit_2(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for args in (["ppl", "--run-dir", str(afile)], ["report", str(afile)], ["report", str(tmp_path / "none")]):
+        proc = subprocess.run([sys.executable, "-m", "babelscope.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    import typer
+
+    from babelscope import cli
+
+    app = typer.Typer()
+
+    @app.command()
+    def slow() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(sys, "argv", ["babelscope"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    assert "interrupted; re-run the same command to resume" in capsys.readouterr().err
+
+
+def test_bom_and_trailing_blank_lines(tmp_path):
+    from babelscope.data import open_corpus
+
+    (tmp_path / "eng.txt").write_text("\ufeffFirst line.\nSecond line.\n\n", encoding="utf-8")
+    (tmp_path / "fra.txt").write_text("Première ligne.\nDeuxième ligne.\n", encoding="utf-8")
+    corpus = open_corpus(str(tmp_path))
+    assert corpus.parallel  # one trailing blank line does not make the folder non-parallel
+    assert corpus.units("eng")[0].text == "First line."  # the byte-order mark is not text
+
+
+# ------------------------------------------------------------------------------------------- experiment files
+def _experiment(tmp_path, steps: str, defaults: str = "{model: tiny}") -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndefaults: {defaults}\nsteps:\n{steps}", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(("steps", "defaults", "match"), [
+    ("  - {command: ppl, step: a}\n  - {command: nope}\n", "{model: tiny}", r"step 2 \(nope\): unknown command"),
+    ("  - {command: ppl, step: a}\n  - {command: ppl, step: b, windw: 8}\n", "{model: tiny}", r"step 2.*windw"),
+    ("  - {command: ppl, step: a}\n  - {command: ppl, step: a}\n", "{model: tiny}", "also step 1"),
+    ("  - {command: ppl, step: a}\n  - {command: ppl, step: b, window: big}\n", "{model: tiny}",
+     r"step 2 \(ppl\): --window 'big'"),
+    ("  - {command: ppl}\n", "{model: tiny, modle: x}", r"defaults \['modle'\]"),
+    ("  - {command: ppl, step: ''}\n", "{model: tiny}", "--step ''"),
+    ("  - {command: ppl, max_units: -1}\n", "{model: tiny}", "--max-units -1"),
+])
+def test_experiment_checked_whole_before_anything_runs(tmp_path, steps, defaults, match):
+    from babelscope.experiment import run_file
+
+    with pytest.raises(BabelscopeError, match=match):
+        run_file(_experiment(tmp_path, steps, defaults))
+    assert not (tmp_path / "run").exists()  # nothing ran, nothing was written
+
+
+def test_experiment_with_bom_and_registry_without_cli(tmp_path):
+    from babelscope.experiment import load_experiment, plan
+
+    path = tmp_path / "bom.yaml"
+    path.write_text("\ufeffsteps:\n  - {command: ppl}\n", encoding="utf-8")
+    assert plan(path, load_experiment(path))[0].step == "ppl"
+    code = "import sys, babelscope.experiment as e; e.all_commands(); print('babelscope.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the experiment runner does not import the command line
