@@ -267,8 +267,6 @@ def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[Language]:
         lang = resolve_language(item)
         if lang not in out:
             out.append(lang)
-    if not out:
-        raise BabelscopeError(f"--langs {spec!r}: no language given; list some (eng,fra) or say all")
     return out
 
 
