@@ -294,3 +294,20 @@ def test_experiment_with_bom_and_registry_without_cli(tmp_path):
     code = "import sys, babelscope.experiment as e; e.all_commands(); print('babelscope.cli' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the experiment runner does not import the command line
+
+
+def test_unreachable_judge_fails_loudly_and_keeps_the_responses(tiny, tmp_path):
+    from babelscope.evaluate.respond import RespondConfig
+    from babelscope.evaluate.respond import run as run_respond
+    from babelscope.runs import load_results
+
+    model, tok, info = tiny
+    cfg = RespondConfig(instructions="embedded", limit=2, max_new_tokens=3, judge="openai",
+                        judge_url="http://127.0.0.1:9/v1", judge_api_model="m", retries=0, timeout=5)
+    with pytest.raises(BabelscopeError, match="2/2 judgments failed"):
+        run_respond(cfg, tmp_path, loaded=lambda: (model, tok, info))
+    rows = load_results(tmp_path / "respond")["tables"]["per_item"]["rows"]
+    assert len(rows) == 2 and all(r["status"].startswith("failed") for r in rows)
+    assert all(isinstance(r["response"], str) for r in rows)  # the responses are kept (and cached)
+    with pytest.raises(BabelscopeError, match="2/2 judgments failed"):  # not counted as done: judged again
+        run_respond(cfg, tmp_path, loaded=lambda: (model, tok, info))
