@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 from conftest import launch_two_processes
 
@@ -92,7 +91,6 @@ def compare_tables(a: dict, b: dict) -> tuple[int, float]:
 
 
 def test_demo_experiment_two_processes_match_one(tiny_dir, tmp_path):
-    import torch
 
     from babelscope.experiment import run_file
     from babelscope.regions.importance import load_tensors
