@@ -311,3 +311,16 @@ def test_unreachable_judge_fails_loudly_and_keeps_the_responses(tiny, tmp_path):
     assert all(isinstance(r["response"], str) for r in rows)  # the responses are kept (and cached)
     with pytest.raises(BabelscopeError, match="2/2 judgments failed"):  # not counted as done: judged again
         run_respond(cfg, tmp_path, loaded=lambda: (model, tok, info))
+
+
+def test_model_rewritten_at_the_same_path_recomputes(corpus, tmp_path):
+    """A model directory whose weights were rewritten (e.g. further trained in place) is another model."""
+    model_dir = tmp_path / "model"
+    build_tiny("gemma3", model_dir, seed=0)
+    cfg = PplConfig(model=str(model_dir), corpus=f"{corpus}#parallel=true", langs="en", window=8)
+    first = run_ppl(cfg, tmp_path / "run")
+    assert run_ppl(cfg, tmp_path / "run", loaded=_no_load)["provenance"] == first["provenance"]
+    build_tiny("gemma3", model_dir, seed=1)
+    second = run_ppl(cfg, tmp_path / "run")
+    assert second["provenance"]["model"]["checksum"] != first["provenance"]["model"]["checksum"]
+    assert _nll(second) != _nll(first)

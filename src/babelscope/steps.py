@@ -126,6 +126,20 @@ def results_sha256(run_dir: str | Path, step: str) -> str:
     return file_sha256(path)
 
 
+def model_files_stamp(spec: Any) -> list | None:
+    """Name, size and modification time of each file of a model given as a local path (a directory or a
+    ``.gguf``), so that weights rewritten at the same path (a further-trained model) make its steps recompute;
+    ``None`` for the embedded default and hub ids (identified by their name). Cheap: nothing is read."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    path = Path(spec)
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    return [(f.name if f == path else str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in files]
+
+
 class StepRun:
     """One run of one step: its folder, config, shared model, engine and results (see the module docstring)."""
 
@@ -150,9 +164,11 @@ class StepRun:
 
     def done(self, inputs: Any = None, when: Callable[[dict], bool] | None = None) -> dict[str, Any] | None:
         """The finished results when this step already ran with the same config and ``inputs`` (texts'
-        checksums, upstream results: see :func:`results_sha256`) and ``when(doc)`` holds; else ``None``, and
-        the config is written for the run about to start. Every rank decides before any writes."""
-        self.inputs = inputs
+        checksums, upstream results: see :func:`results_sha256`; plus the model's files when the model is a
+        local path, see :func:`model_files_stamp`) and ``when(doc)`` holds; else ``None``, and the config is
+        written for the run about to start. Every rank decides before any writes."""
+        stamp = model_files_stamp(getattr(self.cfg, "model", None))
+        self.inputs = inputs = inputs if stamp is None else {"data": inputs, "model_files": stamp}
         doc = self.st.finished(self.config, inputs)
         if doc is not None and when is not None and not when(doc):
             doc = None
