@@ -61,18 +61,18 @@ def _accepts(hint: Any) -> tuple[tuple[type, ...], bool]:
 
 def check_config(cfg: Any) -> Any:
     """Check (and normalise in place) a step config before anything is read or loaded: every value has its
-    field's type (``window: big`` is refused; ``layers: 9`` becomes ``"9"``), counts are positive, language
-    lists are not empty, the dtype is known and the device exists. Returns ``cfg``."""
+    field's type (``window: big`` is refused; ``layers: 9`` becomes ``"9"``), counts are positive (a config
+    class may name fields that only look like counts in ``NOT_COUNTS``), language lists are not empty, the
+    dtype is known and the device exists. Returns ``cfg``."""
     try:
         hints = typing.get_type_hints(type(cfg))
     except Exception:  # pragma: no cover - an annotation that does not resolve: check nothing by type
         hints = {}
+    exempt = getattr(type(cfg), "NOT_COUNTS", ())  # a config's fields named like counts that are not
     for field in dataclasses.fields(cfg):
         name, value = field.name, getattr(cfg, field.name)
         plain, optional = _accepts(hints.get(name, Any))
         if value is None:
-            if not optional and plain:
-                raise BabelscopeError(f"{_option(name)}: a value is needed ({plain[0].__name__})")
             continue
         if plain and not isinstance(value, plain) or (isinstance(value, bool) and bool not in plain):
             if str in plain and isinstance(value, int | float) and not isinstance(value, bool):
@@ -83,7 +83,7 @@ def check_config(cfg: Any) -> Any:
                 want = " or ".join(t.__name__ for t in plain)
                 raise BabelscopeError(f"{_option(name)} {value!r}: expected {want}")
             setattr(cfg, name, value)
-        if _is_count(name) and isinstance(value, int | float) and not isinstance(value, bool):
+        if _is_count(name) and name not in exempt and isinstance(value, int | float) and not isinstance(value, bool):
             low = 0 if name in MAY_BE_ZERO else 1
             if value < low:
                 hint = " (leave it out for no limit)" if optional else ""
