@@ -324,3 +324,16 @@ def test_model_rewritten_at_the_same_path_recomputes(corpus, tmp_path):
     second = run_ppl(cfg, tmp_path / "run")
     assert second["provenance"]["model"]["checksum"] != first["provenance"]["model"]["checksum"]
     assert _nll(second) != _nll(first)
+
+
+def test_non_finite_importance_loss_is_refused(tiny, tmp_path):
+    from babelscope.regions import importance
+
+    model, tok, info = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(BabelscopeError, match="float32"):
+        importance.run(importance.ImportanceConfig(langs="eng", max_tokens=16, window=16), tmp_path, "imp",
+                       lambda: (broken, tok, info))
+    assert not list((tmp_path / "imp").rglob("*.safetensors")) and not (tmp_path / "imp" / "results.json").exists()

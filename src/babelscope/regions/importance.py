@@ -357,6 +357,9 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
             else:
                 seqs = token_windows(engine, [u.text for u in units], cfg.window, cfg.max_tokens)
                 scores, nll, tokens = language_scores(engine, params, seqs, cfg.method)
+                if not math.isfinite(nll):  # never saved: a re-run at another dtype starts clean
+                    raise BabelscopeError(f"{code}: the loss came out {nll} (the model overflows in --dtype "
+                                          f"{cfg.dtype}); nothing was saved: re-run with --dtype float32")
                 meta = {
                     "key": key,
                     "lang": code,
