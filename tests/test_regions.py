@@ -179,7 +179,7 @@ def test_applied_region_restores_exact_weights():
                 assert torch.equal(p, before[n])  # norms left out of zeroing by default
             else:
                 assert torch.all(p[mask[n]] == 0) and torch.equal(p[~mask[n]], before[n][~mask[n]])
-        assert changed == sum(int(mask[n].sum()) for n in params if n not in norms)
+        assert changed.changed == sum(int(mask[n].sum()) for n in params if n not in norms)  # all nonzero
     assert all(torch.equal(p, before[n]) for n, p in params.items())
     with pytest.raises(RuntimeError, match="boom"), applied_region(params, mask, "noise", factor=1.0):
         assert not all(torch.equal(p, before[n]) for n, p in params.items())

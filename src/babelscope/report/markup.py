@@ -57,6 +57,11 @@ def format_value(value: Any) -> str:
     return esc(text)
 
 
+def format_plain(value: Any) -> str:
+    """:func:`format_value` as plain text, for a terminal table (no HTML tags or entities)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", format_value(value)))
+
+
 def _decimals_for(magnitude: float) -> int:
     """Decimals for a column whose largest value is ``magnitude``: four significant digits from 1 up
     (none from 1000), three below 1 (``0.970``, ``0.0412``)."""
