@@ -164,7 +164,7 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
                     continue
             records[lang] = represent.extract_language(
                 engine, sents, layers, pooling, store / lang, {**meta, "lang": lang, "sentences_asked": len(sents)},
-                chunk=max(cfg.batch_size * 4, 32), max_tokens=max_tokens, bar=bar)
+                max_tokens=max_tokens, bar=bar)
     rows, shares = [], []
     reader = represent.Store(store)
     for lang, rec in records.items():
