@@ -34,6 +34,11 @@ def test_sinkhorn_reports_convergence_and_refuses_its_last_iterate():
     assert not cut.converged and cut.n_iter == 30 and cut.marginal_error > TOL
     with pytest.raises(BabelscopeError, match="did not converge"):
         otdd.sinkhorn_cost(C, 0.002 * np.median(C), max_iter=30)
+    # Stopped between tol and the accepted error: used, with a warning that says how far off.
+    mid = otdd.sinkhorn(C, 0.002 * np.median(C), max_iter=20000)
+    assert TOL < mid.marginal_error <= otdd.MAX_MARGINAL_ERROR or mid.converged
+    with pytest.warns(RuntimeWarning, match="stopped short"):
+        otdd.sinkhorn_cost(C, 0.05 * np.median(C), tol=1e-15, max_iter=40)
     X, y = _sets(1, 80, 0.0)
     Z, yz = _sets(2, 80, 1.0)
     out = otdd.otdd(X, y, Z, yz)

@@ -25,8 +25,9 @@ the seed and the label, never by the other set), so ``W_2^2`` of a label against
 ``d(A, B) = d(B, A)`` and :func:`otdd_matrix` does not depend on the order of the sets.
 
 Every Sinkhorn solve reports its iterations and final marginal error (:class:`SinkhornResult`, like POT's
-``OTResult``); one that does not reach the tolerance raises instead of returning its last iterate (which can lie
-below the exact optimum). ``reg`` is bounded to :data:`REG_RANGE`.
+``OTResult``); one whose marginals stay off by more than :data:`MAX_MARGINAL_ERROR` raises instead of returning
+its last iterate (which can lie below the exact optimum), one between the tolerance and that warns. ``reg`` is
+bounded to :data:`REG_RANGE`.
 """
 
 from __future__ import annotations
@@ -129,10 +130,10 @@ def sinkhorn(C: np.ndarray, eps: float, tol: float = 1e-6, max_iter: int = 20000
     holds a 1), so even a cost range of thousands of ``eps`` never underflows a whole row, while an iteration
     costs two passes over ``K`` rather than the log domain's exponentials.
 
-    Why not POT's: on a 1000 x 1000 OTDD cost (benchmarks/bench_otdd.py's data, hidden 640, 35 labels, eps =
-    0.05 x median, tol 1e-6, 1 thread) this takes 1.3 s; ``ot.sinkhorn2(method="sinkhorn_log")`` takes 208 s
-    (740 iterations of log-sum-exps) for the same value to 5e-5 relative, and ``method="sinkhorn_stabilized"``
-    did not finish within 400 s.
+    Why not POT's: on a 1000 x 1000 OTDD cost (``benchmarks/bench_otdd.py --solver 1000``: hidden 640, 35
+    labels, eps = 0.05 x median, tol 1e-6, 1 thread, shared machine) this takes 1.3 s;
+    ``ot.sinkhorn2(method="sinkhorn_log")`` takes 208 s (740 iterations of log-sum-exps) for the same value to
+    5e-5 relative, and ``method="sinkhorn_stabilized"`` did not finish within 400 s.
     """
     C = np.asarray(C, dtype=np.float64)
     n, m = C.shape
@@ -165,17 +166,30 @@ def sinkhorn(C: np.ndarray, eps: float, tol: float = 1e-6, max_iter: int = 20000
     return SinkhornResult(value, it, err, bool(err < tol))
 
 
+#: Refuse a Sinkhorn result whose marginals are off by more than this (L1, total mass 1): at most this much mass
+#: is misplaced, so the cost is within ``MAX_MARGINAL_ERROR · max C`` of a feasible plan's. Between ``tol`` and
+#: this the result is used with a warning (nearly block-structured costs, e.g. scrambled labels, converge slowly).
+MAX_MARGINAL_ERROR = 1e-4
+
+
 def sinkhorn_cost(C: np.ndarray, eps: float, tol: float = 1e-6, max_iter: int = 20000, tau: float = 30.0,
                   log: list | None = None) -> float:
-    """:func:`sinkhorn`'s cost; raises when it did not converge. ``log`` (a list) collects the results."""
+    """:func:`sinkhorn`'s cost: raises when the marginal error exceeds :data:`MAX_MARGINAL_ERROR`, warns when it
+    stopped above ``tol``. ``log`` (a list) collects the results."""
+    import warnings
+
     res = sinkhorn(C, eps, tol, max_iter, tau)
     if log is not None:
         log.append(res)
-    if not res.converged:
+    where = f"after {res.n_iter} iterations at eps {eps:.4g} the marginals are off by {res.marginal_error:.2g} in L1"
+    if not res.marginal_error <= MAX_MARGINAL_ERROR:
         raise BabelscopeError(
-            f"Sinkhorn did not converge: after {res.n_iter} iterations at eps {eps:.4g} the marginals are off by "
-            f"{res.marginal_error:.2g} in L1 (tolerance {tol:g}); raise --reg (eps = reg x median cost)"
+            f"Sinkhorn did not converge: {where} (at most {MAX_MARGINAL_ERROR:g} accepted); raise --reg "
+            "(eps = reg x median cost)"
         )
+    if not res.converged:
+        warnings.warn(f"Sinkhorn stopped short of tol {tol:g}: {where}; the cost is used (off by at most "
+                      f"{res.marginal_error:.2g} x max cost)", RuntimeWarning, stacklevel=2)
     return res.value
 
 
