@@ -110,8 +110,8 @@ def column_formatter(values: Iterable[Any]) -> Callable[[Any], str] | None:
     return fmt
 
 
-def significant(value: float, digits: int = 3) -> str:
-    """``value`` with ``digits`` significant digits: 2.18, 0.0412, 812, 1.4e+08 (scientific from 10^6)."""
+def significant(value: float, digits: int = 4) -> str:
+    """``value`` with ``digits`` significant digits: 2.184, 0.04120, 812.3, 1.400e+08 (scientific from 10^6)."""
     if value == 0:
         return "0"
     exponent = math.floor(math.log10(abs(value)))
