@@ -45,6 +45,9 @@ def test_bottom_and_random_skip_weights_that_are_already_zero():
             for n, s in scores.items():
                 assert int(bottom[n].sum()) == round(0.1 * s.numel())
                 assert s[bottom[n]].max() <= nonzero[n][~bottom[n][s != 0]].min()
+    mid = {"w": torch.cat([torch.zeros(70), torch.rand(30, generator=gen) + 0.1])}  # nonzero < 4 x count
+    m = region_mask(mid, 0.2, "random", "tensor", skip_zeros=True)["w"]
+    assert int(m.sum()) == 20 and not bool(m[:70].any())
     # Too few nonzero weights: all of them, then zeros (Bottom in order, Random at random), count kept.
     sparse = {"w": torch.tensor([0.0] * 9 + [0.5])}
     for which in ("bottom", "random"):

@@ -117,9 +117,17 @@ def _mask_flat(
         return mask
     if which == "random":
         if skip_zeros:
+            n_nonzero = int(torch.count_nonzero(values))
+            if n_nonzero >= 4 * count:  # rejection: uniform draws over all, zeros dropped (no n-sized index list)
+                picked = torch.empty(0, dtype=torch.long)
+                while picked.numel() < count:
+                    draw = torch.randint(values.numel(), (int(1.2 * (count - picked.numel())) + 16,), generator=gen)
+                    picked = torch.unique(torch.cat([picked, draw[values[draw] != 0]]))
+                mask[picked[torch.randperm(picked.numel(), generator=gen)[:count]]] = True
+                return mask
             nonzero = torch.nonzero(values != 0).flatten()
-            if nonzero.numel() >= count:
-                mask[nonzero[random_indices(nonzero.numel(), count, gen)]] = True
+            if n_nonzero >= count:
+                mask[nonzero[random_indices(n_nonzero, count, gen)]] = True
                 return mask
             mask[nonzero] = True  # every nonzero one, then the rest at random among the zeros
             zeros = torch.nonzero(values == 0).flatten()
