@@ -38,6 +38,6 @@ TINY_BACKWARD = f32_bound(TINY_N, 32)  # 9.8e-4
 def assert_close_scaled(actual, expected, tol: float) -> None:
     """Element-wise ``|a − e| ≤ tol·|e| + tol·max|e|``: a relative bound plus one relative to the tensor's scale
     (for elements near 0 by cancellation, see the module docstring)."""
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    actual, expected = (x if isinstance(x, torch.Tensor) else torch.tensor(x) for x in (actual, expected))
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale)
