@@ -7,11 +7,13 @@ sentences in the same longest-first batches, hidden states copied to CPU, nothin
 runs in its own child process (the fastest of ``--repeats`` passes counts; peak memory is that child's peak
 RSS, VmHWM reset after loading the model).
 Run with every layer (no early stop: the hooks' and pooling's cost) and with the middle layer.
+Memory: our peak RSS with every layer at two corpus sizes (``--sentences`` and ``--large``, English PUD from
+``--treebank``): the store is written batch by batch, so the peak must not grow with the corpus.
 
 Target: throughput >= 0.9 of the bare forward. Last line: ``ratio X`` = our sentences/s over the bare
 forward's (all runs together).
 
-    python benchmarks/bench_extract.py [--model gemma-3-270m] [--sentences 48] [--batch-size 16]
+    python benchmarks/bench_extract.py [--model gemma-3-270m] [--sentences 48] [--large 192] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def child(setup: str, layers_spec: str, args) -> dict:
 
     torch.manual_seed(0)
     model, tok, info = load_model(args.model)
-    sentences = load_treebanks("pud-sample", "en", args.sentences)["eng"]
+    sentences = load_treebanks(args.treebank, "en", args.sentences)["eng"]
     layers = parse_layers(layers_spec, info.layers)
     engine = Engine(model, tok, batch_size=args.batch_size, progress=False)
     Path("/proc/self/clear_refs").write_text("5")
@@ -53,8 +55,7 @@ def child(setup: str, layers_spec: str, args) -> dict:
         start = time.perf_counter()
         if setup == "ours":
             with tempfile.TemporaryDirectory() as tmp:
-                extract_language(engine, sentences, layers, "last", Path(tmp) / "eng", {"lang": "eng"},
-                                 chunk=len(sentences))
+                extract_language(engine, sentences, layers, "last", Path(tmp) / "eng", {"lang": "eng"})
         else:
             texts = [s.text for s in sentences]
             enc = tok(texts, add_special_tokens=True)
@@ -75,6 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--sentences", type=int, default=48)
+    parser.add_argument("--large", type=int, default=192, help="The larger corpus of the memory runs.")
+    parser.add_argument("--treebank", default="pud", help="pud (1000 sentences, ../shared/data) or pud-sample (60).")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes per setup (the fastest counts).")
     parser.add_argument("--child", nargs=2, metavar=("SETUP", "LAYERS"))
@@ -82,14 +85,24 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child, args)))
         return
+    def launch(setup: str, layers: str, sentences: int, repeats: int) -> dict:
+        cmd = [sys.executable, __file__, "--model", args.model, "--sentences", str(sentences), "--treebank",
+               args.treebank, "--batch-size", str(args.batch_size), "--repeats", str(repeats), "--child", setup,
+               layers]
+        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+                          .splitlines()[-1])
+
+    peaks = {}
+    for n in (args.sentences, args.large):  # memory: one pass each, every layer
+        peaks[n] = launch("ours", "all", n, 1)["peak_rss"]
+        print(f"memory: {n} sentences, every layer: peak RSS {peaks[n] / 2**20:.0f} MiB", flush=True)
+    print(f"memory: peak at {args.large} / at {args.sentences} sentences = "
+          f"{peaks[args.large] / peaks[args.sentences]:.3f} (flat: 1.0)")
     ours_total = bare_total = 0.0
     for layers in ("all", "middle"):
         results = {}
         for setup in ("bare", "ours"):
-            cmd = [sys.executable, __file__, "--model", args.model, "--sentences", str(args.sentences),
-                   "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--child", setup, layers]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            results[setup] = json.loads(out)
+            results[setup] = launch(setup, layers, args.sentences, args.repeats)
             r = results[setup]
             print(f"layers={layers:6s} {setup:4s}: {r['sentences'] / r['seconds']:.2f} sentences/s "
                   f"({r['seconds']:.1f} s), peak RSS {r['peak_rss'] / 2**20:.0f} MiB", flush=True)

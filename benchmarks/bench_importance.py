@@ -5,12 +5,14 @@ language's scores written to safetensors, the aggregate Imp = Σ|S| kept and wri
 user would write, over the same windows in the same longest-first batches, the same chunked, checkpointed
 LM-head loss and the same trainable set (the weights inside the blocks), gradients dropped after each language;
 no scores, no files. Each setup runs in its own child process; its peak memory is the peak RSS (VmHWM, reset
-after the model is loaded and the text tokenized) of that child. Run with 2 and with 6 languages.
+after the model is loaded and the text tokenized) of that child. Run with 2, 6 and 24 languages
+(``--counts``): our peak must stay flat in the number of languages (one per-language score set at a time).
 
-Targets: throughput >= 0.9 of the bare loop; peak memory <= bare peak + 2 x fp32 bytes of the scored weights.
+Targets: throughput >= 0.9 of the bare loop; peak memory <= bare peak + 2 x fp32 bytes of the scored weights;
+our peak at the most languages within 5% of our peak at the fewest.
 Last line: ``ratio X`` = our tokens/s over the bare loop's (all runs together).
 
-    python benchmarks/bench_importance.py [--corpus udhr] [--max-tokens 512] [--batch-size 4]
+    python benchmarks/bench_importance.py [--corpus udhr] [--max-tokens 512] [--batch-size 4] [--counts 2,6,24]
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-LANGS = "eng,fra,deu,spa,rus,cmn-Hans"
+LANGS = (
+    "eng,fra,deu,spa,rus,cmn-Hans,ita,por-BR,nld,pol,ces,swe,tur,arb,heb,hin,jpn,kor,vie,ind,ell,fin,hun,ukr"
+)
 
 
 def _status(field: str) -> int:
@@ -121,9 +125,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--corpus", default="udhr")
-    ap.add_argument(
-        "--langs", default=LANGS, help="the 6-language run; the 2-language run takes the first two"
-    )
+    ap.add_argument("--langs", default=LANGS, help="languages; the run with N languages takes the first N")
+    ap.add_argument("--counts", default="2,6,24", help="numbers of languages to run")
+    ap.add_argument("--setups", default="bare,ours", help="bare,ours or one of them (time budget)")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -132,10 +136,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    langs6 = args.langs.split(",")
+    all_langs = args.langs.split(",")
+    counts = [int(c) for c in args.counts.split(",")]
+    setups = args.setups.split(",")
     results = []
-    for langs in (",".join(langs6[:2]), ",".join(langs6)):
-        for setup in ("bare", "ours"):
+    for count in counts:
+        langs = ",".join(all_langs[:count])
+        for setup in setups:
             cmd = [
                 sys.executable,
                 __file__,
@@ -166,9 +173,18 @@ def main() -> None:
                 flush=True,
             )
     ok = True
-    for n in (2, len(langs6)):
-        bare = next(r for r in results if r["setup"] == "bare" and r["languages"] == n)
-        ours = next(r for r in results if r["setup"] == "ours" and r["languages"] == n)
+    mine = {r["languages"]: r["peak_bytes"] for r in results if r["setup"] == "ours"}
+    if len(mine) > 1:
+        lo, hi = min(mine), max(mine)
+        growth = mine[hi] / mine[lo]
+        ok &= growth <= 1.05
+        print("our peak: " + ", ".join(f"{n} langs {p / 2**30:.3f} GiB" for n, p in sorted(mine.items()))
+              + f"; {hi} / {lo} langs = {growth:.3f} (target <= 1.05: flat in the number of languages)")
+    for n in counts:
+        bare = next((r for r in results if r["setup"] == "bare" and r["languages"] == n), None)
+        ours = next((r for r in results if r["setup"] == "ours" and r["languages"] == n), None)
+        if bare is None or ours is None:
+            continue
         extra = ours["peak_bytes"] - bare["peak_bytes"]
         budget = 2 * ours["scored_bytes"]
         thr = ours["tokens_per_s"] / bare["tokens_per_s"]
@@ -179,11 +195,12 @@ def main() -> None:
             f"({'within' if extra <= budget else 'OVER'})"
         )
     def total(setup: str) -> float:
-        mine = [r for r in results if r["setup"] == setup]
-        return sum(r["tokens"] for r in mine) / sum(r["seconds"] for r in mine)
+        runs = [r for r in results if r["setup"] == setup]
+        return sum(r["tokens"] for r in runs) / sum(r["seconds"] for r in runs)
 
     print(f"targets {'met' if ok else 'NOT met'}")
-    print(f"ratio {total('ours') / total('bare'):.3f}")
+    if set(setups) >= {"bare", "ours"}:
+        print(f"ratio {total('ours') / total('bare'):.3f}")
 
 
 if __name__ == "__main__":

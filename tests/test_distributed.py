@@ -8,6 +8,7 @@ import os
 import pytest
 
 from conftest import SENTENCES, build_tiny, launch_two_processes
+from numerics import TINY_BACKWARD, TINY_FORWARD, assert_close_scaled
 
 TEXTS = [" ".join(SENTENCES[i:] * 2) for i in range(len(SENTENCES))]
 
@@ -49,5 +50,6 @@ def test_two_processes_match_one(tmp_path):
     model.zero_grad()
     engine.backward(seqs, normalizer=sum(n for _, n in seqs))
     grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    assert got["scores"] == pytest.approx(single, rel=1e-5)
-    torch.testing.assert_close(torch.tensor(got["grad"]), grad, rtol=1e-5, atol=1e-7)
+    assert got["scores"] == pytest.approx(single, rel=TINY_FORWARD)  # positive NLL sums
+    # every parameter's gradient in one vector: 2 partial sums all-reduced vs one sum, float32 rounding
+    assert_close_scaled(torch.tensor(got["grad"]), grad, TINY_BACKWARD)

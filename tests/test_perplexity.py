@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from babelscope.evaluate.perplexity import PplConfig, run
 from babelscope.models.engine import Engine
 from conftest import SENTENCES
+from numerics import TINY_FORWARD
 
 
 def babelscope(*args, cwd=None):
@@ -93,7 +94,8 @@ def test_interrupted_run_resumes_from_request_cache(tiny_dir, corpus, tmp_path):
     total = sum(r["tokens"] for r in fresh["tables"]["per_language"]["rows"])
     resumed, full = doc["tables"]["per_language"]["rows"], fresh["tables"]["per_language"]["rows"]
     assert [r["tokens"] for r in resumed] == [r["tokens"] for r in full]
-    assert [r["nll"] for r in resumed] == pytest.approx([r["nll"] for r in full], rel=1e-6)
+    # some windows from the cache, the rest recomputed in other batches: float32 rounding of the same forward
+    assert [r["nll"] for r in resumed] == pytest.approx([r["nll"] for r in full], rel=TINY_FORWARD)
     assert len(calls) < math.ceil(total / 15 / 2) + 1  # fewer forwards than a fresh run
 
 
@@ -167,7 +169,7 @@ def test_real_model_matches_its_own_forward(default_model):
             ref_loss += F.cross_entropy(out.logits[0, :-1].double(), x[0, 1:], reduction="sum").item()
             ref_tokens += n
         assert score.tokens == ref_tokens
-        assert score.nll / score.tokens == pytest.approx(ref_loss / ref_tokens, rel=1e-5)
+        assert score.nll / score.tokens == pytest.approx(ref_loss / ref_tokens, rel=TINY_FORWARD)  # f32 vs f64
 
 
 def test_real_model_languages_rank_sensibly(default_model, tmp_path):

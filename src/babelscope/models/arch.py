@@ -50,8 +50,12 @@ def logits_from_hidden(model: nn.Module, hidden: torch.Tensor, out: torch.Tensor
     """Apply the LM head and any logit post-processing the architecture does (softcapping, scaling).
 
     ``out`` (inference only): a reusable float32 buffer of at least ``hidden.shape[0]`` rows that receives the
-    logits of a bias-free float32 head, so scoring loops do not fault in a fresh B x V block per chunk."""
-    config = text_config(model)
+    logits of a bias-free float32 head, so scoring loops do not fault in a fresh B x V block per chunk.
+
+    The post-processing is the one the model's *own* config names, as its forward reads it: a multimodal
+    ``Gemma3ForConditionalGeneration`` does not apply its text config's ``final_logit_softcapping`` (transformers
+    5), ``Gemma3ForCausalLM`` does. :func:`babelscope.models.loader.check_logits` verifies this at load time."""
+    config = model.config
     head = lm_head(model)
     weight = getattr(head, "weight", None)
     plain = isinstance(head, nn.Linear) and head.bias is None and not head._forward_hooks

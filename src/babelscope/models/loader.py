@@ -1,8 +1,12 @@
 """Load any Hugging Face model (embedded default, local directory, ``.gguf`` file or hub id) unmodified.
 
-``load_model(spec)`` returns ``(model, tokenizer, info)``. The class comes from the config: causal LMs load with
-``AutoModelForCausalLM``, encoders (BERT / XLM-R family) with ``AutoModel``. Weights load from safetensors or
-GGUF only, and ``trust_remote_code`` stays off unless the caller asks for it.
+``load_model(spec)`` returns ``(model, tokenizer, info)``. The kind comes from transformers' own auto-class
+mappings (:func:`model_kind`): a model type with a causal-LM class (``Gemma3ForConditionalGeneration`` for
+``gemma3`` too) loads with ``AutoModelForCausalLM``, an image-text-to-text one (Qwen2.5-VL) with
+``AutoModelForImageTextToText`` (text-only inputs), anything else (BERT / XLM-R family) with ``AutoModel`` as an
+encoder. A causal model is checked once at load time: the engine's log-likelihood of a short text must equal the
+one from ``model(...).logits``, so an architecture with its own logit processing is never silently mis-scored.
+Weights load from safetensors or GGUF only, and ``trust_remote_code`` stays off unless the caller asks for it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from babelscope.errors import BabelscopeError
 from babelscope.settings import cache_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
-_ENCODER_TYPES = {"bert", "xlm-roberta", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "camembert"}
+#: The text of the load-time logits check (a few tokens in two scripts).
+CHECK_TEXT = "The quick brown fox. Le renard brun rapide."
 
 
 @dataclass
@@ -119,13 +124,66 @@ def _byte_dtype():
 
 
 def model_kind(config) -> str:
-    """``"causal"`` for decoder LMs, ``"encoder"`` for BERT / XLM-R style models (read from the config)."""
+    """``"causal"`` for generative decoders, ``"encoder"`` otherwise, from transformers' auto-class mappings.
+
+    A config whose ``architectures`` or ``model_type`` appears in the causal-LM mapping (``gemma3`` ->
+    ``Gemma3ForConditionalGeneration``, ``llama`` -> ``LlamaForCausalLM``) or the image-text-to-text mapping
+    (``qwen2_5_vl``) is causal; BERT / XLM-R (masked-LM types, unless ``is_decoder``) and every other type are
+    encoders."""
+    from transformers.models.auto import modeling_auto as auto
+
+    generative = [auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES]
+    classes = {c for mapping in generative for c in mapping.values()}
     archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs):
-        return "causal"
-    if getattr(config, "model_type", "") in _ENCODER_TYPES or archs:
-        return "encoder"
-    return "causal"
+    if archs:  # the saved classes say it (BertModel, BertForMaskedLM: encoders)
+        return "causal" if any(a in classes for a in archs) else "encoder"
+    model_type = getattr(config, "model_type", "")
+    if model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        return "encoder"  # BERT / XLM-R also have a causal-LM class, but as encoders unless is_decoder
+    return "causal" if any(model_type in mapping for mapping in generative) else "encoder"
+
+
+def auto_class(config, kind: str):
+    """The Auto class that loads ``config``'s model of ``kind``."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto import modeling_auto as auto
+
+    if kind != "causal":
+        return AutoModel
+    if getattr(config, "model_type", "") in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    return AutoModelForImageTextToText
+
+
+def check_logits(model, tokenizer, text: str = CHECK_TEXT) -> float:
+    """Refuse a causal model whose scores through the engine (base model + LM head + the logit processing
+    :func:`babelscope.models.arch.logits_from_hidden` knows) differ from its own ``model(...).logits``.
+
+    Compares the summed token log-likelihood of ``text``; returns the relative difference. The bound is 1e-3
+    relative in float32 (the two paths run the same matrix products, so only rounding separates them, far
+    below that) and 2e-2 in 16-bit formats; a missed logit softcapping or scaling is off by far more."""
+    import torch
+
+    from babelscope.models.engine import Engine
+
+    engine = Engine(model, tokenizer, batch_size=1, progress=False)
+    ours = engine.rolling_loglikelihood([text], window=64)[0].nll
+    theirs = 0.0
+    for seq, n in engine.windows(engine.encode([text])[0], 64):  # [BOS] + chunk, as the engine scores it
+        x = torch.tensor([seq], device=next(model.parameters()).device)
+        with torch.no_grad():
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0, :-1]
+        theirs -= float(torch.log_softmax(logits.float(), -1)[-n:].gather(1, x[0, -n:, None]).sum())
+    diff = abs(ours - theirs) / max(abs(theirs), 1e-30)
+    dtype = next(model.parameters()).dtype
+    bound = 1e-3 if dtype == torch.float32 else 2e-2
+    if not diff <= bound:
+        raise BabelscopeError(
+            f"{type(model).__name__}: the engine's scores differ from model(...).logits (NLL {ours:.4f} vs "
+            f"{theirs:.4f} on a short text): this architecture processes its logits in a way Babelscope does "
+            "not know; report it with the model's config"
+        )
+    return diff
 
 
 def describe(model, tokenizer, spec: str, source: Path | str, checksum: str | None = None) -> ModelInfo:
@@ -173,7 +231,7 @@ def load_model(
     or a hub id (online; offline it fails with a message saying how to pass a local path).
     """
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source, _ = resolve_spec(spec)
     config = _load_config(source, trust_remote_code)
@@ -182,7 +240,7 @@ def load_model(
         torch_dtype = getattr(torch, dtype)
     except AttributeError:
         raise BabelscopeError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
-    cls = AutoModelForCausalLM if kind == "causal" else AutoModel
+    cls = auto_class(config, kind)
     if isinstance(source, Path) and not list(source.glob("*.safetensors")):
         raise BabelscopeError(
             f"{source}: no .safetensors weights (Babelscope does not load pickle .bin files); "
@@ -197,5 +255,7 @@ def load_model(
         raise BabelscopeError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     model.eval()
     model.to(resolve_device(device))
+    if kind == "causal":
+        check_logits(model, tokenizer)
     info = describe(model, tokenizer, spec, source)
     return model, tokenizer, info

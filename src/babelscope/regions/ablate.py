@@ -6,6 +6,10 @@ the importance was computed on, and on languages that were not used for importan
 :mod:`babelscope.evaluate.perplexity` (disjoint BOS-prefixed windows, exp of the mean token NLL), scored by the
 shared engine with a per-request cache keyed by the model *and* the change, so an interrupted run resumes.
 Greedy generations of "Fudan University is located in" (and its translations) show the damage side by side.
+
+Each condition records ``selected`` (mask entries), ``norm_entries`` (those in norm vectors, which ``--mode
+zero`` leaves alone unless ``--include-norms``) and ``changed``: the values that actually differ after the
+change (zeroing a weight that is already 0 changes nothing), so conditions can be compared by what they did.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def ratio_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "median_ratio": _median(ratios),
                 "median_ratio_heldout_langs": _median(held),
                 "median_ratio_importance_langs": _median(seen),
+                "selected": mine[0]["selected"],
+                "norm_entries": mine[0]["norm_entries"],
                 "changed": mine[0]["changed"],
             }
         )
@@ -161,7 +167,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
 
     base_engine = engine_for()
     base = perplexities(base_engine, view, codes, cfg.window, cfg.max_tokens)
-    rows = [_row("base", None, None, code, base[code], base[code], code in imp_langs, 0) for code in codes]
+    rows = [_row("base", None, None, code, base[code], base[code], code in imp_langs) for code in codes]
     generations = []
     if gen_codes:
         outs = base_engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens, desc="generate")
@@ -199,11 +205,12 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
                         cfg.initial,
                         meta.get("size"),
                         meta.get("importance"),
+                        file_digest(path),  # the selection itself (e.g. with or without --skip-zeros)
                     )
                     engine = engine_for(*change)
                     with applied_region(
                         params, mask, cfg.mode, cfg.factor, initial, cfg.include_norms, norms
-                    ) as n:
+                    ) as counts:
                         after = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
                         if gen_codes and k == ks[0] and scope == scopes[0]:
                             outs = engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens)
@@ -219,7 +226,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
                                 for c, o in zip(gen_codes, outs, strict=True)
                             ]
                     rows += [
-                        _row(region, k, scope, code, after[code], base[code], code in imp_langs, n)
+                        _row(region, k, scope, code, after[code], base[code], code in imp_langs, counts)
                         for code in codes
                     ]
                     del mask
@@ -244,7 +251,18 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
     return sr.write(KIND, results, {"per_language": rows, "summary": summary, "generations": generations}, prov)
 
 
-def _row(region, k, scope, code, row, base_row, in_importance, changed) -> dict[str, Any]:
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes (a mask file: about 0.1 s per 100 MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _row(region, k, scope, code, row, base_row, in_importance, counts=None) -> dict[str, Any]:
+    """One language under one condition; ``counts`` (a :class:`~babelscope.regions.apply.RegionChange`): mask
+    entries, those in norm vectors, and values that actually changed."""
     ratio = row["ppl"] / base_row["ppl"] if row["ppl"] and base_row["ppl"] else None
     return {
         "region": region,
@@ -257,6 +275,8 @@ def _row(region, k, scope, code, row, base_row, in_importance, changed) -> dict[
         "ppl": row["ppl"],
         "base_ppl": base_row["ppl"],
         "ratio": ratio,
-        "changed": changed,
+        "selected": counts.selected if counts else 0,
+        "norm_entries": counts.norm_entries if counts else 0,
+        "changed": counts.changed if counts else 0,
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +28,17 @@ from babelscope.errors import BabelscopeError
 
 REGION_MODES = ("zero", "reset", "scale", "noise")
 DIM_MODES = ("one", "scale", "zero")
+
+
+@dataclass
+class RegionChange:
+    """What applying a mask did: ``selected`` mask entries, of which ``norm_entries`` lie in norm vectors (left
+    unchanged by ``zero`` unless ``include_norms``), and ``changed`` values that actually differ afterwards (a
+    weight already 0 does not change when zeroed)."""
+
+    selected: int = 0
+    norm_entries: int = 0
+    changed: int = 0
 
 
 @contextlib.contextmanager
@@ -39,8 +51,9 @@ def applied_region(
     include_norms: bool = False,
     norm_names: set[str] | frozenset[str] = frozenset(),
     seed: int = 0,
-) -> Iterator[int]:
-    """Change the masked weights within the block (yields how many changed); restore them exactly after."""
+) -> Iterator[RegionChange]:
+    """Change the masked weights within the block (yields a :class:`RegionChange` with the counts); restore them
+    exactly after."""
     if mode not in REGION_MODES:
         raise BabelscopeError(f"--mode {mode!r}: use one of {', '.join(REGION_MODES)}")
     if mode == "reset" and initial is None:
@@ -49,7 +62,7 @@ def applied_region(
         )
     gen = torch.Generator().manual_seed(seed)
     saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    changed = 0
+    counts = RegionChange()
     try:
         with torch.no_grad():
             for name, mask in masks.items():
@@ -57,13 +70,18 @@ def applied_region(
                     raise BabelscopeError(
                         f"mask names {name!r}, which the model does not have; use a mask of this model"
                     )
+                selected = int(mask.sum())
+                counts.selected += selected
+                if name in norm_names:
+                    counts.norm_entries += selected
                 if mode == "zero" and name in norm_names and not include_norms:
                     continue
                 p = params[name]
                 m = mask.to(p.device)
-                if not bool(m.any()):
+                if not selected:
                     continue
-                saved.append((p, m, p.data[m].clone()))
+                old = p.data[m].clone()
+                saved.append((p, m, old))
                 if mode == "zero":
                     p.data[m] = 0
                 elif mode == "scale":
@@ -77,8 +95,8 @@ def applied_region(
                             f"--initial has no tensor {name!r}; give the initial weights of this model"
                         )
                     p.data[m] = initial[name].to(p)[m]
-                changed += int(m.sum())
-        yield changed
+                counts.changed += int((p.data[m] != old).sum())
+        yield counts
     finally:
         with torch.no_grad():
             for p, m, values in reversed(saved):

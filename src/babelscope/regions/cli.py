@@ -36,13 +36,13 @@ def _finish(run, cfg, out: Path, step: str, table: Callable[[dict], list[dict]],
     from rich.console import Console
     from rich.table import Table
 
-    from babelscope.report.markup import format_value
+    from babelscope.report.markup import format_plain
 
     doc = run(cfg, out, step=step)
     if doc:
         shown = Table(*columns, title=title(doc))
         for r in table(doc):
-            shown.add_row(*(format_value(r.get(c)) for c in columns))
+            shown.add_row(*(format_plain(r.get(c)) for c in columns))
         Console().print(shown)
         typer.echo(f"results: {out / step / 'results.json'}")
 
@@ -92,6 +92,13 @@ def select_cmd(
     table_k: Annotated[str, typer.Option(help="Fractions of the per-matrix table.")] = "0.01,0.03,0.05",
     monolingual: Annotated[bool, typer.Option(help="Also save monolingual regions and overlaps.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of Random-k.")] = 0,
+    skip_zeros: Annotated[
+        bool,
+        typer.Option(
+            help="Draw Bottom-k and Random-k among weights whose importance is not 0 (weights already 0, e.g. "
+            "in a quantised model, change nothing when removed); --no-skip-zeros: the paper's plain ranking."
+        ),
+    ] = True,
     run_dir: RunDir = None,
     step: Annotated[str, typer.Option(help="Step folder name.")] = "regions-select",
 ) -> None:
@@ -100,7 +107,7 @@ def select_cmd(
 
     cfg = config_from(SelectConfig, locals())
     _finish(run, cfg, run_dir_for(run_dir, model), step, lambda doc: doc["tables"]["regions"]["rows"],
-            ["region", "k", "scope", "parameters", "file"], lambda doc: "regions")
+            ["region", "k", "scope", "parameters", "norm_entries", "zero_importance", "file"], lambda doc: "regions")
 
 
 @app.command("ablate")
@@ -149,7 +156,7 @@ def ablate_cmd(
 
     cfg = config_from(AblateConfig, locals())
     _finish(run, cfg, run_dir_for(run_dir, model), step, lambda doc: doc["results"]["summary"],
-            ["region", "k", "scope", "median_ratio", "median_ratio_heldout_langs"],
+            ["region", "k", "scope", "changed", "median_ratio", "median_ratio_heldout_langs"],
             lambda doc: "perplexity after / before")
 
 

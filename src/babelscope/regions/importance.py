@@ -18,7 +18,8 @@ it is never smaller than |taylor| and depends on how the text is batched.
 
 Each language's scores are written (safetensors, atomically) as soon as it finishes; a re-run loads finished
 languages and computes only the rest. Memory: the model, its gradients (decoder layers only), one
-per-language score set (held in the gradient buffers) and the aggregate.
+per-language score set (held in the gradient buffers) and the aggregate; freed memory goes back to the system
+after each language (:mod:`babelscope.memory`), so the peak does not grow with the number of languages.
 """
 
 from __future__ import annotations
@@ -306,6 +307,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from tqdm.auto import tqdm
 
+    from babelscope.memory import release_freed_memory
     from babelscope.regions.params import layer_and_kind, scored_parameters
     from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.runs import provenance, text_sha256
@@ -377,6 +379,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     saves.append(writer.submit(_save, scores, save, meta))
                 _raise_failed(saves)
             del scores
+            release_freed_memory()  # flat in the number of languages (see babelscope.memory)
             bar.update(1)
         for f in saves:
             f.result()
@@ -432,8 +435,11 @@ def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -
 def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
     """(Writer thread: file I/O only, no tensor arithmetic to compete with the scoring.) Stream the signed scores
     into a temporary file, drop them, then make the file durable and give it its name."""
+    from babelscope.memory import release_freed_memory
+
     tmp = write_temporary(path, scores, meta)
     scores.clear()
+    release_freed_memory()
     commit_file(tmp, path)
 
 

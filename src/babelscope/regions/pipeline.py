@@ -23,6 +23,7 @@ class RegionsConfig:
     k: str = "0.01,0.03"
     scope: str = "tensor,global"
     monolingual: bool = True
+    skip_zeros: bool = True  # Bottom-k / Random-k among weights with Imp > 0 (see regions.select)
     generate: bool = True
     gen_langs: str = "eng,cmn-Hans,fra,deu,spa,rus,jpn,arb"
     max_new_tokens: int = 16
@@ -62,7 +63,11 @@ def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict
     )
     select.run(
         select.SelectConfig(
-            importance_step=f"{step}-importance", k=cfg.k, scope=cfg.scope, monolingual=cfg.monolingual
+            importance_step=f"{step}-importance",
+            k=cfg.k,
+            scope=cfg.scope,
+            monolingual=cfg.monolingual,
+            skip_zeros=cfg.skip_zeros,
         ),
         run_dir,
         f"{step}-select",

@@ -3,6 +3,12 @@
 * ``top`` / ``bottom``: the fraction ``k`` of parameters with the highest / lowest importance; ``random``: the
   same count drawn uniformly (seeded). Per tensor (the paper's default: every matrix loses exactly ``k``) or
   global (one ranking over all scored parameters, so some matrices lose far more than others).
+* ``skip_zeros`` (the step's default): Bottom-k and Random-k are drawn among the weights whose importance is not
+  0. ``Imp = Σ_l |θ ⊙ g_l|`` is 0 wherever ``θ = 0``, and a quantised model has many such weights (4.5% of Gemma
+  3 270M's block weights after Q4_K_M): the plain ranking's Bottom-k then "removes" weights that are already 0
+  and changes almost nothing, so Top, Bottom and Random would not change the same number of values.
+  ``Imp > 0`` implies ``θ ≠ 0``, so every weight drawn changes when zeroed. ``skip_zeros=False`` is the paper's
+  plain ranking.
 * Core region: Top-k of ``Imp = Σ_l |S_l|``. Monolingual region of ``l``: ``Top-k(|S_l|)`` minus the Top-k of
   every other language.
 * Overlap of two languages' regions: Jaccard ``|A ∩ B| / |A ∪ B|``, overall and per layer and matrix type.
@@ -14,7 +20,7 @@ Masks are ``{parameter name: bool tensor}`` (True = in the region) saved as safe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ class SelectConfig:
     table_k: str = "0.01,0.03,0.05"  # fractions of the per-matrix table (the paper's Table 3)
     monolingual: bool = True
     seed: int = 0
+    skip_zeros: bool = True  # Bottom-k / Random-k among weights with Imp > 0 (False: the paper's plain ranking)
 
 
 def parse_fractions(spec: str | float, option: str = "--k") -> list[float]:
@@ -65,9 +72,18 @@ def parse_choice(spec: str, allowed: tuple[str, ...], option: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ masks
 def region_mask(
-    scores: Mapping[str, torch.Tensor], k: float, which: str = "top", scope: str = "tensor", seed: int = 0
+    scores: Mapping[str, torch.Tensor],
+    k: float,
+    which: str = "top",
+    scope: str = "tensor",
+    seed: int = 0,
+    skip_zeros: bool = False,
 ) -> Masks:
-    """Boolean masks of the fraction ``k`` of parameters ranked by ``scores`` (top, bottom or random)."""
+    """Boolean masks of the fraction ``k`` of parameters ranked by ``scores`` (top, bottom or random).
+
+    The count is ``round(k · n)`` of all ``n`` weights (per tensor or overall) in every case. With
+    ``skip_zeros``, Bottom-k and Random-k take it among the weights whose score is not 0 (only if those are too
+    few, the rest comes from the zero-score ones: Bottom in score order, Random at random)."""
     if not 0 < k < 1:
         raise BabelscopeError(f"k={k}: k must lie strictly between 0 and 1")
     if which not in WHICH or scope not in SCOPES:
@@ -76,10 +92,11 @@ def region_mask(
     names = list(scores)
     if scope == "tensor":
         return {
-            name: _mask_flat(scores[name].flatten(), k, which, gen).view(scores[name].shape) for name in names
+            name: _mask_flat(scores[name].flatten(), k, which, gen, skip_zeros).view(scores[name].shape)
+            for name in names
         }
     flat = torch.cat([scores[n].flatten().float() for n in names])
-    mask = _mask_flat(flat, k, which, gen)
+    mask = _mask_flat(flat, k, which, gen, skip_zeros, owned=True)
     del flat
     out, start = {}, 0
     for name in names:
@@ -89,16 +106,56 @@ def region_mask(
     return out
 
 
-def _mask_flat(values: torch.Tensor, k: float, which: str, gen: torch.Generator) -> torch.Tensor:
+def _mask_flat(
+    values: torch.Tensor, k: float, which: str, gen: torch.Generator, skip_zeros: bool = False,
+    owned: bool = False,
+) -> torch.Tensor:
+    """``owned``: ``values`` is a temporary the caller gives away (it may be overwritten)."""
     count = round(k * values.numel())
     mask = torch.zeros(values.numel(), dtype=torch.bool)
     if count == 0:
         return mask
     if which == "random":
+        if skip_zeros:
+            n_nonzero = int(torch.count_nonzero(values))
+            if n_nonzero >= 4 * count:  # rejection: uniform draws over all, zeros dropped (no n-sized index list)
+                picked = torch.empty(0, dtype=torch.long)
+                while picked.numel() < count:
+                    draw = torch.randint(values.numel(), (int(1.2 * (count - picked.numel())) + 16,), generator=gen)
+                    picked = torch.unique(torch.cat([picked, draw[values[draw] != 0]]))
+                mask[picked[torch.randperm(picked.numel(), generator=gen)[:count]]] = True
+                return mask
+            nonzero = torch.nonzero(values != 0).flatten()
+            if n_nonzero >= count:
+                mask[nonzero[random_indices(n_nonzero, count, gen)]] = True
+                return mask
+            mask[nonzero] = True  # every nonzero one, then the rest at random among the zeros
+            zeros = torch.nonzero(values == 0).flatten()
+            mask[zeros[random_indices(zeros.numel(), count - nonzero.numel(), gen)]] = True
+            return mask
         mask[random_indices(values.numel(), count, gen)] = True
     else:
+        if which == "bottom" and skip_zeros:  # zeros rank last from the bottom: taken only if needed
+            values = values.float()
+            values = values.masked_fill_(values == 0, math.inf) if owned else values.masked_fill(values == 0, math.inf)
         mask[extreme_indices(values, count, largest=which == "top")] = True
     return mask
+
+
+def norm_names(names: Iterable[str], shapes: Mapping[str, Any]) -> set[str]:
+    """The norm vectors among the scored names: 1-D tensors whose name says "norm" (what
+    :func:`babelscope.regions.params.norm_modules` finds from the module classes, read from the names alone)."""
+    return {n for n in names if "norm" in n.lower() and len(shapes[n]) == 1}
+
+
+def region_counts(mask: Masks, scores: Mapping[str, torch.Tensor], norms: set[str]) -> dict[str, int]:
+    """Mask entries, how many sit in norm vectors (left unchanged by ``ablate --mode zero`` unless
+    ``--include-norms``) and how many have importance 0 (weights already 0: zeroing them changes nothing)."""
+    return {
+        "parameters": region_size(mask),
+        "norm_entries": sum(int(mask[n].sum()) for n in mask if n in norms),
+        "zero_importance": sum(int((mask[n] & (scores[n] == 0)).sum()) for n in mask),
+    }
 
 
 def random_indices(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
@@ -238,20 +295,23 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
         "languages": langs,
     }
     regions, per_matrix = [], []
+    norms = norm_names(imp, {n: t.shape for n, t in imp.items()})
 
     def record(region: str, k: float, scope: str, mask: Masks, save: bool) -> None:
-        size = region_size(mask)
-        row = {"region": region, "k": k, "scope": scope, "parameters": size, "file": None}
+        row = {"region": region, "k": k, "scope": scope, **region_counts(mask, imp, norms), "file": None}
         if save:
             row["file"] = mask_file(region, k, scope)
-            save_mask(st.path / row["file"], mask, {**base_meta, "region": region, "k": k, "scope": scope})
+            meta = {**base_meta, "region": region, "k": k, "scope": scope, "skip_zeros": cfg.skip_zeros}
+            save_mask(st.path / row["file"], mask, meta)
         regions.append(row)
 
     with tqdm(total=len(ks) * len(scopes), desc="regions", unit="set", leave=False) as bar:
         for scope in scopes:
             for k in ks:
                 for which in WHICH:
-                    record(which, k, scope, region_mask(imp, k, which, scope, cfg.seed), save=True)
+                    mask = region_mask(imp, k, which, scope, cfg.seed, cfg.skip_zeros)
+                    record(which, k, scope, mask, save=True)
+                    del mask
                 bar.update(1)
     # Per-matrix table (global selection, core region and monolingual regions) for table_k.
     for k in table_ks:

@@ -124,15 +124,26 @@ def render_html(run_dir: str | Path, *, options: Mapping[str, Any] | None = None
 
 def _build_section(doc: dict[str, Any], options: Mapping[str, Any]) -> Section:
     """Run the kind's section function; if it fails, show the generic section with the error on top."""
+    from babelscope.report.base import IMPORT_ERRORS, warn
+    from babelscope.report.sections._generic import generic_section
+
     doc = {**doc, "report": dict(options)}
     kind = str(doc.get("kind", ""))
     fn = section_for(kind)
     try:
-        return fn(doc)
+        section = fn(doc)
+        if fn is generic_section and IMPORT_ERRORS:  # maybe this kind's module is the one that failed
+            failed = "; ".join(f"{m}: {e}" for m, e in IMPORT_ERRORS.items())
+            section.html.insert(
+                0,
+                f'<p class="error section-error">A report section module failed to import ({esc(failed)}); '
+                f"if it draws {esc(kind)} results, this generic view replaces it.</p>",
+            )
+        return section
     except Exception as exc:  # a broken section must not cost the rest of the report
-        log.warning("report section for %r (step %r) failed: %s", kind, doc.get("step"), exc, exc_info=True)
-        from babelscope.report.sections._generic import generic_section
-
+        warn(f"the {kind} view of step {doc.get('step')!r} failed ({type(exc).__name__}: {exc}); "
+             "the report shows the recorded results instead")
+        log.debug("report section for %r failed", kind, exc_info=True)
         section = generic_section(doc)
         section.html.insert(
             0,
@@ -175,6 +186,37 @@ def _model_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [r if isinstance(r, dict) else {"name": str(r)} for r in records]
 
 
+def _add_model(models: dict[str, dict[str, Any]], record: dict[str, Any], step: str) -> None:
+    """Group model records by identity (the weights' checksum, else the name): steps that record the same
+    model with more or fewer fields share one column, their fields merged."""
+    flat = flatten(record, max_depth=2)
+    ident = str(flat.get("checksum") or flat.get("name") or flat.get("spec") or json.dumps(flat, default=str))
+    entry = models.setdefault(ident, {"steps": []})
+    for key, value in flat.items():
+        if entry.get(key) is None and value is not None:
+            entry[key] = value
+    if step not in entry["steps"]:
+        entry["steps"].append(step)
+
+
+def _merge_named(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Fold a record without a checksum into the one checksummed model of the same name or spec."""
+    out = {k: m for k, m in models.items() if m.get("checksum")}
+    for key, m in models.items():
+        if m.get("checksum"):
+            continue
+        names = {m.get("name"), m.get("spec")} - {None}
+        same = [o for o in out.values() if names & {o.get("name"), o.get("spec")}]
+        if len(same) == 1:
+            target = same[0]
+            target["steps"] += [s for s in m["steps"] if s not in target["steps"]]
+            for field, value in m.items():
+                target.setdefault(field, value)
+        else:
+            out[key] = m
+    return out
+
+
 def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
     models: dict[str, dict[str, Any]] = {}
     data: dict[str, tuple[Any, list[str]]] = {}
@@ -185,8 +227,7 @@ def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
         step = str(doc.get("step", "?"))
         prov = doc.get("provenance") or {}
         for record in _model_records(doc):
-            key = json.dumps(record, sort_keys=True, default=str)
-            models.setdefault(key, {**flatten(record, max_depth=2), "steps": []})["steps"].append(step)
+            _add_model(models, record, step)
         if prov.get("data") is not None:
             key = json.dumps(prov["data"], sort_keys=True, default=str)
             data.setdefault(key, (prov["data"], []))[1].append(step)
@@ -205,7 +246,7 @@ def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
     )
 
     if models:
-        rows = [{**m, "steps": ", ".join(m["steps"])} for m in models.values()]
+        rows = [{**m, "steps": ", ".join(m["steps"])} for m in _merge_named(models).values()]
         first = ["name", "spec", "kind", "model_type", "parameters", "layers", "hidden_size", "vocab_size"]
         columns = [c for c in first if any(c in r for r in rows)]
         columns += [c for r in rows for c in r if c not in columns and c != "steps"] + ["steps"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,13 @@ SectionFn = Callable[[dict[str, Any]], Section]
 
 _SECTIONS: dict[str, SectionFn] = {}
 _LOADED = False
+#: Section modules that failed to import: ``{module: "ErrorType: message"}`` (shown in the report and on stderr).
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def warn(message: str) -> None:
+    """A report problem, on stderr (the report shows it too): never only in a log nobody reads."""
+    print(f"babelscope report: {message}", file=sys.stderr)
 
 
 def register_section(kind: str, *, replace: bool = False) -> Callable[[SectionFn], SectionFn]:
@@ -88,7 +96,10 @@ def load_sections() -> None:
         try:
             importlib.import_module(f"{sections.__name__}.{info.name}")
         except Exception as exc:  # one broken section module must not cost the whole report
-            log.warning("report section module %r failed to import: %s", info.name, exc, exc_info=True)
+            IMPORT_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
+            warn(f"section module {info.name!r} failed to import ({IMPORT_ERRORS[info.name]}); the kinds it "
+                 "draws fall back to the generic view")
+            log.debug("section module %r failed to import", info.name, exc_info=True)
     _LOADED = True
 
 

@@ -14,6 +14,11 @@ from typing import Any
 
 #: Tables longer than this are cut in the report (the full table is in the step's CSV file).
 MAX_TABLE_ROWS = 1000
+#: Rows shown open; the rest of a longer table is folded into a closed ``<details>`` block below it.
+FOLD_ROWS = 25
+#: A float column whose nonzero magnitudes span more than this factor gets significant digits per value
+#: (a ratio column holding 2.18 and 1.4e8 must not print "2").
+WIDE_RANGE = 1e3
 #: Text cells longer than this may wrap; shorter ones stay on one line.
 WRAP_CHARS = 24
 
@@ -57,6 +62,11 @@ def format_value(value: Any) -> str:
     return esc(text)
 
 
+def format_plain(value: Any) -> str:
+    """:func:`format_value` as plain text, for a terminal table (no HTML tags or entities)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", format_value(value)))
+
+
 def _decimals_for(magnitude: float) -> int:
     """Decimals for a column whose largest value is ``magnitude``: four significant digits from 1 up
     (none from 1000), three below 1 (``0.970``, ``0.0412``)."""
@@ -88,14 +98,26 @@ def column_formatter(values: Iterable[Any]) -> Callable[[Any], str] | None:
 
     if all(isinstance(v, int) for v in values):
         return lambda v: missing() if v is None else f"{v:,}"
-    decimals = _decimals_for(max((abs(v) for v in finite), default=0.0))
+    magnitudes = [abs(v) for v in finite if v != 0]
+    decimals = _decimals_for(max(magnitudes, default=0.0))
+    wide = bool(magnitudes) and max(magnitudes) > WIDE_RANGE * min(magnitudes)
 
     def fmt(v: Any) -> str:
         if v is None or not math.isfinite(v):
             return missing()
-        return _format_float(float(v), decimals)
+        return significant(float(v)) if wide else _format_float(float(v), decimals)
 
     return fmt
+
+
+def significant(value: float, digits: int = 4) -> str:
+    """``value`` with ``digits`` significant digits: 2.184, 0.04120, 812.3, 1.400e+08 (scientific from 10^6)."""
+    if value == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(value)))
+    if exponent >= 6 or exponent < -3:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:,.{max(0, digits - 1 - exponent)}f}"
 
 
 def html_table(
@@ -108,11 +130,13 @@ def html_table(
     source: str | None = None,
     sorted_by: str | None = None,
     titles: Mapping[str, str] | None = None,
+    fold: int = FOLD_ROWS,
 ) -> str:
     """Render rows (dicts) as a sortable HTML table; numeric columns are right-aligned and formatted.
 
     ``columns`` picks and orders columns (default: union of keys in first-seen order), ``labels`` renames
-    headers, ``titles`` adds header tooltips, ``source`` names the CSV file holding the full table.
+    headers, ``titles`` adds header tooltips, ``source`` names the CSV file holding the full table. The first
+    ``fold`` rows show; the rest (up to ``max_rows``) sit in a closed ``<details>`` block below, formatted alike.
     """
     if columns is None:
         columns = []
@@ -122,31 +146,40 @@ def html_table(
     labels = labels or {}
     titles = titles or {}
     formatters = {c: column_formatter(row.get(c) for row in rows) for c in columns}
-    out = ['<div class="table-wrap"><table class="data sortable">']
-    if caption:
-        out.append(f"<caption>{esc(caption)}</caption>")
-    out.append("<thead><tr>")
+    head = ["<thead><tr>"]
     for col in columns:
         classes = ["num"] if formatters[col] else []
         if col == sorted_by:
             classes.append("sorted")
         cls = f' class="{" ".join(classes)}"' if classes else ""
         tip = f' title="{esc(titles[col])}"' if col in titles else ""
-        out.append(f'<th scope="col"{cls}{tip}>{esc(labels.get(col, col.replace("_", " ")))}</th>')
-    out.append("</tr></thead><tbody>")
-    for row in rows[:max_rows]:
-        cells = []
-        for col in columns:
-            value = row.get(col)
-            fmt = formatters[col]
-            if fmt is None:
-                wrap = ' class="wrap"' if isinstance(value, str) and len(value) > WRAP_CHARS else ""
-                cells.append(f"<td{wrap}>{format_value(value)}</td>")
-            else:
-                raw = "" if value is None or not math.isfinite(value) else repr(value)
-                cells.append(f'<td class="num" data-v="{raw}">{fmt(value)}</td>')
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table></div>")
+        head.append(f'<th scope="col"{cls}{tip}>{esc(labels.get(col, col.replace("_", " ")))}</th>')
+    head.append("</tr></thead>")
+
+    def body(part: Sequence[Mapping[str, Any]]) -> str:
+        out = ["<tbody>"]
+        for row in part:
+            cells = []
+            for col in columns:
+                value = row.get(col)
+                fmt = formatters[col]
+                if fmt is None:
+                    wrap = ' class="wrap"' if isinstance(value, str) and len(value) > WRAP_CHARS else ""
+                    cells.append(f"<td{wrap}>{format_value(value)}</td>")
+                else:
+                    raw = "" if value is None or not math.isfinite(value) else repr(value)
+                    cells.append(f'<td class="num" data-v="{raw}">{fmt(value)}</td>')
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</tbody>")
+        return "".join(out)
+
+    shown = rows[:max_rows]
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    out = [f'<div class="table-wrap"><table class="data sortable">{cap}{"".join(head)}{body(shown[:fold])}'
+           "</table></div>"]
+    if len(shown) > fold:  # the rest folded: a long table must not make the report tens of thousands of px tall
+        rest = f'<div class="table-wrap"><table class="data sortable">{"".join(head)}{body(shown[fold:])}</table></div>'
+        out.append(details(f"{len(shown) - fold:,} more rows", rest, "table-more"))
     notes = []
     if len(rows) > max_rows:
         notes.append(f"showing the first {max_rows:,} of {len(rows):,} rows")

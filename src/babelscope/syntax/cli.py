@@ -68,7 +68,7 @@ def otdd(
     layer: Annotated[str, typer.Option(help="Layer of the store, or middle.")] = "middle",
     samples: Annotated[int, typer.Option(help="Relation vectors per language per draw.")] = 1000,
     draws: Annotated[int, typer.Option(help="Seeded subsamples (mean and standard deviation).")] = 3,
-    reg: Annotated[float, typer.Option(help="Outer entropic regularisation, times the median cost.")] = 0.05,
+    reg: Annotated[float, typer.Option(help="Outer entropic regularisation, times the median cost (0.01-10).")] = 0.05,
     inner: Annotated[str, typer.Option(help="Label-to-label OT: emd (exact) or sinkhorn (the paper's).")] = "emd",
     max_per_label: Annotated[int, typer.Option(help="Vectors per label in the label-to-label OT.")] = 50,
     typology: Annotated[str, typer.Option(help="URIEL syntax features: knn (imputed) or wals.")] = "knn",

@@ -12,7 +12,7 @@
 Store layout (one folder per language, shards per layer, so no language x layer product is ever held)::
 
     STORE/<lang>/words.npz        per word: sentence index, word id, head, UPOS, deprel, span; sent_ids
-    STORE/<lang>/layer<LL>.npy    float32 (n_words, hidden), written through a memory map
+    STORE/<lang>/layer<LL>.npy    float32 (n_words, hidden), written batch by batch at each word's row
     STORE/<lang>/done.json        written last: layers, pooling, model checksum, counts
 """
 
@@ -107,63 +107,89 @@ def _check_offsets(tokenizer) -> None:
 
 
 def extract_language(engine, sentences: Sequence[Any], layers: Sequence[int], pooling: str, out: Path,
-                     meta: dict[str, Any], chunk: int = 64, max_tokens: int | None = None,
+                     meta: dict[str, Any], chunk: int | None = None, max_tokens: int | None = None,
                      bar: Any = None) -> dict[str, Any]:
     """Write one language's word vectors for ``layers`` into ``out`` (see module docs); return its record.
 
-    Sentences are embedded ``chunk`` at a time and written into per-layer memory-mapped ``.npy`` files that
-    are renamed into place only when the language is complete; ``done.json`` is written last. Sentences longer
-    than ``max_tokens`` tokens (the model's position limit) are skipped and counted.
+    Streamed per batch: sentences go to the engine ``chunk`` (default: its batch size) at a time, longest
+    first, and each batch's pooled word vectors are written straight into the per-layer ``.npy`` shards at
+    their rows (``os.pwrite`` through the page cache, no memory map), so memory holds one batch's hidden states
+    whatever the number of sentences or languages. The shards are renamed into place only when the language is
+    complete; ``done.json`` is written last. Sentences longer than ``max_tokens`` tokens (the model's position
+    limit) are skipped and counted.
     """
     import os
 
+    from babelscope.memory import release_freed_memory
     from babelscope.runs import atomic_open, write_json
 
     _check_offsets(engine.tokenizer)
     out.mkdir(parents=True, exist_ok=True)
+    lengths = [len(ids) + 2 for ids in engine.encode([s.text for s in sentences])]
     if max_tokens is not None:
-        lengths = [len(ids) + 2 for ids in engine.encode([s.text for s in sentences])]
         skipped = sum(n > max_tokens for n in lengths)
-        sentences = [s for s, n in zip(sentences, lengths, strict=True) if n <= max_tokens]
+        kept = [i for i, n in enumerate(lengths) if n <= max_tokens]
+        sentences, lengths = [sentences[i] for i in kept], [lengths[i] for i in kept]
     else:
         skipped = 0
     table = _words_table(sentences)
     n_words = len(table["sent"])
     if n_words == 0:
         raise BabelscopeError(f"{meta.get('lang')}: no words to embed (all sentences empty or too long)")
+    first_row = np.concatenate([[0], np.cumsum([len(s.tokens) for s in sentences])])
+    order = sorted(range(len(sentences)), key=lambda i: -lengths[i])  # longest first: least padding
+    chunk = chunk or engine.batch_size
     dim = None
-    maps: dict[int, np.ndarray] = {}
-    row = 0
+    shards: dict[int, tuple[int, int]] = {}  # layer -> (file descriptor, byte offset of row 0)
     unmatched = 0
-    for start in range(0, len(sentences), chunk):
-        batch = sentences[start:start + chunk]
-        states = engine.hidden_states([s.text for s in batch], layers, desc=f"{meta.get('lang')}")
-        for sentence, state in zip(batch, states, strict=True):
-            if dim is None:
-                dim = state["hidden"].shape[-1]
-                for layer in layers:
-                    maps[layer] = np.lib.format.open_memmap(out / f".layer{layer:02d}.npy.tmp", mode="w+",
-                                                            dtype=np.float32, shape=(n_words, dim))
-            spans = np.asarray([(t.start, t.end) for t in sentence.tokens], dtype=np.int64).reshape(-1, 2)
-            mask = word_token_mask(spans, token_spans(sentence.text, state["offsets"]))
-            unmatched += int((~mask.any(axis=1)).sum())
-            words = pool_words(state["hidden"], mask, pooling)
-            for i, layer in enumerate(layers):
-                maps[layer][row:row + len(spans)] = words[i]
-            row += len(spans)
-        if bar is not None:
-            bar.update(len(batch))
-    for layer, mm in maps.items():
-        mm.flush()
-        del mm
+    try:
+        for start in range(0, len(order), chunk):
+            batch = [sentences[i] for i in order[start:start + chunk]]
+            states = engine.hidden_states([s.text for s in batch], layers, desc=f"{meta.get('lang')}")
+            for i, sentence, state in zip(order[start:start + chunk], batch, states, strict=True):
+                if dim is None:
+                    dim = state["hidden"].shape[-1]
+                    for layer in layers:
+                        shards[layer] = _open_shard(out / f".layer{layer:02d}.npy.tmp", n_words, dim)
+                spans = np.asarray([(t.start, t.end) for t in sentence.tokens], dtype=np.int64).reshape(-1, 2)
+                mask = word_token_mask(spans, token_spans(sentence.text, state["offsets"]))
+                unmatched += int((~mask.any(axis=1)).sum())
+                words = pool_words(state["hidden"], mask, pooling)
+                for j, layer in enumerate(layers):
+                    fd, offset = shards[layer]
+                    data = np.ascontiguousarray(words[j], dtype="<f4").tobytes()
+                    at = offset + int(first_row[i]) * dim * 4
+                    while data:
+                        written = os.pwrite(fd, data, at)
+                        data, at = data[written:], at + written
+            del states
+            release_freed_memory()  # glibc keeps the batch's freed buffers otherwise (see babelscope.memory)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        for fd, _ in shards.values():
+            os.close(fd)
+    for layer in shards:
         os.replace(out / f".layer{layer:02d}.npy.tmp", out / f"layer{layer:02d}.npy")
-    maps.clear()
     with atomic_open(out / "words.npz", "wb") as fh:
         np.savez(fh, **table)
     record = {**meta, "layers": list(layers), "pooling": pooling, "sentences": len(sentences),
               "skipped_long": skipped, "words": n_words, "words_without_token": unmatched, "hidden_size": dim}
     write_json(out / "done.json", record)
     return record
+
+
+def _open_shard(path: Path, rows: int, dim: int) -> tuple[int, int]:
+    """Create a float32 ``(rows, dim)`` ``.npy`` file (header, then room for ``rows * dim`` values, every row
+    written later) and return ``(writable descriptor, byte offset of the data)``."""
+    import os
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        offset = fh.tell()
+        fh.truncate(offset + rows * dim * 4)
+    return os.open(path, os.O_WRONLY), offset
 
 
 class Store:

@@ -66,31 +66,52 @@ def rsa(rdm_a: np.ndarray, rdm_b: np.ndarray) -> float:
     if len(rdm_a) != len(rdm_b) or len(rdm_a) < 3:
         raise BabelscopeError(f"RSA needs two RDMs over the same >= 3 concepts (got {len(rdm_a)} and "
                               f"{len(rdm_b)} entries); lower --min-count or add data")
+    if np.ptp(rdm_a) == 0 or np.ptp(rdm_b) == 0:  # a constant RDM ranks nothing: no correlation
+        return float("nan")
     return float(spearmanr(rdm_a, rdm_b).statistic)
 
 
 def rsa_test(rdm_a: np.ndarray, rdm_b: np.ndarray, n_perm: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """RSA and its permutation p-value ``(1 + #{rho_perm >= rho}) / (1 + n_perm)`` (one-sided), permuting the
-    concepts of ``rdm_b`` (rows and columns together: the entries of an RDM are not independent)."""
+    """RSA and its one-sided permutation p-value (:func:`permutation_test`); ``(nan, nan)`` when an RDM is
+    constant (no ranking, no correlation)."""
+    rho = rsa(rdm_a, rdm_b)
+    return rho, permutation_test(rdm_a, rdm_b, n_perm, seed, two_sided=False)
+
+
+def permutation_test(d_a: np.ndarray, d_b: np.ndarray, n_perm: int = 1000, seed: int = 0, *,
+                     two_sided: bool = False, ranks: bool = True) -> float:
+    """Permutation p-value of the correlation of two condensed distance matrices over the same items, permuting
+    the items of ``d_b`` (rows and columns together: the entries of a distance matrix are not independent).
+
+    ``(1 + #{r_perm >= r}) / (1 + n_perm)`` (one-sided, RSA) or with ``|r|`` (two-sided, the Mantel test).
+    ``ranks``: Spearman (ranks computed once; permuting items only moves entries, and their ranks with them),
+    else Pearson. NaN when ``n_perm <= 0`` or the correlation is undefined (a constant matrix). The one test
+    behind :func:`rsa_test` and :func:`babelscope.syntax.typology.mantel`.
+    """
     from scipy.spatial.distance import squareform
     from scipy.stats import rankdata
 
-    rho = rsa(rdm_a, rdm_b)
-    if n_perm <= 0:
-        return rho, float("nan")
-    square = squareform(rankdata(rdm_b))  # permuting concepts moves entries, and their ranks with them
+    a, b = np.asarray(d_a, dtype=np.float64), np.asarray(d_b, dtype=np.float64)
+    if ranks:
+        a, b = rankdata(a), rankdata(b)
+    a = a - a.mean()
+    b0 = b - b.mean()
+    if n_perm <= 0 or not np.linalg.norm(a) > 0 or not np.linalg.norm(b0) > 0:
+        return float("nan")
+    a /= np.linalg.norm(a)
+    r = float(a @ b0 / np.linalg.norm(b0))
+    square = squareform(b)
     k = square.shape[0]
     iu = np.triu_indices(k, 1)
-    ra = rankdata(rdm_a)
-    ra = (ra - ra.mean()) / np.linalg.norm(ra - ra.mean())
     rng = np.random.default_rng(seed)
     hits = 0
     for _ in range(n_perm):
         perm = rng.permutation(k)
         rb = square[np.ix_(perm, perm)][iu]
         rb = rb - rb.mean()
-        hits += float(ra @ rb / np.linalg.norm(rb)) >= rho - 1e-12
-    return rho, (1 + hits) / (1 + n_perm)
+        r_perm = float(a @ rb / np.linalg.norm(rb))
+        hits += (abs(r_perm) >= abs(r) - 1e-12) if two_sided else (r_perm >= r - 1e-12)
+    return (1 + hits) / (1 + n_perm)
 
 
 def procrustes_disparity(P_a: np.ndarray, P_b: np.ndarray) -> float:

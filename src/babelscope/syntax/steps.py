@@ -8,6 +8,7 @@ extract step resumes language by language, results are written atomically with p
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
                     continue
             records[lang] = represent.extract_language(
                 engine, sents, layers, pooling, store / lang, {**meta, "lang": lang, "sentences_asked": len(sents)},
-                chunk=max(cfg.batch_size * 4, 32), max_tokens=max_tokens, bar=bar)
+                max_tokens=max_tokens, bar=bar)
     rows, shares = [], []
     reader = represent.Store(store)
     for lang, rec in records.items():
@@ -222,6 +223,7 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
         return sr.wait()
     if cfg.draws < 1 or cfg.samples < 2:
         raise BabelscopeError(f"--draws {cfg.draws} --samples {cfg.samples}: need at least 1 draw of 2 samples")
+    otdd.check_reg(cfg.reg)
     store = _store(run_dir, cfg.store)
     langs = _languages(store, cfg.langs)
     if len(langs) < 2:
@@ -237,14 +239,17 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
     runs: dict[str, list[np.ndarray]] = {"raw": [], "std": []}
     eps: dict[str, list[float]] = {"raw": [], "std": []}
     pairs = n * (n + 1) // 2
+    solves: list = []
     with _bar(cfg.draws * 2 * 2 * pairs, "otdd", "pair") as bar:
         for d in range(cfg.draws):
-            sub = {lang: represent.subsample(inst, cfg.samples, cfg.seed + 1000 * d + i)
-                   for i, (lang, inst) in enumerate(full.items())}
+            # each language's draw is seeded by its code, not its position: the matrix ignores the order
+            sub = {lang: represent.subsample(inst, cfg.samples, cfg.seed + 1000 * d + zlib.crc32(lang.encode()))
+                   for lang, inst in full.items()}
             for variant, sets in (("raw", sub), ("std", _standardized(sub, mean, std))):
                 D, e = otdd.otdd_matrix([(sets[lang].X, sets[lang].labels) for lang in langs], reg=cfg.reg,
                                         inner=cfg.inner, inner_reg=cfg.inner_reg,
-                                        max_per_label=cfg.max_per_label, seed=cfg.seed + d, progress=bar)
+                                        max_per_label=cfg.max_per_label, seed=cfg.seed + d, progress=bar,
+                                        log=solves)
                 runs[variant].append(D)
                 eps[variant].append(e)
     mats = {}
@@ -278,6 +283,7 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
     }
     results = {"layer": layer, "languages": langs, "draws": cfg.draws, "samples": cfg.samples,
                "eps": {k: float(np.mean(v)) for k, v in eps.items()}, "links": links,
+               "sinkhorn": otdd.convergence(solves),
                "instances": {lang: len(inst) for lang, inst in full.items()},
                "store_model": store.records[langs[0]].get("model"),
                "random_init": store.records[langs[0]].get("random_init")}

@@ -76,12 +76,12 @@ def typological_distance(F: np.ndarray) -> np.ndarray:
 def mantel(D1: np.ndarray, D2: np.ndarray, n_perm: int = 9999, seed: int = 0,
            method: str = "spearman") -> tuple[float, float]:
     """Mantel correlation of two square distance matrices (over the languages whose rows both define), and its two-sided
-    permutation p-value ``(1 + #{|r_perm| >= |r|}) / (1 + n_perm)``, permuting the languages of ``D2``.
+    permutation p-value ``(1 + #{|r_perm| >= |r|}) / (1 + n_perm)``, permuting the languages of ``D2``
+    (:func:`babelscope.syntax.rsa.permutation_test`, the same test as RSA's). ``(nan, nan)`` when a matrix is
+    constant."""
+    from scipy.stats import pearsonr, spearmanr
 
-    Permuting rows and columns together only moves ``D2``'s entries to other pairs, so their ranks move with
-    them: ranks are computed once and each permutation costs one correlation.
-    """
-    from scipy.stats import rankdata
+    from babelscope.syntax.rsa import permutation_test
 
     D1, D2 = np.asarray(D1, dtype=float), np.asarray(D2, dtype=float)
     n = D1.shape[0]
@@ -94,24 +94,10 @@ def mantel(D1: np.ndarray, D2: np.ndarray, n_perm: int = 9999, seed: int = 0,
                 and np.isfinite(D2[i, np.arange(n) != i]).all()]
         return mantel(D1[np.ix_(keep, keep)], D2[np.ix_(keep, keep)], n_perm, seed, method)
     a, b = D1[iu], D2[iu]
-    if method == "spearman":
-        a, b = rankdata(a), rankdata(b)
-    B = np.zeros((n, n))
-    B[iu] = b
-    B = B + B.T
-    a = (a - a.mean()) / np.linalg.norm(a - a.mean())
-
-    def corr(values: np.ndarray) -> float:
-        values = values - values.mean()
-        return float(a @ values / np.linalg.norm(values))
-
-    r = corr(b)
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_perm):
-        perm = rng.permutation(n)
-        hits += abs(corr(B[np.ix_(perm, perm)][iu])) >= abs(r) - 1e-12
-    return r, (1 + hits) / (1 + n_perm)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan"), float("nan")
+    r = float((spearmanr(a, b) if method == "spearman" else pearsonr(a, b)).statistic)
+    return r, permutation_test(a, b, n_perm, seed, two_sided=True, ranks=method == "spearman")
 
 
 def pair_features(F: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:

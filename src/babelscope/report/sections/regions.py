@@ -100,6 +100,7 @@ def select_section(doc: dict[str, Any]) -> Section:
         sec.table(
             list(pivot.values()), columns=["region", "k", "layer", *kinds], source=_source(doc, "per_matrix")
         )
+        _per_matrix_heatmaps(sec, per, kinds)
     overlap = _rows(doc, "overlap")
     if overlap:
         langs = list(dict.fromkeys([r["a"] for r in overlap] + [r["b"] for r in overlap]))
@@ -118,6 +119,27 @@ def select_section(doc: dict[str, Any]) -> Section:
             sec.add("<h3>Mean pairwise overlap per layer and matrix type</h3>")
             sec.table(by, source=_source(doc, "overlap_by_matrix"))
     return sec
+
+
+def _per_matrix_heatmaps(sec: Section, per: list[dict[str, Any]], kinds: list[str], limit: int = 4) -> None:
+    """The per-matrix table drawn as layer x matrix-type heatmaps (core regions first, at most ``limit``)."""
+    from babelscope.report.figures import heatmap
+
+    groups = list(dict.fromkeys((r["region"], r["k"]) for r in per))
+    groups.sort(key=lambda g: (g[0] != "core", g[1]))
+    for region, k in groups[:limit]:
+        cells = [r for r in per if (r["region"], r["k"]) == (region, k)]
+        layers = sorted({r["layer"] for r in cells})
+        mat = [[math.nan] * len(kinds) for _ in layers]
+        for r in cells:
+            mat[layers.index(r["layer"])][kinds.index(r["kind"].removesuffix(".weight"))] = 100 * r["kept"]
+        values = [v for row in mat for v in row if _finite(v)]
+        fig, _ = heatmap(mat, [str(x) for x in layers], kinds, cmap="viridis", cbar_label="% kept",
+                         vmin=min(values, default=0.0), vmax=100.0, annotate=False)
+        sec.figure(fig, f"Weights kept (%) per layer (rows) and matrix type (columns) after removing the "
+                   f"{region} region at k = {k:g} (global selection); darker = more removed.")
+    if len(groups) > limit:
+        sec.text(f"{len(groups) - limit} more regions are in the table above.")
 
 
 @register_section("regions-ablation")
