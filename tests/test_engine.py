@@ -306,3 +306,25 @@ def test_perplexity_helper():
 
     assert perplexity(10 * math.log(3), 10) == pytest.approx(3.0)
     assert math.isnan(perplexity(0.0, 0))
+
+
+def test_real_model_mmlu_five_shot_prefix_longer_than_the_sliding_window(default_model):
+    """Four 5-shot MMLU astronomy items on the real Gemma 3 270M: the shared prefix (517 tokens: description and
+    five solved examples) is longer than its 512-token sliding window; it runs once and each item continues from
+    a copy of its cache. Every choice's log-likelihood equals the plain path's (the request alone, one unpadded
+    row) to float32 rounding (reductions up to the FFN width 2048)."""
+    from babelscope.evaluate.benchmarks import build_items, load_task
+
+    model, tok, _ = default_model
+    reqs = [r for item in build_items(load_task("mmlu"), "astronomy", 5, 4) for r in item.requests]
+    engine = Engine(model, tok, batch_size=8, progress=False)
+    seqs = engine._sequences(reqs)
+    (group,) = prefix_groups(list(range(len(seqs))), seqs)
+    assert group.prefix > model.config.sliding_window and len(group.rows) == 4
+    out = engine.loglikelihood(reqs)
+    assert engine.stats["body_tokens"] == group.prefix + sum(len(r) - group.prefix for r in group.rows)
+    for seq, got in zip(seqs, out, strict=True):
+        ref = engine._score_batch([[seq]])[0][0]
+        tol = tolerance(torch.float32, max(model.config.intermediate_size, len(seq[0])), ref.logprob, ref.tokens)
+        assert abs(got.logprob - ref.logprob) <= tol
+        assert got.greedy == ref.greedy
