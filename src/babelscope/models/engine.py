@@ -12,6 +12,10 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
 
 * requests are sorted longest first (padding stays small; an out-of-memory shows at the first batch), batched,
   right-padded, and returned in the original order;
+* a token prefix shared by many requests (a k-shot task's description and solved examples, an item's context
+  shared by its choices) runs once, found by a sort over the token sequences (:func:`prefix_groups`); each
+  request continues from a copy of its KV cache with its true position ids (vLLM's automatic prefix caching,
+  SGLang's RadixAttention); every forward holds at most ``batch_size`` rows;
 * the decoder runs without its LM head; the head is applied only at the positions being scored, in chunks of
   ``logit_chunk`` positions, so B x T x V float32 logits are never materialised;
 * a per-request cache (JSON lines, keyed by the model checksum and the request) lets a re-run skip finished work;
