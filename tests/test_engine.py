@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from babelscope.models.arch import block_list
-from babelscope.models.engine import Engine
+from babelscope.models.engine import Engine, prefix_groups
 from conftest import SENTENCES, build_tiny
 from numerics import TINY_BACKWARD, TINY_FORWARD, assert_close_scaled
 
@@ -52,16 +52,29 @@ def test_batch_size_invariance():
     assert a == pytest.approx(b, rel=TINY_FORWARD)  # the same positive sums, batched differently
 
 
-def test_rolling_windows_are_batched_a_window_a_row():
-    """Windows share only their BOS context: never a shared unit, never more than batch_size rows a forward."""
+def forward_rows(model) -> tuple[list[int], object]:
+    """Rows of every forward of the decoder body, recorded by a pre-hook (returned with its handle)."""
+    sizes: list[int] = []
+    handle = model.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    return sizes, handle
+
+
+def test_rolling_windows_of_a_few_tokens_respect_the_batch_size():
+    """300 short texts (windows of a few tokens) in batches of 8: never more than 8 rows a forward, whatever path
+    the rows take (they once went as one shared-context unit of hundreds of rows); scores as at batch size 1."""
     model, tok = build_tiny("gemma3")
-    engine = Engine(model, tok, batch_size=3, progress=False)
-    sizes = []
-    rows = engine._row_hidden
-    engine._row_hidden = lambda groups: sizes.append(len(groups)) or rows(groups)
-    engine._shared_hidden = None  # would fail if called
-    engine.rolling_loglikelihood([LONG, LONG[:200], SENTENCES[1]], window=16)
-    assert max(sizes) == 3 and sum(sizes) > 6
+    texts = [SENTENCES[i % 8][: 4 + i % 7] for i in range(300)]
+    sizes, handle = forward_rows(model)
+    try:
+        eight = Engine(model, tok, batch_size=8, progress=False)
+        got = eight.rolling_loglikelihood(texts, window=16)
+    finally:
+        handle.remove()
+    assert max(sizes) == 8 and len(sizes) >= len({tuple(t[:-1]) for t in eight.encode(texts)}) / 8
+    one = Engine(model, tok, batch_size=1, progress=False).rolling_loglikelihood(texts, window=16)
+    assert [s.nll for s in got] == pytest.approx([s.nll for s in one], rel=1e-5)
 
 
 def test_logit_chunking_never_changes_scores():
@@ -95,39 +108,112 @@ def test_loglikelihood_and_greedy():
         assert got.greedy == bool((logp[-n:].argmax(-1) == targets).all())
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "llama"])
-def test_shared_contexts_run_once_and_match_model_forward(kind):
-    """Multiple-choice items (contexts of different lengths, several multi-token choices each, one choice of a
-    single token) take the shared-context path: each context once, left-padded, its KV cache copied to the
-    continuations; every score equals the model's own unpadded forward, and the greedy flags agree."""
-    model, tok = build_tiny(kind)
-    items = [
-        (SENTENCES[0] + " because", [" " + SENTENCES[1], " " + SENTENCES[2], " the"]),
-        (SENTENCES[3] + " " + SENTENCES[2], [" " + SENTENCES[4], " " + SENTENCES[5]]),
-        (LONG[:300], [" " + SENTENCES[6], " " + SENTENCES[0]]),
+def tolerance(dtype: torch.dtype, reduction: int, logprob: float, tokens: int) -> float:
+    """Float rounding bound for a log-likelihood computed by two paths that differ only in the order of their
+    reductions (batch shapes, padding, a KV cache): the probabilistic bound for a reduction of length ``K``,
+    about ``sqrt(K) * eps`` relative (Higham & Mary 2019), on the scale of the quantity, ``|ll|`` plus one nat per
+    token (each token's log-prob is a logit minus a logsumexp); a factor 4 for the layers it passes through."""
+    return 4 * math.sqrt(reduction) * torch.finfo(dtype).eps * (abs(logprob) + tokens)
+
+
+def few_shot_requests(shots: int, items: int = 6) -> list[tuple[str, str]]:
+    """A k-shot task: ``shots`` solved examples shared by every item, the item's question, then choices of one
+    token (` A`, ` B`: one row per item) and of several (an item's context shared by them)."""
+    solved = "".join(f"Q: {SENTENCES[s]} A: {'AB'[s % 2]}\n" for s in range(shots))
+    return [
+        (solved + f"Q: {SENTENCES[(q + 3) % 8][: 12 + 5 * q]} ({q}) A:", choice)
+        for q in range(items)
+        for choice in (" A", " B", " the lazy dog", " le chien paresseux")
     ]
-    reqs = [(ctx, cont) for ctx, conts in items for cont in conts]
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+@pytest.mark.parametrize("shots", [0, 1, 4])
+def test_shared_prefix_matches_plain_path(kind, shots):
+    """The few-shot prefix of every item runs once and each row continues from a copy of its KV cache: every
+    request's log-likelihood equals the plain path's (each request alone, one unpadded row) and the model's own
+    forward, to the float format's rounding. Shared prefixes of 0 shots (the item's context, 5-12 tokens)
+    straddle the tiny Gemma 3's sliding window of 8; 1 and 4 shots (about 30 and 120 tokens) are far longer.
+    The bound is tight enough to matter: zeroing the oldest sliding-window key of the copied cache moves scores
+    by 5 to 40 times it, while the path as built stays under 1% of it."""
+    model, tok = build_tiny(kind)
+    dtype = torch.float32
+    reqs = few_shot_requests(shots)
     engine = Engine(model, tok, batch_size=3, progress=False)
-    calls = []
-    shared = engine._shared_hidden
-    engine._shared_hidden = lambda groups: calls.append([len(g) for g in groups]) or shared(groups)
-    out = engine.loglikelihood(reqs)
-    assert sorted(calls[0]) == [2, 2, 3]  # one batch, one context group per item
-    for (ctx, cont), got in zip(reqs, out, strict=True):
-        whole = tok(ctx + cont)["input_ids"]
-        n = len(whole) - len(tok(ctx)["input_ids"])
-        x = torch.tensor([whole])
+    sizes, handle = forward_rows(model)
+    try:
+        out = engine.loglikelihood(reqs)
+    finally:
+        handle.remove()
+    assert max(sizes) <= 3
+    assert engine.stats["body_tokens"] < engine.stats["input_tokens"]
+    plain = Engine(model, tok, progress=False)
+    seqs = plain._sequences(reqs)
+    alone = [plain._score_batch([[s]])[0][0] for s in seqs]
+    cfg = model.config
+    for (seq, n), got, ref in zip(seqs, out, alone, strict=True):
+        x = torch.tensor([seq])
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
-        targets = x[0, 1:][-n:]
-        assert got.tokens == n
-        expected = logp[-n:].gather(1, targets[:, None]).sum().item()
-        assert got.logprob == pytest.approx(expected, rel=TINY_FORWARD)  # a sum of log-probabilities < 0
-        assert got.greedy == bool((logp[-n:].argmax(-1) == targets).all())
-    plain = Engine(model, tok, batch_size=3, progress=False)
-    plain._shared_hidden = plain._row_hidden  # every distinct input as its own right-padded row
-    rows = plain.loglikelihood(reqs)
-    assert [r.logprob for r in rows] == pytest.approx([r.logprob for r in out], rel=TINY_FORWARD)
+        own = logp[-n:].gather(1, x[0, -n:, None]).sum().item()
+        tol = tolerance(dtype, max(cfg.intermediate_size, len(seq)), own, n)
+        assert got.tokens == ref.tokens == n
+        assert abs(got.logprob - ref.logprob) <= tol and abs(got.logprob - own) <= tol
+        assert got.greedy == ref.greedy
+
+
+def test_prefix_shared_by_every_item_runs_once_in_bounded_batches():
+    """A 4-shot task of 12 items at batch size 3: the few-shot prefix (longer than the sliding window) runs in
+    one forward of one row, then the items 3 rows a forward; every forward's KV cache holds at most 3 rows, its
+    sliding-window layers at most ``sliding_window - 1`` prefix positions."""
+    model, tok = build_tiny("gemma3")
+    reqs = [r for r in few_shot_requests(4, items=12) if r[1] in (" A", " B")]
+    engine = Engine(model, tok, batch_size=3, progress=False)
+    seen = []
+
+    def record(mod, args, kwargs):
+        cache = kwargs.get("cache")
+        filled = cache is not None and cache.get_seq_length() > 0  # the prefix forward starts an empty cache
+        layers = [(type(layer).__name__, tuple(layer.keys.shape)) for layer in cache.layers] if filled else []
+        seen.append((tuple(kwargs["input_ids"].shape), layers))
+
+    handle = model.base_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        engine.loglikelihood(reqs)
+    finally:
+        handle.remove()
+    groups = prefix_groups(list(range(len(reqs))), engine._sequences(reqs))
+    assert len(groups) == 1 and len(groups[0].rows) == 12  # one row per item, one shared prefix
+    prefix = groups[0].prefix
+    assert prefix > 100 > model.config.sliding_window
+    assert seen[0][0] == (1, prefix) and not seen[0][1]  # the prefix, once
+    assert [shape[0] for shape, _ in seen[1:]] == [3, 3, 3, 3]
+    assert "sliding_attention" in model.config.layer_types
+    for _, layers in seen[1:]:
+        for kind, (name, shape) in zip(model.config.layer_types, layers, strict=True):
+            assert shape[0] == 3
+            assert shape[2] == (model.config.sliding_window - 1 if kind == "sliding_attention" else prefix), name
+    assert engine.stats["body_tokens"] == prefix + sum(len(r) - prefix for r in groups[0].rows)
+
+
+def test_prefix_groups_pick_the_longest_shared_prefix():
+    """The sort-and-LCP grouping on hand-made token rows: each subject's rows share its few-shot prefix, a 0-shot
+    item's choices share its context, identical inputs share a row, rows sharing only 3 tokens run whole."""
+    a, b = (1, 5, 6, 7, 8, 9, 10, 11), (1, 20, 21, 22, 23, 24, 25)
+    seqs = [(list(a) + [40 + q, 41, 42, 0], 1) for q in range(5)]  # requests 0-4: subject a, 8 shared tokens
+    seqs += [(list(b) + [50 + q, 0], 1) for q in range(3)]  # 5-7: subject b, 7 shared tokens
+    seqs += [([1, 90, 91, 92, 93, 94, c, c + 1, 0], 2) for c in (60, 70)]  # 8-9: one item, context of 6 tokens
+    seqs += [([1, 2, 3, q, 0], 1) for q in range(4)]  # 10-13: share 3 tokens, below MIN_PREFIX
+    seqs.append((seqs[0][0], 1))  # 14: the input of request 0 again
+    groups = prefix_groups(list(range(len(seqs))), seqs)
+    by_prefix = {g.prefix: sorted(sorted(r) for r in g.requests) for g in groups}
+    assert by_prefix == {
+        8: [[0, 14], [1], [2], [3], [4]],
+        7: [[5], [6], [7]],
+        6: [[8], [9]],
+        0: [[10], [11], [12], [13]],
+    }
+    assert [len(g.rows[0]) for g in groups] == sorted((len(g.rows[0]) for g in groups), reverse=True)
 
 
 def test_hidden_states_match_output_hidden_states_and_stop_early():
@@ -222,3 +308,25 @@ def test_perplexity_helper():
 
     assert perplexity(10 * math.log(3), 10) == pytest.approx(3.0)
     assert math.isnan(perplexity(0.0, 0))
+
+
+def test_real_model_mmlu_five_shot_prefix_longer_than_the_sliding_window(default_model):
+    """Four 5-shot MMLU astronomy items on the real Gemma 3 270M: the shared prefix (517 tokens: description and
+    five solved examples) is longer than its 512-token sliding window; it runs once and each item continues from
+    a copy of its cache. Every choice's log-likelihood equals the plain path's (the request alone, one unpadded
+    row) to float32 rounding (reductions up to the FFN width 2048)."""
+    from babelscope.evaluate.benchmarks import build_items, load_task
+
+    model, tok, _ = default_model
+    reqs = [r for item in build_items(load_task("mmlu"), "astronomy", 5, 4) for r in item.requests]
+    engine = Engine(model, tok, batch_size=8, progress=False)
+    seqs = engine._sequences(reqs)
+    (group,) = prefix_groups(list(range(len(seqs))), seqs)
+    assert group.prefix > model.config.sliding_window and len(group.rows) == 4
+    out = engine.loglikelihood(reqs)
+    assert engine.stats["body_tokens"] == group.prefix + sum(len(r) - group.prefix for r in group.rows)
+    for seq, got in zip(seqs, out, strict=True):
+        ref = engine._score_batch([[seq]])[0][0]
+        tol = tolerance(torch.float32, max(model.config.intermediate_size, len(seq[0])), ref.logprob, ref.tokens)
+        assert abs(got.logprob - ref.logprob) <= tol
+        assert got.greedy == ref.greedy

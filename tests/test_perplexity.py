@@ -74,12 +74,12 @@ def test_interrupted_run_resumes_from_request_cache(tiny_dir, corpus, tmp_path):
     model = loaded[0]
     calls = []
 
-    def crash_after_two(*_):
+    def crash_at_third(*_):  # a shared prefix (these texts repeat a sentence) takes a forward before any score
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt
 
-    handle = model.base_model.register_forward_hook(crash_after_two)
+    handle = model.base_model.register_forward_hook(crash_at_third)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "run", loaded=lambda: loaded)
     handle.remove()

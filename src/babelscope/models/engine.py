@@ -12,6 +12,10 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
 
 * requests are sorted longest first (padding stays small; an out-of-memory shows at the first batch), batched,
   right-padded, and returned in the original order;
+* a token prefix shared by many requests (a k-shot task's description and solved examples, an item's context
+  shared by its choices) runs once, found by a sort over the token sequences (:func:`prefix_groups`); each
+  request continues from a copy of its KV cache with its true position ids (vLLM's automatic prefix caching,
+  SGLang's RadixAttention); every forward holds at most ``batch_size`` rows;
 * the decoder runs without its LM head; the head is applied only at the positions being scored, in chunks of
   ``logit_chunk`` positions, so B x T x V float32 logits are never materialised;
 * a per-request cache (JSON lines, keyed by the model checksum and the request) lets a re-run skip finished work;
@@ -21,9 +25,11 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +156,8 @@ class Engine:
                 if other != self.cache.path:  # read only: another rank may be appending to it
                     self.cache._data.update(RequestCache(other, repair=False)._data)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # tokens of the scored rows (``input_tokens``) and tokens actually run through the body (``body_tokens``)
+        self.stats: Counter = Counter()
 
     @property
     def device(self) -> torch.device:
@@ -206,6 +214,12 @@ class Engine:
         lm-evaluation-harness does: trailing spaces of the context move to the continuation, the pair is
         encoded whole and the continuation is what follows the context's tokens; an empty context is the
         prefix token (BOS)."""
+        return self.score_sequences(self._sequences(requests, max_length), desc=desc)
+
+    def _sequences(
+        self, requests: Sequence[tuple[str, str]], max_length: int | None = None
+    ) -> list[tuple[list[int], int]]:
+        """``(tokens, n)`` of each request for :meth:`score_sequences` (see :meth:`loglikelihood`)."""
         prefix = prefix_token_id(self.tokenizer)
         add_bos = self._adds_bos()
         max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
@@ -223,7 +237,7 @@ class Engine:
                 ctx, cont = [prefix], self._encode_one(continuation, False)
             seq = (ctx + cont)[-(max_length + 1) :]
             seqs.append((seq, len(cont)))
-        return self.score_sequences(seqs, desc=desc)
+        return seqs
 
     def _adds_bos(self) -> bool:
         bos = self.tokenizer.bos_token_id
@@ -236,29 +250,22 @@ class Engine:
     def score_sequences(self, seqs: Sequence[tuple[list[int], int]], desc: str = "scoring") -> list[Scored]:
         """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them.
 
-        Work goes in units of one forward row each: requests with the same input share a row (one-token
-        answers), and requests sharing a context long enough to be worth running once (the choices of a
-        multiple-choice item) form one shared unit (see :func:`_units`). A batch is ``batch_size`` units of
-        one kind, longest first."""
+        Requests with the same input ``seq[:-1]`` share one row (the one-token answers of an item). The rows are
+        grouped by shared token prefix (:func:`prefix_groups`, a sort over the token sequences): a group's prefix
+        runs once (a k-shot task's description and solved examples, or an item's context shared by its choices)
+        and every row continues from a copy of its KV cache with its true position ids. Rows with nothing worth
+        sharing (rolling windows) run whole. Every forward holds at most ``batch_size`` rows, on every path."""
         keys = [RequestCache.key(self.identity, "seq", seq, n) for seq, n in seqs]
-        todo = _units([i for i, k in enumerate(keys) if k not in self.cache], seqs)
+        groups = prefix_groups([i for i, k in enumerate(keys) if k not in self.cache], seqs)
         if self.state is not None:
-            todo = todo[self.state.process_index :: self.state.num_processes]
-        kinds = ([u for u in todo if u[0]], [u for u in todo if not u[0]])
-        size = self.batch_size
-        batches = [part[start : start + size] for part in kinds for start in range(0, len(part), size)]
-        with self._bar(sum(len(u[1]) for u in todo), desc) as bar:
-            for units in batches:
-                groups = [[seqs[i] for i in u[1]] for u in units]
-                with torch.inference_mode():
-                    hidden = self._shared_hidden(groups) if units[0][0] else self._row_hidden(groups)
-                    scored = self._score_positions(groups, *hidden)
-                batch = [i for u in units for i in u[1]]
-                results = [r for group in scored for r in group]
-                self.cache.put_many(
-                    {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(batch, results, strict=True)}
-                )
-                bar.update(len(batch))
+            groups = _rank_share(groups, self.state.process_index, self.state.num_processes, self.batch_size)
+        with self._bar(sum(len(r) for g in groups for r in g.requests), desc) as bar:
+            for block in _blocks(groups, self.batch_size):
+                for served, scored in self._run_block(block, seqs):
+                    self.cache.put_many(
+                        {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(served, scored, strict=True)}
+                    )
+                    bar.update(len(served))
         if self.state is not None:
             self._share_cache(keys)
         return [Scored(*self.cache[k]) for k in keys]
@@ -296,10 +303,14 @@ class Engine:
     def _final_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
-    def _score_batch(self, groups: list[list[tuple[list[int], int]]], shared: bool = False) -> list[list[Scored]]:
-        """Score groups of requests in one batch (the shared-context path when ``shared``)."""
-        hidden = self._shared_hidden(groups) if shared else self._row_hidden(groups)
-        return self._score_positions(groups, *hidden)
+    def _score_batch(self, groups: list[list[tuple[list[int], int]]]) -> list[list[Scored]]:
+        """Score groups of requests as one batch of whole rows (no prefix shared); per group, in order."""
+        flat = [r for group in groups for r in group]
+        block = [PrefixGroup(0, [tuple(seq[:-1]) for seq, _ in flat], [[i] for i in range(len(flat))])]
+        with torch.inference_mode():
+            table, index, targets, _ = self._continue(block, [(0, k) for k in range(len(flat))], None, flat)
+            scored = iter(self._score_positions([flat], table, index, targets)[0])
+        return [[next(scored) for _ in group] for group in groups]
 
     def _score_positions(
         self, groups, table: torch.Tensor, index: torch.Tensor, targets: torch.Tensor
@@ -326,32 +337,30 @@ class Engine:
                 start += n
         return out
 
-    def _row_hidden(self, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One right-padded row per distinct input ``seq[:-1]``: ``(hidden table, row per scored position,
-        targets)`` in request order."""
-        row_of: dict[tuple, int] = {}
-        unique = []
-        for seq, n in (r for group in groups for r in group):
-            if tuple(seq[:-1]) not in row_of:
-                row_of[tuple(seq[:-1])] = len(unique)
-                unique.append((seq, n))
-        ids, mask = self._batch_inputs(unique)
-        hidden = self._final_hidden(ids, mask)
-        width = ids.shape[1]
-        index, targets = [], []
-        for seq, n in (r for group in groups for r in group):
-            base = row_of[tuple(seq[:-1])] * width
-            index += range(base + len(seq) - 1 - n, base + len(seq) - 1)
-            targets += seq[len(seq) - n :]
-        return hidden.reshape(-1, hidden.shape[-1]), self._long(index), self._long(targets)
+    # ------------------------------------------------------------------------------------------ shared prefixes
+    def _run_block(self, block: list[PrefixGroup], seqs) -> Iterator[tuple[list[int], list[Scored]]]:
+        """Score a block of groups: their prefixes once, in one left-padded forward whose KV cache (one row per
+        group) is kept while the block runs; then the groups' rows, ``batch_size`` at a time, longest first,
+        each on a copy of its group's cache. Yields ``(request indices, scores)`` per batch of rows."""
+        with torch.inference_mode():
+            prefixes = self._run_prefixes(block) if block[0].prefix else None
+        rows = [(g, k) for g, group in enumerate(block) for k in range(len(group.rows))]
+        rows.sort(key=lambda gk: len(block[gk[0]].prefix_free(gk[1])), reverse=True)
+        for start in range(0, len(rows), self.batch_size):
+            with torch.inference_mode():
+                table, index, targets, served = self._continue(block, rows[start : start + self.batch_size],
+                                                               prefixes, seqs)
+                scored = self._score_positions([[seqs[i] for i in served]], table, index, targets)[0]
+            yield served, scored
 
-    def _shared_hidden(self, groups) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each context once (left-padded, so its last position predicts every continuation's first token),
-        then the continuations' inputs on a copy of their context's KV cache, right-padded, with positions
-        continuing from the context's length. Same table/index/targets as :meth:`_row_hidden`."""
+    def _run_prefixes(self, block: list[PrefixGroup]) -> _Prefixes:
+        """The block's shared prefixes, left-padded so that each ends at the last column (the continuations
+        follow it with no gap, as the sliding-window layers need), with positions counted from each one's first
+        real token. The cache comes from the model's config: a sliding-window layer keeps the last
+        ``sliding_window - 1`` positions (all a continuation can attend to there), a global layer all of them."""
         from transformers import DynamicCache
 
-        ctxs = [g[0][0][: len(g[0][0]) - g[0][1]] for g in groups]
+        ctxs = [group.rows[0][: group.prefix] for group in block]
         width = max(map(len, ctxs))
         ids = torch.full((len(ctxs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ctxs), width), dtype=torch.long)
@@ -361,43 +370,62 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         body = base_model(self.model)
         cache = DynamicCache(config=body.config)
-        cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-        last = body(
+        hidden = body(
             input_ids=ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=True,
-            **{cache_arg: cache},
-        ).last_hidden_state[:, -1]
-        conts = [(g, seq[len(seq) - n :]) for g, group in enumerate(groups) for seq, n in group]
-        longer = [(g, cont[:-1]) for g, cont in conts if len(cont) > 1]
-        table = [last]
+            **{_cache_arg(body): cache},
+        ).last_hidden_state
+        self.stats["body_tokens"] += sum(map(len, ctxs))
+        return _Prefixes(hidden.reshape(-1, hidden.shape[-1]), cache, mask, width)
+
+    def _continue(
+        self, block: list[PrefixGroup], chunk: list[tuple[int, int]], prefixes: _Prefixes | None, seqs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """One forward of the rows ``chunk`` (``(group, row)`` pairs of ``block``): what follows each row's
+        prefix, right-padded, on a copy of its group's prefix cache, positions continuing from the prefix's true
+        length (whole rows from position 0 when nothing is shared). Returns the hidden table (prefix positions
+        first), the table row of every scored position, the targets and the requests served, in order."""
+        body = base_model(self.model)
+        width = prefixes.width if prefixes else 0
+        base = prefixes.table.shape[0] if prefixes else 0
+        rest = [block[g].prefix_free(k) for g, k in chunk]
+        longer = [c for c, x in enumerate(rest) if x]  # rows with tokens after their prefix
+        xrow = {c: r for r, c in enumerate(longer)}
+        xwidth = max((len(rest[c]) for c in longer), default=0)
+        tables = [prefixes.table] if prefixes else []
         if longer:
-            owner = self._long([g for g, _ in longer])
-            xwidth = max(len(x) for _, x in longer)
             xids = torch.full((len(longer), xwidth), self.pad_id, dtype=torch.long)
             xmask = torch.zeros((len(longer), xwidth), dtype=torch.long)
-            for row, (_, x) in enumerate(longer):
-                xids[row, : len(x)] = torch.tensor(x)
-                xmask[row, : len(x)] = 1
+            for r, c in enumerate(longer):
+                xids[r, : len(rest[c])] = torch.tensor(rest[c])
+                xmask[r, : len(rest[c])] = 1
             xids, xmask = xids.to(self.device), xmask.to(self.device)
-            cache.reorder_cache(owner)  # one copy of its context's keys and values per continuation
-            hidden = body(
-                input_ids=xids,
-                attention_mask=torch.cat([mask[owner], xmask], dim=1),
-                position_ids=mask.sum(-1)[owner, None] + torch.arange(xwidth, device=self.device),
-                use_cache=True,
-                **{cache_arg: cache},
-            ).last_hidden_state
-            table.append(hidden.reshape(-1, hidden.shape[-1]))
-        index, targets, row = [], [], 0
-        for g, cont in conts:
-            index.append(g)
-            if len(cont) > 1:
-                index += range(len(ctxs) + row * xwidth, len(ctxs) + row * xwidth + len(cont) - 1)
-                row += 1
-            targets += cont
-        return torch.cat(table), self._long(index), self._long(targets)
+            if prefixes is None:
+                hidden = self._final_hidden(xids, xmask)
+            else:
+                owner = self._long([chunk[c][0] for c in longer])
+                hidden = body(
+                    input_ids=xids,
+                    attention_mask=torch.cat([prefixes.mask[owner], xmask], dim=1),
+                    position_ids=prefixes.mask.sum(-1)[owner, None] + torch.arange(xwidth, device=self.device),
+                    use_cache=True,
+                    **{_cache_arg(body): _copy_rows(prefixes.cache, owner)},
+                ).last_hidden_state
+            tables.append(hidden.reshape(-1, hidden.shape[-1]))
+            self.stats["body_tokens"] += sum(len(rest[c]) for c in longer)
+        index, targets, served = [], [], []
+        for c, (g, k) in enumerate(chunk):
+            p = block[g].prefix
+            self.stats["input_tokens"] += len(block[g].rows[k])
+            for i in block[g].requests[k]:
+                seq, n = seqs[i]
+                served.append(i)
+                targets += seq[len(seq) - n :]
+                for j in range(len(seq) - 1 - n, len(seq) - 1):  # the hidden at input position j predicts j + 1
+                    index.append(g * width + width - p + j if j < p else base + xrow[c] * xwidth + j - p)
+        return torch.cat(tables), self._long(index), self._long(targets), served
 
     def _long(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -512,29 +540,147 @@ class Engine:
         return [self.cache[k] for k in keys]
 
 
-def _units(todo: list[int], seqs: Sequence[tuple[list[int], int]]) -> list[tuple[bool, list[int]]]:
-    """Requests ``todo`` (indices into ``seqs``) as forward units ``(shared, request indices)``, longest first.
+@dataclass
+class PrefixGroup:
+    """Distinct input rows (``seq[:-1]``) sharing their first ``prefix`` tokens; ``requests[k]`` are the indices
+    of the requests that row ``k`` serves. ``prefix == 0``: nothing is shared, every row runs whole."""
 
-    Requests with the same context (the tokens before the scored ones) form a shared unit when the context is
-    run once for several multi-token continuations and that saves at least a fifth of their input tokens (an
-    item's choices; not rolling windows, whose shared context is BOS alone). Every other request joins the
-    row unit of its input tokens ``seq[:-1]`` (identical inputs, e.g. one-token answers, share a row)."""
-    by_context: dict[tuple, list[int]] = {}
+    prefix: int
+    rows: list[tuple[int, ...]]
+    requests: list[list[int]]
+
+    def prefix_free(self, k: int) -> tuple[int, ...]:
+        """The tokens of row ``k`` after the shared prefix."""
+        return self.rows[k][self.prefix :]
+
+
+@dataclass
+class _Prefixes:
+    """A block's prefixes after their forward: hidden vectors (group-major, ``width`` per group), KV cache and
+    left-padded attention mask."""
+
+    table: torch.Tensor
+    cache: Any
+    mask: torch.Tensor
+    width: int
+
+
+MIN_PREFIX = 4  # tokens: a shorter shared prefix (BOS alone, for rolling windows) is not worth a forward of its own
+KEEP = 0.8  # share a prefix when it cuts the tokens run through the body by at least a fifth
+
+
+def prefix_groups(todo: list[int], seqs: Sequence[tuple[list[int], int]], min_prefix: int = MIN_PREFIX,
+                  keep: float = KEEP) -> list[PrefixGroup]:
+    """Requests ``todo`` (indices into ``seqs``) as rows grouped by shared token prefix, longest first.
+
+    Identical inputs ``seq[:-1]`` share a row. The distinct rows are sorted; the longest common prefixes of
+    neighbours (an LCP array) define the nodes of the rows' compressed trie, the LCP intervals, visited bottom-up
+    with a stack (Abouelhoda, Kurtz & Ohlebusch 2004, "Replacing suffix trees with enhanced suffix arrays",
+    Alg. 4.4). A node of depth ``l`` over ``k`` rows of ``S`` tokens costs ``l + S - k l`` tokens through the body
+    as a group (its prefix once, each row's rest); it is taken when ``l >= min_prefix`` and that is at most
+    ``keep`` times the best its children and lone rows can do; rows left over run whole (``prefix == 0``).
+    For a k-shot subject this picks the description and solved examples shared by every item (plus any words
+    all its questions start with); for 0-shot multiple choice, each item's context shared by its choices."""
+    requests_of: dict[tuple[int, ...], list[int]] = {}
     for i in todo:
-        seq, n = seqs[i]
-        by_context.setdefault(tuple(seq[: len(seq) - n]), []).append(i)
-    units: list[tuple[bool, list[int]]] = []
-    rows: dict[tuple, list[int]] = {}
-    for context, group in by_context.items():
-        whole = sum(len(seqs[i][0]) - 1 for i in group)
-        alone = len(context) + sum(max(seqs[i][1] - 1, 0) for i in group)
-        if sum(seqs[i][1] > 1 for i in group) > 1 and alone <= 0.8 * whole:
-            units.append((True, group))
+        requests_of.setdefault(tuple(seqs[i][0][:-1]), []).append(i)
+    rows = sorted(requests_of)
+    cum = [0]
+    for row in rows:
+        cum.append(cum[-1] + len(row))
+    lcp = [0] + [_common_prefix(rows[i - 1], rows[i]) for i in range(1, len(rows))]
+
+    def finish(node: list, rb: int) -> tuple[float, int, list]:
+        depth, lb, child_cost, child_tokens, picked = node
+        tokens, k = cum[rb + 1] - cum[lb], rb - lb + 1
+        alone = child_cost + tokens - child_tokens  # children at their best, the other rows whole
+        shared = depth + tokens - k * depth
+        if depth >= min_prefix and shared <= keep * alone:
+            return shared, tokens, [(depth, lb, rb)]
+        return alone, tokens, picked
+
+    def adopt(parent: list, child: tuple[float, int, list]) -> None:
+        parent[2] += child[0]
+        parent[3] += child[1]
+        parent[4] += child[2]
+
+    stack: list[list] = [[0, 0, 0.0, 0, []]]  # [depth, left bound, children's cost, children's tokens, groups]
+    for i in range(1, len(rows) + 1):
+        depth = lcp[i] if i < len(rows) else 0
+        lb, done = i - 1, None
+        while depth < stack[-1][0]:
+            node = stack.pop()
+            done, lb = finish(node, i - 1), node[1]
+            if depth <= stack[-1][0]:
+                adopt(stack[-1], done)
+                done = None
+        if depth > stack[-1][0]:
+            stack.append([depth, lb, 0.0, 0, []])
+            if done is not None:
+                adopt(stack[-1], done)
+    picked = finish(stack[0], len(rows) - 1)[2] if rows else []
+    groups, covered = [], set()
+    for depth, lb, rb in picked:
+        groups.append(PrefixGroup(depth, rows[lb : rb + 1], [requests_of[r] for r in rows[lb : rb + 1]]))
+        covered.update(range(lb, rb + 1))
+    lone = [r for i, r in enumerate(rows) if i not in covered]
+    if lone:
+        groups.append(PrefixGroup(0, lone, [requests_of[r] for r in lone]))
+    for group in groups:  # longest rows first: little padding, an out-of-memory shows at the first batch
+        order = sorted(range(len(group.rows)), key=lambda k: -len(group.rows[k]))
+        group.rows, group.requests = [group.rows[k] for k in order], [group.requests[k] for k in order]
+    return sorted(groups, key=lambda g: -len(g.rows[0]))
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Length of the longest common prefix of two token tuples (binary search over C-level slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
         else:
-            for i in group:
-                rows.setdefault(tuple(seqs[i][0][:-1]), []).append(i)
-    units += [(False, group) for group in rows.values()]
-    return sorted(units, key=lambda u: -max(len(seqs[i][0]) for i in u[1]))
+            hi = mid - 1
+    return lo
+
+
+def _blocks(groups: list[PrefixGroup], batch_size: int) -> list[list[PrefixGroup]]:
+    """Forward blocks: up to ``batch_size`` groups with a shared prefix (their prefixes make one forward), then
+    the rows that share nothing, alone."""
+    shared = [g for g in groups if g.prefix]
+    blocks = [shared[start : start + batch_size] for start in range(0, len(shared), batch_size)]
+    return blocks + [[g] for g in groups if not g.prefix]
+
+
+def _rank_share(groups: list[PrefixGroup], rank: int, world: int, batch_size: int) -> list[PrefixGroup]:
+    """This rank's part of the work: a group of more than ``batch_size`` rows (or the rows sharing nothing) is
+    split by rows, each rank running the prefix once; smaller groups go whole to the ranks in turn."""
+    mine, turn = [], 0
+    for group in groups:
+        if not group.prefix or len(group.rows) > batch_size:
+            part = PrefixGroup(group.prefix, group.rows[rank::world], group.requests[rank::world])
+            if part.rows:
+                mine.append(part)
+        else:
+            if turn % world == rank:
+                mine.append(group)
+            turn += 1
+    return mine
+
+
+def _copy_rows(cache, index: torch.Tensor):
+    """A new cache whose row ``b`` is a copy of row ``index[b]`` of ``cache``, which stays as it is (its layers
+    are copied shallowly, then ``reorder_cache`` replaces their tensors by ``index_select`` copies)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    out.reorder_cache(index)
+    return out
+
+
+def _cache_arg(body: nn.Module) -> str:
+    """The name of the cache argument of the decoder's forward (``cache`` in transformers 5, else
+    ``past_key_values``)."""
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
