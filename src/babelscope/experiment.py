@@ -28,6 +28,7 @@ from babelscope.errors import BabelscopeError
 #: command name -> "module:ConfigClass:run function"; later capabilities add their commands here.
 COMMANDS: dict[str, str] = {
     "ppl": "babelscope.evaluate.perplexity:PplConfig:run",
+    "tokens": "babelscope.evaluate.tokens:TokensConfig:run",
 }
 
 
