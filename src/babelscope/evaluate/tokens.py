@@ -97,18 +97,23 @@ def encode_batch(tokenizer, texts: Sequence[str], offsets: bool = False) -> dict
 
 
 def count_tokens(tokenizer, texts: Sequence[str], ids_info=None) -> list[tuple[int, int, int]]:
-    """``(tokens, byte-fallback tokens, unknown tokens)`` per text, from one batched call."""
+    """``(tokens, byte-fallback tokens, unknown tokens)`` per text, from one batched call of the Rust tokenizer
+    (``encode_batch_fast``: no offsets; the same ids as ``tokenizer(texts, add_special_tokens=False)``)."""
     import numpy as np
 
+    if not texts:
+        return []
     byte_ids, unk = ids_info or special_ids(tokenizer)
-    byte_arr = np.fromiter(byte_ids, dtype=np.int64) if byte_ids else None
-    out = []
-    for ids in encode_batch(tokenizer, texts)["input_ids"]:
-        arr = np.asarray(ids, dtype=np.int64)
-        n_bytes = int(np.isin(arr, byte_arr).sum()) if byte_arr is not None else 0
-        n_unk = int((arr == unk).sum()) if unk is not None else 0
-        out.append((len(ids), n_bytes, n_unk))
-    return out
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encodings = encode(list(texts), add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    flat = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+    owner = np.repeat(np.arange(len(encodings)), lengths)
+    is_byte = np.isin(flat, np.fromiter(byte_ids, dtype=np.int64)) if byte_ids else np.zeros(len(flat), bool)
+    n_bytes = np.bincount(owner[is_byte], minlength=len(encodings))
+    n_unk = np.bincount(owner[flat == unk], minlength=len(encodings)) if unk is not None else np.zeros_like(lengths)
+    return [(int(n), int(b), int(u)) for n, b, u in zip(lengths, n_bytes, n_unk, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------- measures

@@ -124,7 +124,8 @@ def spm_settings(base: BaseTokenizer) -> dict[str, Any]:
 
 
 def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str, coverage: float,
-                        settings: dict[str, Any], split_by_whitespace: bool = True, what: str = "the text"):  # fmt: skip
+                        settings: dict[str, Any], split_by_whitespace: bool = True,
+                        what: str = "the text"):  # fmt: skip
     """Train a SentencePiece model on ``texts`` with the base's normaliser settings; returns its ModelProto."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb

@@ -83,8 +83,8 @@ def target_units(spec: str, lang: str, what: str) -> tuple[Any, list]:
     units = [u for u in corpus.units(corpus.match_language(lang))
              if u.text.strip() and (splits is None or u.meta.get("split") in splits)]  # fmt: skip
     if not units:
-        raise BabelscopeError(f"--{what} {spec!r}: no {lang} text{' in splits ' + '+'.join(sorted(splits)) if splits else ''}"
-                              "; check the spec")  # fmt: skip
+        where = f" in splits {'+'.join(sorted(splits))}" if splits else ""
+        raise BabelscopeError(f"--{what} {spec!r}: no {lang} text{where}; check the spec")
     return corpus, units
 
 
@@ -223,7 +223,8 @@ def _save(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) ->
 
 # ---------------------------------------------------------------------------------------------- the step
 def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str, Any]:
-    """The ``babelscope transfer vocab`` step; returns the results doc. ``loaded`` shares the base model."""
+    """The ``babelscope transfer vocab`` step; returns the results doc. ``loaded`` is not used: the step resizes
+    the model in place, so it loads its own copy rather than the one other steps share."""
     from babelscope.data import parse_languages, resolve_language
     from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_tokenizer, parallel_units
     from babelscope.models.engine import Engine
@@ -314,7 +315,7 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
             fert += [{"model": model_name, **r} for r in fertility_rows(tok, {lang: sents})]
 
     # ---- the model: base scores, resize, inits, scores, save
-    model, _, info = loaded() if loaded else _load(cfg)
+    model, _, info = _load(cfg)  # its own copy (never ``loaded``): the step resizes the model in place
     if info.kind != "causal":
         raise BabelscopeError(f"{cfg.model}: vocabulary extension scores and saves a causal LM; this is an {info.kind}")
     score_sets = {f"{lang} held-out": held_texts[: cfg.max_units]}

@@ -92,7 +92,7 @@ def tokens_section(doc: dict[str, Any]) -> Section:
         fig, _ = premium_chart(rows, models)
         section.figure(fig, caption=f"Token premium relative to {res.get('reference')} per language, grouped by "
                        f"script (dashed line: parity); tokenizers {', '.join(models)}.",
-                       alt=f"Bar chart of the token premium of {len(rows)} language rows grouped by script.")  # fmt: skip
+                       alt=f"Bar chart of the token premium of {len(rows)} rows grouped by script.")  # fmt: skip
     cols = ["model", "lang", "name", "script", "units", "tokens", "bytes", "tokens_per_byte", "tokens_per_char",
             "tokens_per_unit", "premium", "byte_fallback_share", "unk_share"]  # fmt: skip
     ranked = sorted(rows, key=lambda r: (r["model"], -(r.get("premium") or 0)))
@@ -117,7 +117,8 @@ def vocab_section(doc: dict[str, Any]) -> Section:
         f"<p>A {esc(res.get('model_type'))} SentencePiece model of {format_value(res.get('vocab_size'))} pieces was "
         f"trained on the {esc(lang)} text; <strong>{format_value(summ.get('added'))}</strong> of its pieces were new "
         f"and were merged into the base <strong>{esc(res.get('kind'))}</strong> tokenizer; "
-        f"{format_value(summ.get('unreachable'))} of them are unreachable and {format_value(summ.get('seen_on_target'))}"
+        f"{format_value(summ.get('unreachable'))} of them are unreachable and "
+        f"{format_value(summ.get('seen_on_target'))}"
         f" occur on the target text. New rows initialised by <strong>{esc(res.get('init'))}</strong>; the extended "
         f"model is <code>{esc(res.get('out'))}</code>.</p>"
     )  # fmt: skip
