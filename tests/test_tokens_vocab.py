@@ -97,6 +97,10 @@ def test_tokens_premium_fertility_two_tokenizers(tiny_dir, tmp_path):
     assert rows[(tiny_dir.name, "tha")]["byte_fallback_share"] == 0
     fert = {(r["model"], r["lang"]): r for r in doc["tables"]["fertility"]["rows"]}
     assert all(f["fertility"] >= 1 and 0 <= f["split_share"] <= 1 for f in fert.values())
+    from babelscope.report import render_report
+
+    html = render_report(tmp_path / "run").read_text()
+    assert "Tokenizer efficiency" in html and "Fertility on pud-sample" in html and "<img" in html
     # resume: the same config is skipped (the results file is not rewritten)
     stamp = (tmp_path / "run" / "tokens" / "results.json").stat().st_mtime_ns
     tokens_run(cfg, tmp_path / "run")

@@ -233,6 +233,9 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     from babelscope.transfer import tokenizers as tk
 
     _check(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
+                              "accelerate launch / torchrun")  # fmt: skip
     lang = resolve_language(cfg.lang).code
     st = Step(run_dir, step)
     out = Path(cfg.out) if cfg.out else st.path / "model"
