@@ -7,7 +7,9 @@ bytes, ``C_l`` characters and ``U_l`` units:
 * the **premium** of ``l`` relative to English on the same units, ``T_l / T_eng`` (Petrov et al. 2023,
   "Language Model Tokenizers Introduce Unfairness Between Languages", Sec. 3: a premium of 2 means the same
   content costs twice as many tokens, hence twice the compute and half the context);
-* the share of byte-fallback tokens (``<0xNN>``, characters missing from the vocabulary) and of unknown tokens.
+* the share of byte-fallback tokens (``<0xNN>``, characters missing from the vocabulary) and of unknown tokens;
+* the share of units whose text is not in Unicode NFC: decomposed accents (the UDHR's Vietnamese) cost tokens that
+  the composed text would not.
 
 On UD treebanks (Rust et al. 2021, "How Good is Your Tokenizer?", Sec. 4.1): **fertility**, the mean number of
 subword tokens per word (UD surface token), and the **split share** (continued words), the share of words split
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 import statistics
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +130,10 @@ def efficiency_rows(tokenizer, units: dict[str, list], reference: str | None, pa
     codes = list(units)
     flat = [(code, u) for code in codes for u in units[code]]
     counts = count_tokens(tokenizer, [u.text for _, u in flat], ids_info)
-    per_lang: dict[str, list[int]] = {code: [0, 0, 0, 0, 0, 0] for code in codes}
+    per_lang: dict[str, list[int]] = {code: [0, 0, 0, 0, 0, 0, 0] for code in codes}
     for (code, u), (n, nb, nu) in zip(flat, counts, strict=True):
         acc = per_lang[code]
+        acc[6] += not unicodedata.is_normalized("NFC", u.text)
         acc[0] += n
         acc[1] += nb
         acc[2] += nu
@@ -139,7 +143,7 @@ def efficiency_rows(tokenizer, units: dict[str, list], reference: str | None, pa
     ref_tokens = per_lang[reference][0] if parallel and reference in per_lang else None
     rows = []
     for code in codes:
-        tokens, nb, nu, nbytes, nchars, nunits = per_lang[code]
+        tokens, nb, nu, nbytes, nchars, nunits, not_nfc = per_lang[code]
         language = resolve_language(code)
         rows.append({
             "lang": code,
@@ -155,6 +159,7 @@ def efficiency_rows(tokenizer, units: dict[str, list], reference: str | None, pa
             "premium": tokens / ref_tokens if ref_tokens else None,
             "byte_fallback_share": nb / tokens if tokens else None,
             "unk_share": nu / tokens if tokens else None,
+            "not_nfc_share": not_nfc / nunits if nunits else None,
         })  # fmt: skip
     return rows
 

@@ -11,12 +11,14 @@ from babelscope.report.markup import esc, format_value, stats
 LABELS = {
     "tokens_per_byte": "tokens / byte", "tokens_per_char": "tokens / char", "tokens_per_unit": "tokens / unit",
     "byte_fallback_share": "byte fallback", "unk_share": "unknown", "split_share": "split words",
+    "not_nfc_share": "not NFC",
 }  # fmt: skip
 TITLES = {
     "premium": "tokens of the language / tokens of English on the same parallel units (Petrov et al. 2023)",
     "fertility": "subword tokens per UD word (Rust et al. 2021)",
     "split_share": "share of UD words split into two or more tokens",
     "byte_fallback_share": "share of tokens that are byte-fallback pieces <0xNN>",
+    "not_nfc_share": "share of units whose text is not in Unicode NFC (decomposed accents cost extra tokens)",
 }
 EXPLAIN = (
     '<dl class="measures"><dt>Premium</dt><dd>Tokens a language needs for the same content as English, on '
@@ -94,7 +96,7 @@ def tokens_section(doc: dict[str, Any]) -> Section:
                        f"script (dashed line: parity); tokenizers {', '.join(models)}.",
                        alt=f"Bar chart of the token premium of {len(rows)} rows grouped by script.")  # fmt: skip
     cols = ["model", "lang", "name", "script", "units", "tokens", "bytes", "tokens_per_byte", "tokens_per_char",
-            "tokens_per_unit", "premium", "byte_fallback_share", "unk_share"]  # fmt: skip
+            "tokens_per_unit", "premium", "byte_fallback_share", "unk_share", "not_nfc_share"]  # fmt: skip
     ranked = sorted(rows, key=lambda r: (r["model"], -(r.get("premium") or 0)))
     section.add("<h3>Per language</h3>")
     section.table(ranked, columns=cols, labels=LABELS, titles=TITLES, sorted_by="premium",
