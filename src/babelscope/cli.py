@@ -126,6 +126,34 @@ def _print_ppl(doc: dict) -> None:
     Console().print(table)
 
 
+@app.command("tokens")
+def tokens(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model or tokenizer specs, comma-separated (a,b): "
+                                       "measured side by side.")] = "gemma-3-270m",
+    corpus: Annotated[str, typer.Option(help="Parallel corpus for the premium: udhr-sample, udhr, pud, ...")] = (
+        "udhr-sample"),
+    langs: Annotated[str, typer.Option(help="Comma-separated languages, or 'all'.")] = "all",
+    reference: Annotated[str, typer.Option(help="Premium denominator language (Petrov et al. 2023).")] = "eng",
+    ud: Annotated[str, typer.Option(help="Treebanks for fertility: pud-sample (embedded), pud, a UD path, none.")] = (
+        "pud-sample"),
+    ud_langs: Annotated[str, typer.Option(help="Languages of the treebanks, or 'all'.")] = "all",
+    max_units: Annotated[int | None, typer.Option(help="First N parallel units per language.")] = None,
+    max_sentences: Annotated[int | None, typer.Option(help="First N UD sentences per language.")] = 200,
+    run_dir: RunDirOpt = None,
+    step: Annotated[str, typer.Option(help="Step folder name inside the run directory.")] = "tokens",
+) -> None:
+    """Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, byte
+    fallback; several tokenizers side by side."""
+    from babelscope.evaluate.tokens import TokensConfig, print_table, run
+
+    cfg = config_from(TokensConfig, locals())
+    out = _run_dir(run_dir, model.split(",")[0])
+    doc = run(cfg, out, step=step)
+    if doc:
+        print_table(doc)
+        typer.echo(f"results: {out / step / 'results.json'}")
+
+
 @app.command("report")
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with step results.")]) -> None:
     """Render RUN_DIR/report.html (figures embedded) from the results files alone."""

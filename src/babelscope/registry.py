@@ -14,6 +14,7 @@ from babelscope.errors import BabelscopeError
 #: command name -> "module:ConfigClass:run"
 COMMANDS: dict[str, str] = {
     "ppl": "babelscope.evaluate.perplexity:PplConfig:run",
+    "tokens": "babelscope.evaluate.tokens:TokensConfig:run",
 }
 
 #: Capability packages whose ``cli.py`` holds a Typer ``app`` (mounted under the second name) and

@@ -1,0 +1,397 @@
+"""Vocabulary extension for a target language (Zhao et al. 2024, "LLaMA Beyond English", Sec. 3; Cui et al. 2023,
+Chinese-LLaMA): train a SentencePiece model on target text, merge its new pieces into the base tokenizer
+(:mod:`.tokenizers`), resize the embeddings and initialise the new rows, check, save a Hugging Face directory.
+
+New rows, for a new token ``t`` with id ``i`` (``E`` the old input embedding, ``H`` the old LM head if untied):
+
+* ``subword-mean`` (default; Fast Vocabulary Transfer, Gee et al. 2022, Eq. 1): ``E'[i] = mean_{j in T_old(t)} E[j]``
+  where ``T_old(t)`` is the old tokenizer's tokenization of the raw piece (the model alone, on the piece as the
+  vocabulary writes it, so ``▁`` and byte fallback stay right); the same for ``H``;
+* ``mean``: transformers' ``mean_resizing``: samples of ``N(mean(E), 1e-9 * cov(E))`` (Hewitt 2021);
+* ``random``: the model's own initialisation (``_init_weights``: ``N(0, initializer_range)``).
+
+Quality of an initialisation before any training: bits per unit ``NLL / ln 2 / U`` of the extended model on
+held-out text (target and other languages), next to the base model's on the same units. The content is the same,
+so the numbers are comparable across the two tokenizers; a good init stays close to the base.
+
+Checks (each reported): ``decode(encode(x)) == x`` on held-out text of every language tried; every added token
+reachable (the model alone tokenizes it into itself) and seen on target text, unreachable ones counted and
+listed; the share of each language's held-out units whose tokenization changed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+
+KIND = "vocab"
+INITS = ("subword-mean", "mean", "random")
+RECORD = "babelscope-vocab.json"
+
+
+@dataclass
+class VocabConfig:
+    model: str = "gemma-3-270m"
+    lang: str = ""  # target language
+    train: str = ""  # corpus spec of the training text (#split=train+dev picks UD splits)
+    held_out: str | None = None  # target held-out text (default: 10% of the training units, by id)
+    parallel: str = "udhr-sample"  # parallel corpus: premium, round trip, bits per unit
+    check_langs: str = "eng,cmn-Hans,fra,deu,rus,arb,hin,jpn"  # other languages checked (or 'all')
+    quality_langs: str = "eng"  # other languages in the init-quality table (forward passes)
+    vocab_size: int = 8000
+    model_type: str = "auto"  # auto (the base's), bpe, unigram
+    character_coverage: float = 0.9995
+    split_by_whitespace: bool = True
+    init: str = "subword-mean"
+    compare_inits: bool = True
+    max_units: int | None = 200  # per text set in the quality table
+    window: int = 512
+    batch_size: int = 8
+    seed: int = 0
+    out: str | None = None  # the extended model's directory (default RUN_DIR/STEP/model)
+    dtype: str = "float32"
+    device: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def open_texts(spec: str):
+    """A corpus from a spec (``pud-sample`` too); ``#split=train+dev`` keeps those UD splits."""
+    from babelscope.data import open_corpus
+
+    m = re.search(r"[#,&]split=([\w+]+)", spec)
+    splits = set(m.group(1).split("+")) if m else None
+    base = re.sub(r"([#,&])split=[\w+]+", r"\1", spec).rstrip("#,&").replace("#,", "#").replace("#&", "#")
+    if base == "pud-sample":
+        from babelscope.data.ud import UdCorpus
+        from babelscope.syntax.treebanks import treebank_paths
+
+        corpus = UdCorpus(treebank_paths("pud-sample"), "pud-sample")
+    else:
+        corpus = open_corpus(base)
+    return corpus, splits
+
+
+def target_units(spec: str, lang: str, what: str) -> tuple[Any, list]:
+    corpus, splits = open_texts(spec)
+    units = [u for u in corpus.units(corpus.match_language(lang))
+             if u.text.strip() and (splits is None or u.meta.get("split") in splits)]  # fmt: skip
+    if not units:
+        where = f" in splits {'+'.join(sorted(splits))}" if splits else ""
+        raise BabelscopeError(f"--{what} {spec!r}: no {lang} text{where}; check the spec")
+    return corpus, units
+
+
+def _check(cfg: VocabConfig) -> None:
+    if not cfg.lang or not cfg.train:
+        raise BabelscopeError("transfer vocab needs --lang (the target language) and --train (its training text)")
+    if cfg.init not in INITS:
+        raise BabelscopeError(f"--init {cfg.init!r}: use one of {', '.join(INITS)}")
+    if cfg.model_type not in ("auto", "bpe", "unigram"):
+        raise BabelscopeError(f"--model-type {cfg.model_type!r}: use auto, bpe or unigram")
+    if cfg.vocab_size < 2:
+        raise BabelscopeError(f"--vocab-size {cfg.vocab_size}: give the size of the SentencePiece model to train")
+    if not 0.0 < cfg.character_coverage <= 1.0:
+        raise BabelscopeError(f"--character-coverage {cfg.character_coverage}: give a number in (0, 1]")
+    if cfg.window < 2:
+        raise BabelscopeError(f"--window {cfg.window}: a window needs at least 2 tokens (BOS + one scored)")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def round_trip(tokenizer, texts: list[str]) -> list[bool]:
+    """Per text: ``decode(encode(x)) == x``."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return [t == d for t, d in zip(texts, decoded, strict=True)]
+
+
+def changed_share(old, new, texts: list[str]) -> float | None:
+    """Share of texts whose tokenization (as token strings) changed."""
+    if not texts:
+        return None
+    a = old(texts, add_special_tokens=False)["input_ids"]
+    b = new(texts, add_special_tokens=False)["input_ids"]
+    strings = [(old.convert_ids_to_tokens(x), new.convert_ids_to_tokens(y)) for x, y in zip(a, b, strict=True)]
+    return sum(x != y for x, y in strings) / len(texts)
+
+
+def reachability(base, new_tok, ids: dict[str, int], target_texts: list[str]) -> list[dict[str, Any]]:
+    """Per added token: reachable (the model alone tokenizes it into itself) and occurrences on target text."""
+    from collections import Counter
+
+    from babelscope.transfer.tokenizers import model_tokenize, surface
+
+    seen = Counter(i for row in new_tok(target_texts, add_special_tokens=False)["input_ids"] for i in row)
+    rows = []
+    for piece, i in ids.items():
+        rows.append({"id": i, "piece": piece, "text": surface(base, piece),
+                     "reachable": model_tokenize(new_tok, piece) == [i], "seen": seen.get(i, 0),
+                     "old_tokens": len(model_tokenize(base.tokenizer, piece))})  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+def resize(model, rows: int, seed: int) -> None:
+    """Resize input embeddings (and an untied head) to ``rows``; new rows get the model's own init (seeded)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(rows, mean_resizing=False)
+
+
+def init_rows(model, tokenizer_old, pieces: dict[str, int], old_rows: int, init_ids: list[int], seed: int):
+    """The new rows of each init: ``{init: (input rows, head rows or None)}`` for the ids ``init_ids``."""
+    import torch
+    from torch import nn
+
+    from babelscope.transfer.tokenizers import model_tokenize
+
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    untied = head is not None and head.weight.data_ptr() != emb.data_ptr()
+    index = torch.tensor(init_ids, dtype=torch.long)
+    out: dict[str, tuple] = {}
+    with torch.no_grad():
+        mats = [emb] + ([head.weight] if untied else [])
+        out["random"] = tuple(m[index].clone() for m in mats)
+        means = []
+        for m in mats:  # transformers' mean_resizing on the old rows, into a block of the new ones
+            old = nn.Embedding.from_pretrained(m[:old_rows].detach(), freeze=True)
+            block = nn.Embedding(len(init_ids), m.shape[1], dtype=m.dtype, device=m.device)
+            torch.manual_seed(seed)
+            model._init_added_embeddings_weights_with_mean(old, block, old_rows, len(init_ids))
+            means.append(block.weight.detach().clone())
+        out["mean"] = tuple(means)
+        by_id = {i: p for p, i in pieces.items()}
+        subs = []
+        for m in mats:
+            rows = []
+            for k, i in enumerate(init_ids):
+                parts = [j for j in model_tokenize(tokenizer_old, by_id[i]) if j < old_rows] if i in by_id else []
+                rows.append(m[parts].mean(0) if parts else out["mean"][len(subs)][k])
+            subs.append(torch.stack(rows))
+        out["subword-mean"] = tuple(subs)
+    return {k: (v[0], v[1] if untied else None) for k, v in out.items()}
+
+
+def set_rows(model, init_ids: list[int], rows) -> None:
+    import torch
+
+    index = torch.tensor(init_ids, dtype=torch.long)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[index] = rows[0]
+        if rows[1] is not None:
+            model.get_output_embeddings().weight[index] = rows[1]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def bits_per_unit(engine, texts: list[str], window: int, desc: str) -> tuple[float, int]:
+    scores = engine.rolling_loglikelihood(texts, window=window, desc=desc)
+    return sum(s.nll for s in scores) / math.log(2) / len(texts), sum(s.tokens for s in scores)
+
+
+def _save(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) -> None:
+    """Write the model directory next to ``out`` and rename it into place (never half-written)."""
+    from babelscope.runs import write_json
+    from babelscope.transfer.tokenizers import temporary_dir
+
+    tmp = temporary_dir(out.parent, f".{out.name}.")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, data in extra.items():
+            (tmp / name).write_bytes(data)
+        write_json(tmp / RECORD, record)
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- the step
+def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str, Any]:
+    """The ``babelscope transfer vocab`` step; returns the results doc. ``loaded`` is not used: the step resizes
+    the model in place, so it loads its own copy rather than the one other steps share."""
+    from babelscope.data import parse_languages, resolve_language
+    from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_tokenizer, parallel_units
+    from babelscope.models.engine import Engine
+    from babelscope.models.loader import resolve_spec
+    from babelscope.runs import Step, load_results, provenance, text_sha256
+    from babelscope.transfer import tokenizers as tk
+
+    _check(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
+                              "accelerate launch / torchrun")  # fmt: skip
+    lang = resolve_language(cfg.lang).code
+    st = Step(run_dir, step)
+    out = Path(cfg.out) if cfg.out else st.path / "model"
+    config = {k: v for k, v in vars(cfg).items() if k != "device"}
+    if st.is_done(config) and (out / RECORD).is_file():
+        return load_results(st.results_path)
+    # ---- inputs, all read before anything loads
+    train_corpus, train = target_units(cfg.train, lang, "train")
+    if cfg.held_out:
+        held_corpus, held = target_units(cfg.held_out, lang, "held-out")
+    else:
+        from babelscope.data import split_units
+
+        train, held = split_units(train, test_fraction=0.1, seed=cfg.seed)
+        held_corpus = train_corpus
+        if not held or not train:
+            raise BabelscopeError(f"--train {cfg.train!r}: too few units to hold 10% out; give --held-out")
+    from babelscope.data import open_corpus
+
+    par = open_corpus(cfg.parallel)
+    others = "all" if cfg.check_langs == "all" else ",".join(
+        lang_.code for lang_ in parse_languages(cfg.check_langs) if lang_.code != lang)  # fmt: skip
+    par_units = parallel_units(par, others, "eng", None) if others else {}
+    if lang in par.languages() and lang not in par_units:
+        par_units = parallel_units(par, ",".join([lang, *par_units]), "eng", None)
+    quality = [lang] + [q.code for q in parse_languages(cfg.quality_langs)] if cfg.quality_langs else [lang]
+    quality = [q for q in dict.fromkeys(quality) if q in par_units]
+
+    # ---- base tokenizer, kind, normaliser, SentencePiece, merge
+    source, _ = resolve_spec(cfg.model)
+    base_tok, base_sha = load_tokenizer(cfg.model)
+    base = tk.detect(Path(source), base_tok)
+    model_type = base.model_type if cfg.model_type == "auto" else cfg.model_type
+    if base.model_type == "unigram" and model_type != "unigram":
+        raise BabelscopeError(f"{cfg.model}: a Unigram tokenizer scores pieces by log-probability; train unigram "
+                              "pieces (--model-type unigram or auto)")  # fmt: skip
+    texts = [u.text for u in train]
+    rewritten, example = tk.normaliser_rewrites(base, texts)
+    if rewritten > 0.01 * len(texts):
+        raise BabelscopeError(
+            f"--train {cfg.train!r}: the base tokenizer's normaliser rewrites {rewritten} of {len(texts)} {lang} "
+            f"texts ({example}), so pieces learnt from them could not be reached; normalise the text the same way "
+            "first (e.g. NFKC) or extend a tokenizer whose normaliser keeps this script"
+        )
+    settings = tk.spm_settings(base)
+    trained = tk.train_sentencepiece(texts, cfg.vocab_size, model_type, cfg.character_coverage, settings,
+                                     cfg.split_by_whitespace, what=f"the {lang} training text")  # fmt: skip
+    pieces = tk.new_pieces(base, trained)
+    if not pieces:
+        raise BabelscopeError(f"every piece of the {cfg.vocab_size}-piece {lang} model is already in the base "
+                              "vocabulary; raise --vocab-size to add pieces")  # fmt: skip
+    work = tk.temporary_dir(st.path, ".tokenizer.")
+    try:
+        new_tok, ids, extra = tk.extend(base, pieces, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    # ---- checks and efficiency (no forward pass)
+    held_texts = [u.text for u in held]
+    sets = {f"{lang} held-out": held_texts, **{f"{c} {par.name}": [u.text for u in us] for c, us in par_units.items()}}
+    trips = []
+    for name, tx in sets.items():
+        ok_new, ok_old = round_trip(new_tok, tx), round_trip(base_tok, tx)
+        broken = [t for t, a, b in zip(tx, ok_new, ok_old, strict=True) if b and not a]
+        trips.append({"texts": name, "units": len(tx), "round_trip_failures": ok_new.count(False),
+                      "base_failures": ok_old.count(False), "new_failures": len(broken),
+                      "changed_share": changed_share(base_tok, new_tok, tx),
+                      "first_new_failure": broken[0][:80] if broken else None})  # fmt: skip
+    added = reachability(base, new_tok, ids, texts + held_texts)
+    unreachable = [r["piece"] for r in added if not r["reachable"]]
+    eff = []
+    for model_name, tok in (("base", base_tok), ("extended", new_tok)):
+        eff += [{"model": model_name, **r} for r in efficiency_rows(tok, par_units, "eng", par.parallel)]
+        eff += [{"model": model_name, "set": "held-out", **r}
+                for r in efficiency_rows(tok, {lang: held}, None, False)]  # fmt: skip
+    fert = []
+    if hasattr(held_corpus, "sentences"):
+        sents = [s for s in held_corpus.sentences(lang) if s.id in {u.id for u in held}]
+        for model_name, tok in (("base", base_tok), ("extended", new_tok)):
+            fert += [{"model": model_name, **r} for r in fertility_rows(tok, {lang: sents})]
+
+    # ---- the model: base scores, resize, inits, scores, save
+    model, _, info = _load(cfg)  # its own copy (never ``loaded``): the step resizes the model in place
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: vocabulary extension scores and saves a causal LM; this is an {info.kind}")
+    score_sets = {f"{lang} held-out": held_texts[: cfg.max_units]}
+    score_sets.update({f"{q} {par.name}": [u.text for u in par_units[q]][: cfg.max_units] for q in quality})
+    engine = Engine(model, base_tok, batch_size=cfg.batch_size, checksum="base")
+    qual = {name: {"texts": name, "units": len(tx)} for name, tx in score_sets.items()}
+    for name, tx in score_sets.items():
+        qual[name]["base"], qual[name]["base_tokens"] = bits_per_unit(engine, tx, cfg.window, f"base {name}")
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    start = min(ids.values())
+    rows = max(old_rows, max(ids.values()) + 1)
+    init_ids = sorted(set(ids.values()) | set(range(old_rows, rows)))  # new tokens, and rows no token had
+    resize(model, rows, cfg.seed)
+    inits = init_rows(model, base_tok, ids, old_rows, init_ids, cfg.seed)
+    for init in (INITS if cfg.compare_inits else (cfg.init,)):
+        set_rows(model, init_ids, inits[init])
+        engine = Engine(model, new_tok, batch_size=cfg.batch_size, checksum=f"{init}-{cfg.seed}")  # own cache
+        for name, tx in score_sets.items():
+            qual[name][init], qual[name][f"{init}_tokens"] = bits_per_unit(engine, tx, cfg.window, f"{init} {name}")
+    set_rows(model, init_ids, inits[cfg.init])
+    record = {
+        "base_model": info.to_dict(), "base_tokenizer_sha256": base_sha, "kind": base.kind, "lang": lang,
+        "train": cfg.train, "train_sha256": text_sha256(texts), "train_units": len(texts), "vocab_size": cfg.vocab_size,
+        "model_type": model_type, "character_coverage": cfg.character_coverage, "spm_settings": settings,
+        "split_by_whitespace": cfg.split_by_whitespace, "init": cfg.init, "seed": cfg.seed,
+        "added": len(ids), "first_new_id": start, "embedding_rows": [old_rows, rows],
+    }  # fmt: skip
+    _save(model, new_tok, extra, record, out)
+    summary = {
+        "added": len(ids), "unreachable": len(unreachable), "seen_on_target": sum(r["seen"] > 0 for r in added),
+        "round_trip_failures": sum(t["round_trip_failures"] for t in trips),
+        "base_round_trip_failures": sum(t["base_failures"] for t in trips),
+        "new_round_trip_failures": sum(t["new_failures"] for t in trips),
+        "changed_share_eng": next((t["changed_share"] for t in trips if t["texts"].startswith("eng ")), None),
+        "premium_before": _premium(eff, "base", lang), "premium_after": _premium(eff, "extended", lang),
+        "held_out_tokens_before": _tokens(eff, "base"), "held_out_tokens_after": _tokens(eff, "extended"),
+    }  # fmt: skip
+    results = {"model": info.name, "lang": lang, "kind": base.kind, "out": str(out), "model_type": model_type,
+               "vocab_size": cfg.vocab_size, "init": cfg.init, "parallel": par.name, "summary": summary,
+               "unreachable_pieces": unreachable[:200], "record": record}  # fmt: skip
+    tables = {"efficiency": eff, "round_trip": trips, "init_quality": list(qual.values()), "added_tokens": added}
+    if fert:
+        tables["fertility"] = fert
+    data = {"train": cfg.train, "held_out": cfg.held_out or "10% of --train", "parallel": par.name}
+    st.write_config(config)
+    st.write_results(KIND, config, results, tables, provenance(model=info.to_dict(), data=data))
+    return load_results(st.results_path)
+
+
+def _premium(rows: list[dict], model: str, lang: str) -> float | None:
+    return next((r["premium"] for r in rows if r["model"] == model and r["lang"] == lang and "set" not in r), None)
+
+
+def _tokens(rows: list[dict], model: str) -> int | None:
+    return next((r["tokens"] for r in rows if r["model"] == model and r.get("set") == "held-out"), None)
+
+
+def _load(cfg: VocabConfig):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+
+def print_summary(doc: dict[str, Any]) -> None:
+    """The checks and the init-quality table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    res, tables = doc["results"], doc["tables"]
+    console = Console()
+    console.print({k: v for k, v in res["summary"].items()})
+    table = Table("texts", "units", "base", *[i for i in INITS if i in tables["init_quality"]["rows"][0]],
+                  title="bits per unit before training")  # fmt: skip
+    for r in tables["init_quality"]["rows"]:
+        table.add_row(r["texts"], str(r["units"]), *[f"{r[k]:.1f}" for k in ("base", *INITS) if k in r])
+    console.print(table)
