@@ -319,6 +319,29 @@ def loop_config(cfg: PretrainConfig):
     )
 
 
+def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], frozen: dict) -> list[dict]:
+    """The curves of every finished pretraining step of ``run_dir`` from the same start model (this one
+    included), for the report's overlay; empty when this is the only one."""
+    from babelscope.runs import iter_results
+
+    def label(freeze: dict) -> str:
+        return f"{freeze.get('region')}@{freeze.get('k')}" if freeze and freeze.get("file") else "none"
+
+    keep = ("samples", "lang", "target", "ppl", "bits_per_unit")
+    rows = [{"run": step, "freeze": label(frozen), **{k: r[k] for k in keep}} for r in curve]
+    others = 0
+    for doc in iter_results(run_dir):
+        res = doc.get("results") or {}
+        if doc.get("kind") != KIND or doc.get("step") == step or res.get("model_checksum") != checksum:
+            continue
+        if not res.get("complete"):
+            continue
+        others += 1
+        for r in doc["tables"].get("curve", {}).get("rows", []):
+            rows.append({"run": doc["step"], "freeze": label(res.get("freeze") or {}), **{k: r.get(k) for k in keep}})
+    return rows if others else []
+
+
 def _median(values):
     vals = sorted(v for v in values if v is not None)
     return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
@@ -436,6 +459,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
         tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"])), "data": data["data_rows"],
                   "metrics": read_metrics(st.path / "metrics.jsonl")}
+        if complete:
+            tables["compare"] = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen)
         prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
                           freeze=frozen)
         st.write_results(KIND, config, results(complete, trained), tables, prov)
