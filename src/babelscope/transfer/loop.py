@@ -28,7 +28,9 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 * ``freeze``: ``{parameter name: bool mask}`` (True = frozen, e.g. ``babelscope regions select`` masks). Frozen
   entries have their gradients zeroed (before clipping), are kept out of weight decay (the tensor's decay is
   applied here to the other entries) and are restored after every optimizer step, so they stay bit-identical
-  (Adam's moments never see them). Masks, not ``requires_grad``, so FSDP's flat parameters are not split.
+  (Adam's moments never see them). Masks, not ``requires_grad`` (which FSDP refuses within one flat
+  parameter); the masks index whole tensors, so freezing runs on one device and under DDP, and is refused under
+  FSDP and DeepSpeed (sharded parameters) for now.
 * ``evaluate(model, samples_seen, step) -> dict | None``: called at the first step boundary at or after each
   sample count in ``eval_at`` (0 = before training), on every process, model in eval mode; returns are
   collected in ``result.evals``. The caller writes what it measures (a killed run keeps it).
@@ -348,10 +350,12 @@ def train(
     wrapped = CausalLMLoss(model, cfg.logit_chunk)
     groups = param_groups(model, cfg, frozen.ids if frozen else set())
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if frozen is not None and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise BabelscopeError(
+            f"region freezing under {accelerator.distributed_type.value} is not supported yet (sharded "
+            "parameters); launch with DDP (examples/accelerate/ddp.yaml) or without --freeze-region"
+        )
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
-    if frozen is not None:  # FSDP/DeepSpeed may have replaced the parameter objects: rebind by name
-        inner = accelerator.unwrap_model(wrapped).model
-        frozen = RegionFreeze(dict(inner.named_parameters()), freeze, norms)
     if trackers:
         accelerator.init_trackers("babelscope", config={**asdict(cfg), **(tracker_config or {})})
 
@@ -415,7 +419,8 @@ def train(
             frozen.zero_grads()
         grad_norm = None
         if cfg.max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm))
+            norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+            grad_norm = float(norm) if norm is not None else None  # DeepSpeed clips inside its step
         if frozen is not None:
             frozen.decay(lr, cfg.weight_decay)
         optimizer.step()
