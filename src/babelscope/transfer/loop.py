@@ -153,6 +153,16 @@ def check_config(cfg: LoopConfig) -> None:
         raise BabelscopeError("--lr must be positive and --warmup, --weight-decay, --max-grad-norm not negative")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise BabelscopeError(f"--mixed-precision {cfg.mixed_precision!r}: use auto, no, bf16 or fp16")
+    import importlib.util
+
+    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+    for name in (t.strip() for t in cfg.trackers.split(",") if t.strip()):
+        if name not in packages:
+            raise BabelscopeError(f"--trackers {name!r}: use any of {', '.join(packages)} (comma-separated)")
+        if importlib.util.find_spec(packages[name]) is None:
+            raise BabelscopeError(f"--trackers {name}: the package {packages[name]} is not installed; "
+                                  f"pip install {packages[name]}, or drop it from --trackers")
 
 
 # ----------------------------------------------------------------------------------------------- the model
