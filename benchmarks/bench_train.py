@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--logit-chunk", type=int, default=1024)
+    parser.add_argument("--logit-chunk", type=int, default=512)
     parser.add_argument("--device", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -91,7 +91,7 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     log_every: int = 1
-    logit_chunk: int = 1024  # rows per chunk of the fused LM head + loss
+    logit_chunk: int = 512  # rows per chunk of the fused LM head + loss
     trackers: str = ""  # comma-separated Accelerate trackers: tensorboard, wandb, mlflow
     freeze_norms: bool = False  # also freeze masked entries of norm vectors
     save_model: bool = True
@@ -170,7 +170,7 @@ class CausalLMLoss(nn.Module):
     """The unmodified causal LM plus the fused head + loss: ``forward`` returns the summed NLL of a micro-batch
     and its target count. Accelerate wraps this module (DDP/FSDP see a normal forward)."""
 
-    def __init__(self, model: nn.Module, logit_chunk: int = 1024):
+    def __init__(self, model: nn.Module, logit_chunk: int = 512):
         super().__init__()
         self.model = model
         self.logit_chunk = logit_chunk

@@ -66,7 +66,7 @@ class PretrainConfig:
     checkpoint_every: int = 0
     gradient_checkpointing: bool = False
     log_every: int = 1
-    logit_chunk: int = 1024
+    logit_chunk: int = 512
     trackers: str = ""
     mixed_precision: str = "auto"
     save_model: bool = True
