@@ -174,6 +174,7 @@ class CausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.logit_chunk = logit_chunk
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's default wrap classes
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
         from babelscope.models.arch import base_model, logits_from_hidden
