@@ -468,6 +468,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
     def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
         engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
+        if any(hasattr(p, "placements") for p in m.parameters()):  # FSDP 2: every rank runs every forward
+            engine.state = None  # (sharded blocks gather their weights collectively: no split of requests)
         rows, _, _ = language_rows(engine, data["eval_view"], data["eval_codes"], ppl_cfg)
         lr = lr_at(at_step - 1, total_steps, lcfg) if at_step else 0.0
         point = [{"samples": samples, "step": at_step, "tokens": samples * cfg.seq_len, "lr": lr,
