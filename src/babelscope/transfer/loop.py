@@ -1,0 +1,518 @@
+"""One training loop for further pretraining and instruction tuning (Zhao et al. 2024; Zhang et al. 2024).
+
+A plain PyTorch loop on Hugging Face Accelerate: the same code runs on a CPU, one GPU, DDP, FSDP or DeepSpeed,
+picked by ``accelerate launch --config_file examples/accelerate/*.yaml`` (see docs/transfer-pretrain.md).
+
+Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.transfer.sft` build on it)::
+
+    from babelscope.transfer.loop import LoopConfig, train
+    result = train(model, tokenizer, examples, LoopConfig(lr=2e-5, micro_batch_size=4, grad_accum=2),
+                   out_dir, evaluate=fn, eval_at=(0, 100, 1000), freeze=masks, fingerprint="data sha256")
+
+* ``examples``: a sequence (``len`` + ``__getitem__``) of mappings ``{"input_ids": [int], "labels": [int]}``;
+  ``labels`` is aligned with ``input_ids`` (``labels[t]`` is the token at ``t``; -100 = no loss, the Hugging Face
+  convention) and shifted here: position ``t`` predicts ``labels[t + 1]``. Rows of a micro-batch are
+  right-padded (pad id, label -100, attention mask 0).
+* Order: sample ``j`` of the run is ``examples[order[j]]`` with ``order`` = ``epochs`` concatenated permutations
+  seeded by ``seed + epoch`` (``shuffle=False``: the given order, repeated). An optimizer step takes
+  ``G = micro_batch_size x grad_accum x processes`` consecutive samples; process ``p`` takes micro-batch
+  ``m`` of step ``s`` from samples ``s G + (m P + p) b ...``; a short last step is padded with empty rows.
+* Loss of a step (Accelerate's token-count normalisation): ``L = Σ_tokens NLL / T`` with ``T`` the number of
+  target tokens of the whole step over every micro-batch and process (all-reduced before the first backward),
+  so the gradient does not depend on how the step is cut.
+* The LM head and the loss are one chunked fused linear cross-entropy (:mod:`babelscope.models.loss`): the
+  batch x sequence x vocabulary logits never exist.
+* AdamW (no decay on 1-D tensors), linear warmup over ``warmup`` steps then ``schedule`` cosine | linear |
+  constant decay to ``min_lr_ratio x lr``; gradient clipping at ``max_grad_norm``; bf16 autocast on GPUs and
+  fp32 on CPUs (``mixed_precision="auto"``); optional gradient checkpointing.
+* ``freeze``: ``{parameter name: bool mask}`` (True = frozen, e.g. ``babelscope regions select`` masks). Frozen
+  entries have their gradients zeroed (before clipping), are kept out of weight decay (the tensor's decay is
+  applied here to the other entries) and are restored after every optimizer step, so they stay bit-identical
+  (Adam's moments never see them). Masks, not ``requires_grad``, so FSDP's flat parameters are not split.
+* ``evaluate(model, samples_seen, step) -> dict | None``: called at the first step boundary at or after each
+  sample count in ``eval_at`` (0 = before training), on every process, model in eval mode; returns are
+  collected in ``result.evals``. The caller writes what it measures (a killed run keeps it).
+* Progress: one tqdm bar (loss, lr, tokens/s); every ``log_every`` steps a line of ``out_dir/metrics.jsonl``
+  (step, samples, tokens, loss, lr, grad_norm, tokens_per_s, seconds) and Accelerate trackers when
+  ``trackers`` names them (tensorboard, wandb, mlflow; off by default).
+* Checkpoints: every ``checkpoint_every`` steps ``accelerator.save_state`` into
+  ``out_dir/checkpoints/step-N`` plus ``position.json`` (step, samples, tokens, fingerprint) written last.
+  ``train`` on an ``out_dir`` with a checkpoint resumes from its last one by sample index (bit-identical weights
+  on a CPU); a checkpoint of another configuration (loop config, number of examples, ``fingerprint``, number
+  of processes) is refused with a :class:`BabelscopeError`.
+* The trained model: ``out_dir/model``, a normal Hugging Face directory (safetensors + tokenizer) that
+  ``babelscope.models.load_model`` loads (``save_model=False``: kept in memory only); once it is written the
+  checkpoints are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from babelscope.errors import BabelscopeError
+from babelscope.models.loss import IGNORE, fused_linear_cross_entropy, head_spec
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation settings (defaults: a small further-pretraining run)."""
+
+    lr: float = 2e-5
+    warmup: int = 0  # optimizer steps of linear warmup
+    schedule: str = "cosine"  # cosine | linear | constant after warmup
+    min_lr_ratio: float = 0.0  # decay floor as a fraction of lr
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    epochs: int = 1
+    shuffle: bool = True
+    seed: int = 0
+    checkpoint_every: int = 0  # optimizer steps; 0 = no intermediate checkpoints
+    keep_checkpoints: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    log_every: int = 1
+    logit_chunk: int = 1024  # rows per chunk of the fused LM head + loss
+    trackers: str = ""  # comma-separated Accelerate trackers: tensorboard, wandb, mlflow
+    freeze_norms: bool = False  # also freeze masked entries of norm vectors
+    save_model: bool = True
+    progress: bool = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the trained weights (checkpoints of another one are refused)."""
+        skip = {"checkpoint_every", "keep_checkpoints", "log_every", "trackers", "save_model", "progress"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples: int
+    tokens: int
+    loss: float | None
+    model_dir: Path | None
+    metrics_path: Path
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0  # step of the checkpoint the run resumed from
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+def lr_at(step: int, total: int, cfg: LoopConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine/linear/constant decay."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    span = max(total - cfg.warmup, 1)
+    progress = min(max(step - cfg.warmup, 0) / span, 1.0)
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.schedule == "linear":
+        return cfg.lr * (floor + (1 - floor) * (1 - progress))
+    return cfg.lr
+
+
+def sample_order(n: int, cfg: LoopConfig) -> torch.Tensor:
+    """Indices into ``examples`` of every sample of the run (``epochs`` seeded permutations, or in order)."""
+    parts = []
+    for epoch in range(cfg.epochs):
+        if cfg.shuffle:
+            parts.append(torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)))
+        else:
+            parts.append(torch.arange(n))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def check_config(cfg: LoopConfig) -> None:
+    """Refuse impossible settings before anything is loaded."""
+    if cfg.schedule not in SCHEDULES:
+        raise BabelscopeError(f"--schedule {cfg.schedule!r}: use one of {', '.join(SCHEDULES)}")
+    for name in ("micro_batch_size", "grad_accum", "epochs", "log_every", "logit_chunk"):
+        if getattr(cfg, name) < 1:
+            raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.lr <= 0 or cfg.warmup < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
+        raise BabelscopeError("--lr must be positive and --warmup, --weight-decay, --max-grad-norm not negative")
+    if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise BabelscopeError(f"--mixed-precision {cfg.mixed_precision!r}: use auto, no, bf16 or fp16")
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class CausalLMLoss(nn.Module):
+    """The unmodified causal LM plus the fused head + loss: ``forward`` returns the summed NLL of a micro-batch
+    and its target count. Accelerate wraps this module (DDP/FSDP see a normal forward)."""
+
+    def __init__(self, model: nn.Module, logit_chunk: int = 1024):
+        super().__init__()
+        self.model = model
+        self.logit_chunk = logit_chunk
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        from babelscope.models.arch import base_model, logits_from_hidden
+
+        hidden = base_model(self.model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        head = head_spec(self.model)
+        if head is not None:
+            return fused_linear_cross_entropy(hidden, head, targets, self.logit_chunk)
+        keep = targets != IGNORE  # an unusual head: materialise its logits at the scored positions only
+        logits = logits_from_hidden(self.model, hidden[keep])
+        nll = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return nll, int(keep.sum())
+
+
+def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; an empty one becomes a single all-ignored row (every process still steps)."""
+    rows = list(rows) or [{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}]
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        if len(r["labels"]) != n:
+            raise BabelscopeError(f"example {i}: {len(r['labels'])} labels for {n} input ids; align them")
+        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def target_count(batch: Mapping[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+# ----------------------------------------------------------------------------------------------- freezing
+class RegionFreeze:
+    """Keep masked entries of parameters fixed: zero their gradients, exclude them from weight decay, restore
+    them after the optimizer step (Zhang et al. 2024, §5, with the moments and decay masked as well)."""
+
+    def __init__(self, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor], norms: set[str]):
+        self.items: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for name, mask in masks.items():
+            if name in norms or name not in params:
+                continue
+            idx = mask.reshape(-1).nonzero()[:, 0].to(params[name].device)
+            if idx.numel():
+                self.items.append((params[name], idx))
+        self.ids = {id(p) for p, _ in self.items}
+        self.saved: list[torch.Tensor] = []
+        self.count = sum(int(i.numel()) for _, i in self.items)
+
+    def snapshot(self) -> None:
+        self.saved = [p.detach().reshape(-1).index_select(0, idx) for p, idx in self.items]
+
+    def zero_grads(self) -> None:
+        for p, idx in self.items:
+            if p.grad is not None:
+                p.grad.view(-1).index_fill_(0, idx, 0.0)
+
+    @torch.no_grad()
+    def decay(self, lr: float, weight_decay: float) -> None:
+        """AdamW's decoupled decay ``θ -= lr λ θ`` on the entries that are not frozen (their param group has
+        ``weight_decay=0``)."""
+        if not weight_decay:
+            return
+        for (p, idx), saved in zip(self.items, self.saved, strict=True):
+            if p.ndim >= 2:
+                p.mul_(1 - lr * weight_decay)
+                p.view(-1).index_copy_(0, idx, saved)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for (p, idx), saved in zip(self.items, self.saved, strict=True):
+            p.view(-1).index_copy_(0, idx, saved)
+
+
+def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on 1-D tensors (norms, biases) and on partly frozen tensors (whose
+    decay :class:`RegionFreeze` applies itself)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and id(p) not in frozen_ids else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def _fingerprint(cfg: LoopConfig, n_examples: int, extra: str, processes: int) -> str:
+    blob = json.dumps(
+        {"loop": cfg.fingerprint(), "examples": n_examples, "data": extra, "processes": processes},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def last_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint (one whose ``position.json`` exists) and its position."""
+    best = None
+    for path in (out_dir / "checkpoints").glob("step-*"):
+        pos = path / "position.json"
+        if path.is_dir() and pos.exists():
+            state = json.loads(pos.read_text())
+            if best is None or state["step"] > best[1]["step"]:
+                best = (path, state)
+    return best
+
+
+def check_resumable(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The position to resume from, or ``None``; refuses a checkpoint of another configuration."""
+    found = last_checkpoint(out_dir)
+    if found is None:
+        return None
+    path, state = found
+    if state.get("fingerprint") != fingerprint:
+        raise BabelscopeError(
+            f"{path}: checkpoint of another training configuration (settings, data or process count differ); "
+            f"use another --run-dir/--step, or delete {path.parent} to start over"
+        )
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[Mapping[str, Sequence[int]]],
+    cfg: LoopConfig,
+    out_dir: str | Path,
+    *,
+    evaluate: Callable[[nn.Module, int, int], dict[str, Any] | None] | None = None,
+    eval_at: Sequence[int] = (),
+    freeze: Mapping[str, torch.Tensor] | None = None,
+    fingerprint: str = "",
+    tracker_config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``examples`` (see the module docstring); returns a :class:`TrainResult`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from babelscope.runs import write_json
+
+    check_config(cfg)
+    out_dir = Path(out_dir)
+    gpu = next(model.parameters()).device.type != "cpu" or torch.cuda.is_available()
+    precision = ("bf16" if gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    trackers = [t.strip() for t in cfg.trackers.split(",") if t.strip()]
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        cpu=not gpu,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=trackers or None,
+        project_dir=str(out_dir),
+    )
+    P, b = accelerator.num_processes, cfg.micro_batch_size
+    G = b * cfg.grad_accum * P
+    order = sample_order(len(examples), cfg)
+    total_steps = math.ceil(len(order) / G)
+    fp = _fingerprint(cfg, len(examples), fingerprint, P)
+    position = check_resumable(out_dir, fp)
+    set_seed(cfg.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # Model, masks, optimizer.
+    named = dict(model.named_parameters())
+    frozen = None
+    if freeze:
+        from babelscope.regions.params import norm_modules
+
+        norms = set() if cfg.freeze_norms else set(norm_modules(model))
+        frozen = RegionFreeze(named, freeze, norms)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    wrapped = CausalLMLoss(model, cfg.logit_chunk)
+    groups = param_groups(model, cfg, frozen.ids if frozen else set())
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
+    if frozen is not None:  # FSDP/DeepSpeed may have replaced the parameter objects: rebind by name
+        inner = accelerator.unwrap_model(wrapped).model
+        frozen = RegionFreeze(dict(inner.named_parameters()), freeze, norms)
+    if trackers:
+        accelerator.init_trackers("babelscope", config={**asdict(cfg), **(tracker_config or {})})
+
+    step, samples, tokens = 0, 0, 0
+    resumed_from = 0
+    if position is not None:
+        accelerator.load_state(str(out_dir / "checkpoints" / f"step-{position['step']}"))
+        step, samples, tokens = position["step"], position["samples"], position["tokens"]
+        resumed_from = step
+    metrics_path = out_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
+    accelerator.wait_for_everyone()
+    pending = sorted({int(x) for x in eval_at if int(x) > samples or (int(x) == 0 and step == 0)})
+    evals: list[dict[str, Any]] = []
+
+    def run_evals() -> None:
+        while pending and pending[0] <= samples:
+            pending.pop(0)
+            if evaluate is None:
+                continue
+            inner = accelerator.unwrap_model(wrapped).model
+            inner.eval()
+            with torch.no_grad():
+                measured = evaluate(inner, samples, step)
+            inner.train()
+            if measured is not None:
+                evals.append(measured)
+
+    run_evals()
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
+               disable=not (cfg.progress and accelerator.is_local_main_process))
+    last_loss = None
+    start_time = time.perf_counter()
+    window_tokens, window_time = 0, time.perf_counter()
+    while step < total_steps:
+        base = step * G
+        micro = []
+        for m in range(cfg.grad_accum):
+            lo = base + (m * P + accelerator.process_index) * b
+            idx = order[lo : min(lo + b, len(order))].tolist()
+            micro.append(collate([examples[i] for i in idx], pad_id))
+        local = torch.tensor([sum(target_count(x) for x in micro)], device=accelerator.device)
+        global_tokens = int(accelerator.reduce(local, reduction="sum").item())
+        denom = max(global_tokens, 1)
+        nll_sum = torch.zeros((), device=accelerator.device)
+        for batch in micro:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(wrapped), accelerator.autocast():
+                nll, _ = wrapped(**batch)
+                # accelerator.backward divides by grad_accum and DDP averages over P: undo both, then
+                # divide by the step's global token count.
+                accelerator.backward(nll * (cfg.grad_accum * P / denom))
+            nll_sum += nll.detach().float()
+        lr = lr_at(step, total_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if frozen is not None:
+            frozen.snapshot()
+            frozen.zero_grads()
+        grad_norm = None
+        if cfg.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm))
+        if frozen is not None:
+            frozen.decay(lr, cfg.weight_decay)
+        optimizer.step()
+        if frozen is not None:
+            frozen.restore()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_loss = float(accelerator.reduce(nll_sum, reduction="sum").item()) / denom
+        last_loss = step_loss
+        step += 1
+        samples = min(step * G, len(order))
+        tokens += global_tokens
+        window_tokens += global_tokens
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total_steps:
+            now = time.perf_counter()
+            tps = window_tokens / max(now - window_time, 1e-9)
+            window_tokens, window_time = 0, now
+            row = {"step": step, "samples": samples, "tokens": tokens, "loss": step_loss, "lr": lr,
+                   "grad_norm": grad_norm, "tokens_per_s": tps, "seconds": now - start_time}
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+            if accelerator.is_main_process:
+                with open(metrics_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if trackers:
+                accelerator.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=step)
+        run_evals()
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+            _save_checkpoint(accelerator, out_dir, step, samples, tokens, fp, cfg.keep_checkpoints)
+    bar.close()
+    run_evals()
+
+    model_dir = None
+    if cfg.save_model:
+        model_dir = out_dir / "model"
+        inner = accelerator.unwrap_model(wrapped).model
+        state = None
+        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # gather the shards
+            full = accelerator.get_state_dict(wrapped)
+            state = {k.removeprefix("model."): v for k, v in full.items()} if full is not None else None
+        if accelerator.is_main_process:
+            tmp = out_dir / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            inner.config.use_cache = True
+            inner.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(model_dir, ignore_errors=True)
+            tmp.rename(model_dir)
+            write_json(out_dir / "trained.json", {"steps": step, "samples": samples, "tokens": tokens})
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the finished model supersedes them
+        accelerator.wait_for_everyone()
+    if trackers:
+        accelerator.end_training()
+    model.eval()
+    return TrainResult(step, samples, tokens, last_loss, model_dir, metrics_path, evals, resumed_from,
+                       time.perf_counter() - start_time)
+
+
+def _save_checkpoint(accelerator, out_dir: Path, step: int, samples: int, tokens: int, fp: str, keep: int) -> None:
+    """``save_state`` into ``step-N``; ``position.json`` last marks it complete; older ones beyond ``keep`` go."""
+    from babelscope.runs import write_json
+
+    path = out_dir / "checkpoints" / f"step-{step}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(path / "position.json", {"step": step, "samples": samples, "tokens": tokens, "fingerprint": fp})
+        done = sorted(
+            (p for p in (out_dir / "checkpoints").glob("step-*") if (p / "position.json").exists()),
+            key=lambda p: int(p.name.split("-")[1]),
+        )
+        for old in done[: -max(keep, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (a resumed run rewrites them); a torn last line is dropped too."""
+    from babelscope.runs import write_text
+
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+    write_text(path, "".join(line + "\n" for line in keep))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (a torn last line is skipped)."""
+    rows = []
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return rows
