@@ -88,8 +88,10 @@ def check(cfg: SftConfig) -> None:
             raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.lora_r < 0:
         raise BabelscopeError(f"--lora-r {cfg.lora_r}: use 0 (full fine-tuning) or a positive rank")
-    if cfg.train_tokens not in ("auto", "none") and not _parse_range(cfg.train_tokens):
-        raise BabelscopeError(f"--train-tokens {cfg.train_tokens!r}: use auto, none or START:END token ids")
+    if cfg.train_tokens not in ("auto", "none") and not _parse_range(cfg.train_tokens) and not Path(
+            cfg.train_tokens).expanduser().exists():
+        raise BabelscopeError(f"--train-tokens {cfg.train_tokens!r}: use auto, none, START:END token ids or the "
+                              "directory (or record) of a `transfer vocab` model")
     from babelscope.transfer.loop import check_config
 
     check_config(loop_config(cfg, 1))
@@ -177,16 +179,19 @@ def lora_targets(model, spec: str = "auto") -> list[str]:
 
 def new_token_ids(model_source: Path | str, model, spec: str) -> list[int]:
     """The embedding rows to train with LoRA: ``A:B``; ``none``; ``auto`` = the rows a vocabulary step added
-    (from the record next to the weights: ``new_token_ids``, or everything from ``base_vocab_size`` on)."""
+    (from the record next to the weights: ``babelscope-vocab.json``'s ``embedding_rows`` and ``first_new_id``,
+    else a ``new_token_ids`` list, or everything from ``base_vocab_size`` on); a path = such a record or the
+    directory holding it (for a model pretrained after the vocabulary step)."""
     rows = model.get_input_embeddings().weight.shape[0]
     if spec == "none":
         return []
-    if spec != "auto":
-        ids = list(_parse_range(spec) or [])
+    if _parse_range(spec):
+        ids = list(_parse_range(spec))
         if ids[-1] >= rows:
             raise BabelscopeError(f"--train-tokens {spec}: the embedding has {rows} rows")
         return ids
-    for path in sorted(Path(model_source).glob("*.json")) if isinstance(model_source, Path) else []:
+    where = Path(model_source) if spec == "auto" else Path(spec).expanduser()  # a vocab model dir or its record
+    for path in [where] if where.is_file() else sorted(where.glob("*.json")):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -194,6 +199,10 @@ def new_token_ids(model_source: Path | str, model, spec: str) -> list[int]:
         if not isinstance(doc, dict):
             continue
         doc = doc.get("vocab", doc) if isinstance(doc.get("vocab"), dict) else doc
+        if isinstance(doc.get("embedding_rows"), list) and len(doc["embedding_rows"]) == 2:  # `transfer vocab`
+            old, new = (int(x) for x in doc["embedding_rows"])
+            first = int(doc.get("first_new_id", old))
+            return sorted(set(range(old, min(new, rows))) | set(range(first, min(new, rows))))
         if isinstance(doc.get("new_token_ids"), list):
             return [int(i) for i in doc["new_token_ids"] if int(i) < rows]
         if isinstance(doc.get("base_vocab_size"), int) and doc["base_vocab_size"] < rows:
@@ -315,9 +324,10 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
     st = Step(Path(run_dir), step)
     if st.is_done(config) and (st.path / "model").is_dir():
         return load_results(st.results_path)
-    tokenizer = loaded()[1] if loaded else _tokenizer(cfg.model)
-    prepared = prepare(cfg, tokenizer)  # every data/template error before the model loads or anything is written
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    # Every data/template error is raised before the model loads or anything is written. Training changes the
+    # weights in place, so the step loads its own copy of the model (never the instance `loaded` shares).
+    prepared = prepare(cfg, _tokenizer(cfg.model))
+    model, tokenizer, info = _load(cfg)
     if info.kind != "causal":
         raise BabelscopeError(f"--model {cfg.model}: an encoder; instruction tuning needs a causal LM")
     over = cfg.max_length > getattr(model.config, "max_position_embeddings", cfg.max_length)
@@ -330,11 +340,16 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
         write_text(st.path / "heldout.jsonl", "".join(  # the held-out instructions, for `eval respond`
             json.dumps({"id": c.id, "lang": c.lang, "instruction": c.instruction, "reference": c.reference},
                        ensure_ascii=False) + "\n" for c in prepared["heldout"]))
-    peft_model, token_ids, trained = None, [], model
+    peft_model, token_ids, trained, targets = None, [], model, None
     if cfg.lora_r:
+        import torch
+
         token_ids = new_token_ids(Path(info.source), model, cfg.train_tokens)
+        targets = lora_targets(model, cfg.lora_targets)
+        torch.manual_seed(cfg.seed)  # LoRA's A matrices start random: the same seed, the same run
         peft_model = wrap_lora(model, cfg, token_ids)
         trained = peft_model.base_model.model  # the HF model with the LoRA layers in place (the loop's contract)
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     n_train = len(prepared["train"])
     lcfg = loop_config(cfg, n_train)
     total = n_train * cfg.epochs
@@ -366,12 +381,11 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
              for r in _read_jsonl(result.metrics_path)]
     evals = sorted({r["step"]: r for r in _read_jsonl(val_path)}.values(), key=lambda r: r["step"])
     counts = prepared["counts"]
-    trainable = sum(p.numel() for p in (peft_model or model).parameters() if p.requires_grad)
     results = {
         "model": info.name, "base_checksum": info.checksum, "data": cfg.data, "template": prepared["template_name"],
         "model_dir": str(st.path / "model"), "save": cfg.save if cfg.lora_r else "full",
         "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha or 2 * cfg.lora_r,
-                 "targets": lora_targets(model, cfg.lora_targets), "train_tokens": len(token_ids)}
+                 "targets": targets, "train_tokens": len(token_ids)}
         if cfg.lora_r else None,
         "trainable_parameters": trainable, "tied": tied(saved) if cfg.save == "merged" or not cfg.lora_r else None,
         "data_counts": counts, "data_sha256": fingerprint,
