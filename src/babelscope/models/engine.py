@@ -388,10 +388,9 @@ class Engine:
         Dividing by one global token count (not per batch) makes the accumulated gradient independent of the
         batch size and of the number of processes (Accelerate's token-count normalisation). Each rank takes
         its share of ``seqs``; call :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL.
-        The LM head runs in checkpointed chunks, so its logits are recomputed in backward, never all held.
+        The LM head and loss are one fused pass over chunks of positions (:func:`_chunk_nll`): the logits
+        are never all held, and their gradient is formed as they are computed.
         """
-        from torch.utils.checkpoint import checkpoint
-
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
         if self.state is not None:
             order = order[self.state.process_index :: self.state.num_processes]
@@ -401,12 +400,7 @@ class Engine:
             ids, mask = self._batch_inputs(batch)
             hidden = self._final_hidden(ids, mask)
             rows, cols, targets = self._positions(batch)
-            h = hidden[rows, cols]
-            loss = h.new_zeros(())
-            for c in range(0, len(targets), self.logit_chunk):
-                loss = loss + checkpoint(
-                    self._chunk_nll, h[c : c + self.logit_chunk], targets[c : c + self.logit_chunk], use_reentrant=False
-                )
+            loss = self._chunk_nll(hidden[rows, cols], targets)
             (loss / normalizer).backward()
             total += float(loss.detach())
             if on_batch:
@@ -414,8 +408,23 @@ class Engine:
         return total
 
     def _chunk_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits_from_hidden(self.model, h)
-        return (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None])[:, 0]).sum()
+        """Summed NLL of ``targets`` from hidden vectors ``h``: the chunked fused linear cross-entropy
+        (:mod:`babelscope.models.loss`), or for a head it cannot take checkpointed chunks of the head."""
+        from babelscope.models.loss import fused_linear_cross_entropy, head_spec
+
+        head = head_spec(self.model)
+        if head is not None:
+            return fused_linear_cross_entropy(h, head, targets, self.logit_chunk)[0]
+        from torch.utils.checkpoint import checkpoint
+
+        def nll(hc: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
+            logits = logits_from_hidden(self.model, hc)
+            return (torch.logsumexp(logits, dim=-1) - logits.gather(1, tc[:, None])[:, 0]).sum()
+
+        chunk = self.logit_chunk
+        parts = [checkpoint(nll, h[c : c + chunk], targets[c : c + chunk], use_reentrant=False)
+                 for c in range(0, len(targets), chunk)]
+        return torch.stack(parts).sum() if parts else h.sum() * 0.0
 
     # ------------------------------------------------------------------------------------------ hidden states
     def hidden_states(

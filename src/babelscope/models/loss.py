@@ -56,16 +56,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, chunk: int, softcap, scale: float):  # type: ignore[override]
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         compute = hidden.dtype
+        acc = torch.promote_types(compute, torch.float32)  # softmax and sums in float32 (float64 stays)
         w = weight.to(compute)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start : start + chunk], targets[start : start + chunk]
-            logits = (h @ w.t()).float()
+            logits = (h @ w.t()).to(acc)
             if bias is not None:
-                logits += bias.float()
+                logits += bias.to(acc)
             if softcap:
                 tanh = logits.div_(softcap).tanh_()
                 logits = tanh * (softcap * scale)
@@ -87,7 +88,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if need_h:
                 torch.matmul(grad, w, out=grad_h[start : start + chunk])
             if need_w:
-                grad_w.addmm_(grad.t().float(), h.float())
+                grad_w.addmm_(grad.t().to(acc), h.to(acc))
             del grad, logits
         ctx.save_for_backward(
             *(g if g is not None else torch.empty(0) for g in (grad_h, grad_w, grad_b)),
@@ -129,6 +130,5 @@ def fused_linear_cross_entropy(
 
 def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
     """The reference: summed NLL from materialised float32 logits (what ``model(..., labels=)`` computes, unsummed)."""
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index, reduction="sum"
-    )
+    logits = logits.reshape(-1, logits.shape[-1]).to(torch.promote_types(logits.dtype, torch.float32))
+    return nn.functional.cross_entropy(logits, targets.reshape(-1), ignore_index=ignore_index, reduction="sum")

@@ -11,8 +11,8 @@ from babelscope.options import Device, Dtype, RunDir, config_from, run_dir_for
 from babelscope.options import Model as ModelOpt
 
 app = typer.Typer(
-    help="Language capability transfer (Zhao et al. 2024; Zhang et al. 2024): extend the vocabulary, "
-    "further pretrain (with forgetting curves and region freezing), instruction-tune. Steps chain in one run directory.",
+    help="Language capability transfer (Zhao et al. 2024; Zhang et al. 2024): extend the vocabulary, further "
+    "pretrain (with forgetting curves and region freezing), instruction-tune. Steps chain in one run directory.",
     no_args_is_help=True,
 )
 
@@ -23,6 +23,81 @@ EXPERIMENT_COMMANDS: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------------- further pretraining (pretrain)
+EXPERIMENT_COMMANDS["transfer-pretrain"] = "babelscope.transfer.pretrain:PretrainConfig:run"
+
+
+def _opt(help_text: str):
+    return typer.Option(help=help_text)
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Start model: gemma-3-270m, a directory (e.g. a "
+                                       "vocabulary-extended model), a .gguf or a hub id.")] = "gemma-3-270m",
+    corpus: Annotated[str, _opt("Training text: udhr, udhr-sample, pud, pud-sample (embedded), ud:PATH "
+                                "(e.g. ud:UD_Vietnamese-VTB), a .txt/.jsonl file or a folder.")] = "udhr",
+    langs: Annotated[str, _opt("Training languages with optional proportions of the samples: vie, or "
+                               "vie:0.9,eng:0.1 (the multilingual mix).")] = "vie",
+    seq_len: Annotated[int, _opt("Tokens per training block (documents packed with BOS/EOS).")] = 256,
+    samples: Annotated[int | None, _opt("Budget in blocks (the paper's 10K / 100K / 1M).")] = None,
+    tokens: Annotated[int | None, _opt("Budget in tokens (instead of --samples).")] = None,
+    epochs: Annotated[int, _opt("Passes over a language's blocks allowed when the budget exceeds them.")] = 1,
+    eval_corpus: Annotated[str, _opt("Held-out text (default: the training corpus, split by unit id).")] = "",
+    eval_langs: Annotated[str, _opt("Languages of the forgetting curve (training languages are added).")]
+    = "eng,fra,deu,rus,cmn-Hans,jpn",
+    eval_at: Annotated[str, _opt("Sample counts to measure at, e.g. 0,100,1000 (default 0, 1/4, 1/2, all).")]
+    = "",
+    held_out: Annotated[float, _opt("Fraction of unit ids held out when evaluating on the training corpus.")]
+    = 0.3,
+    eval_max_tokens: Annotated[int | None, _opt("Evaluation tokens per language (whole units).")] = 1024,
+    eval_window: Annotated[int, _opt("Scoring window of the evaluation (tokens, BOS first).")] = 256,
+    eval_batch_size: Annotated[int, _opt("Windows per evaluation forward.")] = 8,
+    freeze_region: Annotated[str | None, _opt("Mask file of `babelscope regions select` (e.g. regions-select/"
+                                              "masks/top-k0.01-global.safetensors): those weights never change.")]
+    = None,
+    freeze_norms: Annotated[bool, _opt("Also freeze masked entries of norm vectors.")] = False,
+    lr: Annotated[float, _opt("Peak learning rate (AdamW).")] = 5e-5,
+    warmup: Annotated[int, _opt("Optimizer steps of linear warmup.")] = 0,
+    schedule: Annotated[str, _opt("Decay after warmup: cosine, linear or constant.")] = "cosine",
+    min_lr_ratio: Annotated[float, _opt("Final learning rate as a fraction of --lr.")] = 0.1,
+    weight_decay: Annotated[float, _opt("AdamW decoupled weight decay (matrices only).")] = 0.0,
+    max_grad_norm: Annotated[float, _opt("Gradient clipping norm (0 = off).")] = 1.0,
+    micro_batch_size: Annotated[int, _opt("Blocks per forward/backward on each process.")] = 4,
+    grad_accum: Annotated[int, _opt("Micro-batches per optimizer step.")] = 1,
+    seed: Annotated[int, _opt("Seed of the sample order and the id split.")] = 0,
+    checkpoint_every: Annotated[int, _opt("Save a resumable checkpoint every N steps (0 = none).")] = 0,
+    gradient_checkpointing: Annotated[bool, _opt("Recompute activations in backward (less memory).")] = False,
+    log_every: Annotated[int, _opt("Steps per metrics line (metrics.jsonl, trackers).")] = 1,
+    logit_chunk: Annotated[int, _opt("Rows per chunk of the fused LM head + loss.")] = 1024,
+    trackers: Annotated[str, _opt("Accelerate trackers to log to: tensorboard, wandb, mlflow (off).")] = "",
+    mixed_precision: Annotated[str, _opt("auto (bf16 on GPUs, fp32 on CPUs), no, bf16 or fp16.")] = "auto",
+    save_model: Annotated[bool, _opt("Save the trained model as a Hugging Face directory in the step.")] = True,
+    dtype: Dtype = "float32",
+    device: Device = None,
+    run_dir: RunDir = None,
+    step: Annotated[str, _opt("Step folder name.")] = "transfer-pretrain",
+) -> None:
+    """Further pretrain a causal LM on one or more languages, with a forgetting curve of held-out perplexity
+    (Zhao et al. 2024, Table 2) and optional region freezing (Zhang et al. 2024, §5). Resumable."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from babelscope.report.markup import format_value
+    from babelscope.transfer.pretrain import PretrainConfig, run
+
+    cfg = config_from(PretrainConfig, locals())
+    out = run_dir_for(run_dir, model)
+    doc = run(cfg, out, step=step)
+    if doc:
+        rows = doc["tables"]["curve"]["rows"]
+        langs_seen = list(dict.fromkeys(r["lang"] for r in rows))
+        shown = Table("samples", "step", *langs_seen, title=f"perplexity while training on {cfg.langs}")
+        for samples_seen in sorted({r["samples"] for r in rows}):
+            at = {r["lang"]: r for r in rows if r["samples"] == samples_seen}
+            shown.add_row(format_value(samples_seen), format_value(next(iter(at.values()))["step"]),
+                          *(format_value(at.get(lang, {}).get("ppl")) for lang in langs_seen))
+        Console().print(shown)
+        typer.echo(f"results: {out / step / 'results.json'}")
 
 
 # --------------------------------------------------------------------------------------- instruction tuning (sft)

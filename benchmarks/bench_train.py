@@ -1,0 +1,145 @@
+"""Training throughput and peak memory: our loop (``babelscope.transfer.loop.train``) vs a bare PyTorch loop.
+
+Bare: the loop a user would write: ``loss = model(input_ids, labels=input_ids).loss`` (the full batch x sequence x
+vocabulary logits), ``loss.backward()``, gradient clipping, ``AdamW.step()``. Ours: the same model, the same
+batches (packed blocks, same order), the same AdamW settings and clipping, through Accelerate with the fused
+chunked head + loss. A third setup is ours with a random 1% region of the block weights frozen (gradient
+masking, decay exclusion, restore), to price freezing. Each setup runs in its own child process; its peak memory
+is the child's peak RSS (VmHWM, reset after the model is loaded), or the CUDA allocator's peak on a GPU.
+Timings are per optimizer step, the median after ``--warmup`` untimed steps.
+
+Targets: ratio >= 1.0 at a lower peak memory; freezing costs < 3% of a step. Last line: ``ratio X`` = our
+tokens/s over the bare loop's.
+
+    python benchmarks/bench_train.py [--model gemma-3-270m] [--seq-len 256] [--batch 4] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+
+
+def _peak(torch) -> int:
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else _status("VmHWM")
+
+
+def _batches(tok, args):
+    """``steps + warmup`` batches of ``batch`` blocks of ``seq_len`` tokens of UDHR text (several languages)."""
+    from babelscope.data import open_corpus
+    from babelscope.transfer.pretrain import pack
+
+    corpus = open_corpus(args.corpus)
+    texts = [u.text for lang in args.langs.split(",") for u in corpus.units(lang)]
+    blocks = pack(tok(texts, add_special_tokens=False)["input_ids"], args.seq_len, tok.bos_token_id,
+                  tok.eos_token_id)
+    need = (args.steps + args.warmup) * args.batch
+    if len(blocks) < need:
+        raise SystemExit(f"only {len(blocks)} blocks of {args.seq_len} tokens; lower --steps or --seq-len")
+    return blocks[:need]
+
+
+def child(setup: str, args) -> dict:
+    import torch
+
+    from babelscope.models import load_model
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model(args.model, device=args.device)
+    blocks = _batches(tok, args)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _reset_peak()
+    tokens_per_step = args.batch * (args.seq_len - 1)
+    if setup == "bare":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        times = []
+        for s in range(args.steps + args.warmup):
+            ids = torch.as_tensor(blocks[s * args.batch : (s + 1) * args.batch], device=device)
+            t = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        step_s = statistics.median(times[args.warmup :])
+    else:
+        from babelscope.transfer.loop import LoopConfig, read_metrics, train
+
+        freeze = None
+        if setup == "ours+freeze":
+            from babelscope.regions.params import scored_parameters
+            from babelscope.regions.select import region_mask
+
+            params = scored_parameters(model)
+            freeze = region_mask({n: torch.zeros(p.shape) for n, p in params.items()}, 0.01, "random", "tensor")
+        examples = [{"input_ids": b.tolist(), "labels": b.tolist()} for b in blocks]
+        cfg = LoopConfig(lr=1e-5, micro_batch_size=args.batch, shuffle=False, schedule="constant", progress=False,
+                         save_model=False, max_grad_norm=1.0, logit_chunk=args.logit_chunk)
+        with tempfile.TemporaryDirectory() as out:
+            train(model, tok, examples, cfg, out, freeze=freeze)
+            rows = read_metrics(Path(out) / "metrics.jsonl")
+        seconds = [rows[0]["seconds"]] + [b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])]
+        step_s = statistics.median(seconds[args.warmup :])
+    return {"setup": setup, "step_s": step_s, "tokens_per_s": tokens_per_step / step_s, "peak_bytes": _peak(torch)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--corpus", default="udhr")
+    parser.add_argument("--langs", default="eng,fra,deu,vie,rus,cmn-Hans")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--logit-chunk", type=int, default=1024)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    results = {}
+    for setup in ("bare", "ours", "ours+freeze"):
+        argv = [a for a in sys.argv[1:]]
+        proc = subprocess.run([sys.executable, __file__, *argv, "--child", setup], capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{setup} failed:\n{proc.stderr[-3000:]}")
+        results[setup] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = results[setup]
+        print(f"{setup:12s} step {r['step_s']:.3f} s  {r['tokens_per_s']:.1f} tokens/s  "
+              f"peak {r['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+    bare, ours, frozen = results["bare"], results["ours"], results["ours+freeze"]
+    print(f"batch {args.batch} x {args.seq_len} tokens, {args.steps} timed steps after {args.warmup}, model "
+          f"{args.model}")
+    print(f"peak memory ours / bare: {ours['peak_bytes'] / bare['peak_bytes']:.3f} (target < 1)")
+    print(f"freezing a 1% region: step {frozen['step_s'] / ours['step_s'] - 1:+.2%} (target < 3%)")
+    print(f"ratio {ours['tokens_per_s'] / bare['tokens_per_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,488 @@
+"""Further pretraining with forgetting curves and region freezing (Zhao et al. 2024, §3; Zhang et al. 2024, §5).
+
+Zhao et al. ("LLaMA Beyond English") further pretrain LLaMA on 10K / 100K / 1M samples of Chinese and watch the
+other languages: English perplexity 14.7 → 15.6 → 29.6 → 198.8 while Chinese falls 10.2 → 5.2 (their Table 2).
+Zhang et al. ("Unveiling Linguistic Regions") freeze the core region (Top-k of Imp = Σ_l |S_l|) during such
+training and report that the other languages no longer collapse. This step reproduces both on any causal LM:
+
+1. Data: documents (corpus units) of one or more languages, mixed with proportions ``vie:0.9,eng:0.1``, each
+   document ``[BOS] text [EOS]``, concatenated per language and cut into ``seq_len`` blocks. The budget is
+   ``--samples`` blocks (or ``--tokens`` / ``seq_len``), split over the languages by the proportions; a language
+   with fewer blocks than its share is an error unless ``--epochs`` allows that many passes. The sample order
+   (language, block) is a seeded permutation saved as ``order.npy`` in the step folder.
+2. Training: :func:`babelscope.transfer.loop.train` (AdamW, warmup + cosine, token-count normalised loss, fused
+   head + loss, checkpoints and resume), optionally with ``--freeze-region MASKS`` from ``regions select``.
+3. Forgetting curve: at each of ``--eval-at`` sample counts (0 = the start model), per-language perplexity,
+   bits per byte and bits per parallel unit (:func:`babelscope.evaluate.perplexity.language_rows`) on held-out
+   text of the target and other languages. When the evaluation corpus is the training corpus, the unit ids
+   are split (``split_units``) and training never sees an evaluation id. Each point is written into the
+   results as it is measured (``results.complete`` false until the end), so a killed run keeps its curve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from babelscope.errors import BabelscopeError
+
+KIND = "transfer-pretrain"
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "gemma-3-270m"
+    corpus: str = "udhr"  # training text (any corpus spec, or pud-sample)
+    langs: str = "vie"  # training languages, optionally with proportions: vie:0.9,eng:0.1
+    seq_len: int = 256
+    samples: int | None = None  # budget in blocks of seq_len tokens ...
+    tokens: int | None = None  # ... or in tokens
+    epochs: int = 1  # passes over a language's blocks allowed (repeats)
+    eval_corpus: str = ""  # held-out text (default: the training corpus, split by unit id)
+    eval_langs: str = "eng,fra,deu,rus,cmn-Hans,jpn"  # the training languages are added
+    eval_at: str = ""  # sample counts; default 0, 1/4, 1/2 and all of the budget
+    held_out: float = 0.3  # fraction of unit ids held out when eval corpus = training corpus
+    eval_max_tokens: int | None = 1024  # per language
+    eval_window: int = 256
+    eval_batch_size: int = 8
+    freeze_region: str | None = None  # a mask file of `babelscope regions select` (path, or relative to run dir)
+    freeze_norms: bool = False
+    lr: float = 5e-5
+    warmup: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    seed: int = 0
+    checkpoint_every: int = 0
+    gradient_checkpointing: bool = False
+    log_every: int = 1
+    logit_chunk: int = 1024
+    trackers: str = ""
+    mixed_precision: str = "auto"
+    save_model: bool = True
+    dtype: str = "float32"
+    device: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------- options
+def parse_mix(spec: str) -> list[tuple[str, float]]:
+    """``"vie:0.9,eng:0.1"`` -> ``[("vie", 0.9), ("eng", 0.1)]`` (proportions normalised; default equal)."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise BabelscopeError("--langs is empty; give the training languages, e.g. vie or vie:0.9,eng:0.1")
+    mix = []
+    for part in parts:
+        lang, _, weight = part.partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise BabelscopeError(f"--langs {spec!r}: {weight!r} is not a proportion; write LANG:0.5") from None
+        if w <= 0:
+            raise BabelscopeError(f"--langs {spec!r}: proportion of {lang} must be positive")
+        mix.append((lang.strip(), w))
+    total = sum(w for _, w in mix)
+    return [(lang, w / total) for lang, w in mix]
+
+
+def budget(cfg: PretrainConfig) -> int:
+    """Samples (blocks) of the run from ``--samples`` or ``--tokens``."""
+    if (cfg.samples is None) == (cfg.tokens is None):
+        raise BabelscopeError("give exactly one budget: --samples N (blocks of --seq-len tokens) or --tokens N")
+    n = cfg.samples if cfg.samples is not None else math.ceil(cfg.tokens / cfg.seq_len)
+    if n < 1:
+        raise BabelscopeError(f"budget {cfg.samples or cfg.tokens}: must be at least one sample")
+    return n
+
+
+def parse_eval_at(spec: str, samples: int) -> list[int]:
+    if not spec.strip():
+        return sorted({0, samples // 4, samples // 2, samples})
+    try:
+        points = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise BabelscopeError(f"--eval-at {spec!r}: give sample counts such as 0,100,1000") from None
+    if points and (points[0] < 0 or points[-1] > samples):
+        raise BabelscopeError(f"--eval-at {spec!r}: sample counts must lie between 0 and the budget {samples}")
+    return points
+
+
+def allocate(samples: int, mix: Sequence[tuple[str, float]]) -> dict[str, int]:
+    """Samples per language by the proportions (largest remainder, so they add up to ``samples``)."""
+    raw = [(lang, samples * w) for lang, w in mix]
+    counts = {lang: int(x) for lang, x in raw}
+    rest = samples - sum(counts.values())
+    for lang, _ in sorted(raw, key=lambda t: -(t[1] - int(t[1])))[:rest]:
+        counts[lang] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------- data
+def pack(token_lists: Sequence[Sequence[int]], seq_len: int, bos: int | None, eos: int | None) -> np.ndarray:
+    """Documents as ``[BOS] ids [EOS]``, concatenated and cut into ``(n, seq_len)`` blocks (the tail dropped)."""
+    stream: list[int] = []
+    for ids in token_lists:
+        if bos is not None:
+            stream.append(bos)
+        stream.extend(ids)
+        if eos is not None:
+            stream.append(eos)
+    n = len(stream) // seq_len
+    return np.asarray(stream[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+
+
+def sample_order(counts: dict[str, int], blocks: dict[str, int], epochs: int, seed: int) -> np.ndarray:
+    """``(samples, 2)`` rows of (language index, block index): per language its first ``count`` samples of
+    epoch-wise seeded permutations of its blocks, then all of them shuffled together."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for li, (lang, count) in enumerate(counts.items()):
+        n = blocks[lang]
+        if count > n * epochs:
+            raise ValueError(lang)
+        perm = np.concatenate([rng.permutation(n) for _ in range(math.ceil(count / n))])[:count]
+        rows.append(np.stack([np.full(count, li), perm], axis=1))
+    order = np.concatenate(rows) if rows else np.zeros((0, 2), dtype=np.int64)
+    return order[rng.permutation(len(order))]
+
+
+class PackedBlocks:
+    """The run's samples in order, as loop examples (labels = input ids: every token is predicted)."""
+
+    def __init__(self, blocks: list[np.ndarray], order: np.ndarray):
+        self.blocks, self.order = blocks, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, j: int) -> dict[str, list[int]]:
+        li, bi = self.order[j]
+        ids = self.blocks[li][bi].tolist()
+        return {"input_ids": ids, "labels": ids}
+
+
+class _Subset:
+    """A corpus restricted to some unit ids (the held-out or the training side of an id split)."""
+
+    def __init__(self, corpus, keep: dict[str, set[str]]):
+        self.corpus, self.keep = corpus, keep
+        self.name, self.parallel = corpus.name, corpus.parallel
+
+    def languages(self) -> list[str]:
+        return self.corpus.languages()
+
+    def match_language(self, lang):
+        return self.corpus.match_language(lang)
+
+    def units(self, lang):
+        code = self.corpus.match_language(lang)
+        return [u for u in self.corpus.units(code) if u.id in self.keep.get(code, set())]
+
+
+def open_training_corpus(spec: str):
+    """``open_corpus`` plus ``pud-sample`` (the embedded PUD sentences of six languages)."""
+    from babelscope.data import open_corpus
+
+    if spec == "pud-sample":
+        from babelscope.data.ud import UdCorpus, treebank_files
+        from babelscope.syntax.treebanks import sample_dir
+
+        return UdCorpus(treebank_files(sample_dir()), "pud-sample", parallel=True)
+    return open_corpus(spec)
+
+
+def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
+    """Training blocks, order and held-out evaluation units; every budget check happens here (no model)."""
+    from babelscope.data.base import split_units
+    from babelscope.runs import text_sha256
+
+    samples = budget(cfg)
+    mix = parse_mix(cfg.langs)
+    eval_at = parse_eval_at(cfg.eval_at, samples)
+    if not 0 < cfg.held_out < 1:
+        raise BabelscopeError(f"--held-out {cfg.held_out}: give a fraction strictly between 0 and 1")
+    corpus = open_training_corpus(cfg.corpus)
+    train_codes = [corpus.match_language(lang) for lang, _ in mix]
+    eval_spec = cfg.eval_corpus or cfg.corpus
+    eval_corpus = corpus if eval_spec == cfg.corpus else open_training_corpus(eval_spec)
+    wanted = list(dict.fromkeys([*train_codes, *(x.strip() for x in cfg.eval_langs.split(",") if x.strip())]))
+    eval_codes = list(dict.fromkeys(eval_corpus.match_language(lang) for lang in wanted))
+    same = eval_corpus is corpus
+    held: dict[str, set[str]] = {}
+    if same:  # split by unit id: one side trains, the other evaluates
+        for code in set(eval_codes) | set(train_codes):
+            _, test = split_units(corpus.units(code), cfg.held_out, cfg.seed)
+            held[code] = {u.id for u in test}
+        eval_view = _Subset(corpus, held)
+    else:
+        eval_view = eval_corpus
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    blocks, doc_rows, checksums = [], [], {}
+    counts = allocate(samples, [(code, w) for code, (_, w) in zip(train_codes, mix, strict=True)])
+    for code in train_codes:
+        units = [u for u in corpus.units(code) if u.id not in held.get(code, set()) and u.text.strip()]
+        ids = tokenizer([u.text for u in units], add_special_tokens=False)["input_ids"] if units else []
+        packed = pack(ids, cfg.seq_len, bos, eos)
+        blocks.append(packed)
+        checksums[code] = text_sha256(u.text for u in units)
+        need = counts[code]
+        if need > len(packed) * cfg.epochs:
+            have = sum(len(x) for x in ids)
+            epochs = math.ceil(need / max(len(packed), 1))
+            more = f"raise --epochs to {epochs}, " if len(packed) else ""
+            raise BabelscopeError(
+                f"corpus {corpus.name!r} has {len(packed)} blocks of {cfg.seq_len} tokens of {code} ({have} "
+                f"tokens in {len(units)} documents), the budget needs {need} x {cfg.epochs} epoch(s); "
+                f"{more}lower --samples/--tokens or give more text"
+            )
+        doc_rows.append({"lang": code, "documents": len(units), "tokens": sum(len(x) + 2 for x in ids),
+                         "blocks": len(packed), "samples": need,
+                         "epochs": need / len(packed) if len(packed) else None})
+    order = sample_order(counts, {c: len(b) for c, b in zip(train_codes, blocks, strict=True)}, cfg.epochs,
+                         cfg.seed)
+    for code in eval_codes:  # an evaluation language must have held-out text
+        if not eval_view.units(code):
+            raise BabelscopeError(f"corpus {eval_corpus.name!r} has no held-out text for {code}; drop it from "
+                                  "--eval-langs or give --eval-corpus")
+    return {"samples": samples, "eval_at": eval_at, "train_codes": train_codes, "blocks": blocks,
+            "order": order, "data_rows": doc_rows, "checksums": checksums, "eval_view": eval_view,
+            "eval_codes": eval_codes, "eval_corpus": eval_corpus, "held_out_split": same}
+
+
+def data_fingerprint(data: dict[str, Any], model_checksum: str, mask_checksum: str, seq_len: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([data["checksums"], model_checksum, mask_checksum, seq_len]).encode())
+    digest.update(np.ascontiguousarray(data["order"]).tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- masks
+def mask_path(spec: str, run_dir: Path) -> Path:
+    path = Path(spec).expanduser()
+    for candidate in (run_dir / path, path):
+        if candidate.is_file():
+            return candidate
+    raise BabelscopeError(f"--freeze-region {spec}: no such mask file (looked in {run_dir} and here); give a "
+                          "masks/*.safetensors file of `babelscope regions select`")
+
+
+def check_mask_model(path: Path, model_spec: str) -> None:
+    """Refuse a mask made for another model, from the weight checksum, before loading the model."""
+    from babelscope.models.loader import _weights_checksum, resolve_spec
+    from babelscope.regions.importance import read_metadata
+
+    meta = read_metadata(path)
+    source, _ = resolve_spec(model_spec)
+    if isinstance(source, Path) and list(source.glob("*.safetensors")):
+        checksum = _weights_checksum(source, None)
+        if meta.get("model") not in (None, checksum):
+            raise BabelscopeError(
+                f"{path}: mask for another model (made for weights {str(meta.get('model'))[:12]}, --model "
+                f"{model_spec} has {checksum[:12]}); select the region from this model's importance scores"
+            )
+
+
+def check_seq_len(cfg: PretrainConfig) -> None:
+    from babelscope.models.loader import _load_config, resolve_spec
+
+    source, _ = resolve_spec(cfg.model)
+    config = _load_config(source, False)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None)
+    if cfg.seq_len < 2:
+        raise BabelscopeError(f"--seq-len {cfg.seq_len}: a block needs at least 2 tokens")
+    if limit and cfg.seq_len > limit:
+        raise BabelscopeError(f"--seq-len {cfg.seq_len} is over the model's maximum of {limit} positions "
+                              f"({cfg.model}); lower --seq-len")
+
+
+# ----------------------------------------------------------------------------------------------- step
+def loop_config(cfg: PretrainConfig):
+    from babelscope.transfer.loop import LoopConfig
+
+    return LoopConfig(
+        lr=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.micro_batch_size,
+        grad_accum=cfg.grad_accum, epochs=1, shuffle=False, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+        gradient_checkpointing=cfg.gradient_checkpointing, log_every=cfg.log_every, logit_chunk=cfg.logit_chunk,
+        trackers=cfg.trackers, freeze_norms=cfg.freeze_norms, save_model=cfg.save_model,
+        mixed_precision=cfg.mixed_precision,
+    )
+
+
+def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], frozen: dict) -> list[dict]:
+    """The curves of every finished pretraining step of ``run_dir`` from the same start model (this one
+    included), for the report's overlay; empty when this is the only one."""
+    from babelscope.runs import iter_results
+
+    def label(freeze: dict) -> str:
+        return f"{freeze.get('region')}@{freeze.get('k')}" if freeze and freeze.get("file") else "none"
+
+    keep = ("samples", "lang", "target", "ppl", "bits_per_unit")
+    rows = [{"run": step, "freeze": label(frozen), **{k: r[k] for k in keep}} for r in curve]
+    others = 0
+    for doc in iter_results(run_dir):
+        res = doc.get("results") or {}
+        if doc.get("kind") != KIND or doc.get("step") == step or res.get("model_checksum") != checksum:
+            continue
+        if not res.get("complete"):
+            continue
+        others += 1
+        for r in doc["tables"].get("curve", {}).get("rows", []):
+            rows.append({"run": doc["step"], "freeze": label(res.get("freeze") or {}), **{k: r.get(k) for k in keep}})
+    return rows if others else []
+
+
+def _median(values):
+    vals = sorted(v for v in values if v is not None)
+    return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+
+
+def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=None) -> dict[str, Any]:
+    """The ``babelscope transfer pretrain`` step (resumable). The model is always loaded afresh from
+    ``cfg.model`` (training changes it; a shared ``loaded`` model is not used)."""
+    from transformers import AutoTokenizer
+
+    from babelscope.evaluate.perplexity import PplConfig, language_rows
+    from babelscope.models import load_model
+    from babelscope.models.engine import Engine
+    from babelscope.models.loader import resolve_spec
+    from babelscope.runs import Step, is_main_process, load_results, provenance, to_jsonable, write_yaml
+    from babelscope.transfer.loop import check_config, lr_at, train
+
+    run_dir = Path(run_dir)
+    config = {k: v for k, v in vars(cfg).items() if k not in ("device",)}
+    st = Step(run_dir, step)
+    if st.is_done(config) and load_results(st.results_path)["results"].get("complete"):
+        return load_results(st.results_path)
+    lcfg = loop_config(cfg)
+    check_config(lcfg)
+    # Options and data first: nothing is loaded or written before they pass.
+    if st.path.exists() and (st.path / "config.yaml").exists() and (st.path / "checkpoints").exists():
+        import yaml
+
+        old = yaml.safe_load((st.path / "config.yaml").read_text(encoding="utf-8"))
+        if old != to_jsonable(config):
+            changed = sorted(k for k in set(old) | set(config) if old.get(k) != to_jsonable(config).get(k))
+            raise BabelscopeError(
+                f"{st.path}: its checkpoint belongs to another configuration ({', '.join(changed)} differ); "
+                f"use another --step or --run-dir, or delete {st.path} to start over"
+            )
+    check_seq_len(cfg)
+    mask_file = mask_path(cfg.freeze_region, run_dir) if cfg.freeze_region else None
+    if mask_file is not None:
+        check_mask_model(mask_file, cfg.model)
+    source, _ = resolve_spec(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    data = prepare_data(cfg, tokenizer)
+
+    model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
+    masks, mask_meta, mask_sum = None, {}, ""
+    if mask_file is not None:
+        from babelscope.regions.params import scored_parameters
+        from babelscope.regions.select import load_mask
+        from babelscope.runs import file_sha256
+
+        masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
+        if mask_meta.get("other_model"):
+            raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
+                                  "the region from this model's importance scores")
+        mask_sum = file_sha256(mask_file)
+    fingerprint = data_fingerprint(data, info.checksum, mask_sum, cfg.seq_len)
+    main = is_main_process()
+    if main:
+        st.write_config(config)
+        np.save(st.path / ".order.npy.tmp.npy", data["order"])
+        (st.path / ".order.npy.tmp.npy").replace(st.path / "order.npy")
+
+    # The forgetting curve: measured points so far (a resumed run keeps them).
+    curve: list[dict[str, Any]] = []
+    if st.results_path.exists():
+        old = load_results(st.results_path)
+        if old.get("config") == to_jsonable(config):
+            curve = list(old["tables"].get("curve", {}).get("rows", []))
+    ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
+    import os
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.micro_batch_size * cfg.grad_accum * processes
+    total_steps = math.ceil(data["samples"] / per_step)
+    targets = set(data["train_codes"])
+    frozen = {"file": str(mask_file) if mask_file else None, "region": mask_meta.get("region"),
+              "k": mask_meta.get("k"), "scope": mask_meta.get("scope")}
+    if masks is not None:
+        from babelscope.regions.params import norm_modules
+
+        norms = set() if cfg.freeze_norms else set(norm_modules(model))
+        frozen["parameters"] = sum(int(m.sum()) for n, m in masks.items() if n not in norms)
+        frozen["fraction_of_blocks"] = frozen["parameters"] / sum(m.numel() for m in masks.values())
+
+    def results(complete: bool, trained=None) -> dict[str, Any]:
+        last = max((r["samples"] for r in curve), default=None)
+        final = [r for r in curve if r["samples"] == last]
+        start = [r for r in curve if r["samples"] == 0]
+        summary = {}
+        if final and start:
+            base = {r["lang"]: r["ppl"] for r in start}
+            ratio = {r["lang"]: r["ppl"] / base[r["lang"]] for r in final if base.get(r["lang"])}
+            summary = {
+                "target_ppl_ratio": _median([v for k, v in ratio.items() if k in targets]),
+                "others_median_ppl_ratio": _median([v for k, v in ratio.items() if k not in targets]) if any(
+                    k not in targets for k in ratio) else None,
+            }
+        return {
+            "model": info.name, "model_checksum": info.checksum, "corpus": data["eval_corpus"].name
+            if data["held_out_split"] else cfg.corpus, "train_corpus": cfg.corpus,
+            "eval_corpus": data["eval_corpus"].name, "held_out_split": data["held_out_split"],
+            "targets": data["train_codes"], "eval_langs": data["eval_codes"], "seq_len": cfg.seq_len,
+            "samples": data["samples"], "tokens": data["samples"] * cfg.seq_len, "steps": total_steps,
+            "samples_per_step": per_step, "lr": cfg.lr, "schedule": cfg.schedule, "eval_at": data["eval_at"],
+            "freeze": frozen, "complete": complete, "summary": summary,
+            "model_dir": str(trained.model_dir) if trained is not None and trained.model_dir else None,
+            "train_seconds": trained.seconds if trained is not None else None,
+            "final_loss": trained.loss if trained is not None else None,
+        }
+
+    def write(complete: bool, trained=None) -> None:
+        from babelscope.transfer.loop import read_metrics
+
+        tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"])), "data": data["data_rows"],
+                  "metrics": read_metrics(st.path / "metrics.jsonl")}
+        if complete:
+            tables["compare"] = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen)
+        prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
+                          freeze=frozen)
+        st.write_results(KIND, config, results(complete, trained), tables, prov)
+
+    def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
+        engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
+        rows, _, _ = language_rows(engine, data["eval_view"], data["eval_codes"], ppl_cfg)
+        lr = lr_at(at_step - 1, total_steps, lcfg) if at_step else 0.0
+        point = [{"samples": samples, "step": at_step, "tokens": samples * cfg.seq_len, "lr": lr,
+                  "lang": r["lang"], "name": r["name"], "target": r["lang"] in targets, "ppl": r["ppl"],
+                  "bits_per_unit": r["bits_per_unit"], "bits_per_byte": r["bits_per_byte"], "nll": r["nll"],
+                  "eval_tokens": r["tokens"], "units": r["units"]} for r in rows]
+        curve[:] = [r for r in curve if r["samples"] != samples] + point
+        if main:
+            write(False)
+        return {"samples": samples, "rows": point}
+
+    trained = train(model, tokenizer, PackedBlocks(data["blocks"], data["order"]), lcfg, st.path,
+                    evaluate=evaluate, eval_at=data["eval_at"], freeze=masks, fingerprint=fingerprint,
+                    tracker_config={"model": cfg.model, "langs": cfg.langs})
+    if not main:
+        return {}
+    write_yaml(st.path / "config.yaml", config)
+    write(True, trained)
+    return load_results(st.results_path)

@@ -1,0 +1,180 @@
+"""Further pretraining on a tiny model: data packing and budget, the forgetting curve, resume, freezing, the
+report, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from babelscope.errors import BabelscopeError
+from babelscope.transfer.pretrain import PretrainConfig, allocate, pack, parse_mix, prepare_data, run
+from conftest import build_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-pretrain")
+    build_tiny("gemma3", out)
+    return out
+
+
+def _cfg(tiny: Path, **kw) -> PretrainConfig:
+    base = dict(model=str(tiny), corpus="pud-sample", langs="deu:0.75,eng:0.25", seq_len=16, samples=24,
+                eval_corpus="udhr-sample", eval_langs="eng,fra", eval_at="0,8,24", eval_window=32,
+                eval_max_tokens=64, micro_batch_size=4, lr=2e-3, save_model=False)
+    return PretrainConfig(**{**base, **kw})
+
+
+def test_pack_and_mix():
+    blocks = pack([[5, 6, 7], [8], [9, 10], [11]], seq_len=4, bos=2, eos=1)
+    # BOS/EOS at document boundaries; the tail [2, 11, 1] is dropped
+    assert blocks.tolist() == [[2, 5, 6, 7], [1, 2, 8, 1], [2, 9, 10, 1]]
+    assert parse_mix("vie:3,eng:1") == [("vie", 0.75), ("eng", 0.25)]
+    assert allocate(10, parse_mix("a:1,b:1,c:1")) == {"a": 4, "b": 3, "c": 3}
+
+
+def test_curve_data_and_report(tiny, tmp_path):
+    from babelscope.models import load_model
+    from babelscope.report import render_html
+
+    doc = run(_cfg(tiny, save_model=True), tmp_path)
+    res, curve = doc["results"], doc["tables"]["curve"]["rows"]
+    assert res["complete"] and res["steps"] == 6 and res["tokens"] == 24 * 16
+    assert sorted({r["samples"] for r in curve}) == [0, 8, 24]
+    assert {r["lang"] for r in curve} == {"deu", "eng", "fra"} and len(curve) == 9
+    ppl = {(r["samples"], r["lang"]): r for r in curve}
+    assert ppl[24, "deu"]["ppl"] < ppl[0, "deu"]["ppl"] and ppl[24, "deu"]["target"]
+    assert ppl[0, "eng"]["lr"] == 0.0 and ppl[24, "eng"]["lr"] > 0 and ppl[8, "eng"]["step"] == 2
+    assert all(r["bits_per_unit"] is not None for r in curve)  # UDHR is parallel
+    data = {r["lang"]: r for r in doc["tables"]["data"]["rows"]}
+    assert data["deu"]["samples"] == 18 and data["eng"]["samples"] == 6
+    order = np.load(tmp_path / "transfer-pretrain" / "order.npy")
+    assert order.shape == (24, 2) and sorted(np.bincount(order[:, 0]).tolist()) == [6, 18]
+    model, _, _ = load_model(str(tmp_path / "transfer-pretrain" / "model"))
+    assert model.config.model_type == "gemma3_text"
+    assert len(doc["tables"]["metrics"]["rows"]) == 6
+    html = render_html(tmp_path)
+    assert "Further pretraining of" in html and "Perplexity at each measured point" in html
+
+
+def test_held_out_ids_are_disjoint(tiny):
+    from transformers import AutoTokenizer
+
+    cfg = _cfg(tiny, corpus="udhr-sample", langs="eng", eval_corpus="", eval_langs="fra", samples=1, eval_at="",
+               held_out=0.5)
+    data = prepare_data(cfg, AutoTokenizer.from_pretrained(str(tiny)))
+    from babelscope.data import open_corpus
+    from babelscope.data.base import split_units
+
+    train, test = split_units(open_corpus("udhr-sample").units("eng"), 0.5, 0)
+    assert {u.id for u in data["eval_view"].units("eng")} == {u.id for u in test}
+    assert data["held_out_split"] and data["data_rows"][0]["documents"] == len(train)
+
+
+def test_killed_run_keeps_its_curve_and_resumes(tiny, tmp_path, monkeypatch):
+    from babelscope.models.engine import Engine
+    from babelscope.runs import load_results
+
+    cfg = _cfg(tiny, checkpoint_every=1)
+    whole = run(cfg, tmp_path / "whole")["tables"]["curve"]["rows"]
+    calls = {"n": 0}
+    real = Engine.rolling_loglikelihood
+
+    def dies_at_second_point(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "rolling_loglikelihood", dies_at_second_point)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut")
+    partial = load_results(tmp_path / "cut" / "transfer-pretrain")
+    assert not partial["results"]["complete"]
+    assert {r["samples"] for r in partial["tables"]["curve"]["rows"]} == {0}
+    monkeypatch.setattr(Engine, "rolling_loglikelihood", real)
+    resumed = run(cfg, tmp_path / "cut")
+    assert resumed["results"]["complete"]
+    got = {(r["samples"], r["lang"]): r["ppl"] for r in resumed["tables"]["curve"]["rows"]}
+    for r in whole:  # the same weights at every point, so the same perplexities (same code, same order)
+        assert got[r["samples"], r["lang"]] == pytest.approx(r["ppl"], rel=1e-6)
+
+
+def test_freeze_region(tiny, tmp_path):
+    from babelscope.models import load_model
+    from babelscope.regions.importance import save_tensors
+    from babelscope.regions.params import scored_parameters
+    from babelscope.regions.select import region_mask
+
+    model, _, info = load_model(str(tiny))
+    params = scored_parameters(model)
+    mask = region_mask({n: p.detach().abs() for n, p in params.items()}, 0.05, "top", "tensor")
+    save_tensors(tmp_path / "top.safetensors", mask, {"model": info.checksum, "region": "top", "k": 0.05,
+                                                       "scope": "tensor", "size": sum(int(m.sum()) for m in
+                                                                                      mask.values())})
+    doc = run(_cfg(tiny, save_model=True, freeze_region="top.safetensors"), tmp_path)
+    trained, _, _ = load_model(str(tmp_path / "transfer-pretrain" / "model"))
+    after = scored_parameters(trained)
+    frozen = doc["results"]["freeze"]
+    assert frozen["region"] == "top" and 0 < frozen["parameters"] < sum(int(m.sum()) for m in mask.values()) + 1
+    from babelscope.regions.params import norm_modules
+
+    norms = set(norm_modules(trained))
+    for name, m in mask.items():
+        if name not in norms:
+            assert torch.equal(after[name].detach()[m], params[name].detach()[m]), name
+
+    # another model's mask (same architecture, other weights): refused before training, nothing written
+    other = tmp_path / "other"
+    build_tiny("gemma3", other, seed=1)
+    with pytest.raises(BabelscopeError, match="mask for another model"):
+        run(_cfg(other, freeze_region=str(tmp_path / "top.safetensors")), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_input(tiny, tmp_path):
+    with pytest.raises(BabelscopeError, match="raise --epochs"):
+        run(_cfg(tiny, samples=5000), tmp_path)
+    with pytest.raises(BabelscopeError, match="over the model's maximum of 512"):
+        run(_cfg(tiny, seq_len=600), tmp_path)
+    with pytest.raises(BabelscopeError, match="exactly one budget"):
+        run(_cfg(tiny, samples=None), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+    # with repeats allowed the same budget trains
+    cfg = _cfg(tiny, corpus="udhr-sample", langs="eng", eval_corpus="", samples=40, seq_len=32, epochs=40, held_out=0.5,
+               eval_at="0,40")
+    assert run(cfg, tmp_path / "ok")["results"]["complete"]
+
+
+def test_checkpoint_of_another_configuration(tiny, tmp_path, monkeypatch):
+    from babelscope.models.engine import Engine
+
+    cfg = _cfg(tiny, checkpoint_every=1)
+    real = Engine.rolling_loglikelihood
+    calls = {"n": 0}
+
+    def dies(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Engine, "rolling_loglikelihood", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path)
+    monkeypatch.setattr(Engine, "rolling_loglikelihood", real)
+    before = sorted(p.name for p in (tmp_path / "transfer-pretrain" / "checkpoints").iterdir())
+    out = subprocess.run([sys.executable, "-m", "babelscope.cli", "transfer", "pretrain", "-m", str(tiny),
+                          "--corpus", "pud-sample", "--langs", "deu:0.75,eng:0.25", "--seq-len", "16",
+                          "--samples", "24", "--lr", "0.1", "-o", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "another configuration" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "transfer-pretrain" / "checkpoints").iterdir()) == before
+    assert json.loads((tmp_path / "transfer-pretrain" / "results.json").read_text())["results"]["complete"] is False
