@@ -303,14 +303,10 @@ def save_tuned(model, peft_model, tokenizer, cfg: SftConfig, prepared: dict[str,
 
 
 def _with_template(tokenizer, prepared: dict[str, Any]):
-    """A copy of the tokenizer whose chat template is the training template (unchanged for ``chat``)."""
-    import copy
-
-    if prepared["template_name"] == "chat":
-        return tokenizer
-    tok = copy.deepcopy(tokenizer)
-    tok.chat_template = prepared["template"]
-    return tok
+    """The tokenizer (the step's own copy) with the training template as its chat template."""
+    if prepared["template_name"] != "chat":
+        tokenizer.chat_template = prepared["template"]
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------------------------- the step
