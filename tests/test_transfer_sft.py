@@ -330,3 +330,25 @@ def test_two_processes_match_one(tmp_path, tiny_dir):
     # difference at float32 rounding scale relative to the loss (~6 nats)
     assert a == pytest.approx(b, rel=1e-4)
     assert (tmp_path / "two/sft/model/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["zhao2024.yaml", "demo.yaml"])
+def test_example_experiments_name_known_options(name):
+    """Every step of the example experiments whose command is registered uses only that command's options."""
+    import dataclasses
+
+    import yaml
+
+    from babelscope.experiment import _command, all_commands
+
+    doc = yaml.safe_load((Path(__file__).parents[1] / "examples" / name).read_text(encoding="utf-8"))
+    known = all_commands()
+    checked = 0
+    for raw in doc["steps"]:
+        if raw["command"] not in known:
+            continue  # a capability merged from another branch (transfer-vocab) checks its own steps
+        cfg_cls, _ = _command(raw["command"])
+        fields = {f.name for f in dataclasses.fields(cfg_cls)}
+        assert set(raw) - {"command", "step"} <= fields, (raw["step"], set(raw) - fields)
+        checked += 1
+    assert checked >= (17 if name == "zhao2024.yaml" else 3)
