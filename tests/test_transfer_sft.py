@@ -352,3 +352,13 @@ def test_example_experiments_name_known_options(name):
         assert set(raw) - {"command", "step"} <= fields, (raw["step"], set(raw) - fields)
         checked += 1
     assert checked >= (17 if name == "zhao2024.yaml" else 3)
+
+
+def test_turning_point():
+    from babelscope.transfer.sft import turning_point
+
+    rows = [{"step": s, "samples": 4 * s, "epoch": s / 10, "val_loss": v} for s, v in
+            [(0, 3.0), (5, 2.5), (10, 2.2), (15, 2.3), (20, 2.6)]]
+    assert turning_point(rows) == {"step": 10, "samples": 40, "epoch": 1.0, "val_loss": 2.2}
+    assert turning_point(rows[:3]) is None  # still falling
+    assert turning_point(rows[:1]) is None
