@@ -1,6 +1,7 @@
 """Importance scoring vs a bare forward + backward loop over the same batches (Zhang et al. 2024, Eq. 2-3).
 
-Ours: the full ``regions importance`` step (per-language S = θ ⊙ g through ``Engine.backward``, each
+Ours: the full ``regions importance`` step (per-language S = θ ⊙ g through ``Engine.backward``, whose LM head
+and loss are the chunked fused linear cross-entropy of ``babelscope.models.loss``; each
 language's scores written to safetensors, the aggregate Imp = Σ|S| kept and written). Bare: the plain loop a
 user would write, over the same windows in the same longest-first batches, the same chunked, checkpointed
 LM-head loss and the same trainable set (the weights inside the blocks), gradients dropped after each language;

@@ -17,6 +17,7 @@ tokens/s over the bare loop's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -102,7 +103,7 @@ def child(setup: str, args) -> dict:
         with tempfile.TemporaryDirectory() as out:
             train(model, tok, examples, cfg, out, freeze=freeze)
             rows = read_metrics(Path(out) / "metrics.jsonl")
-        seconds = [rows[0]["seconds"]] + [b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])]
+        seconds = [rows[0]["seconds"]] + [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(rows)]
         step_s = statistics.median(seconds[args.warmup :])
     return {"setup": setup, "step_s": step_s, "tokens_per_s": tokens_per_step / step_s, "peak_bytes": _peak(torch)}
 
@@ -116,7 +117,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--logit-chunk", type=int, default=1024)
+    parser.add_argument("--logit-chunk", type=int, default=512)
     parser.add_argument("--device", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -58,6 +58,6 @@ def test_float32_model_head():
     loss, count = fused_linear_cross_entropy(hidden, head_spec(model), ids[:, 1:], chunk=16)
     loss.backward()
     assert count == ids.shape[1] - 1
-    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-4)
     for n, p in model.named_parameters():
         assert float((p.grad - ref_grads[n]).norm()) <= 1e-4 * float(ref_grads[n].norm()) + 1e-12, n

@@ -90,6 +90,14 @@ def test_step_does_not_depend_on_how_it_is_cut(tmp_path):
         assert diff <= 1e-4 * norm
 
 
+def test_bad_loop_options():
+    from babelscope.transfer.loop import check_config
+
+    for bad in (dict(schedule="step"), dict(micro_batch_size=0), dict(trackers="nosuch"), dict(lr=0.0)):
+        with pytest.raises(BabelscopeError):
+            check_config(LoopConfig(**bad))
+
+
 def test_schedule():
     cfg = LoopConfig(lr=1.0, warmup=2, schedule="cosine", min_lr_ratio=0.1)
     assert [round(lr_at(s, 10, cfg), 4) for s in (0, 1)] == [0.5, 1.0]

@@ -118,7 +118,13 @@ def test_freeze_region(tiny, tmp_path):
     save_tensors(tmp_path / "top.safetensors", mask, {"model": info.checksum, "region": "top", "k": 0.05,
                                                        "scope": "tensor", "size": sum(int(m.sum()) for m in
                                                                                       mask.values())})
+    run(_cfg(tiny), tmp_path, step="none")  # the same training without freezing, for the overlay
     doc = run(_cfg(tiny, save_model=True, freeze_region="top.safetensors"), tmp_path)
+    compare = doc["tables"]["compare"]["rows"]
+    assert {(r["run"], r["freeze"]) for r in compare} == {("none", "none"), ("transfer-pretrain", "top@0.05")}
+    from babelscope.report import render_html
+
+    assert "Trainings compared" in render_html(tmp_path)
     trained, _, _ = load_model(str(tmp_path / "transfer-pretrain" / "model"))
     after = scored_parameters(trained)
     frozen = doc["results"]["freeze"]

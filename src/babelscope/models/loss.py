@@ -101,7 +101,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):  # type: ignore[override]
         grads = []
         for g, have, dtype in zip(ctx.saved_tensors, ctx.have, ctx.dtypes, strict=True):
-            grads.append((g * grad_loss).to(dtype) if have else None)
+            # in place: no second V x H block for the head's gradient (the stored one is used once)
+            grads.append(g.mul_(grad_loss.to(g.dtype)).to(dtype) if have else None)
         return grads[0], grads[1], grads[2], None, None, None, None
 
 
@@ -109,7 +110,7 @@ def fused_linear_cross_entropy(
     hidden: torch.Tensor,
     head: HeadSpec,
     targets: torch.Tensor,
-    chunk: int = 1024,
+    chunk: int = 512,
     ignore_index: int = IGNORE,
 ) -> tuple[torch.Tensor, int]:
     """``(summed NLL over the non-ignored targets, their count)`` for hidden vectors ``(..., H)`` and aligned

@@ -68,7 +68,7 @@ def pretrain_cmd(
     checkpoint_every: Annotated[int, _opt("Save a resumable checkpoint every N steps (0 = none).")] = 0,
     gradient_checkpointing: Annotated[bool, _opt("Recompute activations in backward (less memory).")] = False,
     log_every: Annotated[int, _opt("Steps per metrics line (metrics.jsonl, trackers).")] = 1,
-    logit_chunk: Annotated[int, _opt("Rows per chunk of the fused LM head + loss.")] = 1024,
+    logit_chunk: Annotated[int, _opt("Rows per chunk of the fused LM head + loss.")] = 512,
     trackers: Annotated[str, _opt("Accelerate trackers to log to: tensorboard, wandb, mlflow (off).")] = "",
     mixed_precision: Annotated[str, _opt("auto (bf16 on GPUs, fp32 on CPUs), no, bf16 or fp16.")] = "auto",
     save_model: Annotated[bool, _opt("Save the trained model as a Hugging Face directory in the step.")] = True,

@@ -28,7 +28,9 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 * ``freeze``: ``{parameter name: bool mask}`` (True = frozen, e.g. ``babelscope regions select`` masks). Frozen
   entries have their gradients zeroed (before clipping), are kept out of weight decay (the tensor's decay is
   applied here to the other entries) and are restored after every optimizer step, so they stay bit-identical
-  (Adam's moments never see them). Masks, not ``requires_grad``, so FSDP's flat parameters are not split.
+  (Adam's moments never see them). Masks, not ``requires_grad`` (which FSDP refuses within one flat
+  parameter): on one device, under DDP, and under FSDP 2 (each process masks the rows of its dim-0 shard);
+  refused under FSDP 1 and DeepSpeed (flat / partitioned parameters).
 * ``evaluate(model, samples_seen, step) -> dict | None``: called at the first step boundary at or after each
   sample count in ``eval_at`` (0 = before training), on every process, model in eval mode; returns are
   collected in ``result.evals``. The caller writes what it measures (a killed run keeps it).
@@ -89,7 +91,7 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     log_every: int = 1
-    logit_chunk: int = 1024  # rows per chunk of the fused LM head + loss
+    logit_chunk: int = 512  # rows per chunk of the fused LM head + loss
     trackers: str = ""  # comma-separated Accelerate trackers: tensorboard, wandb, mlflow
     freeze_norms: bool = False  # also freeze masked entries of norm vectors
     save_model: bool = True
@@ -151,6 +153,16 @@ def check_config(cfg: LoopConfig) -> None:
         raise BabelscopeError("--lr must be positive and --warmup, --weight-decay, --max-grad-norm not negative")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise BabelscopeError(f"--mixed-precision {cfg.mixed_precision!r}: use auto, no, bf16 or fp16")
+    import importlib.util
+
+    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+    for name in (t.strip() for t in cfg.trackers.split(",") if t.strip()):
+        if name not in packages:
+            raise BabelscopeError(f"--trackers {name!r}: use any of {', '.join(packages)} (comma-separated)")
+        if importlib.util.find_spec(packages[name]) is None:
+            raise BabelscopeError(f"--trackers {name}: the package {packages[name]} is not installed; "
+                                  f"pip install {packages[name]}, or drop it from --trackers")
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -158,10 +170,11 @@ class CausalLMLoss(nn.Module):
     """The unmodified causal LM plus the fused head + loss: ``forward`` returns the summed NLL of a micro-batch
     and its target count. Accelerate wraps this module (DDP/FSDP see a normal forward)."""
 
-    def __init__(self, model: nn.Module, logit_chunk: int = 1024):
+    def __init__(self, model: nn.Module, logit_chunk: int = 512):
         super().__init__()
         self.model = model
         self.logit_chunk = logit_chunk
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's default wrap classes
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
         from babelscope.models.arch import base_model, logits_from_hidden
@@ -202,27 +215,31 @@ def target_count(batch: Mapping[str, torch.Tensor]) -> int:
 # ----------------------------------------------------------------------------------------------- freezing
 class RegionFreeze:
     """Keep masked entries of parameters fixed: zero their gradients, exclude them from weight decay, restore
-    them after the optimizer step (Zhang et al. 2024, §5, with the moments and decay masked as well)."""
+    them after the optimizer step (Zhang et al. 2024, §5, with the moments and decay masked as well).
+
+    Under FSDP 2 a parameter is a DTensor sharded on dim 0: each process applies the rows of the mask that its
+    shard holds (:func:`local_mask`) to its local tensors, so nothing is gathered."""
 
     def __init__(self, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor], norms: set[str]):
         self.items: list[tuple[nn.Parameter, torch.Tensor]] = []
         for name, mask in masks.items():
             if name in norms or name not in params:
                 continue
-            idx = mask.reshape(-1).nonzero()[:, 0].to(params[name].device)
+            p = params[name]
+            idx = local_mask(p, mask, name).reshape(-1).nonzero()[:, 0].to(_local(p).device)
             if idx.numel():
-                self.items.append((params[name], idx))
+                self.items.append((p, idx))
         self.ids = {id(p) for p, _ in self.items}
         self.saved: list[torch.Tensor] = []
         self.count = sum(int(i.numel()) for _, i in self.items)
 
     def snapshot(self) -> None:
-        self.saved = [p.detach().reshape(-1).index_select(0, idx) for p, idx in self.items]
+        self.saved = [_local(p).detach().reshape(-1).index_select(0, idx) for p, idx in self.items]
 
     def zero_grads(self) -> None:
         for p, idx in self.items:
             if p.grad is not None:
-                p.grad.view(-1).index_fill_(0, idx, 0.0)
+                _local(p.grad).view(-1).index_fill_(0, idx, 0.0)
 
     @torch.no_grad()
     def decay(self, lr: float, weight_decay: float) -> None:
@@ -232,13 +249,38 @@ class RegionFreeze:
             return
         for (p, idx), saved in zip(self.items, self.saved, strict=True):
             if p.ndim >= 2:
-                p.mul_(1 - lr * weight_decay)
-                p.view(-1).index_copy_(0, idx, saved)
+                local = _local(p)
+                local.mul_(1 - lr * weight_decay)
+                local.view(-1).index_copy_(0, idx, saved)
 
     @torch.no_grad()
     def restore(self) -> None:
         for (p, idx), saved in zip(self.items, self.saved, strict=True):
-            p.view(-1).index_copy_(0, idx, saved)
+            _local(p).view(-1).index_copy_(0, idx, saved)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view of its storage); any other tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
+
+
+def local_mask(p: torch.Tensor, mask: torch.Tensor, name: str = "") -> torch.Tensor:
+    """The rows of a full-shape ``mask`` that this process holds of ``p``: all of it for a plain or replicated
+    tensor; for FSDP 2's ``Shard(0)`` the ``torch.chunk`` piece of this rank (ceil(rows / world) rows each)."""
+    placements = getattr(p, "placements", None)
+    if placements is None or all(type(x).__name__ == "Replicate" for x in placements):
+        return mask
+    if len(placements) != 1 or type(placements[0]).__name__ != "Shard" or placements[0].dim != 0:
+        raise BabelscopeError(f"{name}: parameter sharded as {placements}; region freezing supports FSDP 2's "
+                              "dim-0 sharding only (launch with examples/accelerate/fsdp.yaml or ddp.yaml)")
+    mesh = p.device_mesh
+    rows, world, rank = mask.shape[0], mesh.size(), mesh.get_local_rank()
+    per = math.ceil(rows / world)
+    piece = mask[min(rank * per, rows) : min((rank + 1) * per, rows)]
+    if tuple(piece.shape) != tuple(_local(p).shape):
+        raise BabelscopeError(f"{name}: local shard {tuple(_local(p).shape)} does not match mask rows "
+                              f"{tuple(piece.shape)}; freezing needs even dim-0 sharding (FSDP 2)")
+    return piece
 
 
 def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> list[dict[str, Any]]:
@@ -348,10 +390,16 @@ def train(
     wrapped = CausalLMLoss(model, cfg.logit_chunk)
     groups = param_groups(model, cfg, frozen.ids if frozen else set())
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    kind = accelerator.distributed_type.value
+    fsdp2 = kind == "FSDP" and getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1) == 2
+    if frozen is not None and (kind == "DEEPSPEED" or (kind == "FSDP" and not fsdp2)):
+        raise BabelscopeError(
+            f"region freezing under {kind}{' (FSDP 1)' if kind == 'FSDP' else ''} is not supported (flat or "
+            "partitioned parameters); launch with FSDP 2 (examples/accelerate/fsdp.yaml) or DDP (ddp.yaml)"
+        )
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
-    if frozen is not None:  # FSDP/DeepSpeed may have replaced the parameter objects: rebind by name
-        inner = accelerator.unwrap_model(wrapped).model
-        frozen = RegionFreeze(dict(inner.named_parameters()), freeze, norms)
+    if frozen is not None and fsdp2:  # the parameters are now DTensors: rebind and take each shard's rows
+        frozen = RegionFreeze(dict(accelerator.unwrap_model(wrapped).model.named_parameters()), freeze, norms)
     if trackers:
         accelerator.init_trackers("babelscope", config={**asdict(cfg), **(tracker_config or {})})
 
@@ -415,7 +463,8 @@ def train(
             frozen.zero_grads()
         grad_norm = None
         if cfg.max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm))
+            norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+            grad_norm = float(norm) if norm is not None else None  # DeepSpeed clips inside its step
         if frozen is not None:
             frozen.decay(lr, cfg.weight_decay)
         optimizer.step()

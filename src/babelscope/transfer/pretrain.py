@@ -66,7 +66,7 @@ class PretrainConfig:
     checkpoint_every: int = 0
     gradient_checkpointing: bool = False
     log_every: int = 1
-    logit_chunk: int = 1024
+    logit_chunk: int = 512
     trackers: str = ""
     mixed_precision: str = "auto"
     save_model: bool = True
@@ -459,8 +459,9 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
         tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"])), "data": data["data_rows"],
                   "metrics": read_metrics(st.path / "metrics.jsonl")}
-        if complete:
-            tables["compare"] = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen)
+        compare = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen) if complete else []
+        if compare:
+            tables["compare"] = compare
         prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
                           freeze=frozen)
         st.write_results(KIND, config, results(complete, trained), tables, prov)
