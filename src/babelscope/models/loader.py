@@ -7,6 +7,8 @@ mappings (:func:`model_kind`): a model type with a causal-LM class (``Gemma3ForC
 encoder. A causal model is checked once at load time: the engine's log-likelihood of a short text must equal the
 one from ``model(...).logits``, so an architecture with its own logit processing is never silently mis-scored.
 Weights load from safetensors or GGUF only, and ``trust_remote_code`` stays off unless the caller asks for it.
+A LoRA adapter directory (from ``babelscope transfer sft --save adapter``) loads onto the base model it records,
+merged.
 """
 
 from __future__ import annotations
@@ -233,6 +235,8 @@ def load_model(
     import torch
     from transformers import AutoTokenizer
 
+    if (Path(spec).expanduser() / "adapter_config.json").is_file():
+        return load_adapter(Path(spec).expanduser(), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     source, _ = resolve_spec(spec)
     config = _load_config(source, trust_remote_code)
     kind = model_kind(config)
@@ -259,3 +263,33 @@ def load_model(
         check_logits(model, tokenizer)
     info = describe(model, tokenizer, spec, source)
     return model, tokenizer, info
+
+
+def load_adapter(path: Path, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False):
+    """A peft LoRA adapter merged into the base model it was trained on (``babelscope_adapter.json``: base spec,
+    weights sha256 and vocabulary size); an adapter whose base has other weights is refused."""
+    from transformers import AutoTokenizer
+
+    record_path = path / "babelscope_adapter.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    else:  # a peft adapter made elsewhere: its own record of the base
+        record = {"base": json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")}
+    if not record.get("base"):
+        raise BabelscopeError(f"{path}: the adapter names no base model; it cannot be loaded")
+    model, _, base_info = load_model(record["base"], dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if record.get("base_checksum") not in (None, base_info.checksum) or record.get("vocab_size") not in (None, rows):
+        raise BabelscopeError(f"{path}: an adapter for another base model (trained on {record['base']} with weights "
+                              f"sha256 {str(record.get('base_checksum'))[:12]}, that model now has "
+                              f"{base_info.checksum[:12]}); load it onto the base it was trained on")
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    from babelscope.runs import file_sha256
+
+    files = sorted(path.glob("*.safetensors"))
+    checksum = hashlib.sha256((base_info.checksum + "".join(file_sha256(f) for f in files)).encode()).hexdigest()
+    return model, tokenizer, describe(model, tokenizer, str(path), path, checksum=checksum)

@@ -1,0 +1,71 @@
+"""The Table 1 analog of Zhao et al. 2024 ("LLaMA Beyond English"): one row per model variant (vocabulary
+extension or not, further pretraining scale, instruction tuning) with the judged response quality ACC, F, INFO,
+LC, H and AVG (each 0-3, :mod:`babelscope.evaluate.judge`) and the code-switching rate (their Fig. 4,
+:mod:`babelscope.evaluate.codeswitch`).
+
+A model-free step: it reads the run directory's ``responses`` steps (``eval respond``) and, for each, the
+``codeswitch`` step whose ``responses`` option names it (when there is one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+
+KIND = "transfer_table"
+
+
+@dataclass
+class StudyTableConfig:
+    steps: str = "all"  # response steps, comma-separated, in row order (all: every judged one, in run order)
+    labels: str | None = None  # row labels, comma-separated (default: the model of each step)
+
+
+def variant_rows(run_dir: Path, cfg: StudyTableConfig) -> list[dict[str, Any]]:
+    """One row per response step: label, model, judge, responses, judged, the five criteria, AVG, code-switching."""
+    from babelscope.evaluate.judge import CRITERIA
+    from babelscope.runs import iter_results
+
+    docs = iter_results(run_dir)
+    responses = {d["step"]: d for d in docs if d.get("kind") == "responses"}
+    switches = {d["config"].get("responses"): d for d in docs if d.get("kind") == "codeswitch"}
+    names = list(responses) if cfg.steps in ("all", "", None) else [s.strip() for s in cfg.steps.split(",")]
+    missing = [n for n in names if n not in responses]
+    if missing or not names:
+        raise BabelscopeError(f"--steps {cfg.steps}: no finished response step {missing or ''} in {run_dir}; run "
+                              f"`babelscope eval respond` first (have: {', '.join(responses) or 'none'})")
+    labels = [x.strip() for x in cfg.labels.split(",")] if cfg.labels else None
+    if labels and len(labels) != len(names):
+        raise BabelscopeError(f"--labels: {len(labels)} labels for {len(names)} response steps; give one each")
+    rows = []
+    for i, name in enumerate(names):
+        doc = responses[name]
+        items = [r for r in doc["tables"]["per_item"]["rows"] if r.get("AVG") is not None]
+        res = doc["results"]
+        row: dict[str, Any] = {"variant": labels[i] if labels else res.get("model"), "step": name,
+                               "model": res.get("model"), "judge": res.get("judge"),
+                               "responses": res["summary"]["responses"], "judged": len(items)}
+        for c in [*CRITERIA, "AVG"]:
+            row[c] = sum(float(r[c]) for r in items) / len(items) if items else None
+        cs = switches.get(name)
+        row["code_switching"] = cs["results"]["summary"]["rate"] if cs else None
+        rows.append(row)
+    return rows
+
+
+def run(cfg: StudyTableConfig, run_dir, step: str = "table", loaded=None) -> dict[str, Any]:
+    """The ``babelscope transfer table`` step (reads results only; recomputed every time, it is cheap)."""
+    from babelscope.runs import Step, is_main_process, load_results, provenance
+
+    run_dir = Path(run_dir)
+    rows = variant_rows(run_dir, cfg)
+    if not is_main_process():
+        return {}
+    judges = sorted({str(r["judge"]) for r in rows})
+    st = Step(run_dir, step)
+    st.write_results(KIND, dict(vars(cfg)), {"judges": judges, "variants": len(rows)}, {"variants": rows},
+                     provenance())
+    return load_results(st.results_path)
