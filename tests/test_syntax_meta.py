@@ -117,7 +117,7 @@ def tiny_meta_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("meta-run")
     model, tok = build_tiny("gemma3")
     loaded = lambda: (model, tok, describe(model, tok, "tiny", "tiny", checksum="tiny"))  # noqa: E731
-    steps.run_extract(steps.ExtractConfig(model="tiny", treebank="pud-sample", langs="en,de,fr,ru,tr",
+    steps.run_extract(steps.ExtractConfig(model="tiny", treebank="pud-sample", langs="en,de,fr,ru,tr,ja",
                                           layers="1,2", max_sentences=40, batch_size=8), run_dir, loaded=loaded)
     return run_dir, model, tok
 
@@ -150,6 +150,10 @@ def test_step_results_and_reproducible(tiny_meta_run, tmp_path):
     assert again["tables"]["training"]["rows"] == doc["tables"]["training"]["rows"]
     other = meta.run(meta.MetaConfig(**{**FAST, "seed": 1}, layer="auto"), tmp_path, step="meta-seed1")
     assert other["tables"]["per_run"]["rows"] != doc["tables"]["per_run"]["rows"]
+    from babelscope.report import render_report
+
+    html = render_report(tmp_path).read_text(encoding="utf-8")
+    assert "meta-learned concept alignment" in html and html.count("Fig. 17") >= 4  # 2 charts x 2 steps
 
 
 def test_step_bad_input(tiny_meta_run, tmp_path):
@@ -160,7 +164,7 @@ def test_step_bad_input(tiny_meta_run, tmp_path):
         (dict(shots="0,500"), "fewer than --shots 500"),
         (dict(min_count=10_000), "after the frequency filter|fewer than 2"),
         (dict(model="gemma-3-270m"), "made with tiny, not gemma-3-270m"),
-        (dict(test_langs="ja"), "not in the store"),
+        (dict(test_langs="ko"), "not in the store"),
     ]
     for i, (change, message) in enumerate(cases):
         with pytest.raises(BabelscopeError, match=message):
@@ -175,3 +179,20 @@ def test_step_bad_input(tiny_meta_run, tmp_path):
     with pytest.raises(BabelscopeError, match="re-extract both with one model"):
         meta.run(meta.MetaConfig(**{**FAST, "test_store": "other"}), tmp_path)
     assert not (tmp_path / "syntax-meta").exists()
+
+
+def test_demo_step_runs_on_the_store(tiny_meta_run, tmp_path):
+    """The demo's syntax-meta options (examples/demo.yaml) on a store of the same languages and size."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    run_dir, _, _ = tiny_meta_run
+    demo = yaml.safe_load((Path(__file__).parents[1] / "examples" / "demo.yaml").read_text(encoding="utf-8"))
+    options = next(s for s in demo["steps"] if s["command"] == "syntax-meta")
+    options = {k: v for k, v in options.items() if k not in ("command", "step")}
+    shutil.copytree(run_dir / "syntax-extract", tmp_path / "syntax-extract")
+    doc = meta.run(meta.MetaConfig(**options), tmp_path)
+    assert doc["results"]["test_langs"] == ["deu"] and doc["results"]["meta_langs"] == ["jpn"]
+    assert {r["shots"] for r in doc["tables"]["summary"]["rows"] if r["method"] == "META"} == {0, 1, 5}

@@ -53,10 +53,10 @@ CONCEPTS = ("pos", "relation")
 # Pretraining languages as the model documentation lists them (ISO 639-1). multilingual-e5 is initialised from
 # XLM-R and trained further on multilingual text; its card points to XLM-R's 100 languages (Conneau et al. 2020,
 # Table 6). Gemma 3's documentation says "over 140 languages" without a list: unknown per language.
-XLMR_LANGUAGES = frozenset(
-    "af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi fr fy ga gd gl gu ha he hi hr hu hy id "
-    "is it ja jv ka kk km kn ko ku ky la lo lt lv mg mk ml mn mr ms my ne nl no om or pa pl ps pt ro ru sa sd si "
-    "sk sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh".split())
+_XLMR = ("af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi fr fy ga gd gl gu ha he hi hr hu hy "
+         "id is it ja jv ka kk km kn ko ku ky la lo lt lv mg mk ml mn mr ms my ne nl no om or pa pl ps pt ro ru sa "
+         "sd si sk sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh")
+XLMR_LANGUAGES = frozenset(_XLMR.split())
 PRETRAINING = {
     "multilingual-e5": (XLMR_LANGUAGES, "XLM-R's 100 languages (multilingual-e5 model card; Conneau et al. 2020)"),
     "xlm-roberta": (XLMR_LANGUAGES, "XLM-R's 100 languages (Conneau et al. 2020, Table 6)"),
@@ -493,14 +493,156 @@ def _summary(per_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dict[str, Any]:
-    """Meta-train on the store's languages, then zero- and few-shot concept classification of held-out languages
-    against the baselines; writes per-run and summary tables (``RUN_DIR/STEP``)."""
+def _standardized(inst: dict[str, Any], tinst: dict[str, Any], vocab: dict[str, int]) -> dict[str, Sentences]:
+    """Every language's instances grouped by sentence, z-scored with statistics pooled over ``inst`` (the
+    source and meta-training languages)."""
+    mean, std = _stats([v.X for v in inst.values()])
+    return {lang: group_by_sentence(((v.X - mean) / std).astype(np.float32), v.labels, v.sent_ids, vocab)
+            for lang, v in {**inst, **tinst}.items()}
+
+
+def _split_pud(data: Sentences, dev_ids: set[str]) -> tuple[Sentences, Sentences]:
+    dev = np.asarray([s in dev_ids for s in data.sent_ids], dtype=bool)
+    return data.take(np.flatnonzero(~dev)), data.take(np.flatnonzero(dev))
+
+
+def _english_probe(en: Sentences, dev_ids: set[str], n_labels: int, cfg: MetaConfig, seed: int, what: str):
+    """The source language's prototype probe over its concepts attested ``min_count`` times (Eq. 1)."""
+    train, dev = _split_pud(en, dev_ids)
+    concepts = np.flatnonzero(np.bincount(train.y, minlength=n_labels) >= cfg.min_count)
+    if len(concepts) < 2:
+        raise BabelscopeError(f"{what}: fewer than 2 concepts attested {cfg.min_count} times in the training "
+                              "sentences; extract more sentences or lower --min-count")
+    pr = train_prototype_probe(train, dev, concepts, n_labels, dim=cfg.proj_dim, epochs=cfg.probe_epochs,
+                               lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch=cfg.probe_batch,
+                               seed=seed)
+    return pr, concepts
+
+
+def _held_out(d: Sentences, split: tuple[dict[str, str], str], seed: int) -> tuple[Sentences, Sentences]:
+    """(few-shot pool, test) sentences of a held-out language."""
+    from babelscope.syntax.represent import split_by_sentence
+
+    side, _ = split
+    if side:
+        where = np.asarray([side.get(s, "other") for s in d.sent_ids])
+        return d.take(np.flatnonzero(where == "pool")), d.take(np.flatnonzero(where == "test"))
+    hold = split_by_sentence(d.sent_ids, 0.5, seed)
+    return d.take(np.flatnonzero(~hold)), d.take(np.flatnonzero(hold))
+
+
+def _target_probe_accuracy(sup: Sentences, test: Sentences, concepts: np.ndarray, n_labels: int,
+                           cfg: MetaConfig, seed: int) -> float:
+    """The prototype probe (Eq. 1) trained on the N support sentences alone (no dev: the last epoch)."""
+    seen = np.intersect1d(concepts, np.unique(sup.y))
+    keep = local_labels(test.y, concepts, n_labels) >= 0
+    if not len(seen) or not keep.any():
+        return 0.0
+    tp = train_prototype_probe(sup, None, seen, n_labels, dim=cfg.proj_dim, epochs=cfg.probe_epochs,
+                               lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch=cfg.probe_batch,
+                               seed=seed)
+    return float((seen[probe_predict(tp, test.X[keep])] == test.y[keep]).mean())
+
+
+def _concept(kind: str, cfg: MetaConfig, ctx: dict[str, Any], bar: Any) -> dict[str, Any]:
+    """Everything for one concept kind: layer, concept sets, baselines and the seeded META runs."""
     import torch
 
-    from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.syntax import probe as linear
     from babelscope.syntax import represent
+
+    store, tstore, source, metas, tests = ctx["store"], ctx["tstore"], ctx["source"], ctx["metas"], ctx["tests"]
+    dev_ids, shots = ctx["dev_ids"], ctx["shots"]
+    raw = {layer: ({lang: represent.instances(store, lang, layer, kind) for lang in [source, *metas]},
+                   {lang: represent.instances(tstore, lang, layer, kind) for lang in tests})
+           for layer in ctx["layers"]}
+    names = sorted({lab for pair in raw.values() for d in pair for v in d.values() for lab in set(v.labels.tolist())})
+    vocab, L = {lab: i for i, lab in enumerate(names)}, len(names)
+    layer_rows = []
+    if len(raw) > 1:  # layer = auto: the best English prototype-probe dev accuracy
+        scores = {}
+        for layer, (inst, _) in raw.items():
+            pr, _ = _english_probe(_standardized(inst, {}, vocab)[source], dev_ids, L, cfg, cfg.seed,
+                                   f"{source} {kind} layer {layer}")
+            scores[layer] = pr["dev_accuracy"]
+            layer_rows.append({"concepts": kind, "layer": layer, "english_dev_accuracy": pr["dev_accuracy"]})
+        layer = max(scores, key=lambda k: (scores[k], -k))
+    else:
+        layer = next(iter(raw))
+    data = _standardized(*raw[layer], vocab)
+    del raw
+    tr_en = _split_pud(data[source], dev_ids)[0]
+    held, concepts_of = {}, {}
+    for t in tests:
+        pool, test = _held_out(data[t], ctx["splits"][t], cfg.seed)
+        how = ctx["splits"][t][1]
+        if max(shots) > len(pool):
+            raise BabelscopeError(f"{t}: only {len(pool)} labelled {kind} sentences in its few-shot pool ({how}), "
+                                  f"fewer than --shots {max(shots)}; lower --shots or extract more sentences")
+        if not len(test):
+            raise BabelscopeError(f"{t}: no test sentences ({how}); extract its test split")
+        c = concept_set(tr_en.y, np.concatenate([pool.y, test.y]), L, cfg.min_count)
+        if len(c) < 2:
+            raise BabelscopeError(f"{t}: {len(c)} {kind} concept(s) attested {cfg.min_count} times in both {source} "
+                                  f"and {t} after the frequency filter; lower --min-count or extract more sentences")
+        held[t], concepts_of[t] = (pool, test, how), c
+    tasks, left_out = [], []
+    for m in metas:
+        tr, dv = _split_pud(data[m], dev_ids)
+        c = concept_set(tr_en.y, tr.y, L, cfg.min_count)
+        if len(c) < 2 or len(tr) < 2:  # documented fallback: left out of meta-training and listed
+            left_out.append({"concepts": kind, "lang": m, "shared_concepts": len(c)})
+            continue
+        tasks.append(MetaTask(m, tr, dv, c))
+    if not tasks:
+        raise BabelscopeError(f"no meta-training language shares 2 {kind} concepts attested {cfg.min_count} times "
+                              f"with {source}; lower --min-count or extract more sentences")
+    clf = linear.fit_probe(tr_en.X, np.asarray(names)[tr_en.y], seed=cfg.seed)  # EN linear probe: deterministic
+    en_linear = {}
+    for t, (_, test, _) in held.items():
+        keep = local_labels(test.y, concepts_of[t], L) >= 0
+        en_linear[t] = linear.accuracy(clf, test.X[keep], np.asarray(names)[test.y[keep]])
+    per_run, history = [], []
+    for r in range(cfg.runs):
+        seed = cfg.seed + 1000 * r
+        pr, en_concepts = _english_probe(data[source], dev_ids, L, cfg, seed, f"{source} {kind}")
+        english = torch.zeros(L, cfg.proj_dim)
+        english[torch.from_numpy(en_concepts)] = pr["mu"] @ pr["P"].T
+        model, hist = meta_train(english, tasks, L, hidden=data[source].X.shape[1], dim=cfg.proj_dim,
+                                 width=cfg.width, dropout=cfg.dropout, epochs=cfg.meta_epochs,
+                                 episodes_per_lang=cfg.episodes_per_lang, support=cfg.support, query=cfg.query,
+                                 lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay, seed=seed, progress=bar)
+        history += [{"concepts": kind, "run": r, "english_probe_dev": pr["dev_accuracy"], **h} for h in hist]
+        for i, (t, (pool, test, _)) in enumerate(held.items()):
+            c = concepts_of[t]
+            yt = local_labels(test.y, c, L)
+            english_c = english[torch.from_numpy(c)]
+            row = {"concepts": kind, "lang": t, "run": r, "test_instances": int((yt >= 0).sum())}
+            per_run.append({**row, "method": "EN-probe", "shots": 0, "accuracy": en_linear[t]})
+            order = np.random.default_rng([seed, 41, i]).permutation(len(pool))
+            for n in shots:
+                if n == 0:
+                    per_run.append({**row, "method": "META", "shots": 0,
+                                    "accuracy": meta_accuracy(model, english_c, test, yt)})
+                    continue
+                sup = pool.take(order[:n])  # nested supports: the 5 sentences of N=5 include the one of N=1
+                per_run.append({**row, "method": "META", "shots": n, "accuracy": meta_accuracy(
+                    model, english_c, test, yt, sup, local_labels(sup.y, c, L))})
+                per_run.append({**row, "method": "target-probe", "shots": n,
+                                "accuracy": _target_probe_accuracy(sup, test, c, L, cfg, seed + n)})
+    langs = {t: {f"{kind}_concepts": len(concepts_of[t]), "pool_sentences": len(pool), "test_sentences": len(test),
+                 "split": how} for t, (pool, test, how) in held.items()}
+    return {"layer": layer, "per_run": per_run, "history": history, "layer_rows": layer_rows,
+            "left_out": left_out, "langs": langs}
+
+
+def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dict[str, Any]:
+    """Meta-train on the store's languages, then zero- and few-shot concept classification of held-out languages
+    against the baselines; writes per-run and summary tables (``RUN_DIR/STEP``). No model is loaded."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.syntax.represent import Store, split_by_sentence
 
     kinds, shots = _check_config(cfg)
@@ -525,201 +667,50 @@ def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dic
     st = Step(run_dir, step)
     if st.is_done(config):
         return load_results(st.results_path)
-    splits = {t: _splits(tstore, t, cfg.test_treebank) for t in tests}
     icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
-    candidate_layers = _layer(store, cfg.layer)
-
-    en_words = store.words(source)
-    dev_side = split_by_sentence(en_words["sent_ids"], cfg.dev_fraction, cfg.seed)
-    dev_ids = set(en_words["sent_ids"][dev_side].tolist())
-    pretrain, pretrain_source = _pretraining(model_id["model"])
-    from babelscope.data.languages import resolve_language
-
-    meta_iso = {resolve_language(c).iso639_3 for c in metas}
-    per_run, layer_rows, lang_rows, history_rows, left_out = [], [], {}, [], []
-    chosen = {}
-    total_eps = len(kinds) * cfg.runs * cfg.meta_epochs * cfg.episodes_per_lang * len(metas)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_eps, desc="meta", unit="episode", leave=False, disable=not is_main_process())
-    try:
+    en_ids = store.words(source)["sent_ids"]
+    ctx = {"store": store, "tstore": tstore, "source": source, "metas": metas, "tests": tests, "shots": shots,
+           "layers": _layer(store, cfg.layer), "splits": {t: _splits(tstore, t, cfg.test_treebank) for t in tests},
+           "dev_ids": set(en_ids[split_by_sentence(en_ids, cfg.dev_fraction, cfg.seed)].tolist())}
+    total = len(kinds) * cfg.runs * cfg.meta_epochs * cfg.episodes_per_lang * len(metas)
+    out = {}
+    with tqdm(total=total, desc="meta", unit="episode", leave=False, disable=not is_main_process()) as bar:
         for kind in kinds:
-            # ------------------------------------------------------------------ instances at the candidate layers
-            def load(layer, kind=kind):
-                inst = {lang: represent.instances(store, lang, layer, kind) for lang in [source, *metas]}
-                tinst = {lang: represent.instances(tstore, lang, layer, kind) for lang in tests}
-                return inst, tinst
-
-            labels = set()
-            cache = {}
-            for layer in candidate_layers:
-                cache[layer] = load(layer)
-                for d in cache[layer]:
-                    for v in d.values():
-                        labels |= set(v.labels.tolist())
-            vocab = {lab: i for i, lab in enumerate(sorted(labels))}
-            names = sorted(labels)
-            L = len(names)
-
-            def prepare(layer):
-                inst, tinst = cache[layer]
-                mean, std = _stats([v.X for v in inst.values()])
-                out = {}
-                for lang, v in {**inst, **tinst}.items():
-                    out[lang] = group_by_sentence(((v.X - mean) / std).astype(np.float32), v.labels, v.sent_ids, vocab)
-                return out
-
-            def split_pud(data: Sentences) -> tuple[Sentences, Sentences]:
-                dev = np.asarray([s in dev_ids for s in data.sent_ids], dtype=bool)
-                return data.take(np.flatnonzero(~dev)), data.take(np.flatnonzero(dev))
-
-            def en_probe(data, seed):
-                tr, dv = split_pud(data[source])
-                concepts = np.flatnonzero(np.bincount(tr.y, minlength=L) >= cfg.min_count)
-                if len(concepts) < 2:
-                    raise BabelscopeError(f"{source}: fewer than 2 {kind} concepts attested {cfg.min_count} times "
-                                          "in its training sentences; extract more sentences or lower --min-count")
-                return tr, dv, train_prototype_probe(tr, dv, concepts, L, dim=cfg.proj_dim,
-                                                     epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                                                     weight_decay=cfg.probe_weight_decay, batch=cfg.probe_batch,
-                                                     seed=seed), concepts
-
-            # ------------------------------------------------------------------ layer
-            if len(candidate_layers) > 1:
-                scores = {}
-                for layer in candidate_layers:
-                    _, _, pr, _ = en_probe(prepare(layer), cfg.seed)
-                    scores[layer] = pr["dev_accuracy"]
-                    layer_rows.append({"concepts": kind, "layer": layer, "english_dev_accuracy": pr["dev_accuracy"]})
-                layer = max(scores, key=lambda k: (scores[k], -k))
-            else:
-                layer = candidate_layers[0]
-            chosen[kind] = layer
-            data = prepare(layer)
-            cache.clear()
-
-            # ------------------------------------------------------------------ test languages: pools, tests, concepts
-            tests_data = {}
-            for t in tests:
-                d = data[t]
-                side, how = splits[t]
-                if side:
-                    where = np.asarray([side.get(s, "other") for s in d.sent_ids])
-                    pool, test = d.take(np.flatnonzero(where == "pool")), d.take(np.flatnonzero(where == "test"))
-                else:
-                    hold = split_by_sentence(d.sent_ids, 0.5, cfg.seed)
-                    pool, test = d.take(np.flatnonzero(~hold)), d.take(np.flatnonzero(hold))
-                if max(shots) > len(pool):
-                    raise BabelscopeError(f"{t}: only {len(pool)} labelled {kind} sentences in its few-shot pool "
-                                          f"({how}), fewer than --shots {max(shots)}; lower --shots or extract more")
-                if not len(test):
-                    raise BabelscopeError(f"{t}: no test sentences ({how}); extract its test split")
-                tests_data[t] = (pool, test, how)
-            tr_en = split_pud(data[source])[0]
-            concepts_of = {}
-            for t, (pool, test, _) in tests_data.items():
-                c = concept_set(tr_en.y, np.concatenate([pool.y, test.y]), L, cfg.min_count)
-                if len(c) < 2:
-                    raise BabelscopeError(f"{t}: {len(c)} {kind} concept(s) attested {cfg.min_count} times in both "
-                                          f"{source} and {t} after the frequency filter; lower --min-count or "
-                                          "extract more sentences")
-                concepts_of[t] = c
-            tasks = []
-            for m in metas:
-                tr, dv = split_pud(data[m])
-                c = concept_set(tr_en.y, tr.y, L, cfg.min_count)
-                if len(c) < 2 or len(tr) < 2:
-                    left_out.append({"concepts": kind, "lang": m, "shared_concepts": len(c)})
-                    continue
-                tasks.append(MetaTask(m, tr, dv, c))
-            if not tasks:
-                raise BabelscopeError(f"no meta-training language shares 2 {kind} concepts attested {cfg.min_count} "
-                                      f"times with {source}; lower --min-count or extract more sentences")
-
-            # ------------------------------------------------------------------ EN linear probe (deterministic)
-            clf = linear.fit_probe(tr_en.X, np.asarray(names)[tr_en.y], seed=cfg.seed)
-            en_linear = {}
-            for t, (_, test, _) in tests_data.items():
-                keep = local_labels(test.y, concepts_of[t], L) >= 0
-                en_linear[t] = linear.accuracy(clf, test.X[keep], np.asarray(names)[test.y[keep]])
-
-            # ------------------------------------------------------------------ seeded runs
-            for r in range(cfg.runs):
-                seed = cfg.seed + 1000 * r
-                _, _, pr, en_concepts = en_probe(data, seed)
-                english = torch.zeros(L, cfg.proj_dim)
-                english[torch.from_numpy(en_concepts)] = pr["mu"] @ pr["P"].T
-                model, hist = meta_train(
-                    english, tasks, L, hidden=data[source].X.shape[1], dim=cfg.proj_dim, width=cfg.width,
-                    dropout=cfg.dropout, epochs=cfg.meta_epochs, episodes_per_lang=cfg.episodes_per_lang,
-                    support=cfg.support, query=cfg.query, lr=cfg.meta_lr, weight_decay=cfg.meta_weight_decay,
-                    seed=seed, progress=bar)
-                history_rows += [{"concepts": kind, "run": r, "english_probe_dev": pr["dev_accuracy"], **h}
-                                 for h in hist]
-                for t, (pool, test, _) in tests_data.items():
-                    c = concepts_of[t]
-                    yt = local_labels(test.y, c, L)
-                    english_c = english[torch.from_numpy(c)]
-                    row = {"concepts": kind, "lang": t, "run": r, "test_instances": int((yt >= 0).sum())}
-                    per_run.append({**row, "method": "EN-probe", "shots": 0, "accuracy": en_linear[t]})
-                    rng = np.random.default_rng([seed, 41, tests.index(t)])
-                    order = rng.permutation(len(pool))
-                    for n in shots:
-                        if n == 0:
-                            acc = meta_accuracy(model, english_c, test, yt)
-                            per_run.append({**row, "method": "META", "shots": 0, "accuracy": acc})
-                            continue
-                        sup = pool.take(order[:n])  # nested supports: the N=5 sentences include the N=1 one
-                        ys = local_labels(sup.y, c, L)
-                        acc = meta_accuracy(model, english_c, test, yt, sup, ys)
-                        per_run.append({**row, "method": "META", "shots": n, "accuracy": acc})
-                        seen_c = np.intersect1d(c, np.unique(sup.y))
-                        if len(seen_c) >= 1:
-                            tp = train_prototype_probe(sup, None, seen_c, L, dim=cfg.proj_dim,
-                                                       epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                                                       weight_decay=cfg.probe_weight_decay, batch=cfg.probe_batch,
-                                                       seed=seed + n)
-                            keep = yt >= 0
-                            pred = seen_c[probe_predict(tp, test.X[keep])]
-                            acc = float((pred == test.y[keep]).mean()) if keep.any() else float("nan")
-                        else:
-                            acc = 0.0
-                        per_run.append({**row, "method": "target-probe", "shots": n, "accuracy": acc})
-            for t, (pool, test, how) in tests_data.items():
-                entry = lang_rows.setdefault(t, {"lang": t})
-                entry.update({f"{kind}_concepts": len(concepts_of[t]), "pool_sentences": len(pool),
-                              "test_sentences": len(test), "split": how})
-                if kind == "pos" and t in icl:
-                    for setting in ("MONO", "EN"):
-                        if f"{setting}_mean" in icl[t]:
-                            entry[f"icl_{setting.lower()}"] = icl[t][f"{setting}_mean"]
-                            entry[f"icl_{setting.lower()}_std"] = icl[t].get(f"{setting}_std", 0.0)
-    finally:
-        bar.close()
+            out[kind] = _concept(kind, cfg, ctx, bar)
+    per_run = [r for o in out.values() for r in o["per_run"]]
     summary = _summary(per_run)
-    for t, entry in lang_rows.items():
-        if "icl_mono" in entry or "icl_en" in entry:
-            for setting in ("mono", "en"):
-                if f"icl_{setting}" in entry:
-                    summary.append({"concepts": "pos", "lang": t, "method": f"ICL-{setting.upper()}",
-                                    "shots": icl_shots or 0, "mean": entry[f"icl_{setting}"],
-                                    "std": entry[f"icl_{setting}_std"], "runs": None})
-        iso = resolve_language(t)
-        in_pre = None if pretrain is None else bool(iso.iso639_1 and iso.iso639_1 in pretrain)
-        seen = iso.iso639_3 in meta_iso
-        entry.update({"name": iso.name, "in_pretraining": in_pre, "seen_in_meta_training": seen,
+    pretrain, pretrain_source = _pretraining(model_id["model"])
+    meta_iso = {resolve_language(c).iso639_3 for c in metas}
+    lang_rows = []
+    for t in tests:
+        entry: dict[str, Any] = {"lang": t}
+        for o in out.values():
+            entry.update(o["langs"][t])
+        for setting in ("MONO", "EN"):
+            if f"{setting}_mean" in icl.get(t, {}):
+                entry[f"icl_{setting.lower()}"] = icl[t][f"{setting}_mean"]
+                summary.append({"concepts": "pos", "lang": t, "method": f"ICL-{setting}", "shots": icl_shots or 0,
+                                "mean": icl[t][f"{setting}_mean"], "std": icl[t].get(f"{setting}_std", 0.0),
+                                "runs": None})
+        lang = resolve_language(t)
+        in_pre = None if pretrain is None else bool(lang.iso639_1 and lang.iso639_1 in pretrain)
+        seen = lang.iso639_3 in meta_iso
+        entry.update({"name": lang.name, "in_pretraining": in_pre, "seen_in_meta_training": seen,
                       "mark": ("x" if in_pre is False else "?" if in_pre is None else "") + ("*" if seen else "")})
+        lang_rows.append(entry)
     results = {
         "model": model_id["model"], "source": source, "meta_langs": metas, "test_langs": tests,
-        "layer": chosen, "layer_choice": cfg.layer, "shots": shots, "runs": cfg.runs, "concepts": kinds,
-        "pretraining_languages": pretrain_source, "icl_step": cfg.pos_step if icl else None,
+        "layer": {k: o["layer"] for k, o in out.items()}, "layer_choice": cfg.layer, "shots": shots,
+        "runs": cfg.runs, "concepts": kinds, "pretraining_languages": pretrain_source,
+        "icl_step": cfg.pos_step if icl else None,
         "marks": {"x": "not among the model's documented pretraining languages",
                   "?": "the model's documentation lists no pretraining languages",
                   "*": "the language (another treebank of it) was seen in meta-training"},
-        "meta_langs_left_out": left_out,
+        "meta_langs_left_out": [r for o in out.values() for r in o["left_out"]],
     }
-    tables = {"summary": summary, "languages": list(lang_rows.values()), "per_run": per_run,
-              "training": history_rows}
+    tables = {"summary": summary, "languages": lang_rows, "per_run": per_run,
+              "training": [r for o in out.values() for r in o["history"]]}
+    layer_rows = [r for o in out.values() for r in o["layer_rows"]]
     if layer_rows:
         tables["layers"] = layer_rows
     if is_main_process():  # config and results only now: a bad input above leaves nothing behind
