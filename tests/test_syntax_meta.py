@@ -196,3 +196,24 @@ def test_demo_step_runs_on_the_store(tiny_meta_run, tmp_path):
     doc = meta.run(meta.MetaConfig(**options), tmp_path)
     assert doc["results"]["test_langs"] == ["deu"] and doc["results"]["meta_langs"] == ["jpn"]
     assert {r["shots"] for r in doc["tables"]["summary"]["rows"] if r["method"] == "META"} == {0, 1, 5}
+
+
+def test_in_context_baselines_from_a_pos_step(tiny_meta_run, tmp_path):
+    """MONO / EN rows of a pos step in the run dir join the table; a pos step of another model is refused."""
+    import shutil
+
+    from babelscope.runs import Step, provenance
+
+    run_dir, _, _ = tiny_meta_run
+    shutil.copytree(run_dir / "syntax-extract", tmp_path / "syntax-extract")
+    rows = [{"lang": "de", "MONO_mean": 0.5, "MONO_std": 0.1, "EN_mean": 0.4, "EN_std": 0.05}]
+    Step(tmp_path, "pos").write_results("pos", {}, {"shots": 2}, {"per_language": rows},
+                                        provenance(model={"checksum": "tiny"}))
+    cfg = meta.MetaConfig(**{**FAST, "test_langs": "de", "meta_langs": "fr,ru", "pos_step": "pos"})
+    doc = meta.run(cfg, tmp_path)
+    icl = {r["method"]: r for r in doc["tables"]["summary"]["rows"] if r["method"].startswith("ICL")}
+    assert icl["ICL-MONO"]["mean"] == 0.5 and icl["ICL-EN"]["std"] == 0.05 and icl["ICL-EN"]["shots"] == 2
+    Step(tmp_path, "pos").write_results("pos", {}, {"shots": 2, "model": "big"}, {"per_language": rows},
+                                        provenance(model={"checksum": "another"}))
+    with pytest.raises(BabelscopeError, match="another model"):
+        meta.run(cfg, tmp_path)

@@ -663,11 +663,13 @@ def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dic
     if not metas:
         raise BabelscopeError(f"{store.path}: no meta-training language besides {source}; extract more languages")
     model_id = _model_of([store, tstore], [[source, *metas], tests], cfg.model)
-    config = {**vars(cfg), "stores_fingerprint": _fingerprint([store, tstore])}
+    icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
+    config = {**vars(cfg), "stores_fingerprint": _fingerprint([store, tstore]),  # a changed input recomputes
+              "icl_fingerprint": hashlib.sha256(json.dumps(icl, sort_keys=True).encode()).hexdigest()[:16]
+              if icl else None}
     st = Step(run_dir, step)
     if st.is_done(config):
         return load_results(st.results_path)
-    icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
     en_ids = store.words(source)["sent_ids"]
     ctx = {"store": store, "tstore": tstore, "source": source, "metas": metas, "tests": tests, "shots": shots,
            "layers": _layer(store, cfg.layer), "splits": {t: _splits(tstore, t, cfg.test_treebank) for t in tests},
