@@ -217,3 +217,16 @@ def test_in_context_baselines_from_a_pos_step(tiny_meta_run, tmp_path):
                                         provenance(model={"checksum": "another"}))
     with pytest.raises(BabelscopeError, match="another model"):
         meta.run(cfg, tmp_path)
+
+
+def test_cli_meta_help_and_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "babelscope.cli", "syntax", "meta", "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "--shots" in out.stdout and "--test-store" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "babelscope.cli", "syntax", "meta", "--run-dir", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "syntax extract" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "syntax-meta").exists()
