@@ -230,3 +230,10 @@ def test_cli_meta_help_and_one_line_error(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "syntax extract" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "syntax-meta").exists()
+
+
+def test_loss_without_concept_instances_is_zero_not_nan():
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = meta._ce(logits, torch.tensor([-1, -1, -1, -1]))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(logits.grad, torch.zeros(4, 3))

@@ -169,6 +169,8 @@ def _ce(logits, y):
     """Mean cross-entropy over rows with a label in the concept set (``y >= 0``)."""
     torch = _torch()
     keep = y >= 0
+    if not bool(keep.any()):  # no instance of the concept set in this batch: no loss (not NaN)
+        return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits[keep], y[keep])
 
 
