@@ -160,7 +160,7 @@ def meta(
     episodes_per_lang: Annotated[int, typer.Option(help="Episodes per meta-training language and epoch.")] = 50,
     support: Annotated[int, typer.Option(help="Support sentences per meta-training episode.")] = 20,
     query: Annotated[int, typer.Option(help="Query sentences per meta-training episode.")] = 30,
-    meta_lr: Annotated[float, typer.Option(help="Adam learning rate of meta-training.")] = 1e-4,
+    meta_lr: Annotated[float, typer.Option(help="Adam learning rate of meta-training.")] = 1e-3,
     pos_step: Annotated[str, typer.Option(help="In-context POS step of the run dir for MONO / EN ('' = none).")]
     = "pos",
     model: Annotated[str, typer.Option("--model", "-m", help="Check the stores were made with this model "
