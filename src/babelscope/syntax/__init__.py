@@ -13,5 +13,6 @@ Modules (plain functions over plain arrays; import what you use):
 * :mod:`.rsa` -- concept prototypes, RDMs, RSA, Procrustes, split-half ceilings;
 * :mod:`.probe` -- linear probes and the cross-lingual transfer matrix;
 * :mod:`.typology` -- URIEL syntax features, Mantel tests, gradient-boosting importances;
+* :mod:`.meta` -- meta-learned concept alignment: zero- and few-shot concepts in new languages (2023, Sec. 6);
 * :mod:`.steps` -- the steps (configs and ``run`` functions) behind the CLI and experiments.
 """

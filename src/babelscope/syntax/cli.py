@@ -1,4 +1,4 @@
-"""``babelscope syntax extract | otdd | rsa | probe`` (kept import-light: the work happens in :mod:`.steps`)."""
+"""``babelscope syntax extract | otdd | rsa | probe | meta`` (kept import-light: the work happens in :mod:`.steps`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ EXPERIMENT_COMMANDS = {
     "syntax-otdd": "babelscope.syntax.steps:OtddConfig:run_otdd",
     "syntax-rsa": "babelscope.syntax.steps:RsaConfig:run_rsa",
     "syntax-probe": "babelscope.syntax.steps:ProbeConfig:run_probe",
+    "syntax-meta": "babelscope.syntax.meta:MetaConfig:run",
 }
 
 RunDir = Annotated[Path, typer.Option("--run-dir", "-o", help="Run directory; re-run with the same one to resume.")]
@@ -130,3 +131,47 @@ def probe(
 
     cfg = config_from(ProbeConfig, locals(), otdd="otdd_step")
     _echo(run_probe(cfg, run_dir, step=step), run_dir, step)
+
+
+@app.command("meta")
+def meta(
+    store: Store = "syntax-extract",
+    test_store: Annotated[str, typer.Option(help="Extract step of the held-out languages with UD splits ('' = the "
+                                                 "same store; then name --test-langs).")] = "",
+    source: Annotated[str, typer.Option(help="Source language of the prototypes.")] = "en",
+    meta_langs: Annotated[str, typer.Option(help="Meta-training languages ('all' = the store's, less the source "
+                                                 "and the test languages).")] = "all",
+    test_langs: Annotated[str, typer.Option(help="Held-out languages ('all' = every language of --test-store).")]
+    = "all",
+    test_treebank: Annotated[str, typer.Option(help="Treebank giving the held-out sentences' UD splits ('' = the "
+                                                    "one the store records).")] = "",
+    concepts: Annotated[str, typer.Option(help="pos, relation or both (comma-separated).")] = "pos,relation",
+    layer: Annotated[str, typer.Option(help="A stored layer, middle, or auto (best English probe dev accuracy).")]
+    = "middle",
+    shots: Annotated[str, typer.Option(help="Labelled target sentences N (0 = zero-shot), comma-separated.")]
+    = "0,1,5,10,20",
+    runs: Annotated[int, typer.Option(help="Seeded runs per setting (mean and standard deviation).")] = 10,
+    min_count: Annotated[int, typer.Option(help="Instances a concept needs in English and in the language.")] = 10,
+    dev_fraction: Annotated[float, typer.Option(help="Share of PUD sent_ids held out as dev.")] = 0.2,
+    probe_epochs: Annotated[int, typer.Option(help="Epochs of the prototype probes (best on dev).")] = 20,
+    probe_lr: Annotated[float, typer.Option(help="Adam learning rate of the prototype probes.")] = 1e-4,
+    probe_batch: Annotated[int, typer.Option(help="Instances per prototype-probe step.")] = 64,
+    meta_epochs: Annotated[int, typer.Option(help="Meta-training epochs (best zero-shot dev accuracy kept).")] = 5,
+    episodes_per_lang: Annotated[int, typer.Option(help="Episodes per meta-training language and epoch.")] = 50,
+    support: Annotated[int, typer.Option(help="Support sentences per meta-training episode.")] = 20,
+    query: Annotated[int, typer.Option(help="Query sentences per meta-training episode.")] = 30,
+    meta_lr: Annotated[float, typer.Option(help="Adam learning rate of meta-training.")] = 1e-3,
+    pos_step: Annotated[str, typer.Option(help="In-context POS step of the run dir for MONO / EN ('' = none).")]
+    = "pos",
+    model: Annotated[str, typer.Option("--model", "-m", help="Check the stores were made with this model "
+                                                             "('' = no check).")] = "",
+    seed: Seed = 0,
+    run_dir: RunDir = Path("runs/syntax"),
+    step: Annotated[str, typer.Option(help="Step folder name.")] = "syntax-meta",
+) -> None:
+    """Meta-learned concept alignment: zero- and few-shot POS / relation classification in held-out languages
+    from English prototypes, against probe and in-context baselines (Xu et al. 2023, Fig. 17)."""
+    from babelscope.syntax.meta import MetaConfig, run
+
+    cfg = config_from(MetaConfig, locals())
+    _echo(run(cfg, run_dir, step=step), run_dir, step)
