@@ -114,7 +114,8 @@ def token_set(tokenizer, word: str) -> set[int]:
             enc = tokenizer(prefix, add_special_tokens=False)["input_ids"]
             if len(enc) == 1:
                 ids.add(int(enc[0]))
-    return ids
+    # a bare word-start marker (when " w" is no token) spells no letter of the word
+    return {i for i in ids if tokenizer.decode([i]).strip()}
 
 
 def build_prompt(wl: WordList, source: str, target: str, item: int, demos: list[int]) -> str:
