@@ -106,6 +106,11 @@ def test_translate_and_script_steps(tmp_path):
     for r in doc["tables"]["per_layer"]["rows"]:
         assert r["positions"] == 30
         assert r["Latn"] + r["own"] + r["other"] + r["none"] == pytest.approx(1.0, abs=1e-4)  # float32 sums
+    from babelscope.report import render_report
+
+    html = render_report(tmp_path).read_text(encoding="utf-8")
+    assert "word translation through the logit lens" in html and "script of the logit-lens prediction" in html
+    assert html.count("<img") == 4  # one chart per language and step
 
 
 def _cli(*args):

@@ -110,7 +110,8 @@ def test_deactivation_really_zeroes_and_is_removed():
     ffns = ffn_modules(model)
     ids = torch.tensor([_windows(tok, 1)[0]])
     seen = []
-    probe = ffns[1].down.register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))  # sees the input after pre-hooks
+    # a forward hook sees the input as the pre-hooks left it
+    probe = ffns[1].down.register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
     try:
         with torch.no_grad():
             base = model(input_ids=ids).logits
@@ -168,6 +169,10 @@ def test_find_deactivate_resume(tmp_path, monkeypatch):
             assert r["ratio"] == pytest.approx(1.0, rel=1e-6)
     assert any(abs(r["ratio"] - 1) > 1e-6 for r in dd["tables"]["per_language"]["rows"] if r["count"])
     assert {g["off"] for g in dd["tables"]["generations"]["rows"]} >= {"base", "eng"}
+    from babelscope.report import render_report
+
+    html = render_report(tmp_path).read_text(encoding="utf-8")
+    assert "Language-specific neurons of tiny" in html and "Deactivating language-specific neurons" in html
 
 
 def test_overlap_with_regions(tmp_path):
