@@ -119,8 +119,8 @@ class ActivationCounter:
         self.tokens += int(self.mask.sum())
 
     def _count(self, layer: int, values: torch.Tensor) -> None:
-        positive = values[self.mask] > 0  # (N, I)
-        self.over_zero[layer] += positive.sum(dim=0).to(device="cpu", dtype=torch.int64)
+        positive = (values > 0).logical_and_(self.mask[..., None])  # (B, T, I) bool: 1 byte per activation
+        self.over_zero[layer] += positive.sum(dim=(0, 1)).to(device="cpu", dtype=torch.int64)
 
     @contextlib.contextmanager
     def hooked(self) -> Iterator[ActivationCounter]:
