@@ -161,6 +161,8 @@ def test_find_deactivate_resume(tmp_path, monkeypatch):
     doc = _find(tmp_path, loaded)
     dd = deactivate(DeactivateConfig(max_tokens=60, window=48, max_new_tokens=3), tmp_path, "deact",
                     loaded=lambda: loaded)
+    with pytest.raises(Exception, match="--off kor: no neurons for kor"):
+        deactivate(DeactivateConfig(off="kor"), tmp_path, "deact2", loaded=lambda: loaded)
     matrix = dd["tables"]["matrix"]["rows"]
     assert [r["off"] for r in matrix] == LANGS.split(",")
     for r in dd["tables"]["per_language"]["rows"]:

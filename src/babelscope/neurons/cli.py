@@ -85,6 +85,9 @@ def deactivate_cmd(
     langs: Annotated[
         str | None, typer.Option(help="Evaluation languages (default: the neurons step's).")
     ] = None,
+    off: Annotated[
+        str | None, typer.Option(help="Languages whose neurons are switched off, one row each (default: all).")
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Per-language cap on evaluation tokens.")] = 512,
     window: Window = 512,
     batch_size: Batch = 8,

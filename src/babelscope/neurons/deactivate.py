@@ -30,6 +30,7 @@ class DeactivateConfig:
     neurons_step: str = "neurons"
     corpus: str | None = None  # default: the neurons step's corpus (its held-out side)
     langs: str | None = None  # evaluation languages (default: the neurons step's)
+    off: str | None = None  # languages whose neurons are switched off, one row each (default: all of the step's)
     max_tokens: int | None = 512  # per-language cap on evaluation tokens (whole units)
     window: int = 512
     batch_size: int = 8
@@ -73,6 +74,16 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     src_doc = load_results(src.results_path)
     src_cfg = src_doc["config"]
     masks, meta = load_neurons(src.path / src_doc["results"]["neurons_file"])
+    if cfg.off:
+        from babelscope.data.languages import resolve_language
+
+        wanted = [resolve_language(x.strip()).code for x in cfg.off.split(",") if x.strip()]
+        unknown = [c for c in wanted if c not in masks]
+        if unknown:
+            raise BabelscopeError(
+                f"--off {cfg.off}: no neurons for {', '.join(unknown)} in {src.path} (it has {', '.join(masks)})"
+            )
+        masks = {c: masks[c] for c in wanted}
     corpus = open_text_corpus(cfg.corpus or src_cfg["corpus"])
     codes = language_codes(corpus, cfg.langs or src_cfg["langs"])
     view = SplitView(corpus, "test", src_cfg["test_fraction"], src_cfg["seed"])
