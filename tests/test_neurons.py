@@ -209,6 +209,7 @@ def test_overlap_with_regions(tmp_path):
         if r["neurons"]:
             assert 0 <= r["weight_share"] <= 1 and 0 < r["weight_p_layer_matched"] <= 1
             assert r["weight_random"] == pytest.approx(r["neurons"] / (3 * 64))
+            assert 0 <= r["weight_random_active"] <= 1 and 0 < r["weight_p_active"] <= 1
 
 
 def _cli(*args, cwd=None):

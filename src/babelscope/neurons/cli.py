@@ -132,5 +132,5 @@ def overlap_cmd(
     cfg = config_from(OverlapConfig, locals())
     out = run_dir_for(run_dir, model)
     _show(run(cfg, out, step=step), "overlap",
-          ["lang", "region", "neurons", "touched_share", "touched_random", "weight_share", "weight_random",
-           "weight_random_layer_matched", "weight_p_layer_matched"], "LAPE neurons in the regions", out, step)
+          ["lang", "region", "neurons", "weight_share", "weight_random_layer_matched", "weight_p_layer_matched",
+           "weight_random_active", "weight_p_active"], "LAPE neurons in the regions", out, step)

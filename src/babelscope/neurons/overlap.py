@@ -11,8 +11,10 @@ counts the region's weights there. For language ``a``'s LAPE neurons ``S_a`` and
 * touched share ``t(S_a) = |{(l, j) ∈ S_a : c_{l,j} > 0}| / |S_a|``;
 * weight share ``w(S_a) = Σ_{S_a} c / Σ c``: how much of the region's FFN weights sit on those neurons.
 
-The baselines are random neuron sets of the same size: drawn uniformly over all neurons, and with the same
-number per layer (both the LAPE neurons and the regions concentrate in some layers). The expectations are
+The baselines are random neuron sets of the same size: drawn uniformly over all neurons, with the same number
+per layer (both the LAPE neurons and the regions concentrate in some layers), and drawn from the *active*
+neurons only (the LAPE filter's candidates that were not selected: often active, not language-specific), since
+a neuron that fires often gets large gradients and so large importance whatever its language. The expectations are
 exact; ``draws`` seeded samples give a 95% interval and the share of draws at least as large as the observed
 value (an empirical p-value), and for the uniform touched share the hypergeometric tail is exact.
 
@@ -59,8 +61,10 @@ def neuron_region_counts(mask: dict[str, torch.Tensor], weights: list[dict[str, 
     return out
 
 
-def overlap_stats(neurons: torch.Tensor, counts: torch.Tensor, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Observed touched / weight shares of the neuron set ``neurons`` (layers, width bool) against random sets."""
+def overlap_stats(neurons: torch.Tensor, counts: torch.Tensor, draws: int = 1000, seed: int = 0,
+                  pool: torch.Tensor | None = None) -> dict[str, Any]:
+    """Observed touched / weight shares of the neuron set ``neurons`` (layers, width bool) against random sets;
+    with ``pool`` (layers, width bool) also against sets of the same size drawn from the pool only."""
     from scipy.stats import hypergeom
 
     n = int(neurons.sum())
@@ -87,6 +91,14 @@ def overlap_stats(neurons: torch.Tensor, counts: torch.Tensor, draws: int = 1000
                            for layer, k in enumerate(per_layer) if k])
         lay_t.append(float((sel_c > 0).double().mean()))
         lay_w.append(float(sel_c.sum()) / total)
+    if pool is not None and int(pool.sum()) >= n:
+        flat_pool = torch.nonzero(pool.flatten()).flatten()
+        pool_w = []
+        for _ in range(draws):
+            pick = flat_pool[torch.randperm(flat_pool.numel(), generator=gen)[:n]]
+            pool_w.append(float(flat_c[pick].sum()) / total)
+        row.update(weight_random_active=float(flat_c[flat_pool].double().mean()) * n / total,
+                   weight_random_active_ci=_ci(pool_w), weight_p_active=_p(pool_w, obs_w))
     row.update(
         touched_share=obs_t,
         touched_random=float(flat_t.double().mean()),
@@ -157,6 +169,13 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
             " share none; run regions importance on some of the neuron languages"
         )
     weights = meta["weights"]
+    # the control for "language-specific" vs merely "often active": the candidates of the LAPE filter (some
+    # probability above its threshold) that were not selected
+    from babelscope.regions.importance import load_tensors as _load
+
+    probs = _load(nsrc.path / ndoc["results"]["neurons_file"])["probs"]
+    selected = torch.stack(list(masks.values())).any(dim=0)
+    active = (probs > ndoc["results"]["thresholds"]["filter"]).any(dim=-1) & ~selected
     width = next(iter(masks.values())).shape[1]
 
     def mask_at(region: str) -> dict[str, torch.Tensor]:
@@ -181,7 +200,7 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
                     region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top", cfg.scope), weights, width
                 )
                 del scores
-            stats = overlap_stats(masks[lang], counts, cfg.draws, cfg.seed)
+            stats = overlap_stats(masks[lang], counts, cfg.draws, cfg.seed, pool=active)
             rows.append({"lang": lang, "region": kind, "k": cfg.k, "scope": cfg.scope, **stats})
             for layer in range(counts.shape[0]):
                 per_layer.append({"lang": lang, "region": kind, "layer": layer,

@@ -100,20 +100,25 @@ def overlap_section(doc: dict[str, Any]) -> Section:
         "A region touches a neuron through its row in the gate/up projections and its column in the down "
         "projection. Touched share: the LAPE neurons whose row or column holds a region weight; weight share: "
         "the part of the region's FFN weights on those neurons. Random: neuron sets of the same size, uniform "
-        "and with the same count per layer (p: share of 1 + draws at least as large)."
+        "with the same count per layer, and from the often-active but not language-specific neurons (the LAPE "
+        "filter's other candidates: a neuron that fires often gets large importance whatever its language); p: "
+        "share of 1 + draws at least as large."
     )
     sec.table(rows, columns=["lang", "region", "neurons", "touched_share", "touched_random",
                              "touched_random_layer_matched", "weight_share", "weight_random",
                              "weight_random_layer_matched", "weight_enrichment_layer_matched",
-                             "weight_p_layer_matched"], source=_source(doc, "overlap"))
+                             "weight_p_layer_matched", "weight_random_active", "weight_p_active"],
+              source=_source(doc, "overlap"))
     shown = [r for r in rows if r.get("weight_share") is not None]
     if shown:
         fig, ax = new_figure(max(6.0, 0.6 * len(shown) + 2), 4.0)
         x = range(len(shown))
-        ax.bar([i - 0.2 for i in x], [r["weight_share"] for r in shown], width=0.4, label="LAPE neurons",
+        ax.bar([i - 0.27 for i in x], [r["weight_share"] for r in shown], width=0.27, label="LAPE neurons",
                color="#d62728")
-        ax.bar([i + 0.2 for i in x], [r["weight_random_layer_matched"] for r in shown], width=0.4,
+        ax.bar(list(x), [r["weight_random_layer_matched"] for r in shown], width=0.27,
                label="random, same per layer", color="#7f7f7f")
+        ax.bar([i + 0.27 for i in x], [r.get("weight_random_active") or 0 for r in shown], width=0.27,
+               label="random active neurons", color="#1f77b4")
         ax.set_xticks(list(x), [f"{r['lang']}/{r['region']}" for r in shown], rotation=90, fontsize=8)
         ax.set_ylabel("share of the region's FFN weights")
         ax.legend(frameon=False, fontsize=8)
