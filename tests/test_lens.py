@@ -3,7 +3,6 @@ Gemma's soft-capping), word-translation prompts and token sets, script shares, a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -113,19 +112,30 @@ def test_translate_and_script_steps(tmp_path):
     assert html.count("<img") == 4  # one chart per language and step
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "babelscope.cli", *args], capture_output=True, text=True)
+def _cli(capsys, *args) -> tuple[int, str]:
+    """Run the CLI entry point in this process (as `babelscope ARGS`): (exit code, stderr)."""
+    from babelscope import cli
+
+    capsys.readouterr()  # drop what the test printed before
+    saved = sys.argv
+    sys.argv = ["babelscope", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    finally:
+        sys.argv = saved
+    return exit_.value.code, capsys.readouterr().err
 
 
-def test_bad_input(tmp_path, tiny_dir):
+def test_bad_input(tmp_path, tiny_dir, capsys):
     bad = tmp_path / "bad.tsv"
     bad.write_text("concept\teng\tklingon-xx\nwater\twater\tx\n", encoding="utf-8")
     out = tmp_path / "run"
-    proc = _cli("lens", "translate", "--words", str(bad), "--targets", "fra", "-o", str(out))
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert f"{bad}:1: column 'klingon-xx' is not a known language" in proc.stderr
-    proc = _cli("lens", "translate", "--model", str(tiny_dir), "--layers", "0,9", "-o", str(out))
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "out of range" in proc.stderr
-    proc = _cli("lens", "script", "--model", str(tiny_dir), "--layers", "12", "--langs", "rus", "-o", str(out))
-    assert proc.returncode == 2 and "0..3" in proc.stderr
+    code, err = _cli(capsys, "lens", "translate", "--words", str(bad), "--targets", "fra", "-o", str(out))
+    assert code == 2 and err.count("\n") == 1
+    assert f"{bad}:1: column 'klingon-xx' is not a known language" in err
+    code, err = _cli(capsys, "lens", "translate", "--model", str(tiny_dir), "--layers", "0,9", "-o", str(out))
+    assert code == 2 and err.count("\n") == 1 and "out of range" in err
+    code, err = _cli(capsys, "lens", "script", "--model", tiny_dir, "--layers", "12", "--langs", "rus", "-o", out)
+    assert code == 2 and "0..3" in err
     assert not out.exists() or not any(out.iterdir())  # nothing half-written

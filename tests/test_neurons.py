@@ -3,7 +3,6 @@ reference, the official selection rule, deactivation, resume, the regions overla
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -212,11 +211,22 @@ def test_overlap_with_regions(tmp_path):
             assert 0 <= r["weight_random_active"] <= 1 and 0 < r["weight_p_active"] <= 1
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "babelscope.cli", *args], capture_output=True, text=True, cwd=cwd)
+def _cli(capsys, *args) -> tuple[int, str]:
+    """Run the CLI entry point in this process (as `babelscope ARGS`): (exit code, stderr)."""
+    from babelscope import cli
+
+    capsys.readouterr()  # drop what the test printed before
+    saved = sys.argv
+    sys.argv = ["babelscope", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    finally:
+        sys.argv = saved
+    return exit_.value.code, capsys.readouterr().err
 
 
-def test_bad_input(tmp_path):
+def test_bad_input(tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from babelscope.errors import BabelscopeError
@@ -225,10 +235,11 @@ def test_bad_input(tmp_path):
     # GPT-2's FFN is made of Conv1D, not Linear: no recognisable down projection
     out = tmp_path / "gpt2"
     _, tok = build_tiny("llama")
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2)).save_pretrained(out)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, bos_token_id=2, eos_token_id=1)
+                    ).save_pretrained(out)
     tok.save_pretrained(out)
-    proc = _cli("neurons", "find", "--model", str(out), "--langs", "eng,fra", "-o", str(tmp_path / "run"))
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "down projection" in proc.stderr
+    code, err = _cli(capsys, "neurons", "find", "--model", str(out), "--langs", "eng,fra", "-o", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "down projection" in err
     assert not (tmp_path / "run" / "neurons").exists()
     # an FFN whose activation is not a module: --site act refuses, down-input is offered
     model, _, _ = _loaded("llama")
@@ -236,5 +247,5 @@ def test_bad_input(tmp_path):
         layer.mlp.act_fn = None
     with pytest.raises(BabelscopeError, match="no recognisable FFN activation.*down-input"):
         check_site(ffn_modules(model), "act", model)
-    proc = _cli("neurons", "find", "--langs", "eng", "--top-rate", "2", "-o", str(tmp_path / "run"))
-    assert proc.returncode == 2 and "--top-rate 2.0" in proc.stderr
+    code, err = _cli(capsys, "neurons", "find", "--langs", "eng", "--top-rate", "2", "-o", str(tmp_path / "run"))
+    assert code == 2 and "--top-rate 2.0" in err
