@@ -1,0 +1,137 @@
+"""The logit lens (nostalgebraist 2020; Wendler et al. 2024, §3): every layer's residual stream decoded by the
+model's own final norm and unembedding,
+
+    P_ℓ(· | x_<t) = softmax( cap( U · norm(h^ℓ_t) ) )
+
+where ``h^ℓ_t`` is the input of block ``ℓ`` (ℓ = 0: the embeddings) or the output of block ``ℓ`` (numbering of
+:mod:`babelscope.models.hooks`), ``norm`` the final norm module of the model (recomputed on each layer's vector),
+``U`` the LM head and ``cap`` any logit post-processing of the architecture (Gemma's
+``final_logit_softcapping``: ``c · tanh(z / c)``; :func:`babelscope.models.arch.logits_from_hidden`). At the
+last layer this is exactly the model's own next-token distribution.
+
+Hidden states are captured by hooks on the unmodified model (removed in ``finally``) for the chosen layers only,
+and decoded at the chosen positions only, ``chunk`` positions at a time, so no layers x positions x vocabulary
+block is ever held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from babelscope.errors import BabelscopeError
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm the model applies after its last block: the base model's direct child whose class is a norm."""
+    from babelscope.models.arch import base_model
+
+    body = base_model(model)
+    norms = [m for _, m in body.named_children() if "norm" in type(m).__name__.lower()]
+    if len(norms) != 1:
+        raise BabelscopeError(
+            f"{type(model).__name__}: cannot find its final norm ({len(norms)} norm modules next to the blocks); "
+            "the logit lens needs a decoder with one final norm"
+        )
+    return norms[0]
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """``"all"`` -> 0..n; ``"0,4,8-12"`` -> those; a one-line error naming the valid range otherwise."""
+    if spec in ("all", "", None):
+        return list(range(n_layers + 1))
+    out: list[int] = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise BabelscopeError(f"--layers {spec!r}: {part!r} is not a layer or a range like 4-8") from None
+    bad = [layer for layer in out if not 0 <= layer <= n_layers]
+    if bad:
+        raise BabelscopeError(
+            f"--layers {spec!r}: layer(s) {bad} out of range; this model has layers 0..{n_layers} "
+            "(0 = embeddings, i = output of block i)"
+        )
+    return sorted(set(out))
+
+
+def layer_logits(model: nn.Module, hidden: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+    """Float32 logits of hidden vectors ``(..., H)`` through the final norm and the LM head (with softcapping)."""
+    from babelscope.models.arch import logits_from_hidden
+
+    norm = norm if norm is not None else final_norm(model)
+    return logits_from_hidden(model, norm(hidden))
+
+
+@torch.inference_mode()
+def lens_pass(
+    model: nn.Module,
+    seqs: Sequence[list[int]],
+    positions: Sequence[list[int]],
+    layers: Sequence[int],
+    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int = 8,
+    pad_id: int = 0,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """``out[layer index, position k, ...] = reduce(probs, owner)`` over every requested position.
+
+    ``seqs`` are token id lists, ``positions[i]`` the positions of ``seqs[i]`` to decode; ``reduce`` gets the
+    lens distributions ``probs`` (P, V) of up to ``chunk`` positions and ``owner`` (P,) (the index of each
+    position in the flat list of all requested positions) and returns one row per position. Rows come back in
+    the order of the flat list (sequence by sequence, position by position)."""
+    from babelscope.models.arch import base_model
+    from babelscope.models.hooks import capture_layers, run_until_stopped
+
+    norm = final_norm(model)
+    device = next(model.parameters()).device
+    flat_start = [0]
+    for pos in positions:
+        flat_start.append(flat_start[-1] + len(pos))
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    results: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in layers}
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, cols, owners = [], [], []
+        for row, i in enumerate(batch):
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, : len(seqs[i])] = 1
+            for k, p in enumerate(positions[i]):
+                if not 0 <= p < len(seqs[i]):
+                    raise BabelscopeError(f"position {p} outside a sequence of {len(seqs[i])} tokens")
+                rows.append(row)
+                cols.append(p)
+                owners.append(flat_start[i] + k)
+        with capture_layers(model, list(layers)) as store:
+            run_until_stopped(base_model(model), input_ids=ids.to(device), attention_mask=mask.to(device),
+                              use_cache=False)
+            r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+            owner = torch.tensor(owners)
+            for layer in layers:
+                h = store[layer][r, c]
+                for s in range(0, len(owners), chunk):
+                    probs = layer_logits(model, h[s : s + chunk], norm).softmax(dim=-1)
+                    results[layer].append((owner[s : s + chunk], reduce(probs, owner[s : s + chunk]).float().cpu()))
+    out = []
+    for layer in layers:
+        owners_all = torch.cat([o for o, _ in results[layer]])
+        values = torch.cat([v for _, v in results[layer]])
+        arranged = torch.empty_like(values)
+        arranged[owners_all] = values
+        out.append(arranged)
+    return torch.stack(out)
+
+
+def mean_ci(values: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and its 95% normal interval (mean ± 1.96 · standard error) along ``dim``, as Wendler et al. plot."""
+    n = values.shape[dim]
+    mean = values.double().mean(dim=dim)
+    se = values.double().std(dim=dim) / n**0.5 if n > 1 else torch.zeros_like(mean)
+    return mean, mean - 1.96 * se, mean + 1.96 * se

@@ -1,0 +1,238 @@
+"""Word translation through the logit lens (Wendler et al. 2024, §3.1 "Translation task", Figure 2).
+
+Prompts follow the paper: a few demonstrations from the word list, then the query,
+
+    Français: "fleur" - 中文: "花"
+    Français: "montagne" - 中文: "山"
+    Français: "eau" - 中文: "
+
+and at the last position, for every layer ``ℓ``, the lens probability of the answer in the target language and
+of the English word for the same concept,
+
+    P_ℓ(target) = Σ_{v ∈ T(y)} P_ℓ(v),      P_ℓ(English) = Σ_{v ∈ T(y_en)} P_ℓ(v),
+
+where ``T(w)`` holds every token that spells a prefix of ``w`` (with and without the word-start marker: the
+single-token encodings of each character prefix of ``w`` and of ``" " + w``, plus the first token of each).
+Items whose two token sets overlap are dropped (their probabilities cannot be told apart). The paper's finding
+on Llama-2: the English word's probability peaks in the middle layers before the target takes over.
+
+The word list is a TSV file: a header ``concept<TAB>lang<TAB>lang...`` (language codes the registry knows), an
+optional ``@name`` row with each language's name as written in the prompt, then one concept per row.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from babelscope.errors import BabelscopeError
+
+KIND = "lens-translation"
+
+
+@dataclass
+class LensTranslateConfig:
+    model: str = "gemma-3-270m"
+    words: str = "embedded"  # a TSV word list, or "embedded" (52 nouns in 10 languages)
+    source: str = "fra"
+    targets: str = "cmn-Hans,jpn,kor,rus,arb,hin"
+    shots: int = 4  # demonstrations before the query
+    layers: str = "all"
+    max_items: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    dtype: str = "float32"
+    device: str | None = None
+
+
+@dataclass
+class WordList:
+    path: str
+    langs: list[str]  # registry codes, in column order
+    names: dict[str, str]  # code -> name used in the prompt
+    concepts: list[str]
+    words: dict[str, list[str]]  # code -> word per concept ("" when missing)
+
+
+def embedded_words() -> Path:
+    return Path(__file__).resolve().parents[1] / "data" / "embedded" / "lens_words.tsv"
+
+
+def read_word_list(spec: str) -> WordList:
+    """Read a word list; unknown language columns or ragged rows fail with the file and line."""
+    from babelscope.data.languages import resolve_language
+
+    path = embedded_words() if spec in ("embedded", "", None) else Path(spec).expanduser()
+    if not path.is_file():
+        raise BabelscopeError(f"--words {spec}: no such file; give a TSV word list or 'embedded'")
+    with open(path, encoding="utf-8", newline="") as fh:
+        lines = [(i, row) for i, row in enumerate(csv.reader(fh, delimiter="\t"), 1)
+                 if row and not row[0].startswith("#")]
+    if not lines:
+        raise BabelscopeError(f"{path}: empty word list; see docs/neurons-lens.md for the format")
+    header_line, header = lines[0]
+    if len(header) < 3:
+        raise BabelscopeError(f"{path}:{header_line}: the header needs 'concept' and at least two language columns")
+    langs = []
+    for col in header[1:]:
+        try:
+            langs.append(resolve_language(col.strip()).code)
+        except BabelscopeError:
+            raise BabelscopeError(
+                f"{path}:{header_line}: column {col!r} is not a known language; use codes like eng, fra, "
+                "cmn-Hans (see `babelscope langs`)"
+            ) from None
+    names = {code: resolve_language(code).name for code in langs}
+    concepts, words = [], {code: [] for code in langs}
+    for line, row in lines[1:]:
+        if len(row) != len(header):
+            raise BabelscopeError(f"{path}:{line}: {len(row)} cells, the header has {len(header)}; fix the row")
+        if row[0] == "@name":
+            names.update({code: cell.strip() for code, cell in zip(langs, row[1:], strict=True) if cell.strip()})
+            continue
+        concepts.append(row[0].strip())
+        for code, cell in zip(langs, row[1:], strict=True):
+            words[code].append(cell.strip())
+    return WordList(str(path), langs, names, concepts, words)
+
+
+def token_set(tokenizer, word: str) -> set[int]:
+    """Ids of the tokens that spell a prefix of ``word``, with and without the word-start marker."""
+    ids: set[int] = set()
+    for text in (word, " " + word):
+        enc = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if enc:
+            ids.add(int(enc[0]))
+        for end in range(1, len(text) + 1):
+            prefix = text[:end]
+            if not prefix.strip():
+                continue
+            enc = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids.add(int(enc[0]))
+    # a bare word-start marker (when " w" is no token) spells no letter of the word
+    return {i for i in ids if tokenizer.decode([i]).strip()}
+
+
+def build_prompt(wl: WordList, source: str, target: str, item: int, demos: list[int]) -> str:
+    """Demonstrations ``S: "x" - T: "y"`` (one per line), then the query ``S: "x" - T: "``."""
+    s, t = wl.names[source], wl.names[target]
+    lines = [f'{s}: "{wl.words[source][d]}" - {t}: "{wl.words[target][d]}"' for d in demos]
+    lines.append(f'{s}: "{wl.words[source][item]}" - {t}: "')
+    return "\n".join(lines)
+
+
+def make_items(wl: WordList, tokenizer, source: str, target: str, shots: int, seed: int,
+               max_items: int | None) -> tuple[list[dict[str, Any]], int]:
+    """Prompts and token sets for every usable concept (both words and English present, sets disjoint); also
+    how many were dropped for overlapping sets."""
+    import random
+
+    eng = "eng"
+    usable = [i for i in range(len(wl.concepts))
+              if wl.words[source][i] and wl.words[target][i] and wl.words[eng][i]]
+    rng = random.Random(f"{seed}:{source}:{target}")
+    items, dropped = [], 0
+    for i in usable:
+        t_ids, e_ids = token_set(tokenizer, wl.words[target][i]), token_set(tokenizer, wl.words[eng][i])
+        if t_ids & e_ids:
+            dropped += 1
+            continue
+        others = [j for j in usable if j != i]
+        demos = rng.sample(others, min(shots, len(others)))
+        items.append({"concept": wl.concepts[i], "source_word": wl.words[source][i],
+                      "target_word": wl.words[target][i], "english_word": wl.words[eng][i],
+                      "prompt": build_prompt(wl, source, target, i, demos),
+                      "target_ids": sorted(t_ids), "english_ids": sorted(e_ids)})
+        if max_items is not None and len(items) >= max_items:
+            break
+    return items, dropped
+
+
+def run(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate", loaded=None) -> dict[str, Any]:
+    """The ``babelscope lens translate`` step."""
+    from babelscope.data.languages import resolve_language
+    from babelscope.lens.logit_lens import lens_pass, mean_ci, parse_layers
+    from babelscope.models.arch import block_list
+    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+
+    if cfg.shots < 0 or cfg.batch_size < 1:
+        raise BabelscopeError(f"--shots {cfg.shots} / --batch-size {cfg.batch_size}: shots >= 0, batch >= 1")
+    wl = read_word_list(cfg.words)
+    source = resolve_language(cfg.source).code
+    targets = [resolve_language(t.strip()).code for t in cfg.targets.split(",") if t.strip()]
+    missing = [c for c in ["eng", source, *targets] if c not in wl.langs]
+    if missing:
+        raise BabelscopeError(
+            f"{wl.path}: no column for {', '.join(missing)} (it has {', '.join(wl.langs)}); choose other "
+            "--source/--targets or add the column"
+        )
+    if source in targets:
+        raise BabelscopeError(f"--targets {cfg.targets}: the source language {source} cannot be a target")
+    config = {k: v for k, v in vars(cfg).items() if k != "device"}
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        return load_results(st.results_path)
+    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: the logit lens needs a causal LM, this is an {info.kind}")
+    layers = parse_layers(cfg.layers, len(block_list(model)[1]))
+    if not is_main_process():
+        return {}
+    st.write_config(config)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    per_layer, per_item, summary = [], [], []
+    for target in targets:
+        items, dropped = make_items(wl, tokenizer, source, target, cfg.shots, cfg.seed, cfg.max_items)
+        if not items:
+            summary.append({"lang": target, "items": 0, "dropped_overlap": dropped})
+            continue
+        seqs = [list(tokenizer(it["prompt"])["input_ids"]) for it in items]
+        sets = [(torch.tensor(it["target_ids"]), torch.tensor(it["english_ids"])) for it in items]
+
+        def reduce(probs, owner, sets=sets):
+            out = torch.empty(len(owner), 3)
+            for r, o in enumerate(owner.tolist()):
+                t_ids, e_ids = sets[o]
+                out[r, 0] = probs[r, t_ids.to(probs.device)].sum()
+                out[r, 1] = probs[r, e_ids.to(probs.device)].sum()
+                out[r, 2] = float(bool((probs[r].argmax() == t_ids.to(probs.device)).any()))
+            return out
+
+        values = lens_pass(model, seqs, [[len(s) - 1] for s in seqs], layers, reduce, cfg.batch_size, pad)
+        for li, layer in enumerate(layers):
+            pt, lo_t, hi_t = mean_ci(values[li, :, 0], 0)
+            pe, lo_e, hi_e = mean_ci(values[li, :, 1], 0)
+            per_layer.append({"lang": target, "layer": layer, "items": len(items),
+                              "p_target": float(pt), "p_target_lo": float(lo_t), "p_target_hi": float(hi_t),
+                              "p_english": float(pe), "p_english_lo": float(lo_e), "p_english_hi": float(hi_e),
+                              "target_top1": float(values[li, :, 2].mean())})
+        for k, it in enumerate(items):
+            per_item.append({"lang": target, "concept": it["concept"], "source_word": it["source_word"],
+                             "target_word": it["target_word"], "english_word": it["english_word"],
+                             **{f"p_target_L{layer}": float(values[li, k, 0]) for li, layer in enumerate(layers)},
+                             **{f"p_english_L{layer}": float(values[li, k, 1]) for li, layer in enumerate(layers)}})
+        mine = [r for r in per_layer if r["lang"] == target]
+        peak = max(mine, key=lambda r: r["p_english"])
+        summary.append({"lang": target, "name": resolve_language(target).name, "items": len(items),
+                        "dropped_overlap": dropped, "final_p_target": mine[-1]["p_target"],
+                        "final_p_english": mine[-1]["p_english"], "final_top1": mine[-1]["target_top1"],
+                        "english_peak_layer": peak["layer"], "english_peak_p": peak["p_english"],
+                        "layers_english_above_target": sum(r["p_english"] > r["p_target"] for r in mine)})
+    results = {"model": info.name, "source": source, "targets": targets, "layers": layers,
+               "words": wl.path, "shots": cfg.shots, "summary": summary}
+    prov = provenance(model=info.to_dict(),
+                      data={"words": wl.path, "sha256": text_sha256("\t".join(wl.words[c]) for c in wl.langs)})
+    st.write_results(KIND, config, results, {"summary": summary, "per_layer": per_layer, "per_item": per_item},
+                     prov)
+    return load_results(st.results_path)
+
+
+def _load(cfg):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

@@ -1,0 +1,183 @@
+"""The FFN neurons of an unmodified Hugging Face model, found from the model, and the two hooks on them.
+
+A block's feed-forward network ends in a *down projection*: the ``nn.Linear`` inside the block that maps the
+config's intermediate size back to the hidden size (``mlp.down_proj`` in Llama/Gemma, ``fc2`` in OPT,
+``dense_4h_to_h`` in BLOOM). Its parent module is the FFN; neuron ``j`` of layer ``l`` is input column ``j`` of
+that projection. The activation function is the FFN's own activation module (``act_fn``, ``act``,
+``activation_fn`` ...: SiLU for Llama, tanh-GELU for Gemma), never assumed.
+
+Tang et al. (2024, §2.1) call neuron ``j`` active on a token when the activation output is positive,
+``act(x W_gate)_j > 0`` (for a non-gated FFN, ``act(x W_in)_j``, which is what the down projection reads).
+Two sites are offered:
+
+* ``act``: the output of the FFN's activation module (the paper's; a forward hook on that module);
+* ``down-input``: the input of the down projection, ``act(x W_gate) ⊙ (x W_up)`` for a gated FFN (a forward
+  pre-hook on the projection; works for any FFN with a down projection).
+
+Deactivating a neuron sets its activation to zero: a pre-hook on the down projection zeroes input column ``j``,
+which is exactly the paper's ``act(...)_j = 0`` since the up projection only multiplies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from babelscope.errors import BabelscopeError
+from babelscope.models.arch import block_list, text_config
+
+SITES = ("act", "down-input")
+ACT_NAMES = ("act_fn", "act", "activation_fn", "activation", "gelu_impl", "intermediate_act_fn")
+
+
+@dataclass
+class FFN:
+    """One block's feed-forward network: the down projection and the activation module that feeds it."""
+
+    layer: int
+    prefix: str  # qualified name of the FFN module, e.g. model.layers.3.mlp
+    down: nn.Linear
+    down_name: str  # e.g. mlp.down_proj (relative to the block)
+    act: nn.Module | None
+    inputs: list[str]  # names (relative to the block) of the linears producing the intermediate size
+    block: str  # qualified name of the block, e.g. model.layers.3
+
+    @property
+    def width(self) -> int:
+        return self.down.in_features
+
+    @property
+    def weight_names(self) -> dict[str, list[str]]:
+        """Qualified weight names: ``{"in": [gate, up ...] (rows = neurons), "down": [down] (columns)}``."""
+        return {
+            "in": [f"{self.block}.{n}.weight" for n in self.inputs],
+            "down": [f"{self.block}.{self.down_name}.weight"],
+        }
+
+
+def ffn_modules(model: nn.Module) -> list[FFN]:
+    """Every block's FFN, or a one-line error when a block has no single recognisable down projection."""
+    prefix, blocks = block_list(model)
+    config = text_config(model)
+    hidden = getattr(config, "hidden_size", None)
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or (
+        4 * hidden if hidden else None
+    )
+    out = []
+    for i, block in enumerate(blocks):
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        downs = [n for n, m in linears.items() if m.in_features == inter and m.out_features == hidden]
+        if len(downs) != 1:
+            raise BabelscopeError(
+                f"{type(model).__name__}: block {i} has {len(downs)} linear maps from the intermediate size "
+                f"{inter} to the hidden size {hidden} (need exactly one FFN down projection); this command "
+                "supports dense FFN models (Llama, Gemma, Mistral, Qwen, OPT ...)"
+            )
+        down_name = downs[0]
+        parent_name = down_name.rpartition(".")[0]
+        parent = block.get_submodule(parent_name) if parent_name else block
+        act = next(
+            (getattr(parent, a) for a in ACT_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None
+        )
+        inputs = [
+            n for n, m in linears.items() if m.out_features == inter and n.rpartition(".")[0] == parent_name
+        ]
+        full = f"{prefix}.{i}" + (f".{parent_name}" if parent_name else "")
+        out.append(FFN(i, full, linears[down_name], down_name, act, inputs, f"{prefix}.{i}"))
+    return out
+
+
+def check_site(ffns: list[FFN], site: str, model: nn.Module) -> None:
+    """A one-line error when ``site`` cannot be hooked on this model (checked before any pass)."""
+    if site not in SITES:
+        raise BabelscopeError(f"--site {site!r}: use one of {', '.join(SITES)}")
+    if site == "act" and any(f.act is None for f in ffns):
+        raise BabelscopeError(
+            f"{type(model).__name__}: no recognisable FFN activation module (none of {', '.join(ACT_NAMES)} "
+            f"next to {ffns[0].prefix}); use --site down-input to count the down projection's input instead"
+        )
+
+
+class ActivationCounter:
+    """Counts, per layer and neuron, the tokens on which the activation is positive (``over_zero``) over the
+    forwards run inside :meth:`hooked`; only positions where :attr:`mask` is True count. No activation is kept:
+    each hook reduces its batch to one integer row per neuron."""
+
+    def __init__(self, ffns: list[FFN], site: str = "act"):
+        self.ffns, self.site = ffns, site
+        width = ffns[0].width
+        self.over_zero = torch.zeros(len(ffns), width, dtype=torch.int64)
+        self.tokens = 0
+        self.mask: torch.Tensor | None = None  # (B, T) bool, set before each forward
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self.mask = mask.bool()
+        self.tokens += int(self.mask.sum())
+
+    def _count(self, layer: int, values: torch.Tensor) -> None:
+        positive = (values > 0).logical_and_(self.mask[..., None])  # (B, T, I) bool: 1 byte per activation
+        self.over_zero[layer] += positive.sum(dim=(0, 1)).to(device="cpu", dtype=torch.int64)
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[ActivationCounter]:
+        handles = []
+
+        def act_hook(layer):
+            def hook(module, args, output):
+                self._count(layer, output)
+
+            return hook
+
+        def down_hook(layer):
+            def hook(module, args):
+                self._count(layer, args[0])
+
+            return hook
+
+        try:
+            for f in self.ffns:
+                if self.site == "act":
+                    handles.append(f.act.register_forward_hook(act_hook(f.layer)))
+                else:
+                    handles.append(f.down.register_forward_pre_hook(down_hook(f.layer)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@contextlib.contextmanager
+def deactivated(ffns: list[FFN], neurons: Mapping[int, torch.Tensor]) -> Iterator[int]:
+    """Within the block, the activation of neurons ``{layer: indices}`` is zero (a pre-hook on each down
+    projection sets those input columns to 0). Yields how many neurons are off; hooks removed in ``finally``."""
+    handles = []
+
+    def make(index: torch.Tensor):
+        cache: dict[torch.device, torch.Tensor] = {}
+
+        def hook(module, args):
+            x = args[0]
+            idx = cache.setdefault(x.device, index.to(x.device))
+            return (x.index_fill(-1, idx, 0), *args[1:])
+
+        return hook
+
+    try:
+        count = 0
+        for f in ffns:
+            index = neurons.get(f.layer)
+            if index is None or len(index) == 0:
+                continue
+            index = torch.as_tensor(index, dtype=torch.long)
+            if int(index.max()) >= f.width or int(index.min()) < 0:
+                raise BabelscopeError(f"neuron index out of range 0..{f.width - 1} in layer {f.layer}")
+            handles.append(f.down.register_forward_pre_hook(make(index)))
+            count += len(index)
+        yield count
+    finally:
+        for h in handles:
+            h.remove()

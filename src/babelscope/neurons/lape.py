@@ -1,0 +1,296 @@
+"""Language activation probability entropy (LAPE; Tang et al., ACL 2024, §2.1-2.2) and the selection of
+language-specific neurons.
+
+For language ``l`` with ``N_l`` tokens, the activation probability of neuron ``j`` in layer ``i`` is
+
+    p^l_{i,j} = (1 / N_l) Σ_t 1[act(h^i_t W^i_gate)_j > 0]                                   (Eq. 2)
+
+counted by hooks during a plain forward (one integer row per neuron and batch; no activation is stored).
+Normalised over the languages, ``p'^l_{i,j} = p^l_{i,j} / Σ_k p^k_{i,j}``, its entropy is
+
+    LAPE_{i,j} = - Σ_l p'^l_{i,j} log p'^l_{i,j}                                              (Eq. 3)
+
+Selection (as the official code does): a neuron is a candidate when its probability in some language exceeds
+the ``filter_rate`` quantile of all probabilities (0.95); of the candidates, the ``top_rate`` share of *all*
+neurons (1%) with the lowest entropy is kept, and each kept neuron is assigned to every language whose
+probability exceeds the ``bar_rate`` quantile (0.95 again). A neuron can belong to several languages.
+
+Counts are per language (``counts/<lang>.safetensors``, written as each language finishes: a re-run loads
+finished languages), and under several processes every rank takes its share of the batches and the counts are
+summed across ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from babelscope.errors import BabelscopeError
+
+KIND = "neurons"
+
+
+@dataclass
+class NeuronsConfig:
+    model: str = "gemma-3-270m"
+    corpus: str = "udhr-sample"
+    langs: str = "eng,fra,deu,spa,rus,cmn-Hans,jpn,arb"
+    max_tokens: int = 2048  # per language
+    window: int = 512
+    batch_size: int = 4
+    site: str = "act"  # act (the paper's: act(gate) > 0) or down-input
+    filter_rate: float = 0.95
+    top_rate: float = 0.01
+    bar_rate: float = 0.95
+    test_fraction: float = 0.5  # units held out (by id) for the deactivation perplexities
+    seed: int = 0
+    dtype: str = "float32"
+    device: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ maths
+def activation_probabilities(over_zero: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``p`` (layers, neurons, languages) from counts (languages, layers, neurons) and tokens (languages,)."""
+    return (over_zero.double() / tokens.double()[:, None, None]).permute(1, 2, 0).contiguous()
+
+
+def lape(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p', LAPE)``: the distribution over languages (Eq. 3's ``p'``; 0 for a neuron never active) and its
+    entropy in nats."""
+    total = probs.sum(dim=-1, keepdim=True)
+    normed = torch.where(total > 0, probs / total.clamp_min(1e-300), torch.zeros_like(probs))
+    logs = torch.where(normed > 0, normed.clamp_min(1e-300).log(), torch.zeros_like(normed))
+    return normed, -(normed * logs).sum(dim=-1)
+
+
+def quantile_value(values: torch.Tensor, rate: float) -> float:
+    """The ``round(n * rate)``-th smallest value (the official code's ``kthvalue``)."""
+    flat = values.flatten()
+    k = min(max(1, round(flat.numel() * rate)), flat.numel())
+    return float(flat.kthvalue(k).values)
+
+
+def select_neurons(
+    probs: torch.Tensor, filter_rate: float = 0.95, top_rate: float = 0.01, bar_rate: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """``(masks (languages, layers, neurons) bool, LAPE (layers, neurons), thresholds)``.
+
+    Candidates: some probability above the ``filter_rate`` quantile of all probabilities; kept: the
+    ``round(top_rate · layers · neurons)`` candidates of lowest LAPE; assigned: to each language whose
+    probability is above the ``bar_rate`` quantile."""
+    for name, rate in (("--filter-rate", filter_rate), ("--top-rate", top_rate), ("--bar-rate", bar_rate)):
+        if not 0 < rate < 1:
+            raise BabelscopeError(f"{name} {rate}: must lie strictly between 0 and 1")
+    _, entropy = lape(probs)
+    threshold = quantile_value(probs, filter_rate)
+    bar = quantile_value(probs, bar_rate)
+    candidate = (probs > threshold).any(dim=-1)
+    ranked = torch.where(candidate, entropy, torch.full_like(entropy, float("inf"))).flatten()
+    count = min(round(top_rate * entropy.numel()), int(candidate.sum()))
+    keep = torch.zeros(entropy.numel(), dtype=torch.bool)
+    if count:
+        keep[torch.topk(ranked, count, largest=False).indices] = True
+    keep = keep.view(entropy.shape)
+    masks = (probs > bar) & keep[..., None]  # (layers, neurons, languages)
+    return masks.permute(2, 0, 1).contiguous(), entropy, {"filter": threshold, "bar": bar, "kept": count}
+
+
+def neuron_indices(mask: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``{layer: neuron indices}`` of a (layers, neurons) mask (layers without neurons left out)."""
+    return {i: torch.nonzero(row).flatten() for i, row in enumerate(mask) if bool(row.any())}
+
+
+# ------------------------------------------------------------------------------------------------ counting
+def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site: str = "act", pad_id: int = 0,
+                      on_batch=None) -> tuple[torch.Tensor, int]:
+    """``(over_zero (layers, neurons) int64, tokens)`` over the token windows ``seqs`` (each ``[BOS, ...]``).
+
+    Windows are sorted longest first and batched (right-padded); position 0 (the BOS every window starts with)
+    and padding are not counted. Under several processes each rank runs every ``world``-th batch and the counts
+    are summed, so every rank returns the single-process counts."""
+    from babelscope.models.arch import base_model
+    from babelscope.models.engine import _dist_state
+    from babelscope.neurons.ffn import ActivationCounter
+
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    state = _dist_state()
+    if state is not None:
+        batches = batches[state.process_index :: state.num_processes]
+    counter = ActivationCounter(ffns, site)
+    device = next(model.parameters()).device
+    body = base_model(model)
+    with torch.inference_mode(), counter.hooked():
+        for batch in batches:
+            width = max(len(seqs[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, : len(seqs[i])] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            counted = mask.bool().clone()
+            counted[:, 0] = False
+            counter.set_mask(counted)
+            body(input_ids=ids, attention_mask=mask, use_cache=False)
+            if on_batch:
+                on_batch(len(batch))
+    over_zero, tokens = counter.over_zero, counter.tokens
+    if state is not None:
+        import torch.distributed as dist
+
+        total = torch.cat([over_zero.flatten(), torch.tensor([tokens], dtype=torch.int64)])
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        over_zero, tokens = total[:-1].view_as(over_zero), int(total[-1])
+    return over_zero, tokens
+
+
+def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
+    """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
+    from babelscope.regions.texts import token_windows
+
+    return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ step
+def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.models.engine import Engine
+    from babelscope.neurons.ffn import check_site, ffn_modules
+    from babelscope.regions.importance import load_tensors, read_metadata, save_tensors
+    from babelscope.regions.texts import language_codes, open_text_corpus, split_side
+    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+
+    if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
+        raise BabelscopeError(
+            f"--window {cfg.window} / --max-tokens {cfg.max_tokens} / --batch-size {cfg.batch_size}: "
+            "window >= 2, the others >= 1"
+        )
+    for name, rate in (("--filter-rate", cfg.filter_rate), ("--top-rate", cfg.top_rate),
+                       ("--bar-rate", cfg.bar_rate)):
+        if not 0 < rate < 1:
+            raise BabelscopeError(f"{name} {rate}: must lie strictly between 0 and 1")
+    from babelscope.neurons.ffn import SITES
+
+    if cfg.site not in SITES:
+        raise BabelscopeError(f"--site {cfg.site!r}: use one of {', '.join(SITES)}")
+    config = {k: v for k, v in vars(cfg).items() if k != "device"}
+    st = Step(run_dir, step)
+    if st.is_done(config):
+        return load_results(st.results_path)
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    if len(codes) < 2:
+        raise BabelscopeError(f"--langs {cfg.langs!r}: LAPE compares languages; give at least two")
+    texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
+    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: neurons needs a causal LM, this is an {info.kind}")
+    ffns = ffn_modules(model)
+    check_site(ffns, cfg.site, model)
+    if is_main_process():
+        st.write_config(config)
+    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, checksum=info.checksum, progress=False)
+    counts, tokens, rows = [], [], []
+    bar = tqdm(total=len(codes), desc="activations", unit="lang", disable=not engine.is_main, leave=False)
+    with bar:
+        for code in codes:
+            sha = text_sha256(u.text for u in texts[code])
+            key = _key({"model": info.checksum, "lang": code, "text": sha, "window": cfg.window,
+                        "max_tokens": cfg.max_tokens, "site": cfg.site, "batch_size": cfg.batch_size,
+                        "dtype": cfg.dtype, "device": engine.device.type, "width": ffns[0].width})
+            path = st.path / "counts" / f"{code}.safetensors"
+            meta = read_metadata(path) if path.exists() else {}
+            if meta.get("key") == key:  # finished in an earlier run
+                over_zero, n = load_tensors(path)["over_zero"], int(meta["tokens"])
+            else:
+                seqs = language_windows(engine, [u.text for u in texts[code]], cfg.window, cfg.max_tokens)
+                over_zero, n = count_activations(model, ffns, seqs, cfg.batch_size, cfg.site, engine.pad_id)
+                if n == 0:
+                    raise BabelscopeError(f"language {code}: no tokens counted; raise --max-tokens or --window")
+                if engine.is_main:
+                    save_tensors(path, {"over_zero": over_zero},
+                                 {"key": key, "lang": code, "tokens": n, "model": info.checksum,
+                                  "units": [u.id for u in texts[code]], "text_sha256": sha})
+                _barrier()
+            counts.append(over_zero)
+            tokens.append(n)
+            rows.append({"lang": code, "name": resolve_language(code).name, "tokens": n})
+            bar.update(1)
+    if not engine.is_main:
+        return {}
+    probs = activation_probabilities(torch.stack(counts), torch.tensor(tokens))
+    masks, entropy, thresholds = select_neurons(probs, cfg.filter_rate, cfg.top_rate, cfg.bar_rate)
+    n_layers, width = entropy.shape
+    per_layer, neurons = [], []
+    for li, code in enumerate(codes):
+        only = masks[li] & (masks.sum(dim=0) == 1)
+        rows[li].update(
+            neurons=int(masks[li].sum()),
+            only_this_language=int(only.sum()),
+            mean_activation_probability=float(probs[..., li].mean()),
+        )
+        for layer in range(n_layers):
+            per_layer.append({"layer": layer, "lang": code, "neurons": int(masks[li, layer].sum())})
+    chosen = masks.any(dim=0)
+    for layer, j in torch.nonzero(chosen).tolist():
+        langs = [codes[li] for li in range(len(codes)) if masks[li, layer, j]]
+        neurons.append({"layer": layer, "neuron": j, "langs": ",".join(langs),
+                        "lape": float(entropy[layer, j]),
+                        **{f"p_{c}": float(probs[layer, j, li]) for li, c in enumerate(codes)}})
+    tensors = {"probs": probs.float(), "entropy": entropy.float(),
+               **{f"mask/{c}": masks[li] for li, c in enumerate(codes)}}
+    save_tensors(st.path / "neurons.safetensors", tensors,
+                 {"model": info.checksum, "model_name": info.name, "languages": codes, "site": cfg.site,
+                  "ffn": [f.prefix for f in ffns], "weights": [f.weight_names for f in ffns], "key": _key(config)})
+    results = {
+        "model": info.name,
+        "corpus": corpus.name,
+        "languages": codes,
+        "site": cfg.site,
+        "layers": n_layers,
+        "neurons_per_layer": width,
+        "total_neurons": n_layers * width,
+        "selected": int(chosen.sum()),
+        "thresholds": thresholds,
+        "neurons_file": "neurons.safetensors",
+        "ffn_modules": [f.prefix for f in ffns],
+    }
+    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
+                                                  "units": {c: [u.id for u in texts[c]] for c in codes}})
+    st.write_results(KIND, config, results, {"per_language": rows, "per_layer": per_layer, "neurons": neurons},
+                     prov)
+    return load_results(st.results_path)
+
+
+def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``({lang: (layers, neurons) bool mask}, metadata)`` from a neurons step's ``neurons.safetensors``."""
+    from babelscope.regions.importance import load_tensors, read_metadata
+
+    meta = read_metadata(path)
+    tensors = load_tensors(path)
+    return {c: tensors[f"mask/{c}"] for c in meta["languages"]}, meta
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _load(cfg):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

@@ -1,0 +1,45 @@
+"""Activation counts under Accelerate with 2 CPU processes (gloo) equal the single-process counts exactly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from conftest import build_tiny, launch_two_processes
+
+CFG = dict(langs="eng,fra,cmn-Hans", max_tokens=90, window=32, batch_size=2, top_rate=0.05)
+
+
+def _run(run_dir: Path) -> None:
+    from babelscope.models.loader import describe
+    from babelscope.neurons.lape import NeuronsConfig, run
+
+    model, tok = build_tiny("gemma3")
+    info = describe(model, tok, "tiny", "memory")
+    run(NeuronsConfig(**CFG), run_dir, "neurons", loaded=lambda: (model, tok, info))
+
+
+def _worker():
+    from babelscope.models.engine import _dist_state
+
+    state = _dist_state()
+    assert state is not None and state.num_processes == 2
+    _run(Path(os.environ["BABELSCOPE_TEST_OUT"]))
+
+
+def test_counts_two_processes_match_one(tmp_path):
+    from babelscope.regions.importance import load_tensors, read_metadata
+    from babelscope.runs import load_results
+
+    launch_two_processes("test_neurons_distributed", "_worker", {"BABELSCOPE_TEST_OUT": str(tmp_path / "dist")})
+    _run(tmp_path / "single")
+    for lang in ("eng", "fra", "cmn-Hans"):
+        name = f"neurons/counts/{lang}.safetensors"
+        dist, single = load_tensors(tmp_path / "dist" / name), load_tensors(tmp_path / "single" / name)
+        assert torch.equal(dist["over_zero"], single["over_zero"])  # integer counts of the same batches
+        assert read_metadata(tmp_path / "dist" / name)["tokens"] == read_metadata(tmp_path / "single" / name)[
+            "tokens"] == 90
+    d, s = load_results(tmp_path / "dist" / "neurons"), load_results(tmp_path / "single" / "neurons")
+    assert d["tables"]["neurons"]["rows"] == s["tables"]["neurons"]["rows"]
