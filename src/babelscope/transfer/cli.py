@@ -9,6 +9,7 @@ import typer
 
 from babelscope.options import Device, Dtype, RunDir, config_from, run_dir_for
 from babelscope.options import Model as ModelOpt
+from babelscope.options import RunDir as RunDirOpt
 
 app = typer.Typer(
     help="Language capability transfer (Zhao et al. 2024; Zhang et al. 2024): extend the vocabulary, further "
@@ -20,16 +21,6 @@ app = typer.Typer(
 EXPERIMENT_COMMANDS: dict[str, str] = {}
 
 # ------------------------------------------------------------------------------------------- vocabulary (vocab)
-from typing import Annotated  # noqa: E402
-
-from babelscope.options import (  # noqa: E402
-    Device,
-    Dtype,
-    config_from,
-    run_dir_for,  # noqa: E402
-)
-from babelscope.options import Model as ModelOpt  # noqa: E402
-from babelscope.options import RunDir as RunDirOpt  # noqa: E402
 
 EXPERIMENT_COMMANDS["transfer-vocab"] = "babelscope.transfer.vocab:VocabConfig:run"
 
