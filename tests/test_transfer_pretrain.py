@@ -3,6 +3,7 @@ report, and bad input."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -87,6 +88,8 @@ def test_killed_run_keeps_its_curve_and_resumes(tiny, tmp_path, monkeypatch):
     real = Engine.rolling_loglikelihood
 
     def dies_at_second_point(self, *a, **k):
+        if any(frame.function == "check_logits" for frame in inspect.stack()):  # the loader's own check
+            return real(self, *a, **k)
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
