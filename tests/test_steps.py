@@ -178,6 +178,49 @@ def test_results_files_get_normal_permissions(tmp_path):
         assert stat.S_IMODE((tmp_path / "s" / name).stat().st_mode) == 0o644
 
 
+def test_converted_steps_skip_recompute_and_refuse_without_writing(tiny, tiny_dir, tmp_path):
+    """Steps written on the old contract, now on the runner: a finished step is skipped without loading the model
+    or tokenizer, an edited corpus recomputes, and a refusal that needs the model leaves no step folder."""
+    from babelscope.evaluate.tokens import TokensConfig
+    from babelscope.evaluate.tokens import run as run_tokens
+    from babelscope.lens.script import LensScriptConfig
+    from babelscope.lens.script import run as run_lens
+
+    model, tok, info = tiny
+    loaded = lambda: (model, tok, info)  # noqa: E731
+    path = tmp_path / "eng.txt"
+    path.write_text("One line of text.\nA second line.\n", encoding="utf-8")
+    cfg = LensScriptConfig(model="tiny", corpus=str(path), langs="all", max_tokens=8, window=8)
+    first = run_lens(cfg, tmp_path / "run", loaded=loaded)
+    assert run_lens(cfg, tmp_path / "run", loaded=_no_load)["provenance"] == first["provenance"]
+    path.write_text("One line of text.\nAnother second line, longer.\n", encoding="utf-8")
+    assert run_lens(cfg, tmp_path / "run", loaded=loaded)["provenance"] != first["provenance"]
+    with pytest.raises(BabelscopeError, match="out of range"):
+        run_lens(LensScriptConfig(**{**vars(cfg), "layers": "99"}), tmp_path / "run", "lens-bad", loaded=loaded)
+    assert not (tmp_path / "run" / "lens-bad").exists()  # no config.yaml either: refused before the run started
+    tcfg = TokensConfig(model=str(tiny_dir), corpus=str(path), langs="all", reference="", ud="none")
+    doc = run_tokens(tcfg, tmp_path / "run")
+    assert doc["results"]["tokenizers"][tiny_dir.name]["sha256"] and "tokenizer_sha256" not in doc["config"]
+    assert run_tokens(tcfg, tmp_path / "run")["provenance"] == doc["provenance"]
+    path.write_text("A third version.\n", encoding="utf-8")
+    assert run_tokens(tcfg, tmp_path / "run")["results"]["summary"][tiny_dir.name]["tokens"] != doc["results"][
+        "summary"][tiny_dir.name]["tokens"]
+
+
+def test_not_counts_of_the_converted_configs():
+    """Fields named like counts whose 0 means something (no clipping, no random control) are accepted."""
+    from babelscope.neurons.overlap import OverlapConfig
+    from babelscope.steps import check_config
+    from babelscope.transfer.pretrain import PretrainConfig
+    from babelscope.transfer.sft import SftConfig
+
+    assert check_config(OverlapConfig(draws=0)).draws == 0
+    assert check_config(PretrainConfig(max_grad_norm=0.0)).max_grad_norm == 0
+    assert check_config(SftConfig(max_grad_norm=0.0)).max_grad_norm == 0
+    with pytest.raises(BabelscopeError, match="--micro-batch-size 0"):
+        check_config(SftConfig(micro_batch_size=0))
+
+
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(("option", "value", "match"), [
     ("langs", "", "no language"), ("langs", " , ", "no language"), ("max_units", -1, "--max-units -1"),

@@ -339,7 +339,8 @@ def test_example_experiments_name_known_options(name):
 
     import yaml
 
-    from babelscope.experiment import _command, all_commands
+    from babelscope.registry import all_commands
+    from babelscope.registry import command as _command
 
     doc = yaml.safe_load((Path(__file__).parents[1] / "examples" / name).read_text(encoding="utf-8"))
     known = all_commands()

@@ -162,18 +162,20 @@ class StepRun:
     def cache_dir(self) -> Path:
         return self.st.cache_dir
 
-    def done(self, inputs: Any = None, when: Callable[[dict], bool] | None = None) -> dict[str, Any] | None:
+    def done(self, inputs: Any = None, when: Callable[[dict], bool] | None = None,
+             write_config: bool = True) -> dict[str, Any] | None:
         """The finished results when this step already ran with the same config and ``inputs`` (texts'
         checksums, upstream results: see :func:`results_sha256`; plus the model's files when the model is a
         local path, see :func:`model_files_stamp`) and ``when(doc)`` holds; else ``None``, and the config is
-        written for the run about to start. Every rank decides before any writes."""
+        written for the run about to start (``write_config=False``: the step writes it itself, once the checks
+        that need the model passed, so a refused run leaves nothing). Every rank decides before any writes."""
         stamp = model_files_stamp(getattr(self.cfg, "model", None))
         self.inputs = inputs = inputs if stamp is None else {"data": inputs, "model_files": stamp}
         doc = self.st.finished(self.config, inputs)
         if doc is not None and when is not None and not when(doc):
             doc = None
         barrier()
-        if doc is None and is_main_process():
+        if doc is None and write_config and is_main_process():
             self.st.write_config(self.config)
         return doc
 

@@ -238,8 +238,10 @@ def run(cfg: TokensConfig, run_dir, step: str = "tokens", loaded=None) -> dict[s
     """The ``babelscope tokens`` step: efficiency of each tokenizer in ``cfg.model`` (comma-separated)."""
     from babelscope.data import open_corpus, resolve_language
     from babelscope.models.loader import resolve_spec
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
 
+    sr = StepRun(cfg, run_dir, step, loaded)
     specs = [s.strip() for s in str(cfg.model).split(",") if s.strip()]
     if not specs:
         raise BabelscopeError("--model: give at least one model or tokenizer spec")
@@ -251,10 +253,12 @@ def run(cfg: TokensConfig, run_dir, step: str = "tokens", loaded=None) -> dict[s
     ud_spec = None if str(cfg.ud).lower() in ("none", "", "no") else cfg.ud
     sentences = ud_sentences(ud_spec, cfg.ud_langs, cfg.max_sentences) if ud_spec else {}
     sums = {spec: _checksum_of(spec, resolve_spec) for spec in specs}
-    config = {**vars(cfg), "tokenizer_sha256": sums}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    data = {"corpus": corpus.name, "sha256": {c: text_sha256(u.text for u in us) for c, us in units.items()}}
+    ud = {lang: text_sha256(s.text for s in sents) for lang, sents in sentences.items()}
+    if (doc := sr.done(inputs={"tokenizers": sums, "texts": data["sha256"], "ud": ud})) is not None:
+        return doc
+    if not is_main_process():  # one process tokenizes (nothing here is split over ranks)
+        return sr.wait()
     rows, fert, tokenizers = [], [], {}
     for spec in specs:
         tokenizer, checksum = load_tokenizer(spec)
@@ -264,9 +268,6 @@ def run(cfg: TokensConfig, run_dir, step: str = "tokens", loaded=None) -> dict[s
                             "byte_fallback": bool(info[0])}  # fmt: skip
         rows += [{"model": name, **r} for r in efficiency_rows(tokenizer, units, reference, corpus.parallel, info)]
         fert += [{"model": name, **r} for r in fertility_rows(tokenizer, sentences)]
-    if not is_main_process():
-        return {}
-    st.write_config(config)
     results = {
         "models": list(tokenizers),
         "tokenizers": tokenizers,
@@ -277,12 +278,10 @@ def run(cfg: TokensConfig, run_dir, step: str = "tokens", loaded=None) -> dict[s
         "summary": {m: _summary([r for r in rows if r["model"] == m], [r for r in fert if r["model"] == m])
                     for m in tokenizers},  # fmt: skip
     }
-    data = {"corpus": corpus.name, "sha256": {c: text_sha256(u.text for u in us) for c, us in units.items()}}
     tables = {"per_language": rows}
     if fert:
         tables["fertility"] = fert
-    st.write_results(KIND, config, results, tables, provenance(data=data))
-    return load_results(st.results_path)
+    return sr.write(KIND, results, tables, provenance(data=data))
 
 
 def _checksum_of(spec: str, resolve_spec) -> str:

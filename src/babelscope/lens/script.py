@@ -69,10 +69,11 @@ def run(cfg: LensScriptConfig, run_dir, step: str = "lens-script", loaded=None) 
     from babelscope.data.languages import resolve_language, script_of_text
     from babelscope.lens.logit_lens import lens_pass, mean_ci, parse_layers
     from babelscope.models.arch import block_list, lm_head
-    from babelscope.models.engine import Engine
     from babelscope.regions.texts import language_codes, open_text_corpus, token_windows
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
 
+    sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
         raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: window >= 2, tokens >= 1")
     corpus = open_text_corpus(cfg.corpus)
@@ -80,18 +81,15 @@ def run(cfg: LensScriptConfig, run_dir, step: str = "lens-script", loaded=None) 
     for code in codes:
         if not any(u.text.strip() for u in corpus.units(code)):
             raise BabelscopeError(f"corpus {corpus.name!r} has no text for {code}; drop it from --langs")
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: the logit lens needs a causal LM, this is an {info.kind}")
+    inputs = {code: text_sha256(u.text for u in corpus.units(code)) for code in codes}
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the layers passed
+        return doc
+    model, tokenizer, info = sr.model("causal", "the logit lens")
     layers = parse_layers(cfg.layers, len(block_list(model)[1]))
-    if not is_main_process():
-        return {}
-    st.write_config(config)
-    engine = Engine(model, tokenizer, progress=False)
+    if not is_main_process():  # one process reads the lens (nothing here is split over ranks)
+        return sr.wait()
+    sr.st.write_config(sr.config)
+    engine = sr.engine(cache=False, progress=False)
     scripts = vocab_scripts(tokenizer, lm_head(model).weight.shape[0])
     per_layer, summary, shas = [], [], {}
     for code in codes:
@@ -122,11 +120,4 @@ def run(cfg: LensScriptConfig, run_dir, step: str = "lens-script", loaded=None) 
                         "latin_first": mine[0]["Latn"]})
     results = {"model": info.name, "corpus": corpus.name, "layers": layers, "languages": codes, "summary": summary}
     prov = provenance(model=info.to_dict(), data={"corpus": corpus.name, "sha256": shas})
-    st.write_results(KIND, config, results, {"summary": summary, "per_layer": per_layer}, prov)
-    return load_results(st.results_path)
-
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return sr.write(KIND, results, {"summary": summary, "per_layer": per_layer}, prov)

@@ -158,8 +158,10 @@ def run(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate", loaded=
     from babelscope.data.languages import resolve_language
     from babelscope.lens.logit_lens import lens_pass, mean_ci, parse_layers
     from babelscope.models.arch import block_list
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import file_sha256, is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
 
+    sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.shots < 0 or cfg.batch_size < 1:
         raise BabelscopeError(f"--shots {cfg.shots} / --batch-size {cfg.batch_size}: shots >= 0, batch >= 1")
     wl = read_word_list(cfg.words)
@@ -173,17 +175,13 @@ def run(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate", loaded=
         )
     if source in targets:
         raise BabelscopeError(f"--targets {cfg.targets}: the source language {source} cannot be a target")
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: the logit lens needs a causal LM, this is an {info.kind}")
+    if (doc := sr.done(inputs=file_sha256(wl.path), write_config=False)) is not None:  # config: once layers passed
+        return doc
+    model, tokenizer, info = sr.model("causal", "the logit lens")
     layers = parse_layers(cfg.layers, len(block_list(model)[1]))
-    if not is_main_process():
-        return {}
-    st.write_config(config)
+    if not is_main_process():  # one process reads the lens (nothing here is split over ranks)
+        return sr.wait()
+    sr.st.write_config(sr.config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_layer, per_item, summary = [], [], []
     for target in targets:
@@ -227,12 +225,4 @@ def run(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate", loaded=
                "words": wl.path, "shots": cfg.shots, "summary": summary}
     prov = provenance(model=info.to_dict(),
                       data={"words": wl.path, "sha256": text_sha256("\t".join(wl.words[c]) for c in wl.langs)})
-    st.write_results(KIND, config, results, {"summary": summary, "per_layer": per_layer, "per_item": per_item},
-                     prov)
-    return load_results(st.results_path)
-
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return sr.write(KIND, results, {"summary": summary, "per_layer": per_layer, "per_item": per_item}, prov)

@@ -64,13 +64,12 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     from babelscope.neurons.lape import load_neurons, neuron_indices
     from babelscope.regions.ablate import PROMPTS, condition_checksum, perplexities
     from babelscope.regions.texts import SplitView, language_codes, open_text_corpus
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.steps import StepRun, results_sha256
 
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
-    src = Step(run_dir, cfg.neurons_step)
+    sr = StepRun(cfg, run_dir, step, loaded)
+    st, config = sr.st, sr.config
+    src = Step(sr.run_dir, cfg.neurons_step)
     src_doc = load_results(src.results_path)
     src_cfg = src_doc["config"]
     masks, meta = load_neurons(src.path / src_doc["results"]["neurons_file"])
@@ -89,7 +88,11 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     view = SplitView(corpus, "test", src_cfg["test_fraction"], src_cfg["seed"])
     for code in codes:
         view.units(code)  # a language without held-out text fails here, before the model loads
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
+    inputs = {"neurons": results_sha256(sr.run_dir, cfg.neurons_step),
+              "texts": {code: text_sha256(u.text for u in view.units(code)) for code in codes}}
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the model passed
+        return doc
+    model, tokenizer, info = sr.model()
     if meta.get("model") != info.checksum:
         raise BabelscopeError(
             f"{src.path}: neurons found on another model ({str(meta.get('model'))[:12]}…); run "
@@ -102,8 +105,7 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
 
     def engine_for(*change: Any) -> Engine:
         checksum = condition_checksum(info.checksum, *change) if change else info.checksum
-        return Engine(model, tokenizer, batch_size=cfg.batch_size, cache_dir=st.cache_dir, checksum=checksum,
-                      progress=False)
+        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)  # every rank, in step
 
     def prompts_for(lang: str) -> list[str]:
         return [c for c in dict.fromkeys([lang, "eng"]) if c in PROMPTS]
@@ -135,7 +137,7 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
                              "base_ppl": base[code]["ppl"], "ratio": ratio, "tokens": after[code]["tokens"]})
             bar.update(1)
     if not base_engine.is_main:
-        return {}
+        return sr.wait()
     matrix = []
     for lang in masks:
         mine = {r["lang"]: r["ratio"] for r in rows if r["off"] == lang and r["neurons"] == "lape"}
@@ -157,12 +159,4 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
                "neurons_step": cfg.neurons_step, "summary": summary}
     prov = provenance(model=info.to_dict(),
                       data={"corpus": view.name, "units": {c: [u.id for u in view.units(c)] for c in codes}})
-    st.write_results(KIND, config, results, {"matrix": matrix, "per_language": rows, "generations": generations},
-                     prov)
-    return load_results(st.results_path)
-
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return sr.write(KIND, results, {"matrix": matrix, "per_language": rows, "generations": generations}, prov)

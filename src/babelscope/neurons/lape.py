@@ -166,12 +166,13 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     from tqdm.auto import tqdm
 
     from babelscope.data.languages import resolve_language
-    from babelscope.models.engine import Engine
     from babelscope.neurons.ffn import check_site, ffn_modules
     from babelscope.regions.importance import load_tensors, read_metadata, save_tensors
     from babelscope.regions.texts import language_codes, open_text_corpus, split_side
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
 
+    sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
         raise BabelscopeError(
             f"--window {cfg.window} / --max-tokens {cfg.max_tokens} / --batch-size {cfg.batch_size}: "
@@ -185,23 +186,21 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
 
     if cfg.site not in SITES:
         raise BabelscopeError(f"--site {cfg.site!r}: use one of {', '.join(SITES)}")
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    st, config = sr.st, sr.config
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     if len(codes) < 2:
         raise BabelscopeError(f"--langs {cfg.langs!r}: LAPE compares languages; give at least two")
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
-    model, tokenizer, info = loaded() if loaded else _load(cfg)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: neurons needs a causal LM, this is an {info.kind}")
+    inputs = {code: text_sha256(u.text for u in texts[code]) for code in codes}
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the model passed
+        return doc
+    model, tokenizer, info = sr.model("causal", "neurons")
     ffns = ffn_modules(model)
     check_site(ffns, cfg.site, model)
     if is_main_process():
         st.write_config(config)
-    engine = Engine(model, tokenizer, batch_size=cfg.batch_size, checksum=info.checksum, progress=False)
+    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
     counts, tokens, rows = [], [], []
     bar = tqdm(total=len(codes), desc="activations", unit="lang", disable=not engine.is_main, leave=False)
     with bar:
@@ -229,7 +228,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
             rows.append({"lang": code, "name": resolve_language(code).name, "tokens": n})
             bar.update(1)
     if not engine.is_main:
-        return {}
+        return sr.wait()
     probs = activation_probabilities(torch.stack(counts), torch.tensor(tokens))
     masks, entropy, thresholds = select_neurons(probs, cfg.filter_rate, cfg.top_rate, cfg.bar_rate)
     n_layers, width = entropy.shape
@@ -269,9 +268,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     }
     prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
                                                   "units": {c: [u.id for u in texts[c]] for c in codes}})
-    st.write_results(KIND, config, results, {"per_language": rows, "per_layer": per_layer, "neurons": neurons},
-                     prov)
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"per_language": rows, "per_layer": per_layer, "neurons": neurons}, prov)
 
 
 def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -288,9 +285,3 @@ def _barrier() -> None:
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def _load(cfg):
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

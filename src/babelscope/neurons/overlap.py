@@ -46,6 +46,8 @@ class OverlapConfig:
     draws: int = 1000
     seed: int = 0
 
+    NOT_COUNTS = ("draws",)  # 0 = no random control
+
 
 def neuron_region_counts(mask: dict[str, torch.Tensor], weights: list[dict[str, list[str]]], width: int
                          ) -> torch.Tensor:
@@ -138,25 +140,26 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
     from babelscope.regions.importance import load_tensors, read_metadata
     from babelscope.regions.select import SCOPES, mask_file, parse_choice, region_mask
     from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.steps import StepRun, results_sha256
 
+    sr = StepRun(cfg, run_dir, step, loaded)
     kinds = parse_choice(cfg.regions, REGIONS, "--regions")
     if cfg.scope not in SCOPES:
         raise BabelscopeError(f"--scope {cfg.scope!r}: use one of {', '.join(SCOPES)}")
     if not 0 < cfg.k < 1 or cfg.draws < 0:
         raise BabelscopeError(f"--k {cfg.k} / --draws {cfg.draws}: k in (0, 1), draws >= 0")
-    config = dict(vars(cfg))
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
-    if not is_main_process():
-        return {}
-    nsrc = Step(run_dir, cfg.neurons_step)
+    nsrc = Step(sr.run_dir, cfg.neurons_step)
     ndoc = load_results(nsrc.results_path)
-    masks, meta = load_neurons(nsrc.path / ndoc["results"]["neurons_file"])
-    ssrc = Step(run_dir, cfg.select_step)
+    ssrc = Step(sr.run_dir, cfg.select_step)
     sdoc = load_results(ssrc.results_path)
-    isrc = Step(run_dir, sdoc["results"]["importance_step"])
+    isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
     idoc = load_results(isrc.results_path)
+    reads = (cfg.neurons_step, cfg.select_step, isrc.name)  # their results files name the tensors they wrote
+    if (doc := sr.done(inputs={name: results_sha256(sr.run_dir, name) for name in reads})) is not None:
+        return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
+    masks, meta = load_neurons(nsrc.path / ndoc["results"]["neurons_file"])
     imp_meta = read_metadata(isrc.path / idoc["results"]["importance_file"])
     if imp_meta.get("model") != meta.get("model"):
         raise BabelscopeError(
@@ -210,5 +213,4 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
     results = {"languages": langs, "k": cfg.k, "scope": cfg.scope, "regions": kinds,
                "neurons_step": cfg.neurons_step, "select_step": cfg.select_step, "model": ndoc["results"]["model"]}
     prov = provenance(model={"checksum": meta.get("model")}, importance=str(isrc.path))
-    st.write_results(KIND, config, results, {"overlap": rows, "per_layer": per_layer}, prov)
-    return load_results(st.results_path)
+    return sr.write(KIND, results, {"overlap": rows, "per_layer": per_layer}, prov)

@@ -644,10 +644,11 @@ def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dic
     from tqdm.auto import tqdm
 
     from babelscope.data.languages import resolve_language
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.runs import is_main_process, provenance
+    from babelscope.steps import StepRun, check_config
     from babelscope.syntax.represent import Store, split_by_sentence
 
-    kinds, shots = _check_config(cfg)
+    kinds, shots = _check_config(check_config(cfg))
     run_dir = Path(run_dir)
     store = Store(run_dir / cfg.store / "store")
     tstore = Store(run_dir / cfg.test_store / "store") if cfg.test_store else store
@@ -666,12 +667,13 @@ def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dic
         raise BabelscopeError(f"{store.path}: no meta-training language besides {source}; extract more languages")
     model_id = _model_of([store, tstore], [[source, *metas], tests], cfg.model)
     icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
-    config = {**vars(cfg), "stores_fingerprint": _fingerprint([store, tstore]),  # a changed input recomputes
-              "icl_fingerprint": hashlib.sha256(json.dumps(icl, sort_keys=True).encode()).hexdigest()[:16]
-              if icl else None}
-    st = Step(run_dir, step)
-    if st.is_done(config):
-        return load_results(st.results_path)
+    inputs = {"stores": _fingerprint([store, tstore]),  # a changed input recomputes
+              "icl": hashlib.sha256(json.dumps(icl, sort_keys=True).encode()).hexdigest()[:16] if icl else None}
+    sr = StepRun(cfg, run_dir, step, loaded)
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: with the results
+        return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
     en_ids = store.words(source)["sent_ids"]
     ctx = {"store": store, "tstore": tstore, "source": source, "metas": metas, "tests": tests, "shots": shots,
            "layers": _layer(store, cfg.layer), "splits": {t: _splits(tstore, t, cfg.test_treebank) for t in tests},
@@ -717,8 +719,6 @@ def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dic
     layer_rows = [r for o in out.values() for r in o["layer_rows"]]
     if layer_rows:
         tables["layers"] = layer_rows
-    if is_main_process():  # config and results only now: a bad input above leaves nothing behind
-        st.write_config(config)
-        st.write_results(KIND, config, results, tables,
-                         provenance(store=str(store.path), test_store=str(tstore.path), model=model_id))
-    return load_results(st.results_path)
+    sr.st.write_config(sr.config)  # config and results only now: a bad input above leaves nothing behind
+    return sr.write(KIND, results, tables, provenance(store=str(store.path), test_store=str(tstore.path),
+                                                      model=model_id))

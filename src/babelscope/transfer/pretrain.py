@@ -38,6 +38,8 @@ KIND = "transfer-pretrain"
 
 @dataclass
 class PretrainConfig:
+    NOT_COUNTS = ("max_grad_norm",)  # named like a count; 0 = no gradient clipping
+
     model: str = "gemma-3-270m"
     corpus: str = "udhr"  # training text (any corpus spec, or pud-sample)
     langs: str = "vie"  # training languages, optionally with proportions: vie:0.9,eng:0.1
@@ -356,14 +358,21 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     from babelscope.models import load_model
     from babelscope.models.engine import Engine
     from babelscope.models.loader import resolve_spec
-    from babelscope.runs import Step, is_main_process, load_results, provenance, to_jsonable, write_yaml
+    from babelscope.runs import (
+        file_sha256,
+        inputs_sha256,
+        is_main_process,
+        load_results,
+        provenance,
+        text_sha256,
+        to_jsonable,
+        write_yaml,
+    )
+    from babelscope.steps import StepRun
     from babelscope.transfer.loop import check_config, lr_at, train
 
-    run_dir = Path(run_dir)
-    config = {k: v for k, v in vars(cfg).items() if k not in ("device",)}
-    st = Step(run_dir, step)
-    if st.is_done(config) and load_results(st.results_path)["results"].get("complete"):
-        return load_results(st.results_path)
+    sr = StepRun(cfg, run_dir, step, loaded)
+    run_dir, st, config = sr.run_dir, sr.st, sr.config
     lcfg = loop_config(cfg)
     check_config(lcfg)
     # Options and data first: nothing is loaded or written before they pass.
@@ -384,21 +393,25 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     source, _ = resolve_spec(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     data = prepare_data(cfg, tokenizer)
+    mask_sum = file_sha256(mask_file) if mask_file is not None else ""
+    evals = {code: text_sha256(u.text for u in data["eval_view"].units(code)) for code in data["eval_codes"]}
+    inputs = {"train": data["checksums"], "eval": evals, "mask": mask_sum}
+    # finished = complete (a killed run left partial results); the config is written once the model passed
+    if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
+        return doc
 
     model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     if info.kind != "causal":
         raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
-    masks, mask_meta, mask_sum = None, {}, ""
+    masks, mask_meta = None, {}
     if mask_file is not None:
         from babelscope.regions.params import scored_parameters
         from babelscope.regions.select import load_mask
-        from babelscope.runs import file_sha256
 
         masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
         if mask_meta.get("other_model"):
             raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
                                   "the region from this model's importance scores")
-        mask_sum = file_sha256(mask_file)
     fingerprint = data_fingerprint(data, info.checksum, mask_sum, cfg.seq_len)
     main = is_main_process()
     if main:
@@ -410,7 +423,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     curve: list[dict[str, Any]] = []
     if st.results_path.exists():
         old = load_results(st.results_path)
-        if old.get("config") == to_jsonable(config):
+        if old.get("config") == to_jsonable(config) and old.get("inputs") == inputs_sha256(sr.inputs):
             curve = list(old["tables"].get("curve", {}).get("rows", []))
     ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
     import os
@@ -464,7 +477,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
             tables["compare"] = compare
         prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
                           freeze=frozen)
-        st.write_results(KIND, config, results(complete, trained), tables, prov)
+        st.write_results(KIND, config, results(complete, trained), tables, prov, inputs=sr.inputs)
 
     def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
         engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
@@ -484,8 +497,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     trained = train(model, tokenizer, PackedBlocks(data["blocks"], data["order"]), lcfg, st.path,
                     evaluate=evaluate, eval_at=data["eval_at"], freeze=masks, fingerprint=fingerprint,
                     tracker_config={"model": cfg.model, "langs": cfg.langs})
-    if not main:
-        return {}
-    write_yaml(st.path / "config.yaml", config)
-    write(True, trained)
-    return load_results(st.results_path)
+    if main:
+        write_yaml(st.path / "config.yaml", config)
+        write(True, trained)
+    return sr.wait()  # every rank: the next step reads what rank 0 wrote

@@ -40,6 +40,8 @@ SFT_RECORD = "babelscope_sft.json"
 
 @dataclass
 class SftConfig:
+    NOT_COUNTS = ("max_grad_norm",)  # named like a count; 0 = no gradient clipping
+
     model: str = "gemma-3-270m"
     data: str = "embedded"  # embedded, belle, belle-seeds, alpaca-seeds, or JSONL/JSON paths (comma-separated)
     lang: str | None = None  # language of rows without a lang field
@@ -312,17 +314,21 @@ def _with_template(tokenizer, prepared: dict[str, Any]):
 # ----------------------------------------------------------------------------------------------- the step
 def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, Any]:
     """The ``babelscope transfer sft`` step: train, measure validation loss as it goes, save the tuned model."""
-    from babelscope.runs import Step, is_main_process, load_results, provenance, write_text
+    from babelscope.runs import is_main_process, provenance, text_sha256, write_text
+    from babelscope.steps import StepRun, check_config, model_files_stamp
     from babelscope.transfer.loop import train
 
-    check(cfg)
-    config = {k: v for k, v in vars(cfg).items() if k not in ("device", "trackers")}
-    st = Step(Path(run_dir), step)
-    if st.is_done(config) and (st.path / "model").is_dir():
-        return load_results(st.results_path)
+    check(check_config(cfg))
     # Every data/template error is raised before the model loads or anything is written. Training changes the
     # weights in place, so the step loads its own copy of the model (never the instance `loaded` shares).
     prepared = prepare(cfg, _tokenizer(cfg.model))
+    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "trackers"))  # creates the run directory
+    st, config = sr.st, sr.config
+    heldout = text_sha256(f"{c.id}\t{c.lang}\t{c.instruction}\t{c.reference}" for c in prepared["heldout"])
+    inputs = {"data": data_fingerprint(prepared), "heldout": heldout,
+              "train_tokens": None if cfg.train_tokens in ("auto", "none") else model_files_stamp(cfg.train_tokens)}
+    if (doc := sr.done(inputs=inputs, when=lambda _: (st.path / "model").is_dir(), write_config=False)) is not None:
+        return doc
     model, tokenizer, info = _load(cfg)
     if info.kind != "causal":
         raise BabelscopeError(f"--model {cfg.model}: an encoder; instruction tuning needs a causal LM")
@@ -330,7 +336,7 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
     if over:
         raise BabelscopeError(f"--max-length {cfg.max_length}: over the model's maximum "
                               f"{model.config.max_position_embeddings}")
-    fingerprint = data_fingerprint(prepared)
+    fingerprint = inputs["data"]
     if is_main_process():
         st.write_config(config)
         write_text(st.path / "heldout.jsonl", "".join(  # the held-out instructions, for `eval respond`
@@ -369,8 +375,7 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
                    fingerprint=fingerprint, tracker_config={"step": step, "data": cfg.data})
     trained.config.use_cache = True
     if not is_main_process():
-        _barrier()
-        return {}
+        return sr.wait()
     saved = save_tuned(model, peft_model, tokenizer, cfg, prepared, info, st.path / "model")
     shutil.rmtree(st.path / "checkpoints", ignore_errors=True)  # the saved model supersedes them
     curve = [{k: r.get(k) for k in ("step", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")}
@@ -395,17 +400,8 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
                     "responses_cut_away": counts["train"]["cut_away"] + counts["validation"]["cut_away"]},
         "validation_turn": turning_point(evals),
     }
-    st.write_results(KIND, config, results, {"train_curve": curve, "validation": evals},
-                     provenance(model=info.to_dict(), loop=vars(lcfg)))
-    _barrier()
-    return load_results(st.results_path)
-
-
-def _barrier() -> None:
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    return sr.write(KIND, results, {"train_curve": curve, "validation": evals},
+                    provenance(model=info.to_dict(), loop=vars(lcfg)))
 
 
 def _tokenizer(spec: str):

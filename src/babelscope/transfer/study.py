@@ -57,15 +57,18 @@ def variant_rows(run_dir: Path, cfg: StudyTableConfig) -> list[dict[str, Any]]:
 
 
 def run(cfg: StudyTableConfig, run_dir, step: str = "table", loaded=None) -> dict[str, Any]:
-    """The ``babelscope transfer table`` step (reads results only; recomputed every time, it is cheap)."""
-    from babelscope.runs import Step, is_main_process, load_results, provenance
+    """The ``babelscope transfer table`` step (reads results only; recomputed when a step it reads changed)."""
+    from babelscope.runs import is_main_process, iter_results, provenance
+    from babelscope.steps import StepRun, results_sha256
 
-    run_dir = Path(run_dir)
-    rows = variant_rows(run_dir, cfg)
+    sr = StepRun(cfg, run_dir, step, loaded)
+    rows = variant_rows(sr.run_dir, cfg)
+    names = {r["step"] for r in rows}  # the response steps and the codeswitch steps of their responses
+    reads = names | {d["step"] for d in iter_results(sr.run_dir)
+                     if d.get("kind") == "codeswitch" and d["config"].get("responses") in names}
+    if (doc := sr.done(inputs={name: results_sha256(sr.run_dir, name) for name in sorted(reads)})) is not None:
+        return doc
     if not is_main_process():
-        return {}
+        return sr.wait()
     judges = sorted({str(r["judge"]) for r in rows})
-    st = Step(run_dir, step)
-    st.write_results(KIND, dict(vars(cfg)), {"judges": judges, "variants": len(rows)}, {"variants": rows},
-                     provenance())
-    return load_results(st.results_path)
+    return sr.write(KIND, {"judges": judges, "variants": len(rows)}, {"variants": rows}, provenance())

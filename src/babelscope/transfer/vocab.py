@@ -229,19 +229,18 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_tokenizer, parallel_units
     from babelscope.models.engine import Engine
     from babelscope.models.loader import resolve_spec
-    from babelscope.runs import Step, load_results, provenance, text_sha256
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
     from babelscope.transfer import tokenizers as tk
 
+    sr = StepRun(cfg, run_dir, step, loaded)
     _check(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
                               "accelerate launch / torchrun")  # fmt: skip
     lang = resolve_language(cfg.lang).code
-    st = Step(run_dir, step)
+    st = sr.st
     out = Path(cfg.out) if cfg.out else st.path / "model"
-    config = {k: v for k, v in vars(cfg).items() if k != "device"}
-    if st.is_done(config) and (out / RECORD).is_file():
-        return load_results(st.results_path)
     # ---- inputs, all read before anything loads
     train_corpus, train = target_units(cfg.train, lang, "train")
     if cfg.held_out:
@@ -280,6 +279,10 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
             f"texts ({example}), so pieces learnt from them could not be reached; normalise the text the same way "
             "first (e.g. NFKC) or extend a tokenizer whose normaliser keeps this script"
         )
+    inputs = {"train": text_sha256(texts), "held_out": text_sha256(u.text for u in held),
+              "parallel": {c: text_sha256(u.text for u in us) for c, us in par_units.items()}, "tokenizer": base_sha}
+    if (doc := sr.done(inputs=inputs, when=lambda _: (out / RECORD).is_file())) is not None:
+        return doc
     settings = tk.spm_settings(base)
     trained = tk.train_sentencepiece(texts, cfg.vocab_size, model_type, cfg.character_coverage, settings,
                                      cfg.split_by_whitespace, what=f"the {lang} training text")  # fmt: skip
@@ -363,9 +366,7 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     if fert:
         tables["fertility"] = fert
     data = {"train": cfg.train, "held_out": cfg.held_out or "10% of --train", "parallel": par.name}
-    st.write_config(config)
-    st.write_results(KIND, config, results, tables, provenance(model=info.to_dict(), data=data))
-    return load_results(st.results_path)
+    return sr.write(KIND, results, tables, provenance(model=info.to_dict(), data=data))
 
 
 def _premium(rows: list[dict], model: str, lang: str) -> float | None:
