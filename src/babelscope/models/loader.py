@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,8 +177,13 @@ def check_logits(model, tokenizer, text: str = CHECK_TEXT) -> float:
         with torch.no_grad():
             logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0, :-1]
         theirs -= float(torch.log_softmax(logits.float(), -1)[-n:].gather(1, x[0, -n:, None]).sum())
-    diff = abs(ours - theirs) / max(abs(theirs), 1e-30)
     dtype = next(model.parameters()).dtype
+    if not (math.isfinite(ours) and math.isfinite(theirs)):
+        raise BabelscopeError(
+            f"{type(model).__name__} in {str(dtype).replace('torch.', '')} gives non-finite scores on a short text "
+            "(overflow); load it in float32 or bfloat16"
+        )
+    diff = abs(ours - theirs) / max(abs(theirs), 1e-30)
     bound = 1e-3 if dtype == torch.float32 else 2e-2
     if not diff <= bound:
         raise BabelscopeError(
