@@ -304,13 +304,19 @@ class Engine:
         return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
     def _score_batch(self, groups: list[list[tuple[list[int], int]]]) -> list[list[Scored]]:
-        """Score groups of requests as one batch of whole rows (no prefix shared); per group, in order."""
+        """Score groups of requests in one forward of whole rows (nothing shared but identical inputs, which
+        share a row); per group, in order."""
         flat = [r for group in groups for r in group]
-        block = [PrefixGroup(0, [tuple(seq[:-1]) for seq, _ in flat], [[i] for i in range(len(flat))])]
+        rows: dict[tuple[int, ...], list[int]] = {}
+        for i, (seq, _) in enumerate(flat):
+            rows.setdefault(tuple(seq[:-1]), []).append(i)
+        block = [PrefixGroup(0, list(rows), list(rows.values()))]
         with torch.inference_mode():
-            table, index, targets, _ = self._continue(block, [(0, k) for k in range(len(flat))], None, flat)
-            scored = iter(self._score_positions([flat], table, index, targets)[0])
-        return [[next(scored) for _ in group] for group in groups]
+            table, index, targets, served = self._continue(block, [(0, k) for k in range(len(rows))], None, flat)
+            scored = dict(zip(served, self._score_positions([[flat[i] for i in served]], table, index, targets)[0],
+                              strict=True))
+        order = iter(range(len(flat)))
+        return [[scored[next(order)] for _ in group] for group in groups]
 
     def _score_positions(
         self, groups, table: torch.Tensor, index: torch.Tensor, targets: torch.Tensor
