@@ -79,16 +79,21 @@ def tokenizer_checksum(source: Path | str) -> str:
 
 
 def special_ids(tokenizer) -> tuple[set[int], int | None]:
-    """Ids of byte-fallback tokens (``<0xNN>``, only when the model falls back to bytes) and the unk id."""
+    """Ids of byte-fallback tokens (``<0xNN>``, only when the model falls back to bytes) and the unk id (read
+    once per tokenizer object: its JSON is tens of MB for a 262k vocabulary)."""
     import json
 
+    cached = getattr(tokenizer, "_babelscope_special_ids", None)
+    if cached is not None:
+        return cached
     model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
     byte_ids: set[int] = set()
     if model.get("byte_fallback"):
         vocab = model.get("vocab")
         items = vocab.items() if isinstance(vocab, dict) else ((p, i) for i, (p, _) in enumerate(vocab or []))
         byte_ids = {i for p, i in items if BYTE_TOKEN.match(p)}
-    return byte_ids, tokenizer.unk_token_id
+    tokenizer._babelscope_special_ids = (byte_ids, tokenizer.unk_token_id)
+    return tokenizer._babelscope_special_ids
 
 
 def encode_batch(tokenizer, texts: Sequence[str], offsets: bool = False) -> dict[str, Any]:
