@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,8 +427,6 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         if old.get("config") == to_jsonable(config) and old.get("inputs") == inputs_sha256(sr.inputs):
             curve = list(old["tables"].get("curve", {}).get("rows", []))
     ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
-    import os
-
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.micro_batch_size * cfg.grad_accum * processes
     total_steps = math.ceil(data["samples"] / per_step)
