@@ -283,6 +283,20 @@ def local_mask(p: torch.Tensor, mask: torch.Tensor, name: str = "") -> torch.Ten
     return piece
 
 
+@contextlib.contextmanager
+def unsharded(module: nn.Module):
+    """Under FSDP 2, the root's own parameters (embedding, final norm) gathered for the duration, so the
+    evaluation can call the decoder and the head outside the root's forward; the blocks gather themselves."""
+    if not hasattr(module, "unshard") or not hasattr(module, "reshard"):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
 def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on 1-D tensors (norms, biases) and on partly frozen tensors (whose
     decay :class:`RegionFreeze` applies itself)."""
@@ -424,7 +438,7 @@ def train(
                 continue
             inner = accelerator.unwrap_model(wrapped).model
             inner.eval()
-            with torch.no_grad():
+            with torch.no_grad(), unsharded(wrapped):
                 measured = evaluate(inner, samples, step)
             inner.train()
             if measured is not None:

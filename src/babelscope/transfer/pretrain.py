@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,8 +414,6 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         if old.get("config") == to_jsonable(config):
             curve = list(old["tables"].get("curve", {}).get("rows", []))
     ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
-    import os
-
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.micro_batch_size * cfg.grad_accum * processes
     total_steps = math.ceil(data["samples"] / per_step)
@@ -468,6 +467,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
     def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
         engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
+        if any(hasattr(p, "placements") for p in m.parameters()):  # FSDP 2: every rank runs every forward
+            engine.state = None  # (sharded blocks gather their weights collectively: no split of requests)
         rows, _, _ = language_rows(engine, data["eval_view"], data["eval_codes"], ppl_cfg)
         lr = lr_at(at_step - 1, total_steps, lcfg) if at_step else 0.0
         point = [{"samples": samples, "step": at_step, "tokens": samples * cfg.seq_len, "lr": lr,
