@@ -95,7 +95,7 @@ def overlap_section(doc: dict[str, Any]) -> Section:
 
     res = doc.get("results") or {}
     rows = _rows(doc, "overlap")
-    sec = Section(f"Language-specific neurons and the Top-{res.get('k', 0):g} regions ({res.get('scope')})")
+    sec = Section(f"Language-specific neurons and the Top-{100 * res.get('k', 0):g}% regions ({res.get('scope')})")
     sec.text(
         "A region touches a neuron through its row in the gate/up projections and its column in the down "
         "projection. Touched share: the LAPE neurons whose row or column holds a region weight; weight share: "
