@@ -53,7 +53,7 @@ def translate_cmd(
     layers: Layers = "all",
     max_items: Annotated[int | None, typer.Option(help="At most this many concepts per target.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the demonstrations' choice.")] = 0,
-    batch_size: Batch = 8,
+    batch_size: Batch = 16,
     dtype: Dtype = "float32",
     device: Device = None,
     run_dir: RunDir = None,

@@ -76,7 +76,7 @@ def lens_pass(
     reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batch_size: int = 8,
     pad_id: int = 0,
-    chunk: int = 64,
+    chunk: int = 128,
 ) -> torch.Tensor:
     """``out[layer index, position k, ...] = reduce(probs, owner)`` over every requested position.
 
@@ -113,12 +113,17 @@ def lens_pass(
             run_until_stopped(base_model(model), input_ids=ids.to(device), attention_mask=mask.to(device),
                               use_cache=False)
             r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-            owner = torch.tensor(owners)
-            for layer in layers:
-                h = store[layer][r, c]
-                for s in range(0, len(owners), chunk):
-                    probs = layer_logits(model, h[s : s + chunk], norm).softmax(dim=-1)
-                    results[layer].append((owner[s : s + chunk], reduce(probs, owner[s : s + chunk]).float().cpu()))
+            # every layer's rows in one table, decoded ``chunk`` rows at a time: the head's weight (V x H) is read
+            # once per chunk, not once per layer (it dominates when few positions are decoded)
+            h = torch.cat([store[layer][r, c] for layer in layers])
+            owner = torch.tensor(owners).repeat(len(layers))
+            which = torch.arange(len(layers)).repeat_interleave(len(owners))
+            for s in range(0, h.shape[0], chunk):
+                probs = layer_logits(model, h[s : s + chunk], norm).softmax(dim=-1)
+                values = reduce(probs, owner[s : s + chunk]).float().cpu()
+                for li in which[s : s + chunk].unique().tolist():
+                    sel = which[s : s + chunk] == li
+                    results[layers[li]].append((owner[s : s + chunk][sel], values[sel]))
     out = []
     for layer in layers:
         owners_all = torch.cat([o for o, _ in results[layer]])

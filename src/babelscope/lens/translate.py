@@ -44,7 +44,7 @@ class LensTranslateConfig:
     layers: str = "all"
     max_items: int | None = None
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 16
     dtype: str = "float32"
     device: str | None = None
 

@@ -25,6 +25,9 @@ def _band_chart(rows: list[dict[str, Any]], series: list[tuple[str, str, str]], 
         ax.plot(layers, [r[key] for r in rows], marker="o", ms=3, color=color, label=label)
         ax.fill_between(layers, [max(0.0, r[f"{key}_lo"]) for r in rows], [r[f"{key}_hi"] for r in rows],
                         color=color, alpha=0.2, lw=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)

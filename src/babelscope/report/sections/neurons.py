@@ -76,7 +76,7 @@ def deactivation_section(doc: dict[str, Any]) -> Section:
     if matrix and cols:
         data = [[r.get(c) if r.get(c) is not None else math.nan for c in cols] for r in matrix]
         logs = [[math.log(v) if isinstance(v, float) and v > 0 else math.nan for v in row] for row in data]
-        fig, ax = heatmap(logs, [r["off"] for r in matrix], cols, cmap="Reds", cbar_label="log PPL ratio")
+        fig, ax = heatmap(logs, [r["off"] for r in matrix], cols, cmap="magma", cbar_label="log PPL ratio")
         ax.set_xlabel("evaluated language")
         ax.set_ylabel("neurons off")
         sec.figure(fig, "log(PPL with the row language's neurons off / base PPL).")
@@ -95,7 +95,7 @@ def overlap_section(doc: dict[str, Any]) -> Section:
 
     res = doc.get("results") or {}
     rows = _rows(doc, "overlap")
-    sec = Section(f"Language-specific neurons and the Top-{res.get('k', 0):g} regions ({res.get('scope')})")
+    sec = Section(f"Language-specific neurons and the Top-{100 * res.get('k', 0):g}% regions ({res.get('scope')})")
     sec.text(
         "A region touches a neuron through its row in the gate/up projections and its column in the down "
         "projection. Touched share: the LAPE neurons whose row or column holds a region weight; weight share: "
