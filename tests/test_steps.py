@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,3 +381,22 @@ def test_non_finite_importance_loss_is_refused(tiny, tmp_path):
         importance.run(importance.ImportanceConfig(langs="eng", max_tokens=16, window=16), tmp_path, "imp",
                        lambda: (broken, tok, info))
     assert not list((tmp_path / "imp").rglob("*.safetensors")) and not (tmp_path / "imp" / "results.json").exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "examples").glob("*.yaml")))
+def test_every_example_experiment_passes_the_full_check(name):
+    """Every shipped experiment (the demo included) is checked whole before anything runs: commands, options,
+    types, counts and language lists of every step, as `babelscope run` does first."""
+    from babelscope.experiment import plan
+
+    steps = plan(Path(__file__).parents[1] / "examples" / name)
+    assert steps and len({s.step for s in steps}) == len(steps)
+
+
+def test_a_language_list_may_be_empty_where_the_config_says_so():
+    from babelscope.steps import check_config
+    from babelscope.transfer.vocab import VocabConfig
+
+    check_config(VocabConfig(lang="tr", train="pud-sample", quality_langs=""))  # the target alone
+    with pytest.raises(BabelscopeError, match="--check-langs"):
+        check_config(VocabConfig(lang="tr", train="pud-sample", check_langs=" , "))

@@ -62,13 +62,14 @@ def _accepts(hint: Any) -> tuple[tuple[type, ...], bool]:
 def check_config(cfg: Any) -> Any:
     """Check (and normalise in place) a step config before anything is read or loaded: every value has its
     field's type (``window: big`` is refused; ``layers: 9`` becomes ``"9"``), counts are positive (a config
-    class may name fields that only look like counts in ``NOT_COUNTS``), language lists are not empty, the
-    dtype is known and the device exists. Returns ``cfg``."""
+    class may name fields that only look like counts in ``NOT_COUNTS``), language lists are not empty (unless the
+    class names them in ``MAY_BE_EMPTY``), the dtype is known and the device exists. Returns ``cfg``."""
     try:
         hints = typing.get_type_hints(type(cfg))
     except Exception:  # pragma: no cover - an annotation that does not resolve: check nothing by type
         hints = {}
     exempt = getattr(type(cfg), "NOT_COUNTS", ())  # a config's fields named like counts that are not
+    may_be_empty = getattr(type(cfg), "MAY_BE_EMPTY", ())  # language lists where "" means "none besides"
     for field in dataclasses.fields(cfg):
         name, value = field.name, getattr(cfg, field.name)
         plain, optional = _accepts(hints.get(name, Any))
@@ -90,8 +91,8 @@ def check_config(cfg: Any) -> Any:
                 raise BabelscopeError(
                     f"{_option(name)} {value}: must be {'0 or more' if low == 0 else 'a positive number'}{hint}"
                 )
-        if (name == "langs" or name.endswith("_langs")) and isinstance(value, str) and not value.replace(
-                ",", "").strip():
+        if (name == "langs" or name.endswith("_langs")) and name not in may_be_empty and isinstance(value, str) \
+                and not value.replace(",", "").strip():
             raise BabelscopeError(f"{_option(name)} {value!r}: no language given; list some (eng,fra) or say all")
     dtype = getattr(cfg, "dtype", None)
     if dtype is not None and dtype not in DTYPES:

@@ -39,6 +39,8 @@ RECORD = "babelscope-vocab.json"
 
 @dataclass
 class VocabConfig:
+    MAY_BE_EMPTY = ("quality_langs",)  # "": the init-quality table scores the target language alone
+
     model: str = "gemma-3-270m"
     lang: str = ""  # target language
     train: str = ""  # corpus spec of the training text (#split=train+dev picks UD splits)
