@@ -33,3 +33,21 @@ def config_from(cls: type[C], options: dict[str, Any], **renamed: str) -> C:
     values = {k: v for k, v in options.items() if k in fields}
     values.update({field: options[option] for field, option in renamed.items()})
     return cls(**values)
+
+
+def print_results(doc: dict[str, Any], rows: list[dict[str, Any]], columns: list[str], title: str,
+                  results_path: Path) -> None:
+    """Print a step's main table as plain text (no report HTML in a terminal) and where its results are; nothing
+    for a rank that wrote no results (``doc`` empty)."""
+    if not doc:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from babelscope.report.markup import format_plain
+
+    shown = Table(*columns, title=title)
+    for r in rows:
+        shown.add_row(*(format_plain(r.get(c)) for c in columns))
+    Console().print(shown)
+    typer.echo(f"results: {results_path}")

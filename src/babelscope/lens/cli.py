@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from babelscope.options import Device, Dtype, Model, RunDir, config_from, run_dir_for
+from babelscope.options import Device, Dtype, Model, RunDir, config_from, print_results, run_dir_for
 
 app = typer.Typer(
     help="The latent language per layer (Wendler et al. 2024, 'Do Llamas Work in English?'): each layer's "
@@ -25,18 +25,8 @@ Batch = Annotated[int, typer.Option(help="Sequences per forward pass.")]
 
 
 def _show(doc: dict, columns: list[str], title: str, out, step: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from babelscope.report.markup import format_value
-
-    if not doc:
-        return
-    shown = Table(*columns, title=title)
-    for r in doc["tables"]["summary"]["rows"]:
-        shown.add_row(*(format_value(r.get(c)) for c in columns))
-    Console().print(shown)
-    typer.echo(f"results: {out / step / 'results.json'}")
+    rows = doc["tables"]["summary"]["rows"] if doc else []
+    print_results(doc, rows, columns, title, out / step / "results.json")
 
 
 @app.command("translate")

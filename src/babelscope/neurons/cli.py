@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from babelscope.options import Device, Dtype, Model, RunDir, config_from, run_dir_for
+from babelscope.options import Device, Dtype, Model, RunDir, config_from, print_results, run_dir_for
 
 app = typer.Typer(
     help="Language-specific neurons (Tang et al., ACL 2024): activation probabilities of every FFN neuron per "
@@ -28,18 +28,8 @@ Batch = Annotated[int, typer.Option(help="Windows per forward pass.")]
 
 
 def _show(doc: dict, table: str, columns: list[str], title: str, out, step: str, limit: int = 60) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from babelscope.report.markup import format_value
-
-    if not doc:
-        return
-    shown = Table(*columns, title=title)
-    for r in doc["tables"][table]["rows"][:limit]:
-        shown.add_row(*(format_value(r.get(c)) for c in columns))
-    Console().print(shown)
-    typer.echo(f"results: {out / step / 'results.json'}")
+    rows = doc["tables"][table]["rows"][:limit] if doc else []
+    print_results(doc, rows, columns, title, out / step / "results.json")
 
 
 @app.command("find")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from babelscope.options import Device, Dtype, Model, RunDir, config_from, run_dir_for
+from babelscope.options import Device, Dtype, Model, RunDir, config_from, print_results, run_dir_for
 
 app = typer.Typer(
     help="Linguistic regions (Zhang et al., ACL 2024): per-language parameter importance, Top/Bottom/Random-k "
@@ -33,18 +33,9 @@ Batch = Annotated[int, typer.Option(help="Windows per forward (and backward) pas
 def _finish(run, cfg, out: Path, step: str, table: Callable[[dict], list[dict]], columns: list[str],
             title: Callable[[dict], str]) -> None:
     """Run the step into the run directory ``out``, then print its main table and where the results are."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from babelscope.report.markup import format_plain
-
     doc = run(cfg, out, step=step)
     if doc:
-        shown = Table(*columns, title=title(doc))
-        for r in table(doc):
-            shown.add_row(*(format_plain(r.get(c)) for c in columns))
-        Console().print(shown)
-        typer.echo(f"results: {out / step / 'results.json'}")
+        print_results(doc, table(doc), columns, title(doc), out / step / "results.json")
 
 
 @app.command("importance")

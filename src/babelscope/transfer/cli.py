@@ -131,7 +131,7 @@ def pretrain_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from babelscope.report.markup import format_value
+    from babelscope.report.markup import format_plain
     from babelscope.transfer.pretrain import PretrainConfig, run
 
     cfg = config_from(PretrainConfig, locals())
@@ -143,8 +143,8 @@ def pretrain_cmd(
         shown = Table("samples", "step", *langs_seen, title=f"perplexity while training on {cfg.langs}")
         for samples_seen in sorted({r["samples"] for r in rows}):
             at = {r["lang"]: r for r in rows if r["samples"] == samples_seen}
-            shown.add_row(format_value(samples_seen), format_value(next(iter(at.values()))["step"]),
-                          *(format_value(at.get(lang, {}).get("ppl")) for lang in langs_seen))
+            shown.add_row(format_plain(samples_seen), format_plain(next(iter(at.values()))["step"]),
+                          *(format_plain(at.get(lang, {}).get("ppl")) for lang in langs_seen))
         Console().print(shown)
         typer.echo(f"results: {out / step / 'results.json'}")
 
