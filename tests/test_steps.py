@@ -400,3 +400,18 @@ def test_a_language_list_may_be_empty_where_the_config_says_so():
     check_config(VocabConfig(lang="tr", train="pud-sample", quality_langs=""))  # the target alone
     with pytest.raises(BabelscopeError, match="--check-langs"):
         check_config(VocabConfig(lang="tr", train="pud-sample", check_langs=" , "))
+
+
+def test_finished_step_on_another_device_type_recomputes(tiny, corpus, tmp_path, monkeypatch):
+    """``device`` is left out of the compared config (``cuda`` and ``cuda:1`` give the same numbers), but a result
+    computed on another kind of device (other kernels) is not reused: the device type is one of the inputs."""
+    import babelscope.steps as steps
+
+    model, tok, info = tiny
+    cfg = PplConfig(model="tiny", corpus=f"{corpus}#parallel=true", langs="en,fr", window=8)
+    run_ppl(cfg, tmp_path / "run", loaded=lambda: (model, tok, info))
+    assert run_ppl(cfg, tmp_path / "run", loaded=_no_load)  # same device type: finished, nothing loaded
+    monkeypatch.setattr(steps, "device_type", lambda device: "cuda")
+    calls = []
+    run_ppl(cfg, tmp_path / "run", loaded=lambda: calls.append(1) or (model, tok, info))
+    assert calls  # another device type: scored again
