@@ -32,6 +32,7 @@ class RespondConfig:
     timeout: float = 60.0
     retries: int = 4
     judge_max_tokens: int = 64
+    judge_scoring: str = "generate"  # local judge: generate (parse its reply) or choice (most likely 0-3 per criterion)
     pipeline_check: bool = False  # label the results as a pipeline check, not a quality measure
     batch_size: int = 4
     dtype: str = "float32"
@@ -93,6 +94,8 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
     sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.judge not in ("local", "openai", "none"):
         raise BabelscopeError(f"--judge {cfg.judge!r}: use local, openai or none")
+    if cfg.judge_scoring not in ("generate", "choice") or (cfg.judge_scoring == "choice" and cfg.judge != "local"):
+        raise BabelscopeError(f"--judge-scoring {cfg.judge_scoring!r}: use generate, or choice with --judge local")
     if cfg.retries < 0 or cfg.timeout <= 0:
         raise BabelscopeError(f"--retries {cfg.retries} / --timeout {cfg.timeout}: need retries >= 0, timeout > 0")
     items = read_instructions(cfg.instructions)
@@ -138,12 +141,14 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
                 judge_engine.state = None  # rank 0 judges alone: no work split over (or gathered from) other ranks
                 return judge_engine
 
-            judge_name = f"{info.name if spec == cfg.model else spec} (local)"
+            judge_name = f"{info.name if spec == cfg.model else spec} (local" + (
+                ", choice scoring)" if cfg.judge_scoring == "choice" else ")")
         else:
             factory = None
             judge_name = f"{cfg.judge_api_model} @ {cfg.judge_url}"
         judge = make_judge(cfg.judge, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
-                           timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory)
+                           timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory,
+                           scoring=cfg.judge_scoring)
         judge.max_tokens = cfg.judge_max_tokens
         cache = RequestCache(sr.cache_dir / "judgments.jsonl")
         items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
