@@ -26,22 +26,17 @@ from typing import Annotated, Any
 
 import typer
 
-Model = Annotated[
-    str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")
-]
-RunDir = Annotated[
-    Path | None,
-    typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
-]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: where it loads).")]
-
 #: the options every model step shares: flags and help, used where a config field gives no help of its own
 COMMON = {
     "model": (("--model", "-m"), "Model spec: gemma-3-270m, a directory, a .gguf or a hub id."),
     "dtype": ((), "float32, bfloat16 or float16."),
     "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
 }
+Model = Annotated[str, typer.Option(*COMMON["model"][0], help=COMMON["model"][1])]
+RunDir = Annotated[
+    Path | None,
+    typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
+]
 STEP_HELP = "Step folder name inside the run directory."
 
 
