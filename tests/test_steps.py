@@ -320,6 +320,8 @@ def _experiment(tmp_path, steps: str, defaults: str = "{model: tiny}") -> str:
     ("  - {command: ppl}\n", "{model: tiny, modle: x}", r"defaults \['modle'\]"),
     ("  - {command: ppl, step: ''}\n", "{model: tiny}", "--step ''"),
     ("  - {command: ppl, max_units: -1}\n", "{model: tiny}", "--max-units -1"),
+    ("  - {command: ppl, step: a}\n  - {command: transfer-table, steps: 'a,b', labels: 'x (1, 2),y'}\n",
+     "{model: tiny}", r"step 2 \(transfer-table\): --labels .*3 labels for 2 steps"),
 ])
 def test_experiment_checked_whole_before_anything_runs(tmp_path, steps, defaults, match):
     from babelscope.experiment import run_file

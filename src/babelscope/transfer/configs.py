@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from babelscope.errors import BabelscopeError
 from babelscope.options import opt
 
 
@@ -133,3 +134,10 @@ class StudyTableConfig:
     steps: str = opt("all", "Response steps of the run directory, comma-separated, one row each (default: every "
                      "judged response step).")
     labels: str | None = opt(None, "Row labels, comma-separated (default: the model names).")
+
+    def __post_init__(self) -> None:  # checked when an experiment file is planned, before any step runs
+        if self.labels and self.steps not in ("all", "", None):
+            labels, steps = self.labels.split(","), self.steps.split(",")
+            if len(labels) != len(steps):
+                raise BabelscopeError(f"--labels {self.labels!r}: {len(labels)} labels for {len(steps)} steps; give "
+                                      "one each (a label cannot contain a comma)")
