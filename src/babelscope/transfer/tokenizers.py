@@ -258,8 +258,12 @@ def extend(base: BaseTokenizer, pieces: list[tuple[str, float]], workdir: Path):
         (workdir / "tokenizer.model").write_bytes(extra["tokenizer.model"])
     else:
         base.tokenizer.save_pretrained(workdir)
-        spec = json.loads(json.dumps(base.spec))
-        model = spec["model"]
+        # a copy of what changes (the vocabulary and the merges): a JSON round trip of the whole spec takes
+        # seconds for a 262k vocabulary
+        model = {**base.spec["model"], "vocab": dict(base.spec["model"]["vocab"])}
+        if "merges" in model:
+            model["merges"] = list(model["merges"])
+        spec = {**base.spec, "model": model}
         if base.kind == "bpe":
             model["vocab"].update(ids)
             plain = bool(model["merges"]) and isinstance(model["merges"][0], str)

@@ -191,9 +191,15 @@ def set_rows(model, init_ids: list[int], rows) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def bits_per_unit(engine, texts: list[str], window: int, desc: str) -> tuple[float, int]:
-    scores = engine.rolling_loglikelihood(texts, window=window, desc=desc)
-    return sum(s.nll for s in scores) / math.log(2) / len(texts), sum(s.tokens for s in scores)
+def bits_per_unit(engine, sets: dict[str, list[str]], window: int, desc: str) -> dict[str, tuple[float, int]]:
+    """``{set: (bits per unit, tokens)}``, every text of every set scored in one call (full batches)."""
+    texts = [t for tx in sets.values() for t in tx]
+    scores = iter(engine.rolling_loglikelihood(texts, window=window, desc=desc))
+    out = {}
+    for name, tx in sets.items():
+        mine = [next(scores) for _ in tx]
+        out[name] = (sum(s.nll for s in mine) / math.log(2) / len(tx), sum(s.tokens for s in mine))
+    return out
 
 
 def _save(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) -> None:
@@ -221,8 +227,9 @@ def _save(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) ->
 
 # ---------------------------------------------------------------------------------------------- the step
 def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str, Any]:
-    """The ``babelscope transfer vocab`` step; returns the results doc. ``loaded`` is not used: the step resizes
-    the model in place, so it loads its own copy rather than the one other steps share."""
+    """The ``babelscope transfer vocab`` step; returns the results doc. The step resizes the model in place, so it
+    works on a copy of the model other steps share (``loaded``; a deep copy in memory, no reloading), or on one it
+    loads itself."""
     from babelscope.data import parse_languages, resolve_language
     from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_tokenizer, parallel_units
     from babelscope.models.engine import Engine
@@ -319,15 +326,15 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
             fert += [{"model": model_name, **r} for r in fertility_rows(tok, {lang: sents})]
 
     # ---- the model: base scores, resize, inits, scores, save
-    model, _, info = _load(cfg)  # its own copy (never ``loaded``): the step resizes the model in place
+    model, info = _own_copy(cfg, loaded)  # never the shared model itself: the step resizes it in place
     if info.kind != "causal":
         raise BabelscopeError(f"{cfg.model}: vocabulary extension scores and saves a causal LM; this is an {info.kind}")
     score_sets = {f"{lang} held-out": held_texts[: cfg.max_units]}
     score_sets.update({f"{q} {par.name}": [u.text for u in par_units[q]][: cfg.max_units] for q in quality})
     engine = Engine(model, base_tok, batch_size=cfg.batch_size, checksum="base")
     qual = {name: {"texts": name, "units": len(tx)} for name, tx in score_sets.items()}
-    for name, tx in score_sets.items():
-        qual[name]["base"], qual[name]["base_tokens"] = bits_per_unit(engine, tx, cfg.window, f"base {name}")
+    for name, (bits, tokens) in bits_per_unit(engine, score_sets, cfg.window, "base").items():
+        qual[name]["base"], qual[name]["base_tokens"] = bits, tokens
     old_rows = model.get_input_embeddings().weight.shape[0]
     start = min(ids.values())
     rows = max(old_rows, max(ids.values()) + 1)
@@ -337,8 +344,8 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     for init in (INITS if cfg.compare_inits else (cfg.init,)):
         set_rows(model, init_ids, inits[init])
         engine = Engine(model, new_tok, batch_size=cfg.batch_size, checksum=f"{init}-{cfg.seed}")  # own cache
-        for name, tx in score_sets.items():
-            qual[name][init], qual[name][f"{init}_tokens"] = bits_per_unit(engine, tx, cfg.window, f"{init} {name}")
+        for name, (bits, tokens) in bits_per_unit(engine, score_sets, cfg.window, init).items():
+            qual[name][init], qual[name][f"{init}_tokens"] = bits, tokens
     set_rows(model, init_ids, inits[cfg.init])
     record = {
         "base_model": info.to_dict(), "base_tokenizer_sha256": base_sha, "kind": base.kind, "lang": lang,
@@ -375,10 +382,17 @@ def _tokens(rows: list[dict], model: str) -> int | None:
     return next((r["tokens"] for r in rows if r["model"] == model and r.get("set") == "held-out"), None)
 
 
-def _load(cfg: VocabConfig):
+def _own_copy(cfg: VocabConfig, loaded=None):
+    """``(model, info)``: a deep copy of the experiment's shared model, else the model loaded here."""
+    if loaded is not None:
+        import copy
+
+        shared, _, info = loaded()
+        return copy.deepcopy(shared), info
     from babelscope.models import load_model
 
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    model, _, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    return model, info
 
 
 def print_summary(doc: dict[str, Any]) -> None:
