@@ -57,7 +57,8 @@ def test_report_titles_name_the_tuned_model(tiny_dir, tmp_path):
                                     judge="local", judge_model=str(tiny_dir), judge_max_tokens=3), run, "respond-sft")
     assert doc["results"]["model"] == "gemma-3-270m + SFT (sft)"
     assert doc["results"]["judge"] == f"{tiny_dir.name} (local)"
-    assert responses_section(doc).title == f"Response quality of gemma-3-270m + SFT (sft) judged by {tiny_dir.name} (local)"
+    title = f"Response quality of gemma-3-270m + SFT (sft) judged by {tiny_dir.name} (local)"
+    assert responses_section(doc).title == title
     switch = run_codeswitch(CodeSwitchConfig(model="gemma-3-270m", responses="respond-sft"), run, "codeswitch-sft")
     assert switch["results"]["model"] == "gemma-3-270m + SFT (sft)"
     assert codeswitch_section(switch).title == "Code-switching rate of gemma-3-270m + SFT (sft)"

@@ -425,7 +425,8 @@ def test_run_dir_placeholder_follows_the_run_directory(tmp_path, monkeypatch):
         plan(path, run_dir="{run_dir}/z")
 
 
-@pytest.mark.parametrize("step", ['  - {command: ppl, model: {run_dir}/m}\n', "  - command: ppl\n    model: {run_dir}\n"])
+@pytest.mark.parametrize("step", ["  - {command: ppl, model: {run_dir}/m}\n",
+                                  "  - command: ppl\n    model: {run_dir}\n"])
 def test_unquoted_run_dir_placeholder_says_to_quote_it(tmp_path, step):
     from babelscope.experiment import run_file
 
