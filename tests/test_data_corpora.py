@@ -135,3 +135,28 @@ def test_split_edges() -> None:
     assert split_units(units, 1.0) == ([], units)
     with pytest.raises(BabelscopeError, match="test_fraction 1.5"):
         split_units(units, 1.5)
+
+
+def test_split_and_normalize_options(tmp_path: Path) -> None:
+    """``#split=`` keeps those UD splits (it was silently ignored: every split was read) and ``#normalize=NFC``
+    composes text (the UDHR's Vietnamese is decomposed: NFD 'ệ' is three code points)."""
+    import unicodedata
+
+    sentence = "# sent_id = {sid}\n# text = Việt\n1\tViệt\tViệt\tPROPN\t_\t_\t0\troot\t_\t_\n\n"
+    tb = tmp_path / "UD_Vietnamese-X"
+    tb.mkdir()
+    for split, n in (("train", 3), ("dev", 2), ("test", 1)):
+        text = "".join(sentence.format(sid=f"{split}-{i}") for i in range(n))
+        (tb / f"vi_x-ud-{split}.conllu").write_text(unicodedata.normalize("NFD", text), encoding="utf-8")
+    assert len(open_corpus(f"ud:{tb}").units("vie")) == 6
+    kept = open_corpus(f"ud:{tb}#split=train+dev").units("vie")
+    assert sorted(u.meta["split"] for u in kept) == ["dev"] * 2 + ["train"] * 3
+    raw = open_corpus(f"ud:{tb}#split=test").units("vie")[0].text
+    nfc = open_corpus(f"ud:{tb}#split=test&normalize=NFC").units("vie")[0].text
+    assert not unicodedata.is_normalized("NFC", raw) and nfc == unicodedata.normalize("NFC", raw) == "Việt"
+    corpus = open_corpus(f"ud:{tb}#normalize=nfc")
+    assert corpus.name == f"ud:{tb}#normalize=nfc" and corpus.checksum("vie") != open_corpus(f"ud:{tb}").checksum("vie")
+    with pytest.raises(BabelscopeError, match="no units in split 'valid'"):
+        open_corpus(f"ud:{tb}#split=valid")
+    with pytest.raises(BabelscopeError, match="normalize='NFX'"):
+        open_corpus(f"ud:{tb}#normalize=NFX")

@@ -205,3 +205,32 @@ def test_cli_bad_input_exits_2(monkeypatch, capsys):
         main()
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().startswith("error: unknown benchmark 'nope'")
+
+
+def test_local_choice_scoring_always_scores_and_picks_the_most_likely(tiny, tmp_path):
+    """``judge_scoring="choice"``: a (tiny, random) model that never writes the reply format still gives five
+    scores, each the argmax of log P(" d" | prompt so far + "<criterion>:") over d = 0..3, with the chosen lines
+    kept in the prompt; the judge's identity (and so the cache key) says how it scored."""
+    from babelscope.evaluate.judge import CRITERIA, LocalJudge, chat_prompt, judge_messages
+    from babelscope.models.engine import Engine
+
+    model, tok, info = tiny
+    engine = Engine(model, tok, batch_size=4, progress=False, checksum=info.checksum)
+    judge = LocalJudge(engine, scoring="choice")
+    messages = judge_messages("Say hi.", "Hi there.", "Hello.")
+    reply = judge(messages)
+    scores = parse_scores(reply)
+    assert scores is not None and set(scores) == set(CRITERIA)
+    prefix = chat_prompt(tok, messages)
+    for crit in CRITERIA:  # recompute each choice by hand
+        lls = [engine.loglikelihood([(prefix + f"{crit}:", f" {d}")])[0].logprob for d in range(4)]
+        assert scores[crit] == max(range(4), key=lls.__getitem__)
+        prefix += f"{crit}: {scores[crit]}\n"
+    assert LocalJudge(engine).identity != judge.identity
+    cfg = RespondConfig(instructions="embedded", limit=2, max_new_tokens=4, judge="local", judge_scoring="choice")
+    doc = run(cfg, tmp_path, "respond", loaded=lambda: (model, tok, info))
+    rows = doc["tables"]["per_item"]["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["AVG"] is not None for r in rows)
+    assert "choice scoring" in json.dumps(doc["results"])
+    with pytest.raises(BabelscopeError, match="--judge-scoring"):
+        run(RespondConfig(judge="openai", judge_scoring="choice"), tmp_path, "r2", loaded=lambda: pytest.fail())

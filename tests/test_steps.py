@@ -320,6 +320,8 @@ def _experiment(tmp_path, steps: str, defaults: str = "{model: tiny}") -> str:
     ("  - {command: ppl}\n", "{model: tiny, modle: x}", r"defaults \['modle'\]"),
     ("  - {command: ppl, step: ''}\n", "{model: tiny}", "--step ''"),
     ("  - {command: ppl, max_units: -1}\n", "{model: tiny}", "--max-units -1"),
+    ("  - {command: ppl, step: a}\n  - {command: transfer-table, steps: 'a,b', labels: 'x (1, 2),y'}\n",
+     "{model: tiny}", r"step 2 \(transfer-table\): --labels .*3 labels for 2 steps"),
 ])
 def test_experiment_checked_whole_before_anything_runs(tmp_path, steps, defaults, match):
     from babelscope.experiment import run_file
@@ -442,3 +444,18 @@ def test_a_language_list_may_be_empty_where_the_config_says_so():
     check_config(VocabConfig(lang="tr", train="pud-sample", quality_langs=""))  # the target alone
     with pytest.raises(BabelscopeError, match="--check-langs"):
         check_config(VocabConfig(lang="tr", train="pud-sample", check_langs=" , "))
+
+
+def test_finished_step_on_another_device_type_recomputes(tiny, corpus, tmp_path, monkeypatch):
+    """``device`` is left out of the compared config (``cuda`` and ``cuda:1`` give the same numbers), but a result
+    computed on another kind of device (other kernels) is not reused: the device type is one of the inputs."""
+    import babelscope.steps as steps
+
+    model, tok, info = tiny
+    cfg = PplConfig(model="tiny", corpus=f"{corpus}#parallel=true", langs="en,fr", window=8)
+    run_ppl(cfg, tmp_path / "run", loaded=lambda: (model, tok, info))
+    assert run_ppl(cfg, tmp_path / "run", loaded=_no_load)  # same device type: finished, nothing loaded
+    monkeypatch.setattr(steps, "device_type", lambda device: "cuda")
+    calls = []
+    run_ppl(cfg, tmp_path / "run", loaded=lambda: calls.append(1) or (model, tok, info))
+    assert calls  # another device type: scored again

@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import Device, Dtype, config_from
-from babelscope.options import Model as ModelOpt
+from babelscope.evaluate.perplexity import PplConfig
+from babelscope.evaluate.tokens import TokensConfig
 from babelscope.options import RunDir as RunDirOpt
-from babelscope.options import run_dir_for as _run_dir
+from babelscope.options import step_command
 from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
 
 app = typer.Typer(
@@ -64,38 +64,7 @@ def langs(corpus: Annotated[str | None, typer.Option(help="List only the languag
     Console().print(table)
 
 
-@app.command("ppl")
-def ppl(
-    model: ModelOpt = "gemma-3-270m",
-    corpus: Annotated[
-        str, typer.Option(help="udhr-sample (embedded), udhr, pud, a .conllu/.txt/.jsonl path, hf:NAME.")
-    ] = "udhr-sample",
-    langs: Annotated[
-        str, typer.Option(help="Comma-separated languages, or 'all' (every language in the corpus).")
-    ] = "all",
-    window: Annotated[int, typer.Option(help="Tokens per scoring window; each starts with BOS.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    max_units: Annotated[
-        int | None, typer.Option(help="Score only the first N units (same ids in every language).")
-    ] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Per-language cap in tokens (whole units).")] = None,
-    dtype: Dtype = "float32",
-    device: Device = None,
-    run_dir: RunDirOpt = None,
-    step: Annotated[str, typer.Option(help="Step folder name inside the run directory.")] = "ppl",
-) -> None:
-    """Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results files."""
-    from babelscope.evaluate.perplexity import PplConfig, run
-
-    cfg = config_from(PplConfig, locals())
-    out = _run_dir(run_dir, model)
-    doc = run(cfg, out, step=step)
-    if doc:
-        _print_ppl(doc)
-        typer.echo(f"results: {out / step / 'results.json'}")
-
-
-def _print_ppl(doc: dict) -> None:
+def _print_ppl(doc: dict, cfg, results_path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -124,34 +93,24 @@ def _print_ppl(doc: dict) -> None:
             bpu,
         )
     Console().print(table)
+    typer.echo(f"results: {results_path}")
 
 
-@app.command("tokens")
-def tokens(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model or tokenizer specs, comma-separated (a,b): "
-                                       "measured side by side.")] = "gemma-3-270m",
-    corpus: Annotated[str, typer.Option(help="Parallel corpus for the premium: udhr-sample, udhr, pud, ...")] = (
-        "udhr-sample"),
-    langs: Annotated[str, typer.Option(help="Comma-separated languages, or 'all'.")] = "all",
-    reference: Annotated[str, typer.Option(help="Premium denominator language (Petrov et al. 2023).")] = "eng",
-    ud: Annotated[str, typer.Option(help="Treebanks for fertility: pud-sample (embedded), pud, a UD path, none.")] = (
-        "pud-sample"),
-    ud_langs: Annotated[str, typer.Option(help="Languages of the treebanks, or 'all'.")] = "all",
-    max_units: Annotated[int | None, typer.Option(help="First N parallel units per language.")] = None,
-    max_sentences: Annotated[int | None, typer.Option(help="First N UD sentences per language.")] = 200,
-    run_dir: RunDirOpt = None,
-    step: Annotated[str, typer.Option(help="Step folder name inside the run directory.")] = "tokens",
-) -> None:
-    """Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, byte
-    fallback; several tokenizers side by side."""
-    from babelscope.evaluate.tokens import TokensConfig, print_table, run
+step_command(app, "ppl", PplConfig, "babelscope.evaluate.perplexity:run", step="ppl", show=_print_ppl,
+             help="Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results "
+             "files.")
 
-    cfg = config_from(TokensConfig, locals())
-    out = _run_dir(run_dir, model.split(",")[0])
-    doc = run(cfg, out, step=step)
-    if doc:
-        print_table(doc)
-        typer.echo(f"results: {out / step / 'results.json'}")
+
+def _print_tokens(doc: dict, cfg, results_path: Path) -> None:
+    from babelscope.evaluate.tokens import print_table
+
+    print_table(doc)
+    typer.echo(f"results: {results_path}")
+
+
+step_command(app, "tokens", TokensConfig, "babelscope.evaluate.tokens:run", step="tokens", show=_print_tokens,
+             help="Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, "
+             "byte fallback; several tokenizers side by side.")
 
 
 @app.command("report")

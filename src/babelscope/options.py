@@ -1,38 +1,128 @@
-"""Command-line options shared by every capability's commands, and configs built from them. Import-light."""
+"""Command-line options, built from the steps' config dataclasses. Import-light.
+
+A step's config dataclass is the one place where an option is declared: its field gives the name (``max_tokens``
+is ``--max-tokens``), the type, the default, and, through :func:`opt`, the help text. :func:`step_command` turns
+the dataclass into a Typer command, so ``babelscope regions importance --help`` and an experiment file's
+``command: regions-importance`` accept the same options with the same defaults::
+
+    @dataclass
+    class ImportanceConfig:
+        model: str = "gemma-3-270m"                  # model, dtype and device take the shared help below
+        max_tokens: int = opt(2048, "Token budget per language (importance text).")
+
+    step_command(app, "importance", ImportanceConfig, "babelscope.regions.importance:run",
+                 step="regions-importance", help="...", show=results_table("per_language", [...], "..."))
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-Model = Annotated[
-    str, typer.Option("--model", "-m", help="Model spec: gemma-3-270m, a directory, a .gguf or a hub id.")
-]
+#: the options every model step shares: flags and help, used where a config field gives no help of its own
+COMMON = {
+    "model": (("--model", "-m"), "Model spec: gemma-3-270m, a directory, a .gguf or a hub id."),
+    "dtype": ((), "float32, bfloat16 or float16."),
+    "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
+}
+Model = Annotated[str, typer.Option(*COMMON["model"][0], help=COMMON["model"][1])]
 RunDir = Annotated[
     Path | None,
     typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
 ]
-Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: where it loads).")]
+STEP_HELP = "Step folder name inside the run directory."
 
-C = TypeVar("C")
+
+def opt(default: Any, help: str, *flags: str, cli: bool = True) -> Any:
+    """A config field with its command-line help; ``flags`` replace ``--field-name`` (``"--C"``), ``cli=False``
+    keeps a field that only experiment files set off the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "cli": cli})
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are command-line options."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def field_help(f: dataclasses.Field) -> tuple[tuple[str, ...], str]:
+    """``(flags, help)`` of a config field: its own (:func:`opt`), else the shared one of model/dtype/device."""
+    flags, shared = COMMON.get(f.name, ((), ""))
+    return tuple(f.metadata.get("flags") or flags), f.metadata.get("help", shared)
 
 
 def run_dir_for(run_dir: Path | None, model: str) -> Path:
-    """The run directory: the one given, else ``runs/<model name>``."""
-    return run_dir or Path("runs") / Path(model).name.replace(".gguf", "")
+    """The run directory: the one given, else ``runs/<model name>`` (the first of comma-separated models)."""
+    return run_dir or Path("runs") / Path(model.split(",")[0]).name.replace(".gguf", "")
 
 
-def config_from(cls: type[C], options: dict[str, Any], **renamed: str) -> C:
-    """A step's config dataclass from a command's options (``locals()``), keeping the config's fields only;
-    ``renamed`` maps a field to the option that carries it (``otdd="otdd_step"``)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in options.items() if k in fields}
-    values.update({field: options[option] for field, option in renamed.items()})
-    return cls(**values)
+def step_command(app: typer.Typer, name: str, cls: type, run: str, *, help: str,
+                 step: str | Callable[[Any], str], step_help: str = STEP_HELP,
+                 show: Callable[[dict, Any, Path], None] | None = None, run_dir: Path | None = None,
+                 arguments: Sequence[str] = (), required: Sequence[str] = ()) -> None:
+    """Register ``NAME`` on ``app``: one option per field of the config dataclass ``cls`` (type, default and help
+    from the field), plus ``--run-dir`` and ``--step``. The command builds the config, runs ``run``
+    (``"module:function"``, imported when the command runs) into the run directory and calls
+    ``show(doc, cfg, results_path)`` with the results it returns (none on ranks that wrote nothing).
+
+    ``step``: the step folder, or a function of the config (the option's default is then ``None``); ``run_dir``: a
+    fixed default run directory (else ``runs/<model>``; a config without a model gets a ``--model`` option that
+    only names it); ``arguments``: fields given as positional arguments; ``required``: fields without a default
+    on the command line (an experiment file's check names them)."""
+    hints = typing.get_type_hints(cls)
+    P = inspect.Parameter
+    params = []
+    for f in cli_fields(cls):
+        flags, text = field_help(f)
+        info = typer.Argument(help=text) if f.name in arguments else typer.Option(*flags, help=text)
+        default = P.empty if f.name in required else f.default
+        params.append(P(f.name, P.KEYWORD_ONLY, default=default, annotation=Annotated[hints[f.name], info]))
+    names = {p.name for p in params}
+    own_model = "model" not in names and run_dir is None
+    if own_model:  # select, overlap: the model only names the run directory
+        params.append(P("model", P.KEYWORD_ONLY, default="gemma-3-270m", annotation=Model))
+    if run_dir is None:
+        params.append(P("run_dir", P.KEYWORD_ONLY, default=None, annotation=RunDir))
+    else:
+        params.append(P("run_dir", P.KEYWORD_ONLY, default=run_dir, annotation=Annotated[
+            Path, typer.Option("--run-dir", "-o", help="Run directory; re-run with the same one to resume.")]))
+    fixed_step = isinstance(step, str)
+    params.append(P("step", P.KEYWORD_ONLY, default=step if fixed_step else None,
+                    annotation=Annotated[str if fixed_step else str | None, typer.Option(help=step_help)]))
+
+    def command(**options: Any) -> None:
+        out, folder = options.pop("run_dir"), options.pop("step")
+        model = options.pop("model") if own_model else None
+        cfg = cls(**options)
+        out = run_dir_for(out, model or getattr(cfg, "model", None) or "gemma-3-270m")
+        folder = folder if folder is not None else step(cfg)
+        module, function = run.split(":")
+        doc = getattr(importlib.import_module(module), function)(cfg, out, step=folder)
+        if doc and show is not None:
+            show(doc, cfg, out / folder / "results.json")
+
+    command.__name__ = command.__qualname__ = name.replace("-", "_")
+    command.__signature__ = inspect.Signature(params, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    command.config = cls  # what tests compare the options with
+    app.command(name, help=help)(command)
+
+
+def results_table(table: str, columns: Sequence[str], title: str | Callable[[dict, Any], str],
+                  limit: int | None = None) -> Callable[[dict, Any, Path], None]:
+    """A ``show`` for :func:`step_command`: the first ``limit`` rows of ``doc["tables"][table]`` as plain text."""
+
+    def show(doc: dict, cfg: Any, results_path: Path) -> None:
+        rows = doc["tables"][table]["rows"][:limit]
+        print_results(doc, rows, list(columns), title if isinstance(title, str) else title(doc, cfg), results_path)
+
+    return show
 
 
 def print_results(doc: dict[str, Any], rows: list[dict[str, Any]], columns: list[str], title: str,

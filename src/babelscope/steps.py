@@ -120,6 +120,16 @@ def check_device(device: str | None) -> None:
         raise BabelscopeError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
+def device_type(device: str | None) -> str:
+    """The kind of device (``cpu``, ``cuda``, ``mps``) a step with this ``--device`` runs on, the default
+    resolved as the loader does; part of a finished step's inputs, since kernels differ between devices."""
+    import torch
+
+    from babelscope.models.loader import resolve_device
+
+    return torch.device(resolve_device(device)).type
+
+
 def results_sha256(run_dir: str | Path, step: str) -> str:
     """Checksum of another step's results file (an input of the steps that read it); its error when missing."""
     path = Step(Path(run_dir), step).results_path
@@ -167,11 +177,16 @@ class StepRun:
              write_config: bool = True) -> dict[str, Any] | None:
         """The finished results when this step already ran with the same config and ``inputs`` (texts'
         checksums, upstream results: see :func:`results_sha256`; plus the model's files when the model is a
-        local path, see :func:`model_files_stamp`) and ``when(doc)`` holds; else ``None``, and the config is
-        written for the run about to start (``write_config=False``: the step writes it itself, once the checks
-        that need the model passed, so a refused run leaves nothing). Every rank decides before any writes."""
+        local path, see :func:`model_files_stamp`, and the device type for a model step) and ``when(doc)``
+        holds; else ``None``, and the config is written for the run about to start (``write_config=False``: the
+        step writes it itself, once the checks that need the model passed, so a refused run leaves nothing).
+        Every rank decides before any writes."""
         stamp = model_files_stamp(getattr(self.cfg, "model", None))
-        self.inputs = inputs = inputs if stamp is None else {"data": inputs, "model_files": stamp}
+        if stamp is not None:
+            inputs = {"data": inputs, "model_files": stamp}
+        if hasattr(self.cfg, "device"):  # a model step: results computed on another kind of device recompute
+            inputs = {"data": inputs, "device_type": device_type(self.cfg.device)}
+        self.inputs = inputs
         doc = self.st.finished(self.config, inputs)
         if doc is not None and when is not None and not when(doc):
             doc = None

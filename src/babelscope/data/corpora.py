@@ -16,11 +16,15 @@ Specs (options follow ``#`` as ``key=value`` pairs separated by ``,`` or ``&``):
     hf:NAME[:CONFIG]            a Hugging Face dataset (#split=test,text=COLUMN,lang=CODE,id=COLUMN)
 
 Options: ``lang`` (language of a .txt/.conllu/.jsonl/hf source), ``parallel`` (yes/no), ``split``, ``text``,
-``id`` (hf only). DATA is :func:`babelscope.settings.data_dir` (``$BABELSCOPE_DATA``).
+``id`` (hf only; ``split`` also keeps the units of UD splits, ``split=train+dev``), ``normalize`` (NFC, NFD,
+NFKC or NFKD: that Unicode normal form for every text, e.g. ``udhr#normalize=NFC``: the UDHR's Vietnamese is
+decomposed, while most text a model saw is composed). DATA is :func:`babelscope.settings.data_dir`
+(``$BABELSCOPE_DATA``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -34,7 +38,7 @@ SPEC_HELP = (
     "udhr-sample, udhr, udhr:DIR, pud, ud:PATH, a .conllu file or UD_* folder, a .txt or .jsonl file "
     "(PATH#lang=CODE), a folder of <lang>.txt files, or hf:NAME[:CONFIG]"
 )
-_OPTIONS = {"lang", "parallel", "split", "text", "id"}
+_OPTIONS = {"lang", "parallel", "split", "text", "id", "normalize"}
 
 
 def _split_options(spec: str) -> tuple[str, dict[str, str]]:
@@ -90,7 +94,52 @@ def _ud_path(text: str) -> Path:
 
 
 def open_corpus(spec: str) -> Corpus:
-    """Open the corpus named by ``spec`` (see the module docstring for the forms)."""
+    """Open the corpus named by ``spec`` (see the module docstring for the forms).
+
+    Two options apply to any reader but ``hf:``: ``split=train+dev`` keeps the units of those splits (UD files),
+    ``normalize=NFC`` (or NFD, NFKC, NFKD) applies that Unicode normal form to every text.
+    """
+    raw = spec.strip()
+    base, options = _split_options(raw)
+    form = options.get("normalize")
+    splits = options.get("split") if not base.startswith("hf:") else None
+    if form is None and splits is None:
+        return _open(raw)
+    if form is not None and form.upper() not in ("NFC", "NFD", "NFKC", "NFKD"):
+        raise BabelscopeError(f"corpus spec {raw!r}: normalize={form!r}; use NFC, NFD, NFKC or NFKD")
+    rest = "&".join(f"{k}={v}" for k, v in options.items() if k not in ("normalize", "split"))
+    inner = _open(f"{base}#{rest}" if rest else base)
+    wanted = set(splits.split("+")) if splits else None
+    if wanted is not None:
+        found = {u.meta.get("split") for code in inner.languages() for u in inner.units(code)}
+        if not wanted & found:
+            raise BabelscopeError(f"corpus spec {raw!r}: no units in split {splits!r}; it has "
+                                  f"{', '.join(sorted(str(x) for x in found))}")
+    return FilteredCorpus(inner, raw, form.upper() if form else None, wanted)
+
+
+class FilteredCorpus(Corpus):
+    """Another corpus restricted to some splits and/or with every text in one Unicode normal form (ids,
+    languages and parallelism unchanged)."""
+
+    def __init__(self, inner: Corpus, name: str, form: str | None, splits: set[str] | None) -> None:
+        super().__init__()
+        self.inner, self.name, self.parallel = inner, name, inner.parallel
+        self.form, self.splits = form, splits
+
+    def languages(self) -> list[str]:
+        return self.inner.languages()
+
+    def _load(self, code: str) -> list[Unit]:
+        import unicodedata
+
+        units = [u for u in self.inner.units(code) if self.splits is None or u.meta.get("split") in self.splits]
+        if self.form:
+            units = [dataclasses.replace(u, text=unicodedata.normalize(self.form, u.text)) for u in units]
+        return units
+
+
+def _open(spec: str) -> Corpus:
     from babelscope.data import text as textmod
     from babelscope.data import ud
 

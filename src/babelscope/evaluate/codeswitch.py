@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.options import opt
 
 KIND = "codeswitch"
 
@@ -38,11 +39,13 @@ _CLAUSE = re.compile(r"[^.!?;:\n。！？；：]+")
 @dataclass
 class CodeSwitchConfig:
     model: str = "gemma-3-270m"  # only recorded when ``responses`` is a JSONL file (else the responding step's)
-    responses: str = "respond"  # a step name in the run directory, or a JSONL file (id, lang, response)
-    min_letters: int = 2
-    min_words: int = 5
-    threshold: float = 0.95
-    candidates: str = CANDIDATES
+    responses: str = opt("respond", "A finished step in the run directory (e.g. respond) or a JSONL of "
+                         "id/lang/response.")
+    min_letters: int = opt(2, "Letters a run in a foreign script needs to count.")
+    min_words: int = opt(5, "Words a clause needs before language identification.")
+    threshold: float = opt(0.95, "Language-identification probability for a switch.")
+    candidates: str = opt(CANDIDATES, "Languages the identifier chooses among (ISO 639-1, comma-separated; the "
+                          "response's own is added).")
 
 
 def clean(text: str) -> str:

@@ -133,20 +133,32 @@ class OpenAIJudge:
 
 @dataclass
 class LocalJudge:
-    """A local Hugging Face causal LM (greedy, its chat template when it has one)."""
+    """A local Hugging Face causal LM, its chat template when it has one. ``scoring="generate"``: its greedy reply
+    is parsed. ``scoring="choice"``: each criterion in turn is the most likely of ``0``-``3`` after
+    ``<criterion>:`` (the earlier criteria's chosen lines kept in the prompt), so a small or base model that does
+    not follow the reply format still gives five scores (the probability-weighted form is G-Eval's, Liu et al.
+    2023; this keeps the argmax, an integer like the generated scores)."""
 
     engine: Any  # babelscope.models.engine.Engine
     name: str = "local"
     max_tokens: int = 64
+    scoring: str = "generate"
 
     @property
     def identity(self) -> str:
-        """The engine's identity: weights' checksum, dtype, device type and tokenizer."""
-        return f"local:{self.engine.identity}"
+        """The engine's identity (weights' checksum, dtype, device type and tokenizer) and the scoring."""
+        return f"local:{self.engine.identity}" + ("" if self.scoring == "generate" else f":{self.scoring}")
 
     def __call__(self, messages: list[dict[str, str]]) -> str:
         prompt = chat_prompt(self.engine.tokenizer, messages)
-        return self.engine.generate([prompt], self.max_tokens, [], desc="judge")[0]
+        if self.scoring == "generate":
+            return self.engine.generate([prompt], self.max_tokens, [], desc="judge")[0]
+        reply = ""
+        for crit in CRITERIA:
+            context = f"{prompt}{reply}{crit}:"
+            scored = self.engine.loglikelihood([(context, f" {d}") for d in range(4)], desc="judge")
+            reply += f"{crit}: {max(range(4), key=lambda d: scored[d].logprob)}\n"
+        return reply
 
 
 def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
@@ -194,7 +206,7 @@ def judge_all(items: list[dict[str, Any]], judge: Callable[[list[dict[str, str]]
 
 
 def make_judge(kind: str, *, url: str | None, api_model: str | None, api_key_env: str, timeout: float,
-               retries: int, engine_factory: Callable[[], Any] | None = None):
+               retries: int, engine_factory: Callable[[], Any] | None = None, scoring: str = "generate"):
     """The judge backend named by ``kind``: ``openai`` (an endpoint) or ``local`` (a Hugging Face model)."""
     if kind == "openai":
         if not url or not api_model:
@@ -209,5 +221,5 @@ def make_judge(kind: str, *, url: str | None, api_model: str | None, api_key_env
     if kind == "local":
         if engine_factory is None:
             raise BabelscopeError("--judge local needs a judge model")
-        return LocalJudge(engine_factory())
+        return LocalJudge(engine_factory(), scoring=scoring)
     raise BabelscopeError(f"--judge {kind!r}: use openai, local or none")

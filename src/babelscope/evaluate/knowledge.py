@@ -22,6 +22,7 @@ from typing import Any
 
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.benchmarks import GenItem, MCItem, build_items, load_task, parse_number, subsets
+from babelscope.options import opt
 from babelscope.runs import text_sha256
 
 KIND = "knowledge"
@@ -30,13 +31,15 @@ KIND = "knowledge"
 @dataclass
 class BenchConfig:
     model: str = "gemma-3-270m"
-    benchmark: str = "xcopa"  # a task name (tasks/*.yaml) or the path of a task YAML
-    subsets: str = "all"  # languages or subjects, comma-separated
-    shots: int | None = None  # default: the task's (5 for MMLU/C-Eval, 0 for AGIEval/GAOKAO/XCOPA/XWinograd)
-    limit: int | None = None  # first N items per subset
-    path: str | None = None  # override the task's data path pattern (e.g. embedded/xcopa-sample.jsonl)
-    max_new_tokens: int | None = None  # generation tasks (default: the task's)
-    batch_size: int = 8
+    benchmark: str = opt("xcopa", "xcopa, xwinograd, mmlu, ceval, agieval, gaokao, mgsm, or a task YAML path.")
+    subsets: str = opt("all", "Languages or subjects, comma-separated, or 'all'.")
+    shots: int | None = opt(None, "Solved examples in each prompt (default: the task's: 5 for MMLU/C-Eval, 4 for "
+                            "MGSM, else 0).")
+    limit: int | None = opt(None, "First N items per subset.")
+    path: str | None = opt(None, "Override the task's data path pattern ({lang}, {subject}, {split}); "
+                           "'embedded/xcopa-sample.jsonl' is the embedded sample.")
+    max_new_tokens: int | None = opt(None, "Generation tasks: answer length cap.")
+    batch_size: int = opt(8, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.options import opt
 
 KIND = "perplexity"
 
@@ -26,12 +27,12 @@ KIND = "perplexity"
 @dataclass
 class PplConfig:
     model: str = "gemma-3-270m"
-    corpus: str = "udhr-sample"
-    langs: str = "all"
-    window: int = 512
-    batch_size: int = 8
-    max_units: int | None = None  # first N unit ids (common to all languages on a parallel corpus)
-    max_tokens: int | None = None  # per-language cap: whole units while the total stays under it
+    corpus: str = opt("udhr-sample", "udhr-sample (embedded), udhr, pud, a .conllu/.txt/.jsonl path, hf:NAME.")
+    langs: str = opt("all", "Comma-separated languages, or 'all' (every language in the corpus).")
+    window: int = opt(512, "Tokens per scoring window; each starts with BOS.")
+    batch_size: int = opt(8, "Windows per forward pass.")
+    max_units: int | None = opt(None, "Score only the first N units (same ids in every language).")
+    max_tokens: int | None = opt(None, "Per-language cap in tokens (whole units).")
     dtype: str = "float32"
     device: str | None = None
 

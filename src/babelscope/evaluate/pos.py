@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.options import opt
 
 KIND = "pos"
 UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
@@ -30,15 +31,15 @@ UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART
 @dataclass
 class PosConfig:
     model: str = "gemma-3-270m"
-    langs: str = "de,fr,ru"  # languages with a treebank in --treebanks
-    treebanks: str = "ud"  # ud (the shared UD folder) or embedded (the package's PUD samples)
-    settings: str = "MONO,EN"
-    shots: int = 3
-    runs: int = 10
-    queries: int = 20  # query sentences per language (the same in every run)
-    max_words: int = 12  # only sentences this short, as demonstrations and queries
-    seed: int = 0
-    batch_size: int = 4
+    langs: str = opt("de,fr,ru", "Languages with a UD treebank (comma-separated).")
+    treebanks: str = opt("ud", "ud (the shared UD folder) or embedded (small PUD samples).")
+    settings: str = opt("MONO,EN", "Demonstrations from the target language (MONO), English (EN) or both.")
+    shots: int = opt(3, "Demonstrations per prompt.")
+    runs: int = opt(10, "Runs with different demonstration samples (mean and std).")
+    queries: int = opt(20, "Query sentences per language.")
+    max_words: int = opt(12, "Only sentences with at most this many words.")
+    seed: int = opt(0, "Seed of the demonstration samples.")
+    batch_size: int = opt(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.options import opt
 
 KIND = "responses"
 
@@ -20,20 +21,24 @@ KIND = "responses"
 @dataclass
 class RespondConfig:
     model: str = "gemma-3-270m"
-    instructions: str = "embedded"  # embedded, belle, or a JSONL path
-    langs: str = "all"
-    limit: int | None = None
-    max_new_tokens: int = 64
-    judge: str = "local"  # local, openai or none
-    judge_model: str | None = None  # local judge (default: the evaluated model)
-    judge_url: str | None = None  # openai: base URL, e.g. http://127.0.0.1:8000/v1
-    judge_api_model: str | None = None  # openai: the model name the endpoint serves
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (the key is never stored)
-    timeout: float = 60.0
-    retries: int = 4
-    judge_max_tokens: int = 64
-    pipeline_check: bool = False  # label the results as a pipeline check, not a quality measure
-    batch_size: int = 4
+    instructions: str = opt("embedded", "'embedded' (a few of ours), 'belle' (BELLE eval set, research-only) or a "
+                            "JSONL of instruction/reference/lang.")
+    langs: str = opt("all", "Only these languages (comma-separated) or 'all'.")
+    limit: int | None = opt(None, "First N instructions.")
+    max_new_tokens: int = opt(64, "Response length cap in tokens.")
+    judge: str = opt("local", "local (a Hugging Face model), openai (an OpenAI-compatible endpoint) or none.")
+    judge_model: str | None = opt(None, "Local judge model spec (default: --model).")
+    judge_url: str | None = opt(None, "Endpoint base URL, e.g. http://127.0.0.1:8000/v1.")
+    judge_api_model: str | None = opt(None, "Model name at the endpoint.")
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable with the endpoint's API key (the key itself is "
+                           "never stored).")
+    timeout: float = opt(60.0, "Seconds per judge request.")
+    retries: int = opt(4, "Retries on timeouts, connection errors, 429 and 5xx.")
+    judge_max_tokens: int = opt(64, "Judge reply length cap in tokens.")
+    judge_scoring: str = opt("generate", "Local judge: generate (parse its reply) or choice (each criterion the "
+                             "most likely of 0-3; for small or base judges that ignore the reply format).")
+    pipeline_check: bool = opt(False, "Label results as a pipeline check.")
+    batch_size: int = opt(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
 
@@ -93,6 +98,8 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
     sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.judge not in ("local", "openai", "none"):
         raise BabelscopeError(f"--judge {cfg.judge!r}: use local, openai or none")
+    if cfg.judge_scoring not in ("generate", "choice") or (cfg.judge_scoring == "choice" and cfg.judge != "local"):
+        raise BabelscopeError(f"--judge-scoring {cfg.judge_scoring!r}: use generate, or choice with --judge local")
     if cfg.retries < 0 or cfg.timeout <= 0:
         raise BabelscopeError(f"--retries {cfg.retries} / --timeout {cfg.timeout}: need retries >= 0, timeout > 0")
     items = read_instructions(cfg.instructions)
@@ -140,12 +147,14 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
 
             from babelscope.models.loader import model_name
 
-            judge_name = f"{info.name if spec == cfg.model else model_name(spec)} (local)"
+            judge_name = f"{info.name if spec == cfg.model else model_name(spec)} (local" + (
+                ", choice scoring)" if cfg.judge_scoring == "choice" else ")")
         else:
             factory = None
             judge_name = f"{cfg.judge_api_model} @ {cfg.judge_url}"
         judge = make_judge(cfg.judge, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
-                           timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory)
+                           timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory,
+                           scoring=cfg.judge_scoring)
         judge.max_tokens = cfg.judge_max_tokens
         cache = RequestCache(sr.cache_dir / "judgments.jsonl")
         items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it))

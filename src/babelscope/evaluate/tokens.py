@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.options import opt
 
 KIND = "tokens"
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -40,14 +41,14 @@ BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 @dataclass
 class TokensConfig:
-    model: str = "gemma-3-270m"  # comma-separated: several tokenizers side by side
-    corpus: str = "udhr-sample"
-    langs: str = "all"
-    reference: str = "eng"  # the premium's denominator
-    ud: str | None = "pud-sample"  # treebanks for fertility (pud-sample, pud, a UD path); none to skip
-    ud_langs: str = "all"
-    max_units: int | None = None
-    max_sentences: int | None = 200
+    model: str = opt("gemma-3-270m", "Model or tokenizer specs, comma-separated (a,b): measured side by side.")
+    corpus: str = opt("udhr-sample", "Parallel corpus for the premium: udhr-sample, udhr, pud, ...")
+    langs: str = opt("all", "Comma-separated languages, or 'all'.")
+    reference: str = opt("eng", "Premium denominator language (Petrov et al. 2023).")
+    ud: str | None = opt("pud-sample", "Treebanks for fertility: pud-sample (embedded), pud, a UD path, none.")
+    ud_langs: str = opt("all", "Languages of the treebanks, or 'all'.")
+    max_units: int | None = opt(None, "First N parallel units per language.")
+    max_sentences: int | None = opt(200, "First N UD sentences per language.")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers

@@ -15,31 +15,18 @@ positions with a 95% interval. Does the Latin-script (English) mass peak in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.lens.configs import LensScriptConfig
 
 KIND = "lens-script"
 GROUPS = ("Latn", "own", "other", "none")
 #: Scripts a language's own tokens may carry (a Japanese token can be kana or Han, a Korean one Hangul or Han).
 OWN = {"Hans": {"Hans", "Hant", "Hani"}, "Hant": {"Hans", "Hant", "Hani"}, "Hani": {"Hans", "Hant", "Hani"},
        "Jpan": {"Kana", "Hira", "Hani", "Hans", "Hant", "Jpan"}, "Kore": {"Hang", "Hani", "Hans", "Hant", "Kore"}}
-
-
-@dataclass
-class LensScriptConfig:
-    model: str = "gemma-3-270m"
-    corpus: str = "udhr-sample"
-    langs: str = "cmn-Hans,jpn,kor,rus,arb,hin"
-    max_tokens: int = 256  # positions read per language
-    window: int = 256
-    layers: str = "all"
-    batch_size: int = 4
-    dtype: str = "float32"
-    device: str | None = None
 
 
 def vocab_scripts(tokenizer, size: int) -> list[str]:

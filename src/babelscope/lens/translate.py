@@ -30,23 +30,9 @@ from typing import Any
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.lens.configs import LensTranslateConfig
 
 KIND = "lens-translation"
-
-
-@dataclass
-class LensTranslateConfig:
-    model: str = "gemma-3-270m"
-    words: str = "embedded"  # a TSV word list, or "embedded" (52 nouns in 10 languages)
-    source: str = "fra"
-    targets: str = "cmn-Hans,jpn,kor,rus,arb,hin"
-    shots: int = 4  # demonstrations before the query
-    layers: str = "all"
-    max_items: int | None = None
-    seed: int = 0
-    batch_size: int = 16
-    dtype: str = "float32"
-    device: str | None = None
 
 
 @dataclass

@@ -14,32 +14,14 @@ is the control. Greedy generations of a probe prompt in the language (and in Eng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.neurons.configs import DeactivateConfig
 
 KIND = "neurons-deactivation"
-
-
-@dataclass
-class DeactivateConfig:
-    model: str = "gemma-3-270m"
-    neurons_step: str = "neurons"
-    corpus: str | None = None  # default: the neurons step's corpus (its held-out side)
-    langs: str | None = None  # evaluation languages (default: the neurons step's)
-    off: str | None = None  # languages whose neurons are switched off, one row each (default: all of the step's)
-    max_tokens: int | None = 512  # per-language cap on evaluation tokens (whole units)
-    window: int = 512
-    batch_size: int = 8
-    random: bool = True  # also a control row per language with random neurons of the same per-layer counts
-    seed: int = 0
-    generate: bool = True
-    max_new_tokens: int = 16
-    dtype: str = "float32"
-    device: str | None = None
 
 
 def random_like(mask: torch.Tensor, seed: int) -> dict[int, torch.Tensor]:

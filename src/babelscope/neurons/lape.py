@@ -24,32 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.neurons.configs import NeuronsConfig
 
 KIND = "neurons"
-
-
-@dataclass
-class NeuronsConfig:
-    model: str = "gemma-3-270m"
-    corpus: str = "udhr-sample"
-    langs: str = "eng,fra,deu,spa,rus,cmn-Hans,jpn,arb"
-    max_tokens: int = 2048  # per language
-    window: int = 512
-    batch_size: int = 4
-    site: str = "act"  # act (the paper's: act(gate) > 0) or down-input
-    filter_rate: float = 0.95
-    top_rate: float = 0.01
-    bar_rate: float = 0.95
-    test_fraction: float = 0.5  # units held out (by id) for the deactivation perplexities
-    seed: int = 0
-    dtype: str = "float32"
-    device: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ maths

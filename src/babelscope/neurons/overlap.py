@@ -25,28 +25,15 @@ Top-k of ``Imp``, the same region for every language).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.neurons.configs import OverlapConfig
 
 KIND = "neurons-overlap"
 REGIONS = ("lang", "mono", "core")
-
-
-@dataclass
-class OverlapConfig:
-    neurons_step: str = "neurons"
-    select_step: str = "regions-select"
-    k: float = 0.01
-    scope: str = "tensor"
-    regions: str = "lang,mono,core"
-    draws: int = 1000
-    seed: int = 0
-
-    NOT_COUNTS = ("draws",)  # 0 = no random control
 
 
 def neuron_region_counts(mask: dict[str, torch.Tensor], weights: list[dict[str, list[str]]], width: int

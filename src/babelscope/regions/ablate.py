@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.regions.configs import AblateConfig
 
 KIND = "regions-ablation"
 
@@ -37,32 +37,6 @@ PROMPTS = {
     "por-BR": "A Universidade Fudan está localizada em",
 }
 
-EVAL_LANGS = (
-    "eng,fra,deu,spa,rus,cmn-Hans,ita,por-BR,nld,pol,ces,swe,tur,arb,heb,hin,jpn,kor,vie,ind,ell,fin,hun,ukr"
-)
-
-
-@dataclass
-class AblateConfig:
-    model: str = "gemma-3-270m"
-    select_step: str = "regions-select"
-    corpus: str = "udhr-sample"
-    langs: str = EVAL_LANGS  # evaluation languages (held-out text of each)
-    k: str = "0.01,0.03"
-    scope: str = "tensor,global"
-    regions: str = "top,bottom,random"
-    mode: str = "zero"
-    factor: float = 0.0  # for mode scale (multiplier) and noise (σ / std of the tensor)
-    include_norms: bool = False
-    initial: str | None = None  # for mode reset: safetensors file or model directory with the initial weights
-    window: int = 512
-    batch_size: int = 8
-    max_tokens: int | None = None  # per-language cap on evaluation tokens (whole units)
-    generate: bool = True
-    gen_langs: str = "eng,cmn-Hans,fra,deu,spa,rus,jpn,arb"
-    max_new_tokens: int = 16
-    dtype: str = "float32"
-    device: str | None = None
 
 
 def condition_checksum(model_checksum: str, *parts: Any) -> str:

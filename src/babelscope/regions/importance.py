@@ -34,7 +34,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +41,10 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
+from babelscope.regions.configs import ImportanceConfig
 
 KIND = "regions-importance"
 METHODS = ("taylor", "per-step")
-
-
-@dataclass
-class ImportanceConfig:
-    model: str = "gemma-3-270m"
-    corpus: str = "udhr-sample"
-    langs: str = "eng,fra,deu,spa,rus,cmn-Hans"
-    max_tokens: int = 2048  # per language (importance text)
-    window: int = 512
-    batch_size: int = 4
-    method: str = "taylor"
-    test_fraction: float = 0.5  # units held out (by id) for evaluation
-    seed: int = 0
-    include: str = ""  # regex on parameter names (default: every weight inside the blocks)
-    exclude: str = ""
-    dtype: str = "float32"
-    device: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ scoring

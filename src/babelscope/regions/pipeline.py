@@ -6,38 +6,9 @@ each is skipped when already done, so the pipeline resumes where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from babelscope.regions.ablate import EVAL_LANGS
-
-
-@dataclass
-class RegionsConfig:
-    model: str = "gemma-3-270m"
-    corpus: str = "udhr-sample"
-    langs: str = "eng,fra,deu,spa,rus,cmn-Hans"  # importance languages
-    max_tokens: int = 2048  # importance tokens per language
-    eval_langs: str = EVAL_LANGS
-    eval_max_tokens: int | None = None
-    k: str = "0.01,0.03"
-    scope: str = "tensor,global"
-    monolingual: bool = True
-    skip_zeros: bool = True  # Bottom-k / Random-k among weights with Imp > 0 (see regions.select)
-    generate: bool = True
-    gen_langs: str = "eng,cmn-Hans,fra,deu,spa,rus,jpn,arb"
-    max_new_tokens: int = 16
-    scan_langs: str = "eng,fra,deu,cmn-Hans,rus"
-    scan_layer: int = 1
-    scan_norm: str = "post_attention_layernorm"
-    scan_mode: str = "zero"
-    scan_dims: str = "quick"
-    scan_top_n: int = 8
-    scan_max_tokens: int | None = 128
-    window: int = 512
-    batch_size: int = 4
-    dtype: str = "float32"
-    device: str | None = None
+from babelscope.regions.configs import RegionsConfig
 
 
 def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict[str, Any]:

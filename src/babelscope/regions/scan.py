@@ -14,35 +14,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.regions.configs import ScanConfig
 
 KIND = "regions-scan"
-
-
-@dataclass
-class ScanConfig:
-    model: str = "gemma-3-270m"
-    corpus: str = "udhr-sample"
-    langs: str = "eng,fra,deu,cmn-Hans,rus"
-    layer: int = 1
-    norm: str = "post_attention_layernorm"
-    mode: str = "zero"
-    factor: float = 0.0
-    dims: str = "quick"  # quick (top_n by activation + top_n random), all, or a comma list of dimensions
-    top_n: int = 8
-    threshold: float = 10.0
-    max_tokens: int | None = 128  # per language
-    window: int = 512
-    batch_size: int = 8
-    test_fraction: float = 0.5
-    seed: int = 0
-    dtype: str = "float32"
-    device: str | None = None
 
 
 @torch.no_grad()

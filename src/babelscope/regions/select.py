@@ -21,29 +21,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.regions.configs import SelectConfig
 
 KIND = "regions-select"
 WHICH = ("top", "bottom", "random")
 SCOPES = ("tensor", "global")
 Masks = dict[str, torch.Tensor]
-
-
-@dataclass
-class SelectConfig:
-    importance_step: str = "regions-importance"
-    k: str = "0.01,0.03"  # fractions whose masks are saved
-    scope: str = "tensor,global"
-    table_k: str = "0.01,0.03,0.05"  # fractions of the per-matrix table (the paper's Table 3)
-    monolingual: bool = True
-    seed: int = 0
-    skip_zeros: bool = True  # Bottom-k / Random-k among weights with Imp > 0 (False: the paper's plain ranking)
 
 
 def parse_fractions(spec: str | float, option: str = "--k") -> list[float]:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from babelscope.errors import BabelscopeError
+from babelscope.syntax.configs import MetaConfig
 
 KIND = "syntax-meta"
 CONCEPTS = ("pos", "relation")
@@ -311,38 +312,6 @@ def meta_accuracy(model: MetaAligner, english_c: Any, test: Sentences, y_test: n
 
 
 # ------------------------------------------------------------------------------------------------- the step
-@dataclass
-class MetaConfig:
-    model: str = ""  # "" = whatever made the store; a model spec is checked against the store's model
-    store: str = "syntax-extract"  # extract step of the source and meta-training languages (PUD)
-    test_store: str = ""  # extract step of the held-out languages with UD splits ("" = the same store)
-    source: str = "en"
-    meta_langs: str = "all"  # meta-training languages ("all" = the store's languages but the source and tests)
-    test_langs: str = "all"  # held-out languages ("all" = every language of test_store)
-    test_treebank: str = ""  # where the held-out sentences' splits are read ("" = the treebank the store records)
-    concepts: str = "pos,relation"
-    layer: str = "middle"  # a stored layer, middle, or auto (best English prototype-probe dev accuracy)
-    shots: str = "0,1,5,10,20"  # N labelled target sentences; 0 = zero-shot
-    runs: int = 10  # seeded runs per setting (mean and standard deviation)
-    min_count: int = 10  # a concept must be attested this often in English and in the language
-    dev_fraction: float = 0.2  # share of PUD sent_ids held out as dev (probe and meta-training selection)
-    proj_dim: int = 64
-    width: int = 384
-    dropout: float = 0.33
-    probe_epochs: int = 20
-    probe_lr: float = 1e-4
-    probe_weight_decay: float = 1e-6
-    probe_batch: int = 64  # instances per probe step
-    meta_epochs: int = 5
-    episodes_per_lang: int = 50
-    support: int = 20  # support sentences per meta-training episode
-    query: int = 30  # query sentences per meta-training episode
-    meta_lr: float = 1e-3  # the paper: 5e-5 over ~50 x 50m episodes; we run far fewer on a CPU
-    meta_weight_decay: float = 1e-4
-    pos_step: str = "pos"  # in-context POS step of this run dir to take MONO / EN from ("" = none)
-    seed: int = 0
-
-
 def parse_shots(spec: str | int) -> list[int]:
     try:
         shots = sorted({int(x) for x in str(spec).split(",") if str(x).strip()})

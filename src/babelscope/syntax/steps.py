@@ -9,13 +9,13 @@ extract step resumes language by language, results are written atomically with p
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from babelscope.errors import BabelscopeError
+from babelscope.syntax.configs import ExtractConfig, OtddConfig, ProbeConfig, RsaConfig
 
 KINDS = {"extract": "syntax-extract", "otdd": "syntax-otdd", "rsa": "syntax-rsa", "probe": "syntax-probe"}
 
@@ -105,21 +105,6 @@ def _start(cfg, run_dir, step: str, loaded, *reads: str):
 
 
 # ------------------------------------------------------------------------------------------------- extract
-@dataclass
-class ExtractConfig:
-    model: str = "gemma-3-270m"
-    treebank: str = "pud-sample"  # pud | pud-sample | path to .conllu / treebank folder(s)
-    langs: str = "all"
-    layers: str = "all"  # all | middle | 0,6,12
-    pooling: str = "auto"  # auto (first for encoders, last for decoders) | first | last | mean
-    max_sentences: int | None = None  # the same first N sent_ids in every language on PUD
-    batch_size: int = 16
-    random_init: bool = False  # the randomly initialised control model (same architecture and tokenizer)
-    seed: int = 0
-    dtype: str = "float32"
-    device: str | None = None
-
-
 def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loaded=None) -> dict[str, Any]:
     """Embed every word of the chosen treebanks at the chosen layers into ``RUN_DIR/STEP/store``."""
     from babelscope.runs import is_main_process, provenance, text_sha256
@@ -187,23 +172,6 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
 
 
 # ------------------------------------------------------------------------------------------------- otdd
-@dataclass
-class OtddConfig:
-    model: str = ""  # unused (the store says which model); accepted so experiment defaults apply
-    store: str = "syntax-extract"  # the extract step whose store is read
-    langs: str = "all"
-    layer: str = "middle"  # a layer of the store, or middle
-    samples: int = 1000  # relation vectors per language per draw
-    draws: int = 3  # seeded subsamples; mean and standard deviation reported
-    reg: float = 0.05  # outer entropic regularisation, relative to the median cost
-    inner: str = "emd"  # emd (exact) | sinkhorn (the paper's)
-    inner_reg: float = 0.1
-    max_per_label: int = 50  # vectors per label in the inner label-to-label OT
-    typology: str = "knn"  # URIEL syntax features: knn | wals
-    mantel_perm: int = 9999
-    seed: int = 0
-
-
 def _standardized(sets: dict[str, Any], mean, std) -> dict[str, Any]:
     from babelscope.syntax.represent import standardize
 
@@ -315,22 +283,6 @@ def _square(langs: list[str], rows: list[dict], key: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- rsa
-@dataclass
-class RsaConfig:
-    model: str = ""  # unused (the store says which model); accepted so experiment defaults apply
-    store: str = "syntax-extract"
-    control: str = ""  # extract step of the randomly initialised model ("" = none)
-    langs: str = "all"
-    layers: str = "all"  # per-layer curves over these layers of the store
-    layer: str = "middle"  # the layer of the language-by-language heatmap
-    concepts: str = "relation"  # relation | pos
-    min_count: int = 20  # a concept must be attested this often in both languages
-    metric: str = "euclidean"  # euclidean | cosine | correlation
-    n_perm: int = 1000  # permutations for the heatmap layer's p-values
-    typology: str = "knn"
-    seed: int = 0
-
-
 def _concept_sets(store, langs, layer, kind):
     from babelscope.syntax import represent
 
@@ -444,23 +396,6 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
 
 
 # ------------------------------------------------------------------------------------------------- probe
-@dataclass
-class ProbeConfig:
-    model: str = ""  # unused (the store says which model); accepted so experiment defaults apply
-    store: str = "syntax-extract"
-    control: str = ""  # extract step of the randomly initialised model ("" = none)
-    langs: str = "all"
-    layers: str = "all"
-    concepts: str = "relation,pos"
-    transfer_layer: str = "middle"  # layer of the cross-lingual transfer matrix (relation probes)
-    test_fraction: float = 0.5  # share of sent_ids held out (the same ids in every language)
-    max_train: int = 3000  # training instances per language (seeded subsample)
-    C: float = 1.0
-    max_iter: int = 200
-    otdd: str = ""  # an otdd step to correlate the transfer matrix with ("" = none)
-    seed: int = 0
-
-
 def _split(inst, cfg: ProbeConfig):
     from babelscope.syntax.represent import split_by_sentence, subsample
 

@@ -26,55 +26,15 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from babelscope.errors import BabelscopeError
+from babelscope.transfer.configs import PretrainConfig
 
 KIND = "transfer-pretrain"
-
-
-@dataclass
-class PretrainConfig:
-    NOT_COUNTS = ("max_grad_norm",)  # named like a count; 0 = no gradient clipping
-
-    model: str = "gemma-3-270m"
-    corpus: str = "udhr"  # training text (any corpus spec, or pud-sample)
-    langs: str = "vie"  # training languages, optionally with proportions: vie:0.9,eng:0.1
-    seq_len: int = 256
-    samples: int | None = None  # budget in blocks of seq_len tokens ...
-    tokens: int | None = None  # ... or in tokens
-    epochs: int = 1  # passes over a language's blocks allowed (repeats)
-    eval_corpus: str = ""  # held-out text (default: the training corpus, split by unit id)
-    eval_langs: str = "eng,fra,deu,rus,cmn-Hans,jpn"  # the training languages are added
-    eval_at: str = ""  # sample counts; default 0, 1/4, 1/2 and all of the budget
-    held_out: float = 0.3  # fraction of unit ids held out when eval corpus = training corpus
-    eval_max_tokens: int | None = 1024  # per language
-    eval_window: int = 256
-    eval_batch_size: int = 8
-    freeze_region: str | None = None  # a mask file of `babelscope regions select` (path, or relative to run dir)
-    freeze_norms: bool = False
-    lr: float = 5e-5
-    warmup: int = 0
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 4
-    grad_accum: int = 1
-    seed: int = 0
-    checkpoint_every: int = 0
-    gradient_checkpointing: bool = False
-    log_every: int = 1
-    logit_chunk: int = 512
-    trackers: str = ""
-    mixed_precision: str = "auto"
-    save_model: bool = True
-    dtype: str = "float32"
-    device: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- options

@@ -26,52 +26,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.transfer.configs import SftConfig
 
 KIND = "sft"
 SAVE_MODES = ("merged", "adapter")
 ADAPTER_RECORD = "babelscope_adapter.json"
 SFT_RECORD = "babelscope_sft.json"
-
-
-@dataclass
-class SftConfig:
-    NOT_COUNTS = ("max_grad_norm",)  # named like a count; 0 = no gradient clipping
-
-    model: str = "gemma-3-270m"
-    data: str = "embedded"  # embedded, belle, belle-seeds, alpaca-seeds, or JSONL/JSON paths (comma-separated)
-    lang: str | None = None  # language of rows without a lang field
-    template: str = "auto"  # auto, chat, gemma, plain, or a .jinja file
-    max_length: int = 512  # tokens per conversation (prompt + response)
-    val_fraction: float = 0.1
-    val_max: int | None = 200  # validation conversations scored at each evaluation
-    seed: int = 0
-    samples: int | None = None  # training conversations (the paper's 1K / 5K / 950K); default all
-    epochs: int = 1
-    eval_every: int | None = None  # samples between validation losses (default: 4 per epoch)
-    lr: float | None = None  # default 2e-5 (full) or 2e-4 (LoRA)
-    warmup: int = 0
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 4
-    grad_accum: int = 1
-    lora_r: int = 0  # 0 = full fine-tuning
-    lora_alpha: float | None = None  # default 2 r
-    lora_dropout: float = 0.0
-    lora_targets: str = "auto"  # auto (linear layers of the blocks) or comma-separated module names
-    train_tokens: str = "auto"  # LoRA: embedding rows to train: auto (the rows a vocabulary step added), none, A:B
-    save: str = "merged"  # merged (a full HF directory) or adapter
-    checkpoint_every: int = 0
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"
-    trackers: str = ""
-    dtype: str = "float32"
-    device: str | None = None
 
 
 def check(cfg: SftConfig) -> None:

@@ -9,19 +9,13 @@ A model-free step: it reads the run directory's ``responses`` steps (``eval resp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.transfer.configs import StudyTableConfig
 
 KIND = "transfer_table"
-
-
-@dataclass
-class StudyTableConfig:
-    steps: str = "all"  # response steps, comma-separated, in row order (all: every judged one, in run order)
-    labels: str | None = None  # row labels, comma-separated (default: the model of each step)
 
 
 def variant_rows(run_dir: Path, cfg: StudyTableConfig) -> list[dict[str, Any]]:

@@ -26,41 +26,16 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.transfer.configs import VocabConfig
 
 KIND = "vocab"
 INITS = ("subword-mean", "mean", "random")
 RECORD = "babelscope-vocab.json"
-
-
-@dataclass
-class VocabConfig:
-    MAY_BE_EMPTY = ("quality_langs",)  # "": the init-quality table scores the target language alone
-
-    model: str = "gemma-3-270m"
-    lang: str = ""  # target language
-    train: str = ""  # corpus spec of the training text (#split=train+dev picks UD splits)
-    held_out: str | None = None  # target held-out text (default: 10% of the training units, by id)
-    parallel: str = "udhr-sample"  # parallel corpus: premium, round trip, bits per unit
-    check_langs: str = "eng,cmn-Hans,fra,deu,rus,arb,hin,jpn"  # other languages checked (or 'all')
-    quality_langs: str = "eng"  # other languages in the init-quality table (forward passes)
-    vocab_size: int = 8000
-    model_type: str = "auto"  # auto (the base's), bpe, unigram
-    character_coverage: float = 0.9995
-    split_by_whitespace: bool = True
-    init: str = "subword-mean"
-    compare_inits: bool = True
-    max_units: int | None = 200  # per text set in the quality table
-    window: int = 512
-    batch_size: int = 8
-    seed: int = 0
-    out: str | None = None  # the extended model's directory (default RUN_DIR/STEP/model)
-    dtype: str = "float32"
-    device: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- inputs
