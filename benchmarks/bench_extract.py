@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
+from _common import reset_peak, run_child, status_bytes
 
 
 def child(setup: str, layers_spec: str, args) -> dict:
@@ -49,7 +43,7 @@ def child(setup: str, layers_spec: str, args) -> dict:
     sentences = load_treebanks(args.treebank, "en", args.sentences)["eng"]
     layers = parse_layers(layers_spec, info.layers)
     engine = Engine(model, tok, batch_size=args.batch_size, progress=False)
-    Path("/proc/self/clear_refs").write_text("5")
+    reset_peak()
     times = []
     for _ in range(args.repeats):  # the fastest of a few passes: the machine may be shared
         start = time.perf_counter()
@@ -69,7 +63,7 @@ def child(setup: str, layers_spec: str, args) -> dict:
                                             output_hidden_states=True)
                     _ = [out.hidden_states[layer].float().cpu() for layer in layers]
         times.append(time.perf_counter() - start)
-    return {"seconds": min(times), "sentences": len(sentences), "peak_rss": _status("VmHWM")}
+    return {"seconds": min(times), "sentences": len(sentences), "peak_rss": status_bytes("VmHWM")}
 
 
 def main() -> None:
@@ -89,8 +83,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--model", args.model, "--sentences", str(sentences), "--treebank",
                args.treebank, "--batch-size", str(args.batch_size), "--repeats", str(repeats), "--child", setup,
                layers]
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
-                          .splitlines()[-1])
+        return run_child(cmd)
 
     peaks = {}
     for n in (args.sentences, args.large):  # memory: one pass each, every layer

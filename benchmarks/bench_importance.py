@@ -20,26 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import reset_peak, run_child, status_bytes
+
 LANGS = (
     "eng,fra,deu,spa,rus,cmn-Hans,ita,por-BR,nld,pol,ces,swe,tur,arb,heb,hin,jpn,kor,vie,ind,ell,fin,hun,ukr"
 )
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
 
 
 def child(setup: str, args) -> dict:
@@ -67,8 +57,8 @@ def child(setup: str, args) -> dict:
     ]
     tokens = sum(n for seqs in per_lang for _, n in seqs)
     scored_bytes = 4 * sum(p.numel() for p in params.values())
-    after_load = _status("VmRSS")
-    _reset_peak()
+    after_load = status_bytes("VmRSS")
+    reset_peak()
     start = time.perf_counter()
     if setup == "ours":
         cfg = ImportanceConfig(
@@ -116,7 +106,7 @@ def child(setup: str, args) -> dict:
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
-        "peak_bytes": _status("VmHWM"),
+        "peak_bytes": status_bytes("VmHWM"),
         "after_load_bytes": after_load,
         "scored_bytes": scored_bytes,
     }
@@ -162,10 +152,7 @@ def main() -> None:
                 "--batch-size",
                 str(args.batch_size),
             ]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"{setup} child failed:\n{out.stderr[-3000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = run_child(cmd)
             results.append(r)
             print(
                 f"{setup:5s} {r['languages']} langs: {r['tokens']} tokens in {r['seconds']:.2f} s = "

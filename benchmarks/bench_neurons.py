@@ -19,42 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 
 import torch
 
+from _common import PeakRss, run_child
+
 LANGS = "eng,fra,deu,rus,cmn-Hans,arb,hin,jpn"
-
-
-class PeakRss:
-    """Samples this process's resident set size every few milliseconds in a thread."""
-
-    def __enter__(self):
-        import threading
-
-        self.base = self.peak = self.rss()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize()
-
-    def _sample(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self.stop.wait(0.005)
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, self.rss())
 
 
 def setup(args):
@@ -148,8 +120,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--langs", args.langs,
                "--max-tokens", str(args.max_tokens), "--window", str(args.window),
                "--batch-size", str(args.batch_size)]
-        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        memory[name] = json.loads(proc.stdout.splitlines()[-1])
+        memory[name] = run_child(cmd)
     for name in ("ours", "bare"):
         extra = memory[name]["peak_mib"] - memory[name]["after_load_mib"]
         print(f"{name:5s} {best[name]:7.2f} s  {tokens / best[name]:8.1f} tokens/s  peak RSS "

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _common import reset_peak, run_child, status_bytes
 
 
 def sets(n_langs: int, n: int, dim: int, seed: int = 0):
@@ -47,7 +47,7 @@ def child(setup: str, args) -> dict:
     from babelscope.syntax import otdd
 
     data = sets(args.langs, args.n, args.dim)
-    Path("/proc/self/clear_refs").write_text("5")
+    reset_peak()
     start = time.perf_counter()
     if setup == "ours":
         D, _ = otdd.otdd_matrix(data)
@@ -59,8 +59,7 @@ def child(setup: str, args) -> dict:
             for j in range(i + 1, args.langs):
                 D[i, j] = D[j, i] = otdd.otdd(*data[i], *data[j])["distance"]
     seconds = time.perf_counter() - start
-    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
+    peak = status_bytes("VmHWM")
     return {"seconds": seconds, "peak_rss": peak, "mean_distance": float(D.sum() / (args.langs ** 2 - args.langs))}
 
 
@@ -103,8 +102,7 @@ def main() -> None:
     for setup in ("ours", "pairwise"):
         cmd = [sys.executable, __file__, "--langs", str(args.langs), "--n", str(args.n), "--dim", str(args.dim),
                "--child", setup]
-        results[setup] = r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
-                                        .stdout.strip().splitlines()[-1])
+        results[setup] = r = run_child(cmd)
         print(f"{setup:8s}: {args.langs} languages x {args.n} vectors (dim {args.dim}): {r['seconds']:.1f} s, "
               f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB, mean distance {r['mean_distance']:.4g}", flush=True)
     print(f"ratio {results['pairwise']['seconds'] / results['ours']['seconds']:.3f}")

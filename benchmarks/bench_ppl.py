@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+from _common import PeakRss, run_child
 
 LANGS = "eng,fra,deu,rus,cmn-Hans,arb,hin,jpn"
 
@@ -82,34 +82,6 @@ def run_reference(model, engine, seqs, batch_size) -> list[float]:
                 F.cross_entropy(logits[row, : len(seq) - 1].double(), torch.tensor(seq[1:]), reduction="sum")
             )
     return out
-
-
-class PeakRss:
-    """Samples this process's resident set size every few milliseconds in a thread."""
-
-    def __enter__(self):
-        import threading
-
-        self.base = self.peak = self.rss()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize()
-
-    def _sample(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self.stop.wait(0.005)
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, self.rss())
 
 
 def setup(args):
@@ -189,9 +161,7 @@ def main() -> int:
             "--batch-size",
             str(args.batch_size),
         ]
-        memory[name] = json.loads(
-            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-        )
+        memory[name] = run_child(cmd)
     for name in ("ours", "bare"):
         extra = memory[name]["peak_mib"] - memory[name]["after_load_mib"]
         print(

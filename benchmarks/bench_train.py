@@ -20,26 +20,16 @@ import argparse
 import itertools
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+from _common import reset_peak, run_child, status_bytes
 
 
 def _peak(torch) -> int:
-    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else _status("VmHWM")
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else status_bytes("VmHWM")
 
 
 def _batches(tok, args):
@@ -68,7 +58,7 @@ def child(setup: str, args) -> dict:
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    _reset_peak()
+    reset_peak()
     tokens_per_step = args.batch * (args.seq_len - 1)
     if setup == "bare":
         model.train()
@@ -127,10 +117,7 @@ def main() -> None:
     results = {}
     for setup in ("bare", "ours", "ours+freeze"):
         argv = [a for a in sys.argv[1:]]
-        proc = subprocess.run([sys.executable, __file__, *argv, "--child", setup], capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"{setup} failed:\n{proc.stderr[-3000:]}")
-        results[setup] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[setup] = run_child([sys.executable, __file__, *argv, "--child", setup])
         r = results[setup]
         print(f"{setup:12s} step {r['step_s']:.3f} s  {r['tokens_per_s']:.1f} tokens/s  "
               f"peak {r['peak_bytes'] / 2**30:.2f} GiB", flush=True)

@@ -395,6 +395,48 @@ def test_every_example_experiment_passes_the_full_check(name):
     assert steps and len({s.step for s in steps}) == len(steps)
 
 
+def test_run_dir_placeholder_follows_the_run_directory(tmp_path, monkeypatch):
+    """`{run_dir}` in a step's (or the defaults') string values is the run directory of this run: the file's
+    `run_dir`, or the one given to `babelscope run --run-dir`, so the demo's later steps read what its earlier
+    steps wrote wherever the run goes, from any working directory."""
+    from babelscope.experiment import plan
+
+    demo = Path(__file__).parents[1] / "examples" / "demo.yaml"
+    monkeypatch.chdir(tmp_path)  # another working directory
+    by_step = {s.step: s.cfg for s in plan(demo)}
+    assert by_step["tokens"].model == "gemma-3-270m,runs/demo/vocab/model"  # the file's run_dir
+    assert by_step["respond-sft"].model == "runs/demo/sft/model"
+    other = tmp_path / "elsewhere"
+    by_step = {s.step: s.cfg for s in plan(demo, run_dir=other)}
+    assert by_step["tokens"].model == f"gemma-3-270m,{other}/vocab/model"
+    assert by_step["respond-sft"].model == f"{other}/sft/model"
+    assert by_step["respond-sft"].judge_model == "gemma-3-270m"  # other values untouched
+    zhao = {s.step: s.cfg for s in plan(demo.with_name("zhao2024.yaml"), run_dir=other)}
+    assert zhao["sft-vocab-pt64"].train_tokens == f"{other}/vocab/model"
+    assert zhao["respond-base"].instructions == f"{other}/sft-base/heldout.jsonl"
+    freeze = {s.step: s.cfg for s in plan(demo.with_name("freeze.yaml"), run_dir=other)}
+    assert freeze["pretrain-core"].freeze_region == f"{other}/regions-select/masks/top-k0.01-tensor.safetensors"
+    for name in ("demo", "zhao2024", "freeze"):  # no example names its own run directory in a step
+        text = demo.with_name(f"{name}.yaml").read_text(encoding="utf-8")
+        assert f": runs/{name}/" not in text and f',runs/{name}/' not in text and f'"runs/{name}/' not in text
+    # in the defaults too, and the placeholder may not be the run directory itself
+    path = _experiment(tmp_path, "  - {command: ppl, corpus: \"{run_dir}/texts\"}\n", '{model: "{run_dir}/m"}')
+    (cfg,) = [s.cfg for s in plan(path, run_dir="x/y")]
+    assert (cfg.model, cfg.corpus) == ("x/y/m", "x/y/texts")
+    with pytest.raises(BabelscopeError, match="cannot refer to"):
+        plan(path, run_dir="{run_dir}/z")
+
+
+@pytest.mark.parametrize("step", ["  - {command: ppl, model: {run_dir}/m}\n",
+                                  "  - command: ppl\n    model: {run_dir}\n"])
+def test_unquoted_run_dir_placeholder_says_to_quote_it(tmp_path, step):
+    from babelscope.experiment import run_file
+
+    with pytest.raises(BabelscopeError, match="quote"):
+        run_file(_experiment(tmp_path, step))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_language_list_may_be_empty_where_the_config_says_so():
     from babelscope.steps import check_config
     from babelscope.transfer.vocab import VocabConfig

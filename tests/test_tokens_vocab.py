@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -134,6 +135,41 @@ def test_efficiency_not_parallel_has_no_premium(tiny_dir):
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     rows = efficiency_rows(tok, {"eng": [Unit("a", "eng", SENTENCES[0])]}, "eng", parallel=False)
     assert rows[0]["premium"] is None and rows[0]["tokens"] > 0
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sentencepiece", "unigram", "gemma"])
+def test_tokens_step_tokenizer_is_the_models_tokenizer(kind, tiny_dir, tmp_path):
+    """`babelscope tokens` reads tokenizer.json with the tokenizers library (not transformers' class, which rebuilds
+    it in Python): the same ids, offsets, byte-fallback ids, unk id and size as AutoTokenizer, on every language
+    of the embedded UDHR sample, for a byte-level BPE, a SentencePiece model file (no tokenizer.json: converted),
+    a Unigram and the real Gemma tokenizer."""
+    from transformers import AutoTokenizer
+
+    from babelscope.data import open_corpus
+    from babelscope.evaluate.tokens import encode_batch, load_backend, special_ids, tokenizer_checksum
+
+    spec = {"bpe": str(tiny_dir), "sentencepiece": str(sp_model_dir(tmp_path / "sp")),
+            "unigram": str(unigram_dir(tmp_path / "uni")), "gemma": "gemma-3-270m"}[kind]  # fmt: skip
+    backend, checksum = load_backend(spec)
+    from babelscope.models.loader import resolve_spec
+
+    source, _ = resolve_spec(spec)
+    auto = AutoTokenizer.from_pretrained(str(source))
+    assert checksum == tokenizer_checksum(source)
+    corpus = open_corpus("udhr-sample")
+    texts = [u.text for lang in corpus.languages() for u in corpus.units(lang)]
+    ours = encode_batch(backend, texts, offsets=True)
+    theirs = auto(texts, add_special_tokens=False, return_offsets_mapping=True)
+    assert ours["input_ids"] == theirs["input_ids"]
+    assert [list(map(tuple, o)) for o in ours["offset_mapping"]] == [list(map(tuple, o))
+                                                                   for o in theirs["offset_mapping"]]  # fmt: skip
+    size = len(backend) if kind == "sentencepiece" else backend.get_vocab_size(True)
+    assert (type(backend).__name__ == "Tokenizer") == (kind != "sentencepiece") and size == len(auto)
+    byte_ids, unk = special_ids(backend)
+    regex_ids = {i for t, i in auto.get_vocab().items() if re.match(r"^<0x[0-9A-Fa-f]{2}>$", t)}
+    fallback = kind in ("sentencepiece", "gemma")  # Llama-2 style and Gemma fall back to bytes; the others do not
+    assert byte_ids == (regex_ids if fallback else set()) and (len(byte_ids) == 256) == fallback
+    assert unk == auto.unk_token_id and special_ids(auto) == (byte_ids, unk)
 
 
 # ------------------------------------------------------------------------------------------ vocab

@@ -10,6 +10,12 @@ Example (``examples/demo.yaml``)::
         corpus: udhr-sample
         langs: all
 
+A string value may say ``{run_dir}``: it stands for the run directory of this run (the file's ``run_dir``, or
+``babelscope run FILE --run-dir X``), so a step that reads what an earlier step wrote names it independently of
+where the run goes (``model: "{run_dir}/sft/model"``, ``instructions: "{run_dir}/sft/heldout.jsonl"``). Options
+that name another step (``responses: respond``, ``store: syntax-extract``) need no prefix: they are read from the
+run directory already.
+
 The whole file is checked before any step runs (unknown commands, options or ``defaults:`` keys, values of the
 wrong type, repeated step names: one line naming the file and step). Finished steps (results written with the
 same config from the same inputs) are skipped, so re-running resumes; a model is loaded once and shared by the
@@ -29,6 +35,8 @@ from babelscope.registry import COMMANDS, all_commands, command  # noqa: F401  (
 
 #: the keys an experiment file may have at its top level
 KEYS = ("run_dir", "defaults", "steps", "description")
+#: stands for the run directory in any string value of a step or of ``defaults:``
+RUN_DIR = "{run_dir}"
 
 
 @dataclasses.dataclass
@@ -53,7 +61,9 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise BabelscopeError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the file") from None
+        line = path.read_text(encoding="utf-8-sig").splitlines()[mark.line] if mark else ""
+        fix = f'quote a value that starts with {RUN_DIR} ("{RUN_DIR}/...")' if RUN_DIR in line else "fix the file"
+        raise BabelscopeError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)}); {fix}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list) or not doc["steps"]:
         raise BabelscopeError(f"{path}: an experiment needs a non-empty 'steps' list")
     unknown = sorted(set(doc) - set(KEYS))
@@ -64,13 +74,41 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def plan(path: str | Path, doc: dict[str, Any] | None = None) -> list[PlannedStep]:
-    """Every step of the experiment checked and configured, before anything runs or is written."""
+def experiment_run_dir(path: str | Path, doc: dict[str, Any], run_dir: str | Path | None = None) -> Path:
+    """The run directory: ``run_dir`` (``--run-dir``), else the file's ``run_dir:``, else ``runs/<file stem>``."""
+    given = run_dir or doc.get("run_dir") or Path("runs") / Path(path).stem
+    if not isinstance(given, str | Path) or not str(given).strip():
+        raise BabelscopeError(f"{path}: run_dir {given!r} is not a directory name; give a path")
+    if RUN_DIR in str(given):
+        raise BabelscopeError(f"{path}: run_dir {given!r} cannot refer to {RUN_DIR}; give a path")
+    return Path(given)
+
+
+def substitute_run_dir(value: Any, run_dir: Path) -> Any:
+    """``value`` with every ``{run_dir}`` of a string replaced by the run directory (lists and mappings too)."""
+    if isinstance(value, str):
+        return value.replace(RUN_DIR, str(run_dir))
+    if isinstance(value, list):
+        return [substitute_run_dir(v, run_dir) for v in value]
+    if isinstance(value, dict):
+        if value == {"run_dir": None}:  # `model: {run_dir}` unquoted is a YAML mapping
+            raise BabelscopeError(f'a value {RUN_DIR} must be quoted in YAML ("{RUN_DIR}/...")')
+        return {k: substitute_run_dir(v, run_dir) for k, v in value.items()}
+    return value
+
+
+def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Path | None = None) -> list[PlannedStep]:
+    """Every step of the experiment checked and configured, before anything runs or is written; ``{run_dir}``
+    in string values stands for ``run_dir`` (default: the file's, see :func:`experiment_run_dir`)."""
     from babelscope.runs import check_step_name
     from babelscope.steps import check_config
 
     doc = doc or load_experiment(path)
-    defaults = doc.get("defaults") or {}
+    out = experiment_run_dir(path, doc, run_dir)
+    try:
+        defaults = substitute_run_dir(doc.get("defaults") or {}, out)
+    except BabelscopeError as exc:
+        raise BabelscopeError(f"{path}: defaults: {exc}") from None
     commands = all_commands()
     steps: list[PlannedStep] = []
     seen: dict[str, int] = {}
@@ -83,6 +121,7 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None) -> list[PlannedSte
         step = options.pop("step", name)
         where = f"{path}: step {i} ({name})"
         try:
+            options = substitute_run_dir(options, out)
             cfg_cls, fn = command(name, commands)
             check_step_name(step)
         except BabelscopeError as exc:
@@ -115,8 +154,9 @@ def run_file(path: str | Path, run_dir: str | Path | None = None) -> Path:
     from babelscope.runs import barrier, check_run_dir, is_main_process
 
     doc = load_experiment(path)
-    steps = plan(path, doc)
-    out = check_run_dir(Path(run_dir or doc.get("run_dir") or Path("runs") / Path(path).stem))
+    out = experiment_run_dir(path, doc, run_dir)
+    steps = plan(path, doc, out)
+    out = check_run_dir(out)
     models: dict[tuple, Any] = {}
     for planned in steps:
         cfg = planned.cfg

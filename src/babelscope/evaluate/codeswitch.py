@@ -38,7 +38,7 @@ _CLAUSE = re.compile(r"[^.!?;:\n。！？；：]+")
 
 @dataclass
 class CodeSwitchConfig:
-    model: str = "gemma-3-270m"  # only recorded; responses come from ``responses``
+    model: str = "gemma-3-270m"  # only recorded when ``responses`` is a JSONL file (else the responding step's)
     responses: str = opt("respond", "A finished step in the run directory (e.g. respond) or a JSONL of "
                          "id/lang/response.")
     min_letters: int = opt(2, "Letters a run in a foreign script needs to count.")
@@ -170,6 +170,20 @@ def read_responses(spec: str, run_dir) -> list[dict[str, Any]]:
     return rows
 
 
+def responses_model(cfg: CodeSwitchConfig, run_dir) -> str:
+    """The name of the model that wrote the responses: the responses step's own, else ``cfg.model``."""
+    from pathlib import Path
+
+    from babelscope.runs import load_results
+
+    step = Path(run_dir) / cfg.responses
+    if (step / "results.json").is_file():
+        name = (load_results(step).get("results") or {}).get("model")
+        if isinstance(name, str) and name:
+            return name
+    return cfg.model
+
+
 def run(cfg: CodeSwitchConfig, run_dir, step: str = "codeswitch", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval codeswitch`` step (no model needed: it reads responses)."""
     from babelscope.runs import is_main_process, provenance, text_sha256
@@ -184,7 +198,7 @@ def run(cfg: CodeSwitchConfig, run_dir, step: str = "codeswitch", loaded=None) -
         return sr.wait()
     per_language, per_response = codeswitch_rows(responses, cfg)
     total = sum(r["switched"] for r in per_response)
-    results = {"model": cfg.model, "responses": cfg.responses,
+    results = {"model": responses_model(cfg, run_dir), "responses": cfg.responses,
                "responses_sha256": text_sha256(r["response"] for r in responses),
                "summary": {"responses": len(per_response), "switched": total,
                            "rate": total / len(per_response) if per_response else None}}

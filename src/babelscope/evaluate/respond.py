@@ -145,7 +145,9 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
                 judge_engine.state = None  # rank 0 judges alone: no work split over (or gathered from) other ranks
                 return judge_engine
 
-            judge_name = f"{info.name if spec == cfg.model else spec} (local" + (
+            from babelscope.models.loader import model_name
+
+            judge_name = f"{info.name if spec == cfg.model else model_name(spec)} (local" + (
                 ", choice scoring)" if cfg.judge_scoring == "choice" else ")")
         else:
             factory = None

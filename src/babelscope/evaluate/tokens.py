@@ -22,6 +22,7 @@ embedded UDHR sample take about a second once the tokenizer is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import statistics
@@ -67,6 +68,26 @@ def load_tokenizer(spec: str):
     return tokenizer, tokenizer_checksum(source)
 
 
+def load_backend(spec: str):
+    """The Rust tokenizer (``tokenizers.Tokenizer``) of a model spec and the sha256 of its files: read straight
+    from its ``tokenizer.json`` when it has one (about a second for a 262k vocabulary; transformers' class for
+    Gemma rebuilds the same tokenizer from that file's vocabulary and merges in Python, several times slower:
+    ``tests/test_tokens_vocab.py`` checks that both give the same ids and offsets), else :func:`load_tokenizer`
+    (a ``tokenizer.model`` converted by transformers). Every function here takes either."""
+    from tokenizers import Tokenizer
+
+    from babelscope.models.loader import resolve_spec
+
+    source, _ = resolve_spec(spec)
+    path = Path(str(source)) / "tokenizer.json"
+    if not path.is_file():
+        return load_tokenizer(spec)
+    try:
+        return Tokenizer.from_file(str(path)), tokenizer_checksum(source)
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own Exception subclass
+        raise BabelscopeError(f"{path}: cannot read the tokenizer ({str(exc).splitlines()[0]})") from None
+
+
 def tokenizer_checksum(source: Path | str) -> str:
     """sha256 over the tokenizer files of a model directory (what changes the tokenization)."""
     digest = hashlib.sha256()
@@ -79,30 +100,63 @@ def tokenizer_checksum(source: Path | str) -> str:
     return digest.hexdigest()
 
 
+def _backend(tokenizer):
+    """The Rust tokenizer of a transformers fast tokenizer, or the Rust tokenizer itself, with no truncation or
+    padding (a ``tokenizer.json`` may carry them; transformers sets them again on its next call)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend
+
+
+#: every spelling ``<0xNN>`` a byte-fallback token can have (the pattern ``BYTE_TOKEN``: either case of hex digit)
+_HEX = "0123456789abcdefABCDEF"
+BYTE_SPELLINGS = tuple(f"<0x{a}{b}>" for a in _HEX for b in _HEX)
+
+
 def special_ids(tokenizer) -> tuple[set[int], int | None]:
-    """Ids of byte-fallback tokens (``<0xNN>``, only when the model falls back to bytes) and the unk id (read
-    once per tokenizer object: its JSON is tens of MB for a 262k vocabulary)."""
+    """Ids of byte-fallback tokens (``<0xNN>``, only when the model falls back to bytes) and the unk id.
+
+    A BPE model (the common case) answers both by lookups: its ``byte_fallback`` flag, ``token_to_id`` of the 484
+    spellings of ``<0xNN>`` and of its unk token. Other models are read from their JSON (tens of MB for a large
+    vocabulary), once per tokenizer object."""
     import json
 
     cached = getattr(tokenizer, "_babelscope_special_ids", None)
     if cached is not None:
         return cached
-    model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
-    byte_ids: set[int] = set()
-    if model.get("byte_fallback"):
-        vocab = model.get("vocab")
-        items = vocab.items() if isinstance(vocab, dict) else ((p, i) for i, (p, _) in enumerate(vocab or []))
-        byte_ids = {i for p, i in items if BYTE_TOKEN.match(p)}
-    tokenizer._babelscope_special_ids = (byte_ids, tokenizer.unk_token_id)
-    return tokenizer._babelscope_special_ids
+    backend = _backend(tokenizer)
+    model = backend.model
+    if type(model).__name__ == "BPE":
+        fallback = bool(model.byte_fallback)
+        unk_token = model.unk_token
+    else:
+        spec = json.loads(backend.to_str()).get("model", {})
+        fallback = bool(spec.get("byte_fallback"))
+        unk_token = spec.get("unk_token")
+        if unk_token is None and spec.get("unk_id") is not None:
+            unk_token = backend.id_to_token(spec["unk_id"])
+    byte_ids = {i for i in map(backend.token_to_id, BYTE_SPELLINGS) if i is not None} if fallback else set()
+    unk = getattr(tokenizer, "unk_token_id", None) if tokenizer is not backend else (
+        backend.token_to_id(unk_token) if unk_token is not None else None)  # fmt: skip
+    result = (byte_ids, unk)
+    with contextlib.suppress(AttributeError, TypeError):  # the Rust tokenizer takes no new attributes
+        tokenizer._babelscope_special_ids = result
+    return result
 
 
 def encode_batch(tokenizer, texts: Sequence[str], offsets: bool = False) -> dict[str, Any]:
-    """One batched call for all texts (no special tokens)."""
+    """One batched call of the Rust tokenizer for all texts (no special tokens): ids, and character offsets (the
+    same as ``tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)``)."""
     if not texts:
         return {"input_ids": [], "offset_mapping": []}
-    return tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=offsets,
-                     return_attention_mask=False)  # fmt: skip
+    encodings = _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)
+    out: dict[str, Any] = {"input_ids": [e.ids for e in encodings]}
+    if offsets:
+        out["offset_mapping"] = [e.offsets for e in encodings]
+    return out
 
 
 def count_tokens(tokenizer, texts: Sequence[str], ids_info=None) -> list[tuple[int, int, int]]:
@@ -113,7 +167,7 @@ def count_tokens(tokenizer, texts: Sequence[str], ids_info=None) -> list[tuple[i
     if not texts:
         return []
     byte_ids, unk = ids_info or special_ids(tokenizer)
-    backend = tokenizer.backend_tokenizer
+    backend = _backend(tokenizer)
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     encodings = encode(list(texts), add_special_tokens=False)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -267,10 +321,11 @@ def run(cfg: TokensConfig, run_dir, step: str = "tokens", loaded=None) -> dict[s
         return sr.wait()
     rows, fert, tokenizers = [], [], {}
     for spec in specs:
-        tokenizer, checksum = load_tokenizer(spec)
+        tokenizer, checksum = load_backend(spec)
         info = special_ids(tokenizer)
         name = _short_name(spec)
-        tokenizers[name] = {"spec": spec, "sha256": checksum, "entries": len(tokenizer),
+        entries = len(tokenizer) if hasattr(tokenizer, "backend_tokenizer") else tokenizer.get_vocab_size(True)
+        tokenizers[name] = {"spec": spec, "sha256": checksum, "entries": entries,
                             "byte_fallback": bool(info[0])}  # fmt: skip
         rows += [{"model": name, **r} for r in efficiency_rows(tokenizer, units, reference, corpus.parallel, info)]
         fert += [{"model": name, **r} for r in fertility_rows(tokenizer, sentences)]
@@ -296,7 +351,9 @@ def _checksum_of(spec: str, resolve_spec) -> str:
 
 
 def _short_name(spec: str) -> str:
-    return Path(spec).name.replace(".gguf", "") or spec
+    from babelscope.models.loader import model_name
+
+    return model_name(spec)
 
 
 def print_table(doc: dict[str, Any]) -> None:

@@ -194,11 +194,49 @@ def check_logits(model, tokenizer, text: str = CHECK_TEXT) -> float:
     return diff
 
 
+#: what a Babelscope step that saved a model directory did to its base, by the record the step wrote there
+#: (``None``: the record is in the step folder above the model directory, with the step's ``results.json``)
+MADE_BY = (("babelscope_sft.json", "SFT"), ("babelscope_adapter.json", "SFT"),
+           ("babelscope-vocab.json", "vocabulary"), (None, "pretraining"))  # fmt: skip
+
+
+def model_name(spec: str, _depth: int = 0) -> str:
+    """The name results and reports give a model spec: the embedded default's name, a hub id, a file or directory
+    name; a model directory that a Babelscope step saved (``STEP/model`` of ``transfer sft``, ``transfer vocab``,
+    ``transfer pretrain``) names its base and the step, from the records it carries:
+    ``gemma-3-270m + SFT (sft)``, ``gemma-3-270m + pretraining (pretrain-64) + SFT (sft-pt64)``."""
+    if spec == DEFAULT_MODEL:
+        return spec
+    path = Path(str(spec)).expanduser()
+    plain = path.name.removesuffix(".gguf") or str(spec)
+    if _depth > 8 or not path.is_dir():
+        return plain
+    step = path.parent.name if path.name == "model" and path.parent.name else path.name
+    for record, what in MADE_BY:
+        try:
+            if record is None:  # further pretraining: trained.json and the step's config (its base model)
+                if not (path.parent / "trained.json").is_file():
+                    continue
+                base = json.loads((path.parent / "results.json").read_text(encoding="utf-8"))["config"]["model"]
+            elif (path / record).is_file():
+                doc = json.loads((path / record).read_text(encoding="utf-8"))
+                base = doc["base_model"]["spec"] if "base_model" in doc else doc["base"]
+                what = f"{doc['lang']} {what}" if doc.get("lang") else what
+            else:
+                continue
+        except (OSError, ValueError, KeyError, TypeError):  # a record we cannot read: the plain name
+            return plain
+        if not isinstance(base, str) or not base:
+            return plain
+        return f"{model_name(base, _depth + 1)} + {what} ({step})"
+    return plain
+
+
 def describe(model, tokenizer, spec: str, source: Path | str, checksum: str | None = None) -> ModelInfo:
-    """The info record of a loaded model."""
+    """The info record of a loaded model (its ``name``: :func:`model_name`)."""
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    name = spec if spec == DEFAULT_MODEL else Path(str(spec)).name or str(spec)
+    name = model_name(str(spec))
     return ModelInfo(
         spec=str(spec),
         name=name,

@@ -41,7 +41,7 @@ class BaseTokenizer:
 
     kind: str  # sentencepiece | bpe | unigram
     source: Path
-    tokenizer: Any  # Hugging Face fast tokenizer
+    tokenizer: Any  # Hugging Face fast tokenizer (or, for the checks before a step runs, the tokenizers library's)
     spec: dict[str, Any]
     proto: Any = None
     byte_level: bool = False
@@ -56,12 +56,13 @@ class BaseTokenizer:
 
 def detect(source: Path, tokenizer) -> BaseTokenizer:
     """Which kind of tokenizer this is; a BabelscopeError for kinds we cannot merge into."""
-    if not getattr(tokenizer, "is_fast", False):
+    rust = type(tokenizer).__name__ == "Tokenizer"  # the tokenizers library's own (read from tokenizer.json)
+    if not rust and not getattr(tokenizer, "is_fast", False):
         raise BabelscopeError(f"{source}: a slow tokenizer without a tokenizer.model or tokenizer.json; "
                               "vocabulary extension needs a SentencePiece model file or a fast tokenizer")  # fmt: skip
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec = json.loads((tokenizer if rust else tokenizer.backend_tokenizer).to_str())
     model_type = spec.get("model", {}).get("type")
-    vocab = tokenizer.get_vocab()
+    vocab = tokenizer.get_vocab(with_added_tokens=True) if rust else tokenizer.get_vocab()
     byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
     model_file = Path(source) / "tokenizer.model"
     if model_file.is_file():
@@ -91,7 +92,7 @@ def _canon(text: str) -> str:
 
 def normaliser_rewrites(base: BaseTokenizer, texts: list[str]) -> tuple[int, str | None]:
     """How many texts the base normaliser rewrites (beyond mapping spaces to ``▁``), and the first change."""
-    normalizer = base.tokenizer.backend_tokenizer.normalizer
+    normalizer = getattr(base.tokenizer, "backend_tokenizer", base.tokenizer).normalizer
     if normalizer is None:
         return 0, None
     changed, example = 0, None
@@ -232,6 +233,11 @@ def first_new_id(base: BaseTokenizer) -> int:
     return size
 
 
+#: the files of a tokenizer besides ``tokenizer.json`` / ``tokenizer.model`` (special tokens, chat template)
+SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+              "chat_template.json")
+
+
 def extend(base: BaseTokenizer, pieces: list[tuple[str, float]], workdir: Path):
     """The extended Hugging Face fast tokenizer (loaded from files written to ``workdir``) and the new ids.
 
@@ -252,14 +258,25 @@ def extend(base: BaseTokenizer, pieces: list[tuple[str, float]], workdir: Path):
             new.piece = piece
             new.score = score if base.model_type == "unigram" else floor - 1 - i
         extra["tokenizer.model"] = proto.SerializeToString()
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        for name in SIDE_FILES:
             if (base.source / name).is_file():
                 shutil.copy(base.source / name, workdir / name)
         (workdir / "tokenizer.model").write_bytes(extra["tokenizer.model"])
     else:
-        base.tokenizer.save_pretrained(workdir)
-        spec = json.loads(json.dumps(base.spec))
-        model = spec["model"]
+        source = Path(base.source)
+        if (source / "tokenizer_config.json").is_file():  # the files the base loaded from, but tokenizer.json
+            for name in SIDE_FILES:
+                if (source / name).is_file():
+                    shutil.copy(source / name, workdir / name)
+        elif hasattr(base.tokenizer, "save_pretrained"):  # a tokenizer from elsewhere: its own files
+            base.tokenizer.save_pretrained(workdir)
+        # a copy of what changes (the vocabulary and the merges): a JSON round trip of the whole spec takes
+        # seconds for a 262k vocabulary
+        vocab = base.spec["model"]["vocab"]  # BPE: {piece: id}; Unigram: [[piece, score], ...]
+        model = {**base.spec["model"], "vocab": dict(vocab) if isinstance(vocab, dict) else list(vocab)}
+        if "merges" in model:
+            model["merges"] = list(model["merges"])
+        spec = {**base.spec, "model": model}
         if base.kind == "bpe":
             model["vocab"].update(ids)
             plain = bool(model["merges"]) and isinstance(model["merges"][0], str)
