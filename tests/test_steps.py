@@ -412,7 +412,7 @@ def test_run_dir_placeholder_follows_the_run_directory(tmp_path, monkeypatch):
     assert by_step["respond-sft"].model == f"{other}/sft/model"
     assert by_step["respond-sft"].judge_model == "gemma-3-270m"  # other values untouched
     zhao = {s.step: s.cfg for s in plan(demo.with_name("zhao2024.yaml"), run_dir=other)}
-    assert zhao["sft-vocab-pt64"].train_tokens == f"{other}/vocab/model"
+    assert zhao["sft-vocab-pt48"].train_tokens == f"{other}/vocab/model"
     assert zhao["respond-base"].instructions == f"{other}/sft-base/heldout.jsonl"
     freeze = {s.step: s.cfg for s in plan(demo.with_name("freeze.yaml"), run_dir=other)}
     assert freeze["pretrain-core"].freeze_region == f"{other}/regions-select/masks/top-k0.01-tensor.safetensors"
