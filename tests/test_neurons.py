@@ -249,3 +249,43 @@ def test_bad_input(tmp_path, capsys):
         check_site(ffn_modules(model), "act", model)
     code, err = _cli(capsys, "neurons", "find", "--langs", "eng", "--top-rate", "2", "-o", str(tmp_path / "run"))
     assert code == 2 and "--top-rate 2.0" in err
+
+
+def test_counting_stops_after_the_last_activation_and_skips_bos_only_windows():
+    """The counting forward ends at the last FFN activation: the last block's down projection and the final norm
+    never run; a window holding only BOS adds no token; the counts (per row span, int32 per batch) equal storing
+    each activation of the same batches and counting its real tokens after BOS."""
+    from babelscope.neurons.ffn import ffn_modules
+    from babelscope.neurons.lape import count_activations
+
+    model, tok, _ = _loaded("gemma3")
+    ffns = ffn_modules(model)
+    seqs = [*_windows(tok, 4), [tok.bos_token_id]]
+    calls = {"down": 0, "norm": 0}
+    handles = [ffns[-1].down.register_forward_hook(lambda *a: calls.__setitem__("down", calls["down"] + 1)),
+               model.model.norm.register_forward_hook(lambda *a: calls.__setitem__("norm", calls["norm"] + 1))]
+    try:
+        got, tokens = count_activations(model, ffns, seqs, batch_size=3, site="act", pad_id=0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == {"down": 0, "norm": 0}
+    assert tokens == sum(len(s) - 1 for s in seqs)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # the same batches, through the whole model
+    want = torch.zeros_like(got)
+    for start in range(0, len(order), 3):
+        batch = [seqs[j] for j in order[start : start + 3]]
+        width = max(map(len, batch))
+        stored: list[torch.Tensor] = []
+        hs = [f.act.register_forward_hook(lambda m, a, o, out=stored: out.append(o.clone())) for f in ffns]
+        try:
+            with torch.no_grad():
+                model(input_ids=torch.tensor([s + [0] * (width - len(s)) for s in batch]),
+                      attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch]))
+        finally:
+            for h in hs:
+                h.remove()
+        for layer, acts in enumerate(stored):
+            for row, s in enumerate(batch):
+                want[layer] += (acts[row, 1 : len(s)] > 0).sum(dim=0)
+    assert torch.equal(got, want)  # integer counts of the same float values

@@ -104,37 +104,61 @@ def check_site(ffns: list[FFN], site: str, model: nn.Module) -> None:
 
 class ActivationCounter:
     """Counts, per layer and neuron, the tokens on which the activation is positive (``over_zero``) over the
-    forwards run inside :meth:`hooked`; only positions where :attr:`mask` is True count. No activation is kept:
-    each hook reduces its batch to one integer row per neuron."""
+    forwards run inside :meth:`hooked`; only the positions :meth:`set_spans` names count. No activation is kept:
+    each hook reduces its batch to one integer row per neuron, on the activations' device (no copy to the host
+    and no synchronisation per hook; :attr:`over_zero` is brought to the CPU when read).
 
-    def __init__(self, ffns: list[FFN], site: str = "act"):
-        self.ffns, self.site = ffns, site
-        width = ffns[0].width
-        self.over_zero = torch.zeros(len(ffns), width, dtype=torch.int64)
+    The count is ``(values[b, start:end] > 0).sum(0)`` per batch row: a contiguous slice of real tokens, so
+    neither padding nor a mask multiplies the work (one byte per counted activation, summed in int32: a batch
+    row holds far fewer than 2^31 tokens). With ``stop_after`` set, the last hook ends the forward
+    (:class:`babelscope.models.hooks.StopForward`): what follows the last counted activation never runs."""
+
+    def __init__(self, ffns: list[FFN], site: str = "act", stop_after: bool = False):
+        self.ffns, self.site, self.stop_after = ffns, site, stop_after
+        self._over_zero: torch.Tensor | None = None  # (layers, neurons) int64 on the activations' device
         self.tokens = 0
-        self.mask: torch.Tensor | None = None  # (B, T) bool, set before each forward
+        self.spans: list[tuple[int, int]] = []  # per batch row: counted positions start:end, set before a forward
 
-    def set_mask(self, mask: torch.Tensor) -> None:
-        self.mask = mask.bool()
-        self.tokens += int(self.mask.sum())
+    @property
+    def over_zero(self) -> torch.Tensor:
+        """``(layers, neurons)`` int64 on the CPU: positive activations counted so far."""
+        if self._over_zero is None:
+            return torch.zeros(len(self.ffns), self.ffns[0].width, dtype=torch.int64)
+        return self._over_zero.cpu()
+
+    def set_spans(self, spans: list[tuple[int, int]]) -> None:
+        """The positions ``start:end`` of each batch row that the next forward counts."""
+        self.spans = [(a, e) for a, e in spans]
+        self.tokens += sum(max(e - a, 0) for a, e in self.spans)
 
     def _count(self, layer: int, values: torch.Tensor) -> None:
-        positive = (values > 0).logical_and_(self.mask[..., None])  # (B, T, I) bool: 1 byte per activation
-        self.over_zero[layer] += positive.sum(dim=(0, 1)).to(device="cpu", dtype=torch.int64)
+        if self._over_zero is None:
+            self._over_zero = torch.zeros(len(self.ffns), values.shape[-1], dtype=torch.int64, device=values.device)
+        row = self._over_zero[layer]
+        for b, (a, e) in enumerate(self.spans):
+            if e > a:
+                row += (values[b, a:e] > 0).sum(dim=0, dtype=torch.int32)
 
     @contextlib.contextmanager
     def hooked(self) -> Iterator[ActivationCounter]:
+        from babelscope.models.hooks import StopForward
+
         handles = []
+        last = self.ffns[-1].layer
 
         def act_hook(layer):
             def hook(module, args, output):
                 self._count(layer, output)
+                if self.stop_after and layer == last:
+                    raise StopForward
 
             return hook
 
         def down_hook(layer):
             def hook(module, args):
                 self._count(layer, args[0])
+                if self.stop_after and layer == last:
+                    raise StopForward
 
             return hook
 

@@ -92,10 +92,12 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     """``(over_zero (layers, neurons) int64, tokens)`` over the token windows ``seqs`` (each ``[BOS, ...]``).
 
     Windows are sorted longest first and batched (right-padded); position 0 (the BOS every window starts with)
-    and padding are not counted. Under several processes each rank runs every ``world``-th batch and the counts
-    are summed, so every rank returns the single-process counts."""
+    and padding are not counted; the forward ends at the last FFN activation (the last block's down projection,
+    the final norm and the LM head never run). Under several processes each rank runs every ``world``-th batch
+    and the counts are summed, so every rank returns the single-process counts."""
     from babelscope.models.arch import base_model
     from babelscope.models.engine import _dist_state
+    from babelscope.models.hooks import run_until_stopped
     from babelscope.neurons.ffn import ActivationCounter
 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -103,7 +105,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     state = _dist_state()
     if state is not None:
         batches = batches[state.process_index :: state.num_processes]
-    counter = ActivationCounter(ffns, site)
+    counter = ActivationCounter(ffns, site, stop_after=True)  # nothing after the last FFN activation runs
     device = next(model.parameters()).device
     body = base_model(model)
     with torch.inference_mode(), counter.hooked():
@@ -114,11 +116,8 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
             for row, i in enumerate(batch):
                 ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
                 mask[row, : len(seqs[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            counted = mask.bool().clone()
-            counted[:, 0] = False
-            counter.set_mask(counted)
-            body(input_ids=ids, attention_mask=mask, use_cache=False)
+            counter.set_spans([(1, len(seqs[i])) for i in batch])  # the real tokens after BOS
+            run_until_stopped(body, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             if on_batch:
                 on_batch(len(batch))
     over_zero, tokens = counter.over_zero, counter.tokens
