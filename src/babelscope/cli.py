@@ -14,7 +14,6 @@ import typer
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.perplexity import PplConfig
 from babelscope.evaluate.tokens import TokensConfig
-from babelscope.options import RunDir as RunDirOpt
 from babelscope.options import step_command
 from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
 
@@ -129,7 +128,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with st
 @app.command("run")
 def run_experiment(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML: run_dir, defaults and a list of steps.")],
-    run_dir: RunDirOpt = None,
+    run_dir: Annotated[Path | None, typer.Option(
+        "--run-dir", "-o", help="Run directory (default: the file's run_dir, else runs/<file name>); re-run with "
+        "the same one to resume.")] = None,
 ) -> None:
     """Run an experiment's steps into one run directory (resuming finished ones) and render the report."""
     from babelscope.experiment import run_file
