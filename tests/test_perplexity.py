@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -66,23 +67,34 @@ def test_cli_writes_results_and_resumes(tiny_dir, corpus, tmp_path):
     assert babelscope("report", str(run_dir)).returncode == 0 and (run_dir / "report.html").exists()
 
 
-def test_interrupted_run_resumes_from_request_cache(tiny_dir, corpus, tmp_path):
+def test_interrupted_run_resumes_from_request_cache(tiny_dir, corpus, tmp_path, monkeypatch):
     from babelscope.models import load_model
+    from babelscope.models.engine import Engine
+    from babelscope.runs import RequestCache
 
     loaded = load_model(str(tiny_dir))
     cfg = PplConfig(model=str(tiny_dir), corpus=str(corpus), langs="en,fr", window=16, batch_size=2)
     model = loaded[0]
-    calls = []
+    calls, saved = [], []
+    put_many = RequestCache.put_many
 
-    def crash_at_third(*_):  # a shared prefix (these texts repeat a sentence) takes a forward before any score
+    def saving(self, items):
+        saved.append(len(items))
+        return put_many(self, items)
+
+    # scores reach the cache one head chunk (here 8 positions) at a time: crash at the forward after the first
+    def crash_after_first_save(*_):
         calls.append(1)
-        if len(calls) == 3:
+        if saved:
             raise KeyboardInterrupt
 
-    handle = model.base_model.register_forward_hook(crash_at_third)
+    monkeypatch.setattr(RequestCache, "put_many", saving)
+    monkeypatch.setattr(Engine, "__init__", functools.partialmethod(Engine.__init__, logit_chunk=8))
+    handle = model.base_model.register_forward_hook(crash_after_first_save)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "run", loaded=lambda: loaded)
     handle.remove()
+    monkeypatch.undo()
     assert not (tmp_path / "run" / "ppl" / "results.json").exists()  # nothing half-written
     cached = len(next((tmp_path / "run" / "ppl" / "cache").glob("*.jsonl")).read_text().splitlines())
     assert cached >= 1  # the first batch was kept (identical windows share one entry)

@@ -74,11 +74,11 @@ def logits_from_hidden(model: nn.Module, hidden: torch.Tensor, out: torch.Tensor
     return logits
 
 
-def logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+def logsumexp_(logits: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
     """``logsumexp`` over the last dimension, overwriting ``logits`` (one pass fewer than ``torch.logsumexp``
-    and no second B x V block): max + log Σ exp(x - max)."""
-    peak = logits.amax(dim=-1, keepdim=True)
-    return logits.sub_(peak).exp_().sum(dim=-1).log_().add_(peak[..., 0])
+    and no second B x V block): max + log Σ exp(x - max). ``peak``: the rows' maxima, when already known."""
+    peak = logits.amax(dim=-1) if peak is None else peak
+    return logits.sub_(peak[..., None]).exp_().sum(dim=-1).log_().add_(peak)
 
 
 def prefix_token_id(tokenizer) -> int:
