@@ -15,9 +15,10 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
 * a token prefix shared by many requests (a k-shot task's description and solved examples, an item's context
   shared by its choices) runs once, found by a sort over the token sequences (:func:`prefix_groups`); each
   request continues from a copy of its KV cache with its true position ids (vLLM's automatic prefix caching,
-  SGLang's RadixAttention); every forward holds at most ``batch_size`` rows;
-* the decoder runs without its LM head; the head is applied only at the positions being scored, in chunks of
-  ``logit_chunk`` positions, so B x T x V float32 logits are never materialised;
+  SGLang's RadixAttention); every forward holds at most ``batch_size`` rows, or more short ones within the
+  tokens of ``batch_size`` longest rows;
+* the decoder runs without its LM head; the head is applied only at the positions being scored, pooled across
+  forwards into chunks of ``logit_chunk`` positions, so B x T x V float32 logits are never materialised;
 * a per-request cache (JSON lines, keyed by the model checksum and the request) lets a re-run skip finished work;
 * under ``accelerate launch`` requests are split across processes and the results gathered on every rank.
 """
