@@ -160,3 +160,15 @@ def test_split_and_normalize_options(tmp_path: Path) -> None:
         open_corpus(f"ud:{tb}#split=valid")
     with pytest.raises(BabelscopeError, match="normalize='NFX'"):
         open_corpus(f"ud:{tb}#normalize=NFX")
+
+
+def test_embedded_pud_sample_is_a_corpus_for_every_reader() -> None:
+    """``pud-sample`` opens through ``open_corpus`` (training text, vocabulary text, syntax): six parallel PUD
+    languages of 60 sentences with shared sentence ids, and the options apply to it like to any UD corpus."""
+    corpus = open_corpus("pud-sample")
+    assert set(corpus.languages()) == {"eng", "deu", "fra", "rus", "jpn", "tur"}
+    eng, deu = corpus.units("eng"), corpus.units("deu")
+    assert len(eng) == len(deu) == 60 and [u.id for u in eng] == [u.id for u in deu]
+    assert len(open_corpus("pud-sample#split=test").units("eng")) == 60
+    with pytest.raises(BabelscopeError, match="no units in split"):
+        open_corpus("pud-sample#split=train")

@@ -35,7 +35,7 @@ from babelscope.settings import DATA_ENV, data_dir
 __all__ = ["SPEC_HELP", "Corpus", "Unit", "open_corpus", "split_units"]
 
 SPEC_HELP = (
-    "udhr-sample, udhr, udhr:DIR, pud, ud:PATH, a .conllu file or UD_* folder, a .txt or .jsonl file "
+    "udhr-sample, udhr, udhr:DIR, pud, pud-sample, ud:PATH, a .conllu file or UD_* folder, a .txt or .jsonl file "
     "(PATH#lang=CODE), a folder of <lang>.txt files, or hf:NAME[:CONFIG]"
 )
 _OPTIONS = {"lang", "parallel", "split", "text", "id", "normalize"}
@@ -155,6 +155,9 @@ def _open(spec: str) -> Corpus:
         return _udhr(data_dir() / "udhr", "udhr")
     if base.startswith("udhr:"):
         return _udhr(Path(base[5:]).expanduser(), base)
+    if base == "pud-sample":
+        return ud.UdCorpus(ud.treebank_files(ud.pud_sample_dir()), "pud-sample",
+                           parallel=True if parallel is None else parallel)
     if base == "pud":
         root = data_dir() / "ud"
         files = [f for d in sorted(root.glob("UD_*-PUD")) for f in ud.treebank_files(d)]

@@ -336,3 +336,25 @@ class UdCorpus(Corpus):
         check_unique_ids(units, f"corpus {self.name!r}")
         self._sentences[code] = sentences
         return units
+
+
+PUD_SAMPLE_LANGS = ("en", "de", "fr", "ru", "ja", "tr")
+
+
+def pud_sample_dir() -> Path:
+    """The embedded PUD sample (60 sentences of six languages, CC BY-SA 3.0, ``data/embedded/syntax/NOTICE.md``),
+    decompressed once into the cache directory."""
+    import gzip
+    from importlib import resources
+
+    from babelscope.runs import write_text
+    from babelscope.settings import cache_dir
+
+    out = cache_dir() / "syntax" / "pud-sample"
+    src = resources.files("babelscope.data").joinpath("embedded/syntax")
+    for lang in PUD_SAMPLE_LANGS:
+        name = f"{lang}_pud-ud-test.conllu"
+        if not (out / name).exists():
+            with src.joinpath(name + ".gz").open("rb") as fh:
+                write_text(out / name, gzip.decompress(fh.read()).decode("utf-8"))
+    return out

@@ -9,7 +9,9 @@ with respect to the logits is ``∂L/∂z_i = softmax(z_i) - onehot(y_i)``, so p
 is applied once, the logits' gradient formed in place, and both ``∂L/∂h = G W`` and ``∂L/∂W = Gᵀ h`` accumulated
 in the same pass (the technique of Liger-Kernel's ``FusedLinearCrossEntropy`` and Apple's Cut Cross-Entropy,
 Wijmans et al. 2025, here in plain PyTorch so it runs on CPUs). Only one ``chunk x V`` float32 block exists at a
-time; backward just scales the stored gradients by the incoming ``∂/∂L``.
+time; backward just scales the stored gradients by the incoming ``∂/∂L``. The exponentials are computed once
+per chunk, for the logsumexp and the softmax both (``torch.logsumexp`` then ``exp(z - lse)`` took two passes:
+61 ms of the 256 x 262k chunk's ~0.5 s on 2 CPU threads).
 """
 
 from __future__ import annotations
@@ -73,9 +75,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             elif scale != 1.0:
                 logits.mul_(scale)
             rows = torch.arange(h.shape[0], device=h.device)
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits[rows, y]).sum()
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            picked = logits[rows, y]
+            peak = logits.amax(dim=-1)
+            grad = logits.sub_(peak[:, None]).exp_()  # one exp pass for both the loss and its gradient
+            total = grad.sum(dim=-1)
+            loss += (total.log() + peak - picked).sum()  # logsumexp = log Σ exp(z - max) + max
+            grad.div_(total[:, None])  # softmax, in place of the logits
             grad[rows, y] -= 1.0
             if softcap:  # d(s c tanh(u/c))/du = s (1 - tanh²)
                 grad.mul_(tanh.square_().neg_().add_(1.0)).mul_(scale)

@@ -9,28 +9,16 @@ word the character span of its surface token, and refuses cycles and heads out o
 
 from __future__ import annotations
 
-import gzip
-from importlib import resources
 from pathlib import Path
 
 from babelscope.errors import BabelscopeError
 
-SAMPLE_LANGS = ("en", "de", "fr", "ru", "ja", "tr")
-
 
 def sample_dir() -> Path:
     """The embedded PUD sample, decompressed once into the cache directory."""
-    from babelscope.runs import write_text
-    from babelscope.settings import cache_dir
+    from babelscope.data.ud import pud_sample_dir
 
-    out = cache_dir() / "syntax" / "pud-sample"
-    src = resources.files("babelscope.data").joinpath("embedded/syntax")
-    for lang in SAMPLE_LANGS:
-        name = f"{lang}_pud-ud-test.conllu"
-        if not (out / name).exists():
-            with src.joinpath(name + ".gz").open("rb") as fh:
-                write_text(out / name, gzip.decompress(fh.read()).decode("utf-8"))
-    return out
+    return pud_sample_dir()
 
 
 def treebank_paths(spec: str) -> list[Path]:

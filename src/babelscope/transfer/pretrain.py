@@ -151,20 +151,9 @@ class _Subset:
         return [u for u in self.corpus.units(code) if u.id in self.keep.get(code, set())]
 
 
-def open_training_corpus(spec: str):
-    """``open_corpus`` plus ``pud-sample`` (the embedded PUD sentences of six languages)."""
-    from babelscope.data import open_corpus
-
-    if spec == "pud-sample":
-        from babelscope.data.ud import UdCorpus, treebank_files
-        from babelscope.syntax.treebanks import sample_dir
-
-        return UdCorpus(treebank_files(sample_dir()), "pud-sample", parallel=True)
-    return open_corpus(spec)
-
-
 def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
     """Training blocks, order and held-out evaluation units; every budget check happens here (no model)."""
+    from babelscope.data import open_corpus
     from babelscope.data.base import split_units
     from babelscope.runs import text_sha256
 
@@ -173,10 +162,10 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
     eval_at = parse_eval_at(cfg.eval_at, samples)
     if not 0 < cfg.held_out < 1:
         raise BabelscopeError(f"--held-out {cfg.held_out}: give a fraction strictly between 0 and 1")
-    corpus = open_training_corpus(cfg.corpus)
+    corpus = open_corpus(cfg.corpus)
     train_codes = [corpus.match_language(lang) for lang, _ in mix]
     eval_spec = cfg.eval_corpus or cfg.corpus
-    eval_corpus = corpus if eval_spec == cfg.corpus else open_training_corpus(eval_spec)
+    eval_corpus = corpus if eval_spec == cfg.corpus else open_corpus(eval_spec)
     wanted = list(dict.fromkeys([*train_codes, *(x.strip() for x in cfg.eval_langs.split(",") if x.strip())]))
     eval_codes = list(dict.fromkeys(eval_corpus.match_language(lang) for lang in wanted))
     same = eval_corpus is corpus

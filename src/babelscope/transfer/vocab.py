@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -39,30 +38,13 @@ RECORD = "babelscope-vocab.json"
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def open_texts(spec: str):
-    """A corpus from a spec (``pud-sample`` too); ``#split=train+dev`` keeps those UD splits."""
+def target_units(spec: str, lang: str, what: str) -> tuple[Any, list]:
     from babelscope.data import open_corpus
 
-    m = re.search(r"[#,&]split=([\w+]+)", spec)
-    splits = set(m.group(1).split("+")) if m else None
-    base = re.sub(r"([#,&])split=[\w+]+", r"\1", spec).rstrip("#,&").replace("#,", "#").replace("#&", "#")
-    if base == "pud-sample":
-        from babelscope.data.ud import UdCorpus
-        from babelscope.syntax.treebanks import treebank_paths
-
-        corpus = UdCorpus(treebank_paths("pud-sample"), "pud-sample")
-    else:
-        corpus = open_corpus(base)
-    return corpus, splits
-
-
-def target_units(spec: str, lang: str, what: str) -> tuple[Any, list]:
-    corpus, splits = open_texts(spec)
-    units = [u for u in corpus.units(corpus.match_language(lang))
-             if u.text.strip() and (splits is None or u.meta.get("split") in splits)]  # fmt: skip
+    corpus = open_corpus(spec)  # a ``#split=`` in the spec keeps those UD splits
+    units = [u for u in corpus.units(corpus.match_language(lang)) if u.text.strip()]
     if not units:
-        where = f" in splits {'+'.join(sorted(splits))}" if splits else ""
-        raise BabelscopeError(f"--{what} {spec!r}: no {lang} text{where}; check the spec")
+        raise BabelscopeError(f"--{what} {spec!r}: no {lang} text; check the spec")
     return corpus, units
 
 
