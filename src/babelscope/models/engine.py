@@ -624,9 +624,13 @@ class _Hidden:
 
     @staticmethod
     def join(parts: list[_Hidden]) -> _Hidden:
-        offsets = np.cumsum([0] + [len(p.h) for p in parts[:-1]])
-        return _Hidden(torch.cat([p.h for p in parts]), torch.cat([p.where + int(o) for p, o in zip(parts, offsets,
-                       strict=True)]), torch.cat([p.targets for p in parts]), [i for p in parts for i in p.served])
+        """One :class:`_Hidden` of several, each part's ``where`` shifted past the vectors before it."""
+        where, offset = [], 0
+        for part in parts:
+            where.append(part.where + offset)
+            offset += len(part.h)
+        served = [i for part in parts for i in part.served]
+        return _Hidden(torch.cat([p.h for p in parts]), torch.cat(where), torch.cat([p.targets for p in parts]), served)
 
 
 MIN_PREFIX = 4  # tokens: a shorter shared prefix (BOS alone, for rolling windows) is not worth a forward of its own
@@ -714,13 +718,11 @@ def _blocks(groups: list[PrefixGroup], batch_size: int, budget: int) -> list[lis
     nothing, alone."""
     blocks: list[list[PrefixGroup]] = []
     for group in sorted((g for g in groups if g.prefix), key=lambda g: -g.prefix):  # little left padding
-        if blocks:
-            block = blocks[-1]
-            width = max(group.prefix, *(g.prefix for g in block))
-            if len(block) < batch_size or (len(block) + 1) * width <= budget:
-                block.append(group)
-                continue
-        blocks.append([group])
+        block = blocks[-1] if blocks else None
+        if block and (len(block) < batch_size or (len(block) + 1) * block[0].prefix <= budget):  # [0]: the widest
+            block.append(group)
+        else:
+            blocks.append([group])
     return blocks + [[g] for g in groups if not g.prefix]
 
 

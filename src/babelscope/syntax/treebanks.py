@@ -14,20 +14,13 @@ from pathlib import Path
 from babelscope.errors import BabelscopeError
 
 
-def sample_dir() -> Path:
-    """The embedded PUD sample, decompressed once into the cache directory."""
-    from babelscope.data.ud import pud_sample_dir
-
-    return pud_sample_dir()
-
-
 def treebank_paths(spec: str) -> list[Path]:
     """The CoNLL-U files a treebank spec names."""
-    from babelscope.data.ud import treebank_files
+    from babelscope.data.ud import pud_sample_dir, treebank_files
     from babelscope.settings import data_dir
 
     if spec == "pud-sample":
-        root = sample_dir()
+        root = pud_sample_dir()
     elif spec == "pud":
         root = data_dir() / "ud"
         files = sorted(p for d in root.glob("UD_*-PUD") for p in d.glob("*.conllu"))
