@@ -7,10 +7,13 @@ user would write, over the same windows in the same longest-first batches, the s
 LM-head loss and the same trainable set (the weights inside the blocks), gradients dropped after each language;
 no scores, no files. Each setup runs in its own child process; its peak memory is the peak RSS (VmHWM, reset
 after the model is loaded and the text tokenized) of that child. Run with 2, 6 and 24 languages
-(``--counts``): our peak must stay flat in the number of languages (one per-language score set at a time).
+(``--counts``): the step holds one per-language score set at a time, so its memory must not grow with them.
 
-Targets: throughput >= 0.9 of the bare loop; peak memory <= bare peak + 2 x fp32 bytes of the scored weights;
-our peak at the most languages within 5% of our peak at the fewest.
+Targets: throughput >= 1.1 times the bare loop's (the fused loss runs two head products a chunk where the
+checkpointed head runs three: forward, recomputed forward, backward); peak memory <= bare peak + 2 x fp32 bytes
+of the scored weights; flat in the number of languages: our peak over the bare loop's grows by at most 5% of our
+peak from the fewest languages to the most. (Both peaks rise with the language whose padded batches are
+largest, nld in the default list at 512 tokens a language; the step's resident set between languages is flat.)
 Last line: ``ratio X`` = our tokens/s over the bare loop's (all runs together).
 
     python benchmarks/bench_importance.py [--corpus udhr] [--max-tokens 512] [--batch-size 4] [--counts 2,6,24]
@@ -25,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import reset_peak, run_child, status_bytes
+from _common import machine, reset_peak, run_child, status_bytes
 
 LANGS = (
     "eng,fra,deu,spa,rus,cmn-Hans,ita,por-BR,nld,pol,ces,swe,tur,arb,heb,hin,jpn,kor,vie,ind,ell,fin,hun,ukr"
@@ -127,6 +130,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
+    print(machine(), flush=True)
     all_langs = args.langs.split(",")
     counts = [int(c) for c in args.counts.split(",")]
     setups = args.setups.split(",")
@@ -161,13 +165,22 @@ def main() -> None:
                 flush=True,
             )
     ok = True
-    mine = {r["languages"]: r["peak_bytes"] for r in results if r["setup"] == "ours"}
+    peaks = {(r["setup"], r["languages"]): r["peak_bytes"] for r in results}
+    mine = {n: p for (setup, n), p in peaks.items() if setup == "ours"}
     if len(mine) > 1:
         lo, hi = min(mine), max(mine)
-        growth = mine[hi] / mine[lo]
-        ok &= growth <= 1.05
         print("our peak: " + ", ".join(f"{n} langs {p / 2**30:.3f} GiB" for n, p in sorted(mine.items()))
-              + f"; {hi} / {lo} langs = {growth:.3f} (target <= 1.05: flat in the number of languages)")
+              + f"; {hi} / {lo} langs = {mine[hi] / mine[lo]:.3f}")
+        if ("bare", lo) in peaks and ("bare", hi) in peaks:
+            # The peak is the largest language's batch (its activations) plus what the step holds; a language
+            # with longer padded batches raises the bare loop's peak as much. What must stay flat is the step's
+            # own part: its peak over the bare loop's, on the same batches.
+            over_lo, over_hi = mine[lo] - peaks["bare", lo], mine[hi] - peaks["bare", hi]
+            growth = (over_hi - over_lo) / mine[lo]
+            ok &= growth <= 0.05
+            print(f"bare peak {lo} -> {hi} langs = {peaks['bare', hi] / peaks['bare', lo]:.3f}; ours over bare "
+                  f"{over_lo / 2**20:+.0f} -> {over_hi / 2**20:+.0f} MiB = {growth:+.1%} of our peak "
+                  "(target <= +5%: nothing kept across languages)")
     for n in counts:
         bare = next((r for r in results if r["setup"] == "bare" and r["languages"] == n), None)
         ours = next((r for r in results if r["setup"] == "ours" and r["languages"] == n), None)
@@ -176,19 +189,25 @@ def main() -> None:
         extra = ours["peak_bytes"] - bare["peak_bytes"]
         budget = 2 * ours["scored_bytes"]
         thr = ours["tokens_per_s"] / bare["tokens_per_s"]
-        ok &= extra <= budget and thr >= 0.9
+        ok &= extra <= budget
         print(
-            f"{n} langs: throughput ratio {thr:.3f} (target >= 0.9); peak memory over bare "
+            f"{n} langs: throughput ratio {thr:.3f}; peak memory over bare "
             f"{extra / 2**20:.0f} MiB, budget 2 x fp32 scored = {budget / 2**20:.0f} MiB "
             f"({'within' if extra <= budget else 'OVER'})"
         )
+
     def total(setup: str) -> float:
         runs = [r for r in results if r["setup"] == setup]
         return sum(r["tokens"] for r in runs) / sum(r["seconds"] for r in runs)
 
+    both = set(setups) >= {"bare", "ours"}
+    if both:
+        ratio = total("ours") / total("bare")
+        ok &= ratio >= 1.1
+        print(f"throughput over all runs: {ratio:.3f} of the bare loop's (target >= 1.1)")
     print(f"targets {'met' if ok else 'NOT met'}")
-    if set(setups) >= {"bare", "ours"}:
-        print(f"ratio {total('ours') / total('bare'):.3f}")
+    if both:
+        print(f"ratio {ratio:.3f}")
 
 
 if __name__ == "__main__":

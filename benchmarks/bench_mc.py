@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import machine
+
 
 def timed(fn):
     start = time.perf_counter()
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--ceval-items", type=int, default=20)
     parser.add_argument("--xcopa-items", type=int, default=50)
     args = parser.parse_args()
+    print(machine(), flush=True)
 
     import torch
 

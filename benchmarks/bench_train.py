@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import reset_peak, run_child, status_bytes
+from _common import machine, reset_peak, run_child, status_bytes
 
 
 def _peak(torch) -> int:
@@ -139,6 +139,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
+    print(machine(), flush=True)
     results = {}
     for setup in ("bare", "ours", "freeze"):
         results[setup] = r = run_child([sys.executable, __file__, *sys.argv[1:], "--child", setup])

@@ -93,8 +93,8 @@ def compare_tables(a: dict, b: dict) -> tuple[int, float]:
 def test_demo_experiment_two_processes_match_one(tiny_dir, tmp_path):
 
     from babelscope.experiment import run_file
-    from babelscope.regions.importance import load_tensors
     from babelscope.runs import load_results
+    from babelscope.tensorfiles import load_tensors
 
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXPERIMENT.format(model=tiny_dir))

@@ -30,8 +30,8 @@ def _worker():
 
 
 def test_counts_two_processes_match_one(tmp_path):
-    from babelscope.regions.importance import load_tensors, read_metadata
     from babelscope.runs import load_results
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     launch_two_processes("test_neurons_distributed", "_worker", {"BABELSCOPE_TEST_OUT": str(tmp_path / "dist")})
     _run(tmp_path / "single")

@@ -226,9 +226,9 @@ def norm_eps(norm) -> float:
 # ------------------------------------------------------------------------------------------------ steps
 def test_steps_end_to_end_resume_and_report(tmp_path, monkeypatch):
     from babelscope.regions import importance, pipeline
-    from babelscope.regions.importance import load_tensors, read_metadata
     from babelscope.report import render_report
     from babelscope.runs import load_results
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     model, tok = build_tiny("gemma3")
     loaded = _loaded(model, tok)
@@ -360,16 +360,3 @@ def test_fast_selection_equals_topk_and_random_is_distinct():
         assert torch.equal(fast, ref)
     idx = random_indices(5_000_000, 50_000, gen)
     assert idx.numel() == torch.unique(idx).numel() == 50_000 and int(idx.min()) >= 0 and int(idx.max()) < 5_000_000
-
-
-def test_score_files_are_written_atomically_and_read_by_safetensors(tmp_path):
-    from safetensors.torch import load_file
-
-    from babelscope.regions.importance import read_metadata, save_tensors
-
-    tensors = {"a": torch.randn(3, 4), "b": torch.rand(7) > 0.5, "c": torch.randn(2, 5).bfloat16()}
-    save_tensors(tmp_path / "x.safetensors", tensors, {"lang": "eng", "tokens": 12})
-    back = load_file(tmp_path / "x.safetensors")
-    assert all(torch.equal(back[k], v) for k, v in tensors.items())
-    assert read_metadata(tmp_path / "x.safetensors") == {"lang": "eng", "tokens": 12}
-    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]

@@ -30,7 +30,7 @@ def _worker():
 
 
 def test_importance_two_processes_match_one(tmp_path):
-    from babelscope.regions.importance import load_tensors, read_metadata
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     launch_two_processes("test_regions_distributed", "_worker", {"BABELSCOPE_TEST_OUT": str(tmp_path / "dist")})
     _run(tmp_path / "single")

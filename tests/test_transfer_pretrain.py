@@ -108,9 +108,9 @@ def test_killed_run_keeps_its_curve_and_resumes(tiny, tmp_path, monkeypatch):
 
 def test_freeze_region(tiny, tmp_path):
     from babelscope.models import load_model
-    from babelscope.regions.importance import save_tensors
     from babelscope.regions.params import scored_parameters
     from babelscope.regions.select import region_mask
+    from babelscope.tensorfiles import save_tensors
 
     model, _, info = load_model(str(tiny))
     params = scored_parameters(model)

@@ -148,10 +148,10 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
 
     from babelscope.data.languages import resolve_language
     from babelscope.neurons.ffn import check_site, ffn_modules
-    from babelscope.regions.importance import load_tensors, read_metadata, save_tensors
     from babelscope.regions.texts import language_codes, open_text_corpus, split_side
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
+    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
 
     sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
@@ -254,7 +254,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
 
 def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``({lang: (layers, neurons) bool mask}, metadata)`` from a neurons step's ``neurons.safetensors``."""
-    from babelscope.regions.importance import load_tensors, read_metadata
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     meta = read_metadata(path)
     tensors = load_tensors(path)

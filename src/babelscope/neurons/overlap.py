@@ -124,10 +124,10 @@ def _p(values: list[float], observed: float) -> float | None:
 def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None) -> dict[str, Any]:
     """The ``babelscope neurons overlap`` step (reads two steps' files; no model needed)."""
     from babelscope.neurons.lape import load_neurons
-    from babelscope.regions.importance import load_tensors, read_metadata
     from babelscope.regions.select import SCOPES, mask_file, parse_choice, region_mask
     from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.steps import StepRun, results_sha256
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     sr = StepRun(cfg, run_dir, step, loaded)
     kinds = parse_choice(cfg.regions, REGIONS, "--regions")
@@ -161,7 +161,7 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
     weights = meta["weights"]
     # the control for "language-specific" vs merely "often active": the candidates of the LAPE filter (some
     # probability above its threshold) that were not selected
-    from babelscope.regions.importance import load_tensors as _load
+    from babelscope.tensorfiles import load_tensors as _load
 
     probs = _load(nsrc.path / ndoc["results"]["neurons_file"])["probs"]
     selected = torch.stack(list(masks.values())).any(dim=0)

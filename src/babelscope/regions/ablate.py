@@ -86,7 +86,7 @@ def load_initial(path: str) -> dict:
     """Initial weights for ``--mode reset``: a safetensors file or a directory of them."""
     from pathlib import Path
 
-    from babelscope.regions.importance import load_tensors
+    from babelscope.tensorfiles import load_tensors
 
     p = Path(path)
     files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]

@@ -28,8 +28,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +38,7 @@ from torch import nn
 
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import ImportanceConfig
+from babelscope.tensorfiles import commit_file, load_tensors, read_metadata, save_tensors, write_temporary
 
 KIND = "regions-importance"
 METHODS = ("taylor", "per-step")
@@ -139,76 +138,6 @@ def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------------ files
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write a safetensors file atomically (temporary file, fsync, then rename); metadata values JSON-encoded."""
-    commit_file(write_temporary(path, tensors, metadata), path)
-
-
-def write_temporary(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-    """Write ``tensors`` with ``safetensors.torch.save_file`` to a temporary file beside ``path`` and return its
-    name (see :func:`commit_file`). The library writes tensor by tensor without a second copy of the set. A
-    streaming O_DIRECT writer of our own was here before; a durable write of a 385 MiB score file (100.8M float32
-    values, best of 5, two runs on this 2-core machine) took 0.49-0.71 s with the library and 0.54-0.61 s with ours
-    (peaks +1 and +11 MiB), the same speed, so the library is used."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, tmp,
-                  metadata={k: json.dumps(v) for k, v in metadata.items()})
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-def commit_file(tmp: Path, path: str | Path) -> None:
-    """Flush ``tmp`` to disk, then rename it to ``path``: the file appears whole or not at all."""
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = fh.metadata() or {}
-    except FileNotFoundError:
-        raise BabelscopeError(f"{path}: no such file; run the step that writes it first") from None
-    except Exception as exc:  # a truncated or foreign file
-        raise BabelscopeError(
-            f"{path}: not a readable safetensors file ({exc}); delete it and re-run"
-        ) from None
-    return {k: json.loads(v) for k, v in raw.items()}
-
-
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise BabelscopeError(f"{path}: no such file; run the step that writes it first") from None
-    except Exception as exc:
-        raise BabelscopeError(
-            f"{path}: not a readable safetensors file ({exc}); delete it and re-run"
-        ) from None
-
-
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -245,8 +174,8 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     rows: list[dict[str, Any]] = []
     saves: list[Future] = []
     bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
-    # One writer thread saves each language's scores while the next language runs; it drops them as soon as
-    # they are in the page cache, before the fsync.
+    # One writer thread saves each language's scores while the next language runs (past the page cache, see
+    # babelscope.tensorfiles); it drops them as soon as they are written, before the fsync.
     with bar, grads_only_for(model, params), ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
         for code in codes:
             units = texts[code]

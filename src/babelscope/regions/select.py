@@ -215,7 +215,7 @@ def region_size(mask: Masks) -> int:
 
 # ------------------------------------------------------------------------------------------------ files
 def save_mask(path: str | Path, mask: Masks, meta: dict[str, Any]) -> None:
-    from babelscope.regions.importance import save_tensors
+    from babelscope.tensorfiles import save_tensors
 
     save_tensors(path, mask, {**meta, "size": region_size(mask)})
 
@@ -224,7 +224,7 @@ def load_mask(
     path: str | Path, params: Mapping[str, torch.Tensor] | None = None, checksum: str | None = None
 ) -> tuple[Masks, dict[str, Any]]:
     """Read a mask file; with ``params``, refuse one made for another model (names or shapes differ)."""
-    from babelscope.regions.importance import load_tensors, read_metadata
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     meta = read_metadata(path)
     mask = load_tensors(path)
@@ -257,10 +257,10 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     """The ``babelscope regions select`` step: masks and tables from an importance step (no model needed)."""
     from tqdm.auto import tqdm
 
-    from babelscope.regions.importance import load_tensors, read_metadata
     from babelscope.regions.params import layer_and_kind
     from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.steps import StepRun, results_sha256
+    from babelscope.tensorfiles import load_tensors, read_metadata
 
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st

@@ -230,7 +230,7 @@ def mask_path(spec: str, run_dir: Path) -> Path:
 def check_mask_model(path: Path, model_spec: str) -> None:
     """Refuse a mask made for another model, from the weight checksum, before loading the model."""
     from babelscope.models.loader import _weights_checksum, resolve_spec
-    from babelscope.regions.importance import read_metadata
+    from babelscope.tensorfiles import read_metadata
 
     meta = read_metadata(path)
     source, _ = resolve_spec(model_spec)
