@@ -147,3 +147,21 @@ def launch_two_processes(module: str, function: str, env: dict[str, str], timeou
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def run_tiny_step(run, cfg, run_dir: Path, step: str) -> None:
+    """A step's ``run(cfg, run_dir, step, loaded=...)`` on the tiny Gemma 3, built in this process (the same
+    weights in every process: :func:`build_tiny` seeds them)."""
+    from babelscope.models.loader import describe
+
+    model, tok = build_tiny("gemma3")
+    info = describe(model, tok, "tiny", "memory")
+    run(cfg, run_dir, step, loaded=lambda: (model, tok, info))
+
+
+def assert_two_processes() -> None:
+    """Inside a :func:`launch_two_processes` worker: Accelerate sees 2 processes."""
+    from babelscope.models.engine import _dist_state
+
+    state = _dist_state()
+    assert state is not None and state.num_processes == 2

@@ -7,25 +7,19 @@ from pathlib import Path
 
 import torch
 
-from conftest import build_tiny, launch_two_processes
+from conftest import assert_two_processes, launch_two_processes, run_tiny_step
 
 CFG = dict(langs="eng,fra,cmn-Hans", max_tokens=90, window=32, batch_size=2, top_rate=0.05)
 
 
 def _run(run_dir: Path) -> None:
-    from babelscope.models.loader import describe
     from babelscope.neurons.lape import NeuronsConfig, run
 
-    model, tok = build_tiny("gemma3")
-    info = describe(model, tok, "tiny", "memory")
-    run(NeuronsConfig(**CFG), run_dir, "neurons", loaded=lambda: (model, tok, info))
+    run_tiny_step(run, NeuronsConfig(**CFG), run_dir, "neurons")
 
 
 def _worker():
-    from babelscope.models.engine import _dist_state
-
-    state = _dist_state()
-    assert state is not None and state.num_processes == 2
+    assert_two_processes()
     _run(Path(os.environ["BABELSCOPE_TEST_OUT"]))
 
 

@@ -47,6 +47,16 @@ class Section:
         return self.add(html_table(rows, **kwargs))
 
 
+def table_rows(doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The rows of the results table ``name`` of a results document (``[]`` when the step wrote none)."""
+    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
+
+
+def table_file(doc: Mapping[str, Any], name: str) -> str | None:
+    """The file, beside the results, that holds table ``name`` in full (linked under the table)."""
+    return ((doc.get("tables") or {}).get(name) or {}).get("file")
+
+
 log = logging.getLogger(__name__)
 
 SectionFn = Callable[[dict[str, Any]], Section]

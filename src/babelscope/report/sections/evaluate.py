@@ -6,16 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, stats
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
-
-
-def _source(doc: dict[str, Any], name: str) -> str | None:
-    return ((doc.get("tables") or {}).get(name) or {}).get("file")
 
 
 def bars_with_errors(labels: Sequence[str], series: dict[str, Sequence[float | None]],
@@ -57,7 +49,7 @@ def _chance(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> float | 
 def knowledge_section(doc: dict[str, Any]) -> Section:
     """Accuracy bars per subset (language or subject) with standard errors, and the per-subset table."""
     res = doc.get("results") or {}
-    rows, items = _rows(doc, "per_subset"), _rows(doc, "per_item")
+    rows, items = table_rows(doc, "per_subset"), table_rows(doc, "per_item")
     bench, model = res.get("benchmark", "?"), res.get("model", "?")
     section = Section(f"{bench} ({res.get('shots', 0)}-shot) on {model}")
     gen = bool(res.get("generation"))
@@ -77,7 +69,7 @@ def knowledge_section(doc: dict[str, Any]) -> Section:
     section.figure(fig, f"{bench}: {', '.join(metrics)} per {'language' if res.get('benchmark') in ('xcopa', 'xwinograd', 'mgsm') else 'subset'} "  # noqa: E501
                    f"({len(items)} items), model {model}.",
                    alt=f"Bar chart of {metrics[0]} for {len(rows)} subsets of {bench}.")
-    section.table(rows, source=_source(doc, "per_subset"))
+    section.table(rows, source=table_file(doc, "per_subset"))
     return section
 
 
@@ -93,15 +85,15 @@ def responses_section(doc: dict[str, Any]) -> Section:
                  "coherence (LC) and harmlessness (H), each 0-3, given the instruction, the response and the "
                  "reference answer; AVG is the mean of the five.")
     section.add(stats({k: v for k, v in (res.get("summary") or {}).items() if not isinstance(v, dict | list)}))
-    rows = _rows(doc, "per_language")
+    rows = table_rows(doc, "per_language")
     if rows:
-        section.table(rows, source=_source(doc, "per_language"))
-    items = _rows(doc, "per_item")
+        section.table(rows, source=table_file(doc, "per_language"))
+    items = table_rows(doc, "per_item")
     if items:
         section.add("<h3>Judgments</h3>")
         shown = [{k: v for k, v in r.items() if k in ("id", "lang", "ACC", "F", "INFO", "LC", "H", "AVG", "status")}
                  for r in items]
-        section.table(shown, source=_source(doc, "per_item"))
+        section.table(shown, source=table_file(doc, "per_item"))
     return section
 
 
@@ -109,7 +101,7 @@ def responses_section(doc: dict[str, Any]) -> Section:
 def codeswitch_section(doc: dict[str, Any]) -> Section:
     """Code-switching rate per language (the paper's Figure 4)."""
     res = doc.get("results") or {}
-    rows = _rows(doc, "per_language")
+    rows = table_rows(doc, "per_language")
     section = Section(f"Code-switching rate of {res.get('model', '?')}")
     section.text("Share of responses in each target language that contain a segment in another language: by "
                  "Unicode script, and by language identification for languages that share a script; code, URLs, "
@@ -120,8 +112,8 @@ def codeswitch_section(doc: dict[str, Any]) -> Section:
                                   ylabel="share of responses with a switch", ymax=1.0)
         section.figure(fig, f"Code-switching rate per language over {sum(r['responses'] for r in rows)} "
                        "responses.", alt=f"Bar chart of code-switching rates for {len(rows)} languages.")
-        section.table(rows, source=_source(doc, "per_language"))
-    examples = [r for r in _rows(doc, "per_response") if r.get("switched")][:10]
+        section.table(rows, source=table_file(doc, "per_language"))
+    examples = [r for r in table_rows(doc, "per_response") if r.get("switched")][:10]
     if examples:
         section.add("<h3>Examples of switches</h3>")
         section.table([{k: r.get(k) for k in ("id", "lang", "segments", "response")} for r in examples])
@@ -132,7 +124,7 @@ def codeswitch_section(doc: dict[str, Any]) -> Section:
 def pos_section(doc: dict[str, Any]) -> Section:
     """In-context POS accuracy per language, MONO vs EN demonstrations, mean and std over runs (Xu et al. Fig. 17)."""
     res = doc.get("results") or {}
-    rows = _rows(doc, "per_language")
+    rows = table_rows(doc, "per_language")
     section = Section(f"In-context POS tagging with {res.get('model', '?')}")
     section.add(f"<p>{esc(res.get('shots', '?'))} demonstrations from the target language (MONO) or from English "
                 f"(EN), then the query sentence; token accuracy against UD over {esc(res.get('runs', '?'))} runs "
@@ -144,7 +136,7 @@ def pos_section(doc: dict[str, Any]) -> Section:
         fig, _ = bars_with_errors(langs, series, errors, ylabel="token accuracy", ymax=1.0)
         section.figure(fig, "In-context POS tagging accuracy per language (mean ± std over runs).",
                        alt=f"Grouped bar chart of POS accuracy for {len(langs)} languages, MONO vs EN.")
-        section.table(rows, source=_source(doc, "per_language"))
+        section.table(rows, source=table_file(doc, "per_language"))
     if res.get("summary"):
         section.add(stats({k: format_value(v) for k, v in res["summary"].items()}))
     return section

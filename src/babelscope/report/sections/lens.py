@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section, register_section
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
-
-
-def _source(doc: dict[str, Any], name: str) -> str | None:
-    return ((doc.get("tables") or {}).get(name) or {}).get("file")
+from babelscope.report.base import Section, register_section, table_file, table_rows
 
 
 def _band_chart(rows: list[dict[str, Any]], series: list[tuple[str, str, str]], ylabel: str, title: str):
@@ -49,8 +41,8 @@ def translation_section(doc: dict[str, Any]) -> Section:
         "over items with a 95% band; items whose two token sets overlap are dropped. Wendler et al. find English "
         "peaking in the middle layers on Llama-2 before the target language takes over."
     )
-    sec.table(_rows(doc, "summary"), source=_source(doc, "summary"))
-    per_layer = _rows(doc, "per_layer")
+    sec.table(table_rows(doc, "summary"), source=table_file(doc, "summary"))
+    per_layer = table_rows(doc, "per_layer")
     for lang in dict.fromkeys(r["lang"] for r in per_layer):
         mine = [r for r in per_layer if r["lang"] == lang]
         fig, _ = _band_chart(mine, [("p_target", lang, "#1f77b4"), ("p_english", "English", "#d62728")],
@@ -69,8 +61,8 @@ def script_section(doc: dict[str, Any]) -> Section:
         "(the rest has no letters), mean over positions with a 95% band. Does the Latin (English) mass peak in "
         "the middle layers?"
     )
-    sec.table(_rows(doc, "summary"), source=_source(doc, "summary"))
-    per_layer = _rows(doc, "per_layer")
+    sec.table(table_rows(doc, "summary"), source=table_file(doc, "summary"))
+    per_layer = table_rows(doc, "per_layer")
     for lang in dict.fromkeys(r["lang"] for r in per_layer):
         mine = [r for r in per_layer if r["lang"] == lang]
         fig, _ = _band_chart(mine, [("own", f"{mine[0]['script']} (own script)", "#1f77b4"),

@@ -6,16 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import stats
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
-
-
-def _source(doc: dict[str, Any], name: str) -> str | None:
-    return ((doc.get("tables") or {}).get(name) or {}).get("file")
 
 
 @register_section("neurons")
@@ -37,9 +29,9 @@ def neurons_section(doc: dict[str, Any]) -> Section:
     sec.add(stats({"languages": len(res.get("languages") or []), "layers": res.get("layers"),
                    "neurons per layer": res.get("neurons_per_layer"), "selected": res.get("selected"),
                    "probability threshold": (res.get("thresholds") or {}).get("filter")}))
-    sec.table(_rows(doc, "per_language"), labels={"only_this_language": "only this language"},
-              source=_source(doc, "per_language"))
-    per_layer = _rows(doc, "per_layer")
+    sec.table(table_rows(doc, "per_language"), labels={"only_this_language": "only this language"},
+              source=table_file(doc, "per_language"))
+    per_layer = table_rows(doc, "per_layer")
     if per_layer:
         langs = list(dict.fromkeys(r["lang"] for r in per_layer))
         layers = sorted({r["layer"] for r in per_layer})
@@ -71,7 +63,7 @@ def deactivation_section(doc: dict[str, Any]) -> Section:
                    "mean off-diagonal ratio": summary.get("mean_off_diagonal_ratio"),
                    "mean random (diagonal)": summary.get("mean_random_diagonal_ratio"),
                    "rows whose max is the diagonal": f"{summary.get('diagonal_is_row_max')}/{summary.get('rows')}"}))
-    matrix = _rows(doc, "matrix")
+    matrix = table_rows(doc, "matrix")
     cols = res.get("evaluation_languages") or []
     if matrix and cols:
         data = [[r.get(c) if r.get(c) is not None else math.nan for c in cols] for r in matrix]
@@ -80,11 +72,11 @@ def deactivation_section(doc: dict[str, Any]) -> Section:
         ax.set_xlabel("evaluated language")
         ax.set_ylabel("neurons off")
         sec.figure(fig, "log(PPL with the row language's neurons off / base PPL).")
-        sec.table(matrix, source=_source(doc, "matrix"))
-    gens = _rows(doc, "generations")
+        sec.table(matrix, source=table_file(doc, "matrix"))
+    gens = table_rows(doc, "generations")
     if gens:
         sec.add("<h3>Generations with a language's neurons off</h3>")
-        sec.table(gens, columns=["off", "neurons", "lang", "prompt", "output"], source=_source(doc, "generations"))
+        sec.table(gens, columns=["off", "neurons", "lang", "prompt", "output"], source=table_file(doc, "generations"))
     return sec
 
 
@@ -94,7 +86,7 @@ def overlap_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import new_figure
 
     res = doc.get("results") or {}
-    rows = _rows(doc, "overlap")
+    rows = table_rows(doc, "overlap")
     sec = Section(f"Language-specific neurons and the Top-{100 * res.get('k', 0):g}% regions ({res.get('scope')})")
     sec.text(
         "A region touches a neuron through its row in the gate/up projections and its column in the down "
@@ -108,7 +100,7 @@ def overlap_section(doc: dict[str, Any]) -> Section:
                              "touched_random_layer_matched", "weight_share", "weight_random",
                              "weight_random_layer_matched", "weight_enrichment_layer_matched",
                              "weight_p_layer_matched", "weight_random_active", "weight_p_active"],
-              source=_source(doc, "overlap"))
+              source=table_file(doc, "overlap"))
     shown = [r for r in rows if r.get("weight_share") is not None]
     if shown:
         fig, ax = new_figure(max(6.0, 0.6 * len(shown) + 2), 4.0)

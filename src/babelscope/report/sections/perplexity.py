@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section
-from babelscope.report.markup import esc, format_value, stats
+from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.markup import esc, format_value, is_number, stats
 
 COLUMNS = [
     "lang", "name", "script", "family", "units", "tokens", "bytes", "chars",
@@ -31,10 +30,6 @@ TITLES = {
 MEASURE_NAMES = {"bits_per_unit": "bits per parallel unit", "bits_per_byte": "bits per UTF-8 byte"}
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _label(row: dict[str, Any]) -> str:
     return str(row.get("name") or row.get("lang") or "?")
 
@@ -57,7 +52,7 @@ def grouping(doc: dict[str, Any], rows: list[dict[str, Any]]) -> str | None:
 def measure(doc: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """``bits_per_unit`` for parallel corpora, else ``bits_per_byte``."""
     parallel = (doc.get("results") or {}).get("parallel", True)
-    if parallel and any(_finite(row.get("bits_per_unit")) for row in rows):
+    if parallel and any(is_number(row.get("bits_per_unit")) for row in rows):
         return "bits_per_unit"
     return "bits_per_byte"
 
@@ -86,7 +81,7 @@ def perplexity_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import group_colors, grouped_bar
 
     results = doc.get("results") or {}
-    rows = list(((doc.get("tables") or {}).get("per_language") or {}).get("rows") or [])
+    rows = table_rows(doc, "per_language")
     model = results.get("model", "?")
     corpus = results.get("corpus", "?")
     unit = str(results.get("unit") or "article")
@@ -114,8 +109,8 @@ def perplexity_section(doc: dict[str, Any]) -> Section:
         section.add('<p class="note">The per-language table is empty.</p>')
         return section
 
-    ranked = sorted(rows, key=lambda r: (not _finite(r.get(key)), r.get(key) if _finite(r.get(key)) else 0))
-    scored = [r for r in ranked if _finite(r.get(key))]
+    ranked = sorted(rows, key=lambda r: (not is_number(r.get(key)), r.get(key) if is_number(r.get(key)) else 0))
+    scored = [r for r in ranked if is_number(r.get(key))]
     if scored:
         best, worst = scored[0], scored[-1]
         if best[key] > 0:
@@ -132,7 +127,7 @@ def perplexity_section(doc: dict[str, Any]) -> Section:
     by = f" grouped by {group_key}" if group_key else ""
     medians: dict[Any, list[float]] = {}  # one group order (by the main measure) for both charts
     for row, group in zip(rows, groups, strict=True):
-        if _finite(row.get(key)):
+        if is_number(row.get(key)):
             medians.setdefault(group, []).append(row[key])
     order = sorted(medians, key=lambda g: (sorted(medians[g])[len(medians[g]) // 2], str(g)))
 
@@ -149,7 +144,7 @@ def perplexity_section(doc: dict[str, Any]) -> Section:
             f"highest {scored[-1].get('lang', '?')} ({scored[-1][key]:.3g}).",
         )
     ppl = [row.get("ppl") for row in rows]
-    with_ppl = [(v, lang) for v, lang in zip(ppl, labels, strict=True) if _finite(v) and v > 0]
+    with_ppl = [(v, lang) for v, lang in zip(ppl, labels, strict=True) if is_number(v) and v > 0]
     if with_ppl:
         fig, ax = grouped_bar(
             ppl, labels, groups, colors=colors, group_order=order, log=True, ylabel="token perplexity (log)"
@@ -174,7 +169,7 @@ def perplexity_section(doc: dict[str, Any]) -> Section:
         columns.remove("units")
         heading += f" ({format_value(units.pop())} units each)"
     section.add(f"<h3>{heading}</h3>")
-    table = ((doc.get("tables") or {}).get("per_language") or {}).get("file")
+    table = table_file(doc, "per_language")
     section.table(ranked, columns=columns, labels=LABELS, titles=TITLES, sorted_by=key, source=table)
 
     for name, other in (doc.get("tables") or {}).items():  # any further tables, as recorded

@@ -5,22 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section
-from babelscope.report.markup import esc, format_value, stats
+from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.markup import esc, format_value, is_number, stats
 
 WHICH_COLORS = {"base": "#7f7f7f", "top": "#d62728", "bottom": "#2ca02c", "random": "#1f77b4"}
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
-
-
-def _source(doc: dict[str, Any], name: str) -> str | None:
-    return ((doc.get("tables") or {}).get(name) or {}).get("file")
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @register_section("regions-importance")
@@ -45,13 +33,13 @@ def importance_section(doc: dict[str, Any]) -> Section:
             }
         )
     )
-    rows = _rows(doc, "per_language")
+    rows = table_rows(doc, "per_language")
     sec.table(
         rows,
         labels={"sum_abs_score": "Σ|S|", "loss": "loss (nats/token)"},
-        source=_source(doc, "per_language"),
+        source=table_file(doc, "per_language"),
     )
-    by = _rows(doc, "by_matrix")
+    by = table_rows(doc, "by_matrix")
     if by:
         layers = sorted({r["layer"] for r in by})
         series: dict[str, list[float | None]] = {}
@@ -60,7 +48,7 @@ def importance_section(doc: dict[str, Any]) -> Section:
                 layers.index(r["layer"])
             ] = r["mean_importance"]
         fig, ax = layer_lines(series, ylabel="mean Imp per weight (log)")
-        if all(_finite(v) and v > 0 for vs in series.values() for v in vs if v is not None):
+        if all(is_number(v) and v > 0 for vs in series.values() for v in vs if v is not None):
             ax.set_yscale("log")
         sec.figure(
             fig,
@@ -83,8 +71,8 @@ def select_section(doc: dict[str, Any]) -> Section:
         "over all weights. A monolingual region is a language's own Top-k of |S| minus every other "
         "language's Top-k."
     )
-    sec.table(_rows(doc, "regions"), source=_source(doc, "regions"))
-    per = _rows(doc, "per_matrix")
+    sec.table(table_rows(doc, "regions"), source=table_file(doc, "regions"))
+    per = table_rows(doc, "per_matrix")
     if per:
         sec.add("<h3>Weights kept per matrix after removing a region (%)</h3>")
         sec.text(
@@ -98,10 +86,10 @@ def select_section(doc: dict[str, Any]) -> Section:
             row = pivot.setdefault(key, {"region": r["region"], "k": r["k"], "layer": r["layer"]})
             row[r["kind"].removesuffix(".weight")] = round(100 * r["kept"], 2)
         sec.table(
-            list(pivot.values()), columns=["region", "k", "layer", *kinds], source=_source(doc, "per_matrix")
+            list(pivot.values()), columns=["region", "k", "layer", *kinds], source=table_file(doc, "per_matrix")
         )
         _per_matrix_heatmaps(sec, per, kinds)
-    overlap = _rows(doc, "overlap")
+    overlap = table_rows(doc, "overlap")
     if overlap:
         langs = list(dict.fromkeys([r["a"] for r in overlap] + [r["b"] for r in overlap]))
         mat = [[1.0 if a == b else math.nan for b in langs] for a in langs]
@@ -114,10 +102,10 @@ def select_section(doc: dict[str, Any]) -> Section:
             f"Overlap (Jaccard) of the languages' Top-{overlap[0]['k']:g} regions "
             f"({overlap[0]['scope']} selection).",
         )
-        by = _rows(doc, "overlap_by_matrix")
+        by = table_rows(doc, "overlap_by_matrix")
         if by:
             sec.add("<h3>Mean pairwise overlap per layer and matrix type</h3>")
-            sec.table(by, source=_source(doc, "overlap_by_matrix"))
+            sec.table(by, source=table_file(doc, "overlap_by_matrix"))
     return sec
 
 
@@ -133,7 +121,7 @@ def _per_matrix_heatmaps(sec: Section, per: list[dict[str, Any]], kinds: list[st
         mat = [[math.nan] * len(kinds) for _ in layers]
         for r in cells:
             mat[layers.index(r["layer"])][kinds.index(r["kind"].removesuffix(".weight"))] = 100 * r["kept"]
-        values = [v for row in mat for v in row if _finite(v)]
+        values = [v for row in mat for v in row if is_number(v)]
         fig, _ = heatmap(mat, [str(x) for x in layers], kinds, cmap="viridis", cbar_label="% kept",
                          vmin=min(values, default=0.0), vmax=100.0, annotate=False)
         sec.figure(fig, f"Weights kept (%) per layer (rows) and matrix type (columns) after removing the "
@@ -148,7 +136,7 @@ def ablation_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import log_axis, new_figure
 
     res = doc.get("results") or {}
-    rows = _rows(doc, "per_language")
+    rows = table_rows(doc, "per_language")
     sec = Section(f"Removing regions from {res.get('model', '?')} ({res.get('mode', 'zero')})")
     held = res.get("heldout_languages") or []
     sec.text(
@@ -157,7 +145,7 @@ def ablation_section(doc: dict[str, Any]) -> Section:
         "The paper's finding: removing the Top-k (core) region breaks every language, removing the same "
         "number of random or least important weights barely matters."
     )
-    summary = _rows(doc, "summary")
+    summary = table_rows(doc, "summary")
     sec.table(
         summary,
         labels={
@@ -165,7 +153,7 @@ def ablation_section(doc: dict[str, Any]) -> Section:
             "median_ratio_heldout_langs": "median ratio, held-out langs",
             "median_ratio_importance_langs": "median ratio, importance langs",
         },
-        source=_source(doc, "summary"),
+        source=table_file(doc, "summary"),
     )
     conditions = list(dict.fromkeys((r["k"], r["scope"]) for r in rows if r["region"] != "base"))
     for k, scope in conditions[:4]:
@@ -180,8 +168,8 @@ def ablation_section(doc: dict[str, Any]) -> Section:
                 for r in rows
                 if r["region"] == region and (region == "base" or (r["k"], r["scope"]) == (k, scope))
             }
-            ys = [by_lang.get(lang) if _finite(by_lang.get(lang)) else math.nan for lang in langs]
-            values += [y for y in ys if _finite(y) and y > 0]
+            ys = [by_lang.get(lang) if is_number(by_lang.get(lang)) else math.nan for lang in langs]
+            values += [y for y in ys if is_number(y) and y > 0]
             ax.bar(
                 [j + (i - 1.5) * width for j in range(len(langs))],
                 ys,
@@ -195,7 +183,7 @@ def ablation_section(doc: dict[str, Any]) -> Section:
         ax.set_ylabel("perplexity (log)")
         ax.legend(frameon=False, fontsize=8, ncol=4)
         sec.figure(fig, f"Perplexity per language, Base vs Top/Bottom/Random-{k:g} ({scope} selection).")
-    gens = _rows(doc, "generations")
+    gens = table_rows(doc, "generations")
     if gens:
         sec.add("<h3>Generations: “Fudan University is located in …”</h3>")
         cols = list(
@@ -208,9 +196,9 @@ def ablation_section(doc: dict[str, Any]) -> Section:
         for r in gens:
             col = r["region"] if r["region"] == "base" else f"{r['region']}@{r['k']:g}/{r['scope']}"
             table.setdefault(r["lang"], {"lang": r["lang"], "prompt": r["prompt"]})[col] = r["output"]
-        sec.table(list(table.values()), columns=["lang", "prompt", *cols], source=_source(doc, "generations"))
+        sec.table(list(table.values()), columns=["lang", "prompt", *cols], source=table_file(doc, "generations"))
     sec.add("<h3>Per language</h3>")
-    sec.table(rows, source=_source(doc, "per_language"))
+    sec.table(rows, source=table_file(doc, "per_language"))
     return sec
 
 
@@ -220,7 +208,7 @@ def scan_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import labeled_scatter
 
     res = doc.get("results") or {}
-    rows = _rows(doc, "dims")
+    rows = table_rows(doc, "dims")
     sec = Section(f"Dimension dependence: {res.get('norm', '?')} ({res.get('mode', '?')})")
     sec.text(
         f"Each scanned dimension d of the norm's effective scale γ (γ = {format_value(res.get('gamma_offset'))}"
@@ -245,7 +233,7 @@ def scan_section(doc: dict[str, Any]) -> Section:
     pts = [
         r
         for r in rows
-        if _finite(r.get("act_max")) and r["act_max"] > 0 and _finite(r.get("ratio")) and r["ratio"] > 0
+        if is_number(r.get("act_max")) and r["act_max"] > 0 and is_number(r.get("ratio")) and r["ratio"] > 0
     ]
     if pts:
         fig, ax = labeled_scatter(
@@ -260,5 +248,5 @@ def scan_section(doc: dict[str, Any]) -> Section:
         )
         ax.axhline(res.get("threshold") or 10, color="#d62728", ls=":", lw=1)
         sec.figure(fig, "Perplexity ratio after perturbing each dimension against its activation magnitude.")
-    sec.table(rows, source=_source(doc, "dims"))
+    sec.table(rows, source=table_file(doc, "dims"))
     return sec

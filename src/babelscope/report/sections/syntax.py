@@ -6,16 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import esc, stats
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return ((doc.get("tables") or {}).get(name) or {}).get("rows") or []
-
-
-def _source(doc: dict[str, Any], name: str) -> str | None:
-    return ((doc.get("tables") or {}).get(name) or {}).get("file")
 
 
 def _square(langs: list[str], rows: list[dict[str, Any]], key: str, diagonal: float) -> list[list[float]]:
@@ -65,15 +57,15 @@ def extract_section(doc: dict[str, Any]) -> Section:
     section.text(f"Word vectors from {res.get('treebank')} (subwords pooled '{res.get('pooling')}'), stored per "
                  "language and layer. Relation instances are h(head) - h(dependent) with the universal relation "
                  "label; POS instances are the word vectors with their UPOS tag.")
-    section.table(_rows(doc, "per_language"), source=_source(doc, "per_language"))
-    layers = _rows(doc, "per_layer")
+    section.table(table_rows(doc, "per_language"), source=table_file(doc, "per_language"))
+    layers = table_rows(doc, "per_layer")
     if layers:
         section.add("<h3>Massive activations</h3>")
         section.text("Share of all pairwise squared Euclidean distance between word vectors carried by the single "
                      "largest dimension (max variance / total variance). Large shares mean raw Euclidean "
                      "distances mostly measure one dimension; the otdd and rsa steps report results with and "
                      "without per-dimension standardisation.")
-        section.table(layers, source=_source(doc, "per_layer"))
+        section.table(layers, source=table_file(doc, "per_layer"))
     return section
 
 
@@ -83,7 +75,7 @@ def otdd_section(doc: dict[str, Any]) -> Section:
 
     res = doc["results"]
     langs = res["languages"]
-    pairs = _rows(doc, "pairs")
+    pairs = table_rows(doc, "pairs")
     section = Section(f"Syntax: OTDD syntactic distance (layer {res['layer']}, {res.get('store_model')})")
     section.add(stats({"languages": len(langs), "layer": res["layer"], "draws": res["draws"],
                        "samples / language": res["samples"]}))
@@ -102,14 +94,14 @@ def otdd_section(doc: dict[str, Any]) -> Section:
                                  xlabel="URIEL syntactic distance (cosine)", ylabel="OTDD (standardised)")
         section.figure(fig, "Each point is a language pair: typological distance against syntactic distance.")
     _links(section, res.get("links") or {})
-    if _rows(doc, "importance"):
+    if table_rows(doc, "importance"):
         section.add("<h3>Which typological features predict the distance</h3>")
         section.text("Impurity importances of a gradient-boosting regressor from per-feature URIEL differences to "
                      f"the standardised OTDD (in-sample R^2 {res['links'].get('gbr_r2_in_sample', math.nan):.2f}; "
                      "with few language pairs this is descriptive, not predictive).")
-        section.table(_rows(doc, "importance"), source=_source(doc, "importance"))
+        section.table(table_rows(doc, "importance"), source=table_file(doc, "importance"))
     section.add("<h3>Pairs</h3>")
-    section.table(pairs, source=_source(doc, "pairs"), sorted_by="otdd_std")
+    section.table(pairs, source=table_file(doc, "pairs"), sorted_by="otdd_std")
     return section
 
 
@@ -119,7 +111,7 @@ def rsa_section(doc: dict[str, Any]) -> Section:
 
     res = doc["results"]
     langs = res["languages"]
-    pairs = _rows(doc, "pairs")
+    pairs = table_rows(doc, "pairs")
     section = Section(f"Syntax: alignability of structural concepts ({res.get('store_model')})")
     section.add(stats({"languages": len(langs), "layer": res["layer"], "concepts": res["concepts"],
                        "min count": res["min_count"]}))
@@ -134,7 +126,7 @@ def rsa_section(doc: dict[str, Any]) -> Section:
         if res.get(key):
             pretty = ", ".join(f"{a}-{b} {v:.2f}" for a, b, v in res[key])
             section.add(f"<p><b>{esc(key.replace('_', ' '))}</b>: {esc(pretty)}</p>")
-    curves = _rows(doc, "per_layer")
+    curves = table_rows(doc, "per_layer")
     if len(curves) > 1:
         series = {k: [r.get(k) for r in curves] for k in ("rsa", "rsa_std", "split_half", "split_half_std",
                                                           "control_rsa", "control_rsa_std") if k in curves[0]}
@@ -144,10 +136,10 @@ def rsa_section(doc: dict[str, Any]) -> Section:
         section.figure(fig, "Mean cross-lingual RSA per layer, against the within-language split-half ceiling"
                             f"{control}, with and without standardisation (_std).")
     if curves:
-        section.table(curves, source=_source(doc, "per_layer"))
+        section.table(curves, source=table_file(doc, "per_layer"))
     _links(section, res.get("links") or {})
     section.add("<h3>Pairs</h3>")
-    section.table(pairs, source=_source(doc, "pairs"), sorted_by="rsa")
+    section.table(pairs, source=table_file(doc, "pairs"), sorted_by="rsa")
     return section
 
 
@@ -158,7 +150,7 @@ def probe_section(doc: dict[str, Any]) -> Section:
     res = doc["results"]
     langs = res["languages"]
     section = Section(f"Syntax: probes ({res.get('store_model')})")
-    summary = _rows(doc, "per_layer")
+    summary = table_rows(doc, "per_layer")
     for kind in sorted({r["concepts"] for r in summary}):
         mine = [r for r in summary if r["concepts"] == kind]
         series = {k: [r.get(k) for r in mine] for k in ("accuracy", "majority", "control_accuracy") if k in mine[0]}
@@ -167,7 +159,7 @@ def probe_section(doc: dict[str, Any]) -> Section:
         section.figure(fig, f"Linear {kind} probe accuracy per layer (mean over languages, held-out sentences) "
                             "against the majority class and the randomly initialised model; layer 0 is the "
                             "embedding baseline.")
-    matrix = _rows(doc, "transfer")
+    matrix = table_rows(doc, "transfer")
     if matrix:
         M = [[r[b] for b in langs] for r in matrix]
         fig, _ = heatmap(M, langs, cmap="viridis", cbar_label="accuracy", vmin=0.0, vmax=1.0)
@@ -177,5 +169,5 @@ def probe_section(doc: dict[str, Any]) -> Section:
                             "row language, test on the column language's held-out sentences). A proxy for the "
                             "paper's zero-shot parsing transfer.")
     _links(section, res.get("links") or {})
-    section.table(summary, source=_source(doc, "per_layer"))
+    section.table(summary, source=table_file(doc, "per_layer"))
     return section

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_rows
 from babelscope.report.markup import stats
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return ((doc.get("tables") or {}).get(name) or {}).get("rows") or []
 
 
 def _chart_shots(shots: list[int]) -> int | None:
@@ -55,8 +51,8 @@ def fig17(summary: list[dict[str, Any]], langs: list[str], marks: dict[str, str]
 def meta_section(doc: dict[str, Any]) -> Section:
     res = doc["results"]
     langs = res.get("test_langs", [])
-    summary = _rows(doc, "summary")
-    languages = _rows(doc, "languages")
+    summary = table_rows(doc, "summary")
+    languages = table_rows(doc, "languages")
     marks = {r["lang"]: r.get("mark", "") for r in languages}
     section = Section(f"Syntax: meta-learned concept alignment ({res.get('model')})")
     section.add(stats({"source": res.get("source"), "meta-training languages": len(res.get("meta_langs", [])),
@@ -80,10 +76,10 @@ def meta_section(doc: dict[str, Any]) -> Section:
     section.table(languages, source="languages.csv")
     section.add("<h3>Accuracy (mean, std over runs)</h3>")
     section.table(summary, source="summary.csv")
-    if _rows(doc, "layers"):
+    if table_rows(doc, "layers"):
         section.add("<h3>Layer choice</h3>")
         section.text("English prototype-probe dev accuracy per candidate layer; the best layer is used.")
-        section.table(_rows(doc, "layers"), source="layers.csv")
+        section.table(table_rows(doc, "layers"), source="layers.csv")
     if res.get("meta_langs_left_out"):
         section.text(f"Left out of meta-training (fewer than 2 shared concepts): {res['meta_langs_left_out']}")
     return section

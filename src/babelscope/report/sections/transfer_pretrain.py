@@ -6,20 +6,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, stats
 
 
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
-
-
-def _finite(v: Any) -> bool:
+def _positive(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _median(values: list[float]) -> float | None:
-    vals = sorted(v for v in values if _finite(v))
+    vals = sorted(v for v in values if _positive(v))
     if not vals:
         return None
     mid = len(vals) // 2
@@ -43,7 +39,7 @@ def curve_figure(rows: list[dict[str, Any]], title: str | None = None):
     colors = group_colors(langs)
     values = []
     for lang in langs:
-        mine = sorted((r for r in rows if r["lang"] == lang and _finite(r.get("ppl"))), key=lambda r: r["samples"])
+        mine = sorted((r for r in rows if r["lang"] == lang and _positive(r.get("ppl"))), key=lambda r: r["samples"])
         if not mine:
             continue
         target = bool(mine[0].get("target"))
@@ -112,7 +108,7 @@ def _freeze_text(freeze: dict[str, Any]) -> str:
 def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
     """Forgetting curve chart and table, training loss, the data used, and the overlay of several trainings."""
     res = doc.get("results") or {}
-    curve = _rows(doc, "curve")
+    curve = table_rows(doc, "curve")
     targets = ", ".join(res.get("targets") or [])
     section = Section(title=f"Further pretraining of {res.get('model', '?')} on {targets} "
                             f"({_freeze_text(res.get('freeze') or {}).split(' (')[0]})")
@@ -140,11 +136,11 @@ def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
                        f"seen while training on {targets}; the target bold, the others dashed.",
                        alt=f"Line chart of perplexity against samples for {', '.join(langs)}.")
         section.add("<h3>Perplexity at each measured point</h3>")
-        section.table(pivot(curve), source=(doc.get("tables") or {}).get("curve", {}).get("file"))
+        section.table(pivot(curve), source=table_file(doc, "curve"))
         if any(r.get("bits_per_unit") is not None for r in curve):
             section.add("<h3>Bits per parallel unit at each measured point</h3>")
             section.table(pivot(curve, "bits_per_unit"))
-    compare = _rows(doc, "compare")
+    compare = table_rows(doc, "compare")
     if len({r["run"] for r in compare}) > 1:
         fig, _ = compare_figure(compare)
         section.figure(fig, caption="The trainings of this run directory from the same start: the target's "
@@ -160,7 +156,7 @@ def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
                              "target_ppl": _median([r["ppl"] for r in at if r.get("target")]),
                              "others_median_ppl": _median([r["ppl"] for r in at if not r.get("target")])})
         section.table(rows)
-    metrics = _rows(doc, "metrics")
+    metrics = table_rows(doc, "metrics")
     if metrics:
         from babelscope.report.figures import new_figure
 
@@ -171,7 +167,7 @@ def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
         ax.grid(alpha=0.3)
         section.figure(fig, caption="Training loss per optimizer step (mean over the step's target tokens).",
                        alt="Line chart of the training loss.")
-    data = _rows(doc, "data")
+    data = table_rows(doc, "data")
     if data:
         section.add("<h3>Training data</h3>")
         section.table(data)

@@ -6,12 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import stats
-
-
-def _rows(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return list(((doc.get("tables") or {}).get(name) or {}).get("rows") or [])
 
 
 def loss_curves(train: list[dict[str, Any]], val: list[dict[str, Any]], per_epoch: int | None):
@@ -53,7 +49,7 @@ def sft_section(doc: dict[str, Any]) -> Section:
     summary["validation turns at"] = (f"epoch {turn['epoch']:.2f} (step {turn['step']}, loss {turn['val_loss']:.4f})"
                                       if turn else "does not turn (still falling at the last evaluation)")
     section.add(stats(summary))
-    train, val = _rows(doc, "train_curve"), _rows(doc, "validation")
+    train, val = table_rows(doc, "train_curve"), table_rows(doc, "validation")
     counts = res.get("data_counts") or {}
     per_epoch = counts.get("train", {}).get("encoded")
     if train:
@@ -62,7 +58,7 @@ def sft_section(doc: dict[str, Any]) -> Section:
                        f"{per_epoch or '?'} conversations; {counts.get('validation', {}).get('encoded', '?')} held "
                        "out.", alt="Line chart of training and validation loss against epochs.")
     if val:
-        section.table(val, source=((doc.get("tables") or {}).get("validation") or {}).get("file"))
+        section.table(val, source=table_file(doc, "validation"))
     if counts:
         flat = [{"split": split, **c} for split, c in counts.items() if isinstance(c, dict)]
         section.add("<h3>Data</h3>")
@@ -77,7 +73,7 @@ def sft_section(doc: dict[str, Any]) -> Section:
 def table_section(doc: dict[str, Any]) -> Section:
     """Zhao et al. 2024 Table 1 analog: one row per model variant."""
     res = doc.get("results") or {}
-    rows = _rows(doc, "variants")
+    rows = table_rows(doc, "variants")
     section = Section("Response quality and code-switching per model variant (Table 1 analog)")
     section.text(f"Judged by {', '.join(res.get('judges') or ['?'])}: accuracy (ACC), fluency (F), informativeness "
                  "(INFO), logical coherence (LC), harmlessness (H), each 0-3, and AVG, their mean; code-switching "
