@@ -350,3 +350,25 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     loaded, total = int(match[1]), int(match[2])
     assert loaded == total == 2
     assert "Perplexity of gemma-3-270m" in done.stdout and "Contents" in done.stdout
+
+
+def test_matrix_of_long_rows_and_table_lookups() -> None:
+    from babelscope.report.base import matrix_of, table_file, table_rows
+
+    rows = [{"lang": "eng", "layer": 2, "n": 5}, {"lang": "fra", "layer": 0, "n": 1},
+            {"lang": "eng", "layer": 0, "n": 3}, {"lang": "deu", "layer": 1, "n": None}]
+    langs, layers, M = matrix_of(rows, "lang", "layer", "n", col_labels=[0, 1, 2])
+    assert langs == ["eng", "fra", "deu"] and layers == [0, 1, 2]
+    assert M[0] == [3.0, M[0][1], 5.0] and math.isnan(M[0][1])  # no row for (eng, 1): NaN
+    assert M[1][0] == 1.0 and all(math.isnan(v) for v in M[2])  # a None value is left out
+    pairs = [{"a": "eng", "b": "fra", "j": 0.5}, {"a": "fra", "b": "deu", "j": 0.25}, {"a": "eng", "b": "xx", "j": 9}]
+    labels, same, S = matrix_of(pairs, "a", "b", "j", row_labels=["eng", "fra", "deu"], symmetric=True,
+                                diagonal=1.0)
+    assert labels == same == ["eng", "fra", "deu"]  # the pair outside the given labels is dropped
+    assert S[0][1] == S[1][0] == 0.5 and S[1][2] == S[2][1] == 0.25 and S[0][0] == S[2][2] == 1.0
+    assert math.isnan(S[0][2])
+    _, kinds, K = matrix_of(rows[:1], "layer", lambda r: r["lang"].upper(), lambda r: 2 * r["n"])
+    assert kinds == ["ENG"] and K == [[10.0]]
+    doc = {"tables": {"t": {"rows": [{"x": 1}], "file": "t.csv"}}}
+    assert table_rows(doc, "t") == [{"x": 1}] and table_file(doc, "t") == "t.csv"
+    assert table_rows(doc, "missing") == [] and table_file({}, "t") is None

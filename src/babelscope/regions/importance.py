@@ -19,7 +19,8 @@ it is never smaller than |taylor| and depends on how the text is batched.
 Each language's scores are written (safetensors, atomically) as soon as it finishes; a re-run loads finished
 languages and computes only the rest. Memory: the model, its gradients (decoder layers only), one
 per-language score set (held in the gradient buffers) and the aggregate; freed memory goes back to the system
-after each language (:mod:`babelscope.memory`), so the peak does not grow with the number of languages.
+after each language (:mod:`babelscope.memory`), so nothing accumulates with the number of languages: the peak is
+that of the language with the largest padded batches.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import pkgutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,41 @@ def table_rows(doc: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
 def table_file(doc: Mapping[str, Any], name: str) -> str | None:
     """The file, beside the results, that holds table ``name`` in full (linked under the table)."""
     return ((doc.get("tables") or {}).get(name) or {}).get("file")
+
+
+def matrix_of(
+    rows: Iterable[Mapping[str, Any]],
+    row: str | Callable[[Mapping[str, Any]], Any],
+    col: str | Callable[[Mapping[str, Any]], Any],
+    value: str | Callable[[Mapping[str, Any]], Any],
+    *,
+    row_labels: Sequence[Any] | None = None,
+    col_labels: Sequence[Any] | None = None,
+    symmetric: bool = False,
+    diagonal: float = math.nan,
+) -> tuple[list[Any], list[Any], list[list[float]]]:
+    """Long table rows as a matrix for a heatmap: ``(row labels, column labels, M)`` with
+    ``M[i][j] = value(r)`` for the row ``r`` at ``(row(r), col(r))``. Each of ``row``, ``col`` and ``value`` is a
+    field name or a function of the row. Labels are taken in first-seen order unless given (rows outside given
+    labels are left out, and rows whose value is None give no cell); cells no row gives are NaN. ``symmetric``:
+    one label list for both axes, each value mirrored, ``diagonal`` on the diagonal."""
+    get = [f if callable(f) else (lambda r, k=f: r.get(k)) for f in (row, col, value)]
+    cells = [(get[0](r), get[1](r), get[2](r)) for r in rows]
+    if symmetric:
+        seen = row_labels or list(dict.fromkeys(x for a, b, _ in cells for x in (a, b)))
+        row_labels = col_labels = seen
+    row_labels = list(row_labels or dict.fromkeys(a for a, _, _ in cells))
+    col_labels = list(col_labels or dict.fromkeys(b for _, b, _ in cells))
+    ri, ci = {x: i for i, x in enumerate(row_labels)}, {x: j for j, x in enumerate(col_labels)}
+    M = [[diagonal if symmetric and i == j else math.nan for j in range(len(col_labels))]
+         for i in range(len(row_labels))]
+    for a, b, v in cells:
+        if v is None or a not in ri or b not in ci:
+            continue
+        M[ri[a]][ci[b]] = float(v)
+        if symmetric:
+            M[ci[b]][ri[a]] = float(v)
+    return row_labels, col_labels, M
 
 
 log = logging.getLogger(__name__)

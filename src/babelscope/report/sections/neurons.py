@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
 from babelscope.report.markup import stats
 
 
@@ -33,11 +33,8 @@ def neurons_section(doc: dict[str, Any]) -> Section:
               source=table_file(doc, "per_language"))
     per_layer = table_rows(doc, "per_layer")
     if per_layer:
-        langs = list(dict.fromkeys(r["lang"] for r in per_layer))
-        layers = sorted({r["layer"] for r in per_layer})
-        mat = [[math.nan] * len(layers) for _ in langs]
-        for r in per_layer:
-            mat[langs.index(r["lang"])][layers.index(r["layer"])] = r["neurons"]
+        langs, layers, mat = matrix_of(per_layer, "lang", "layer", "neurons",
+                                       col_labels=sorted({r["layer"] for r in per_layer}))
         fig, ax = heatmap(mat, langs, [str(x) for x in layers], cmap="viridis", cbar_label="neurons", fmt=".0f",
                           annotate=len(layers) <= 30)
         ax.set_xlabel("layer")

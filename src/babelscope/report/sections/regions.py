@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, is_number, stats
 
 WHICH_COLORS = {"base": "#7f7f7f", "top": "#d62728", "bottom": "#2ca02c", "random": "#1f77b4"}
@@ -91,11 +91,7 @@ def select_section(doc: dict[str, Any]) -> Section:
         _per_matrix_heatmaps(sec, per, kinds)
     overlap = table_rows(doc, "overlap")
     if overlap:
-        langs = list(dict.fromkeys([r["a"] for r in overlap] + [r["b"] for r in overlap]))
-        mat = [[1.0 if a == b else math.nan for b in langs] for a in langs]
-        for r in overlap:
-            i, j = langs.index(r["a"]), langs.index(r["b"])
-            mat[i][j] = mat[j][i] = r["jaccard"]
+        langs, _, mat = matrix_of(overlap, "a", "b", "jaccard", symmetric=True, diagonal=1.0)
         fig, _ = heatmap(mat, langs, cmap="magma", cbar_label="Jaccard", vmin=0, vmax=1)
         sec.figure(
             fig,
@@ -117,10 +113,9 @@ def _per_matrix_heatmaps(sec: Section, per: list[dict[str, Any]], kinds: list[st
     groups.sort(key=lambda g: (g[0] != "core", g[1]))
     for region, k in groups[:limit]:
         cells = [r for r in per if (r["region"], r["k"]) == (region, k)]
-        layers = sorted({r["layer"] for r in cells})
-        mat = [[math.nan] * len(kinds) for _ in layers]
-        for r in cells:
-            mat[layers.index(r["layer"])][kinds.index(r["kind"].removesuffix(".weight"))] = 100 * r["kept"]
+        layers, _, mat = matrix_of(cells, "layer", lambda r: r["kind"].removesuffix(".weight"),
+                                   lambda r: 100 * r["kept"], row_labels=sorted({r["layer"] for r in cells}),
+                                   col_labels=kinds)
         values = [v for row in mat for v in row if is_number(v)]
         fig, _ = heatmap(mat, [str(x) for x in layers], kinds, cmap="viridis", cbar_label="% kept",
                          vmin=min(values, default=0.0), vmax=100.0, annotate=False)

@@ -6,20 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
 from babelscope.report.markup import esc, stats
-
-
-def _square(langs: list[str], rows: list[dict[str, Any]], key: str, diagonal: float) -> list[list[float]]:
-    idx = {lang: i for i, lang in enumerate(langs)}
-    M = [[math.nan] * len(langs) for _ in langs]
-    for i in range(len(langs)):
-        M[i][i] = diagonal
-    for r in rows:
-        v = r.get(key)
-        if v is not None and r["lang_a"] in idx and r["lang_b"] in idx:
-            M[idx[r["lang_a"]]][idx[r["lang_b"]]] = M[idx[r["lang_b"]]][idx[r["lang_a"]]] = float(v)
-    return M
 
 
 def _clustered(M: list[list[float]], labels: list[str], distance: bool) -> tuple[list[list[float]], list[str]]:
@@ -80,7 +68,8 @@ def otdd_section(doc: dict[str, Any]) -> Section:
     section.add(stats({"languages": len(langs), "layer": res["layer"], "draws": res["draws"],
                        "samples / language": res["samples"]}))
     for key, name in (("otdd_raw", "raw vectors"), ("otdd_std", "standardised dimensions")):
-        M, order = _clustered(_square(langs, pairs, key, 0.0), langs, True)
+        _, _, D = matrix_of(pairs, "lang_a", "lang_b", key, row_labels=langs, symmetric=True, diagonal=0.0)
+        M, order = _clustered(D, langs, True)
         for i in range(len(M)):
             M[i][i] = math.nan  # blank diagonal, so the colour scale spans the pairs only
         fig, _ = heatmap(M, order, cmap="viridis", cbar_label="OTDD", fmt=".3g")
@@ -119,7 +108,8 @@ def rsa_section(doc: dict[str, Any]) -> Section:
                  f"prototypes ({res['metric']} distance), over the {res['concepts']} labels each pair attests at "
                  f"least {res['min_count']} times. 1 = the concepts are arranged alike in both languages.")
     for key, name in (("rsa", "raw"), ("rsa_std", "standardised dimensions")):
-        fig, _ = heatmap(*_clustered(_square(langs, pairs, key, 1.0), langs, False), cmap="viridis", vmax=1.0,
+        _, _, S = matrix_of(pairs, "lang_a", "lang_b", key, row_labels=langs, symmetric=True, diagonal=1.0)
+        fig, _ = heatmap(*_clustered(S, langs, False), cmap="viridis", vmax=1.0,
                          cbar_label="RSA (Spearman)")
         section.figure(fig, f"Language-by-language alignability at layer {res['layer']} ({name}); clustered.")
     for key in ("most_alignable", "least_alignable", "most_alignable_std", "least_alignable_std"):
