@@ -16,20 +16,13 @@ from pathlib import Path
 def machine() -> str:
     """The CPU model, its logical CPUs and torch's threads, for the first line of a benchmark (ratios between two
     setups shift with the CPU model, as the share of the work in large matrix products does)."""
-    import os
-    import platform
-
     import torch
 
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    threads = torch.get_num_threads()
-    return f"machine: {name}, {os.cpu_count()} logical CPUs, torch {torch.__version__} on {threads} threads"
+    from babelscope.runs import machine as describe
+
+    m = describe()
+    return (f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {torch.__version__} on "
+            f"{m['torch_threads']} threads")
 
 
 def status_bytes(field: str) -> int:

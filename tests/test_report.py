@@ -106,6 +106,7 @@ PROVENANCE = {
         "checksum": "9f2c4e1d" * 8, "source": "/root/.cache/babelscope/gemma-3-270m", "dtype": "float32",
     },
     "data": {"corpus": "udhr-sample", "sha256": "ab12cd34" * 8, "languages": 40},
+    "seconds": 185.4,
 }  # fmt: skip
 
 
@@ -194,6 +195,7 @@ def test_report_has_header_sections_tables_and_figures(run_dir: Path) -> None:
     assert langs == [r["lang"] for r in sorted(rows, key=lambda r: r["bits_per_unit"])]
     assert "full table: <code>per_language.csv</code>" in ppl
     assert "<summary>configuration</summary>" in ppl and "window: 512" in ppl
+    assert "took 3 min 05 s" in ppl  # the step's wall time from its provenance
 
     generic = section_html(html, "step-regions")
     assert "future-analysis" in generic and "No dedicated view" in generic

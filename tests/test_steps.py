@@ -110,6 +110,8 @@ def test_changed_config_or_edited_corpus_recomputes(tiny, tmp_path):
     cfg = PplConfig(model="tiny", corpus=str(path), langs="all", window=8)
     first = run_ppl(cfg, tmp_path / "run", loaded=loaded)
     assert first["results"]["summary"]["units"] == 2
+    prov = first["provenance"]  # the machine and the wall time of the run that wrote it, shown in the report
+    assert prov["seconds"] >= 0 and prov["machine"]["cpu"] and prov["machine"]["torch_threads"] >= 1
     assert run_ppl(cfg, tmp_path / "run", loaded=_no_load)["provenance"] == first["provenance"]  # done: skipped
     path.write_text("One line of text.\nA second line.\nAnd a third one.\n", encoding="utf-8")
     edited = run_ppl(cfg, tmp_path / "run", loaded=loaded)

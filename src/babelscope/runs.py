@@ -141,12 +141,29 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def machine() -> dict[str, Any]:
+    """The CPU model, its logical CPUs and torch's threads (when torch is loaded): what a step's time depends on
+    besides its config."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    out: dict[str, Any] = {"cpu": cpu, "logical_cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
 def provenance(**extra: Any) -> dict[str, Any]:
-    """Who/what/when of a result: package versions, platform, time, command line, plus ``extra``."""
+    """Who/what/when of a result: package versions, platform and machine, time, command line, plus ``extra``."""
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "platform": platform.platform(),
+        "machine": machine(),
         "argv": sys.argv,
         **extra,
     }

@@ -22,6 +22,7 @@ results file that another wrote in this run) and one after the writing (so the n
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -164,6 +165,7 @@ class StepRun:
         self.config = {k: v for k, v in vars(cfg).items() if k not in not_result}
         self.inputs: Any = None
         self._model: tuple | None = None
+        self.started = time.perf_counter()
 
     @property
     def path(self) -> Path:
@@ -232,8 +234,15 @@ class StepRun:
         """Rank 0 writes the results (tables as CSV, then ``results.json``, each atomically) with the inputs'
         checksum; every rank waits for it. Returns the results document (``{}`` on the other ranks)."""
         if is_main_process():
-            self.st.write_results(kind, self.config, results, tables, prov, inputs=self.inputs)
+            self.st.write_results(kind, self.config, results, tables, self.timed(prov), inputs=self.inputs)
         return self.wait()
+
+    def timed(self, prov: dict[str, Any] | None) -> dict[str, Any]:
+        """``prov`` (default :func:`~babelscope.runs.provenance`) with ``seconds``: the wall time of this run of
+        the step so far (a resumed step counts from its resume)."""
+        from babelscope.runs import provenance
+
+        return {**(prov if prov is not None else provenance()), "seconds": round(time.perf_counter() - self.started, 1)}
 
     def wait(self) -> dict[str, Any]:
         """Wait until the writing rank has written (every rank calls this once per step, via :meth:`write`)."""

@@ -158,6 +158,8 @@ def _step_html(doc: dict[str, Any], section: Section, anchor: str) -> str:
     meta = [f"step <code>{esc(doc.get('step', '?'))}</code>"]
     if prov.get("created"):
         meta.append(f"created {esc(prov['created'])}")
+    if isinstance(prov.get("seconds"), int | float):
+        meta.append(f"took {esc(_duration(prov['seconds']))}")
     argv = prov.get("argv")
     if isinstance(argv, list) and argv:
         command = shlex.join([Path(str(argv[0])).name, *map(str, argv[1:])])
@@ -173,6 +175,16 @@ def _step_html(doc: dict[str, Any], section: Section, anchor: str) -> str:
         + details("provenance", f"<pre>{esc(to_yaml(prov))}</pre>", "provenance")
         + "\n</section>"
     )
+
+
+def _duration(seconds: float) -> str:
+    """``42.3 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _model_records(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -425,7 +425,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
             tables["compare"] = compare
         prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
                           freeze=frozen)
-        st.write_results(KIND, config, results(complete, trained), tables, prov, inputs=sr.inputs)
+        st.write_results(KIND, config, results(complete, trained), tables, sr.timed(prov), inputs=sr.inputs)
 
     def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
         engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
