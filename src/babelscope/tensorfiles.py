@@ -47,7 +47,8 @@ def write_temporary(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     """Write ``tensors`` to a temporary file beside ``path`` and return its name (see :func:`commit_file`).
 
     The safetensors layout (8-byte little-endian header size, JSON header padded to 8 bytes, raw little-endian
-    data) is streamed one tensor at a time from the tensors' own memory: no second copy of the set."""
+    data) is streamed one tensor at a time from the tensors' own memory (CPU tensors: no second copy of the
+    set)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header: dict[str, Any] = {"__metadata__": {k: json.dumps(v) for k, v in metadata.items()}}
@@ -66,8 +67,10 @@ def write_temporary(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     pieces[:0] = [memoryview(len(raw).to_bytes(8, "little")), memoryview(raw)]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, FILE_MODE)  # a normally created file's mode, not mkstemp's 0600
-        os.close(fd)
+        try:
+            os.fchmod(fd, FILE_MODE)  # a normally created file's mode, not mkstemp's 0600
+        finally:
+            os.close(fd)
         if not _write_direct(tmp, pieces):
             with open(tmp, "wb") as fh:
                 for piece in pieces:

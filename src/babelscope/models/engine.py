@@ -268,13 +268,13 @@ class Engine:
         with self._bar(sum(len(r) for g in groups for r in g.requests), desc) as bar:
 
             def score(batches: list[_Hidden]) -> None:
-                served = [i for b in batches for i in b.served]
+                hidden = _Hidden.join(batches)
                 with torch.inference_mode():
-                    scored = self._score_positions([[seqs[i] for i in served]], _Hidden.join(batches))[0]
+                    scored = self._score_positions([[seqs[i] for i in hidden.served]], hidden)[0]
                 self.cache.put_many(
-                    {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(served, scored, strict=True)}
+                    {keys[i]: [r.logprob, r.greedy, r.tokens] for i, r in zip(hidden.served, scored, strict=True)}
                 )
-                bar.update(len(served))
+                bar.update(len(hidden.served))
 
             pending: list[_Hidden] = []  # forwards' scored hidden vectors, waiting for a full head chunk
             # a forward may hold as many tokens as batch_size of the longest rows (the plain path's first batch)

@@ -74,11 +74,10 @@ def matrix_of(
     field name or a function of the row. Labels are taken in first-seen order unless given (rows outside given
     labels are left out, and rows whose value is None give no cell); cells no row gives are NaN. ``symmetric``:
     one label list for both axes, each value mirrored, ``diagonal`` on the diagonal."""
-    get = [f if callable(f) else (lambda r, k=f: r.get(k)) for f in (row, col, value)]
-    cells = [(get[0](r), get[1](r), get[2](r)) for r in rows]
-    if symmetric:
-        seen = row_labels or list(dict.fromkeys(x for a, b, _ in cells for x in (a, b)))
-        row_labels = col_labels = seen
+    row_of, col_of, value_of = (f if callable(f) else (lambda r, k=f: r.get(k)) for f in (row, col, value))
+    cells = [(row_of(r), col_of(r), value_of(r)) for r in rows]
+    if symmetric:  # one label list, in first-seen order over both ends of every pair
+        row_labels = col_labels = row_labels or list(dict.fromkeys(x for a, b, _ in cells for x in (a, b)))
     row_labels = list(row_labels or dict.fromkeys(a for a, _, _ in cells))
     col_labels = list(col_labels or dict.fromkeys(b for _, b, _ in cells))
     ri, ci = {x: i for i, x in enumerate(row_labels)}, {x: j for j, x in enumerate(col_labels)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from babelscope.report.base import Section, register_section
+from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, stats
 
 LABELS = {
@@ -79,9 +79,8 @@ def premium_chart(rows: list[dict[str, Any]], models: list[str], key: str = "pre
 def tokens_section(doc: dict[str, Any]) -> Section:
     """Premium per language (chart grouped by script), the per-language table and fertility on UD."""
     res = doc.get("results") or {}
-    tables = doc.get("tables") or {}
-    rows = (tables.get("per_language") or {}).get("rows") or []
-    fert = (tables.get("fertility") or {}).get("rows") or []
+    rows = table_rows(doc, "per_language")
+    fert = table_rows(doc, "fertility")
     models = res.get("models") or sorted({r["model"] for r in rows})
     section = Section(title=f"Tokenizer efficiency of {', '.join(models)} on {res.get('corpus', '?')}")
     section.add(f"<p>{len(models)} tokenizer(s), {len({r['lang'] for r in rows})} languages of "
@@ -100,10 +99,10 @@ def tokens_section(doc: dict[str, Any]) -> Section:
     ranked = sorted(rows, key=lambda r: (r["model"], -(r.get("premium") or 0)))
     section.add("<h3>Per language</h3>")
     section.table(ranked, columns=cols, labels=LABELS, titles=TITLES, sorted_by="premium",
-                  source=(tables.get("per_language") or {}).get("file"))  # fmt: skip
+                  source=table_file(doc, "per_language"))  # fmt: skip
     if fert:
         section.add(f"<h3>Fertility on {esc(res.get('ud') or 'UD')}</h3>")
-        section.table(fert, labels=LABELS, titles=TITLES, source=(tables.get("fertility") or {}).get("file"))
+        section.table(fert, labels=LABELS, titles=TITLES, source=table_file(doc, "fertility"))
     return section
 
 
@@ -111,7 +110,6 @@ def tokens_section(doc: dict[str, Any]) -> Section:
 def vocab_section(doc: dict[str, Any]) -> Section:
     """Premium before/after, fertility, added tokens used, the checks and the init-quality table."""
     res = doc.get("results") or {}
-    tables = doc.get("tables") or {}
     summ = res.get("summary") or {}
     lang = res.get("lang", "?")
     section = Section(title=f"Vocabulary extension of {res.get('model', '?')} for {lang}")
@@ -125,7 +123,7 @@ def vocab_section(doc: dict[str, Any]) -> Section:
         f"model is <code>{esc(res.get('out'))}</code>.</p>"
     )  # fmt: skip
     section.add(stats({k.replace("_", " "): v for k, v in summ.items()}))
-    eff = [r for r in (tables.get("efficiency") or {}).get("rows") or [] if "set" not in r]
+    eff = [r for r in table_rows(doc, "efficiency") if "set" not in r]
     if eff:
         fig, _ = premium_chart(eff, ["base", "extended"])
         section.figure(fig, caption=f"Token premium relative to English before (base) and after (extended) the "
@@ -138,37 +136,37 @@ def vocab_section(doc: dict[str, Any]) -> Section:
             p[f"tokens_{r['model']}"] = r["tokens"]
         section.add("<h3>Premium before and after</h3>")
         section.table(sorted(pivot.values(), key=lambda p: -(p.get("premium_base") or 0)),
-                      source=(tables.get("efficiency") or {}).get("file"))  # fmt: skip
-    held = [r for r in (tables.get("efficiency") or {}).get("rows") or [] if r.get("set") == "held-out"]
-    fert = (tables.get("fertility") or {}).get("rows") or []
+                      source=table_file(doc, "efficiency"))  # fmt: skip
+    held = [r for r in table_rows(doc, "efficiency") if r.get("set") == "held-out"]
+    fert = table_rows(doc, "fertility")
     if held or fert:
         section.add(f"<h3>Held-out {esc(lang)} text</h3>")
         merged = [{**r, **next((f for f in fert if f["model"] == r["model"]), {})} for r in held]
         section.table(merged, columns=["model", "units", "tokens", "tokens_per_byte", "tokens_per_unit",
                                        "fertility", "split_share", "byte_fallback_share"],
                       labels=LABELS, titles=TITLES)  # fmt: skip
-    added = (tables.get("added_tokens") or {}).get("rows") or []
+    added = table_rows(doc, "added_tokens")
     if added:
         used = sorted((r for r in added if r.get("seen")), key=lambda r: -r["seen"])
         section.add(f"<h3>Added tokens used</h3><p>{len(used)} of {len(added)} added tokens occur on the {esc(lang)} "
                     "text; the most frequent:</p>")  # fmt: skip
         section.table(used[:30], columns=["id", "text", "seen", "old_tokens", "reachable"],
-                      source=(tables.get("added_tokens") or {}).get("file"))  # fmt: skip
+                      source=table_file(doc, "added_tokens"))  # fmt: skip
         if res.get("unreachable_pieces"):
             section.add("<p>Unreachable: " + ", ".join(f"<code>{esc(p)}</code>" for p in res["unreachable_pieces"][:60])
                         + "</p>")  # fmt: skip
-    trips = (tables.get("round_trip") or {}).get("rows") or []
+    trips = table_rows(doc, "round_trip")
     if trips:
         section.add("<h3>Round trip and changed tokenization</h3>")
         section.table(trips, labels={"changed_share": "changed"},
                       titles={"changed_share": "share of units whose tokenization changed"},
-                      source=(tables.get("round_trip") or {}).get("file"))  # fmt: skip
-    qual = (tables.get("init_quality") or {}).get("rows") or []
+                      source=table_file(doc, "round_trip"))  # fmt: skip
+    qual = table_rows(doc, "init_quality")
     if qual:
         section.add("<h3>Initialisation quality before training</h3><p>Bits per unit (total NLL / ln 2 / units) of "
                     "the extended model with each init next to the base model on the same held-out units; the "
                     "content is the same, so the numbers compare across tokenizers. Closer to the base is "
                     "better.</p>")  # fmt: skip
         cols = ["texts", "units", "base", "subword-mean", "mean", "random", "base_tokens", "subword-mean_tokens"]
-        section.table(qual, columns=cols, source=(tables.get("init_quality") or {}).get("file"))
+        section.table(qual, columns=cols, source=table_file(doc, "init_quality"))
     return section

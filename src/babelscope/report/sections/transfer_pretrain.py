@@ -7,11 +7,11 @@ import math
 from typing import Any
 
 from babelscope.report.base import Section, register_section, table_file, table_rows
-from babelscope.report.markup import esc, format_value, stats
+from babelscope.report.markup import esc, format_value, is_number, stats
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return is_number(v) and v > 0
 
 
 def _median(values: list[float]) -> float | None:
