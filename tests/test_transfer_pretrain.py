@@ -175,12 +175,57 @@ def test_checkpoint_of_another_configuration(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path)
     monkeypatch.setattr(Engine, "rolling_loglikelihood", real)
-    before = sorted(p.name for p in (tmp_path / "transfer-pretrain" / "checkpoints").iterdir())
-    out = subprocess.run([sys.executable, "-m", "babelscope.cli", "transfer", "pretrain", "-m", str(tiny),
-                          "--corpus", "pud-sample", "--langs", "deu:0.75,eng:0.25", "--seq-len", "16",
-                          "--samples", "24", "--lr", "0.1", "-o", str(tmp_path)],
-                         capture_output=True, text=True)
+    step = tmp_path / "transfer-pretrain"
+    before = sorted(p.name for p in (step / "checkpoints").iterdir())
+    config = (step / "config.yaml").read_text()
+    cli = [sys.executable, "-m", "babelscope.cli", "transfer", "pretrain", "-m", str(tiny), "--corpus", "pud-sample",
+           "--langs", "deu:0.75,eng:0.25", "--seq-len", "16", "--samples", "24", "--eval-corpus", "udhr-sample",
+           "--eval-langs", "eng,fra", "--eval-at", "0,8,24", "--eval-window", "32", "--eval-max-tokens", "64",
+           "--micro-batch-size", "4", "--no-save-model", "--checkpoint-every", "1", "-o", str(tmp_path)]
+    out = subprocess.run([*cli, "--lr", "0.1"], capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().count("\n") == 0 and "another configuration" in out.stderr
-    assert sorted(p.name for p in (tmp_path / "transfer-pretrain" / "checkpoints").iterdir()) == before
-    assert json.loads((tmp_path / "transfer-pretrain" / "results.json").read_text())["results"]["complete"] is False
+    # one line naming the option that changed (with its old and new value), nothing overwritten
+    assert out.stderr.strip().count("\n") == 0 and "another training configuration (lr 0.002 -> 0.1)" in out.stderr
+    assert "--restart" in out.stderr
+    assert sorted(p.name for p in (step / "checkpoints").iterdir()) == before
+    assert (step / "config.yaml").read_text() == config
+    assert json.loads((step / "results.json").read_text())["results"]["complete"] is False
+    # logging and checkpoint frequency do not change the weights: the same checkpoint resumes
+    out = subprocess.run([*cli, "--lr", "0.002", "--log-every", "2", "--checkpoint-every", "3"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    done = json.loads((step / "results.json").read_text())
+    assert done["results"]["complete"] and sorted({r["samples"] for r in done["tables"]["curve"]["rows"]}) == [0, 8, 24]
+    assert not (step / "checkpoints").exists()  # a finished run leaves no checkpoint, even without a saved model
+
+
+def test_restart_and_finished_rerun(tiny, tmp_path, monkeypatch):
+    """--restart discards a checkpoint of another configuration and trains from the start (the same weights as a
+    run that was never interrupted); a finished step re-run with a changed option recomputes."""
+    import babelscope.transfer.loop as loop
+
+    cfg = _cfg(tiny, checkpoint_every=2, save_model=True)
+    real = loop._save_checkpoint
+
+    def dies(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_checkpoint", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(loop, "_save_checkpoint", real)
+    changed = _cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3)
+    with pytest.raises(BabelscopeError, match=r"lr 0.002 -> 0.001"):
+        run(changed, tmp_path / "cut")
+    restarted = run(_cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3, restart=True), tmp_path / "cut")
+    fresh = run(changed, tmp_path / "fresh")
+    assert restarted["tables"]["curve"]["rows"] == fresh["tables"]["curve"]["rows"]
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "cut/transfer-pretrain/model/model.safetensors"))
+    b = load_file(str(tmp_path / "fresh/transfer-pretrain/model/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical: nothing of the killed run was kept
+    # a finished step with another --log-every recomputes (its metrics table changes) instead of being refused
+    again = run(_cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3, log_every=3), tmp_path / "fresh")
+    assert len(again["tables"]["metrics"]["rows"]) == 2 and again["results"]["complete"]
