@@ -159,7 +159,9 @@ def check_config(cfg: LoopConfig) -> None:
     for name in ("micro_batch_size", "grad_accum", "epochs", "log_every", "logit_chunk"):
         if getattr(cfg, name) < 1:
             raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.lr <= 0 or cfg.warmup < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
+    if not cfg.lr > 0:  # NaN too
+        raise BabelscopeError(f"--lr {cfg.lr}: must be positive")
+    if cfg.warmup < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
         raise BabelscopeError("--lr must be positive and --warmup, --weight-decay, --max-grad-norm not negative")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise BabelscopeError(f"--mixed-precision {cfg.mixed_precision!r}: use auto, no, bf16 or fp16")
