@@ -229,3 +229,66 @@ def test_restart_and_finished_rerun(tiny, tmp_path, monkeypatch):
     # a finished step with another --log-every recomputes (its metrics table changes) instead of being refused
     again = run(_cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3, log_every=3), tmp_path / "fresh")
     assert len(again["tables"]["metrics"]["rows"]) == 2 and again["results"]["complete"]
+
+
+def test_checked_before_anything_runs(tiny, tmp_path):
+    """`babelscope run` plans every step's model-free checks (budgets, eval points, seq-len against config.json,
+    masks) before step 1 runs."""
+    import yaml
+
+    from babelscope.experiment import plan, run_file
+
+    ppl = {"command": "ppl", "step": "ppl", "corpus": "udhr-sample", "langs": "eng", "max_units": 1, "window": 32}
+    pre = {"command": "transfer-pretrain", "corpus": "pud-sample", "langs": "deu", "seq_len": 16, "samples": 8,
+           "eval_corpus": "udhr-sample", "eval_langs": "eng"}
+
+    def exp(name, **change):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / name), "defaults": {"model": str(tiny)},
+                                        "steps": [ppl, dict(ppl, step="ppl-2"), {**pre, **change}]}))
+        return path
+
+    for name, change, message in [
+        ("neg", {"seq_len": -5}, "step 3 (transfer-pretrain): --seq-len -5: a block needs at least 2 tokens"),
+        ("long", {"seq_len": 600}, "--seq-len 600 is over the model's maximum of 512"),
+        ("evalat", {"eval_at": "0,100"}, "--eval-at '0,100': sample counts must lie between 0 and the budget 8"),
+        ("budget", {"samples": 50000}, "raise --epochs"),
+        ("epochs", {"epochs": 0}, "--epochs 0: must be at least 1"),
+        ("mask", {"freeze_region": "masks/top.safetensors"}, "no such mask file"),
+        ("lr", {"lr": 0.0}, "--lr 0.0: must be positive"),
+    ]:
+        with pytest.raises(BabelscopeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            run_file(exp(name, **change))
+        assert not (tmp_path / name).exists(), name  # step 1 never ran
+    # a mask that an earlier `regions select` step writes is checked when its step runs
+    select = {"command": "regions-select", "importance_step": "regions-importance"}
+    path = tmp_path / "later.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "later"), "defaults": {"model": str(tiny)},
+                                    "steps": [select, {**pre, "freeze_region": "masks/top.safetensors"}]}))
+    assert [s.command for s in plan(path)] == ["regions-select", "transfer-pretrain"]
+
+
+def test_mask_checked_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    """A wrong-shape mask without a checksum, an unreadable file and a non-boolean tensor are refused from the
+    safetensors headers, before the model loads; --epochs 0 gets its own sentence."""
+    import babelscope.models
+    from safetensors.torch import save_file
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(babelscope.models, "load_model", no_loading)
+    save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(3, 3, dtype=torch.bool)},
+              str(tmp_path / "wrong.safetensors"), metadata={"region": json.dumps("top")})
+    with pytest.raises(BabelscopeError, match=r"down_proj.weight has shape \(3, 3\), the model's is \(32, 64\)"):
+        run(_cfg(tiny, freeze_region=str(tmp_path / "wrong.safetensors")), tmp_path / "r")
+    save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(32, 64)}, str(tmp_path / "float.safetensors"))
+    with pytest.raises(BabelscopeError, match="is F32, a mask is boolean"):
+        run(_cfg(tiny, freeze_region=str(tmp_path / "float.safetensors")), tmp_path / "r")
+    (tmp_path / "junk.safetensors").write_text("not a mask")
+    with pytest.raises(BabelscopeError, match="not a mask file of `babelscope regions select`") as exc:
+        run(_cfg(tiny, freeze_region=str(tmp_path / "junk.safetensors")), tmp_path / "r")
+    assert "delete it" not in str(exc.value)  # a user's input, not a cache file
+    with pytest.raises(BabelscopeError, match="^--epochs 0: must be at least 1$"):
+        run(_cfg(tiny, epochs=0), tmp_path / "r")
+    assert not (tmp_path / "r" / "transfer-pretrain").exists()
