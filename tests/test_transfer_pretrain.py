@@ -271,8 +271,9 @@ def test_checked_before_anything_runs(tiny, tmp_path):
 def test_mask_checked_before_the_model_loads(tiny, tmp_path, monkeypatch):
     """A wrong-shape mask without a checksum, an unreadable file and a non-boolean tensor are refused from the
     safetensors headers, before the model loads; --epochs 0 gets its own sentence."""
-    import babelscope.models
     from safetensors.torch import save_file
+
+    import babelscope.models
 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded")

@@ -424,3 +424,26 @@ def test_lr_zero_is_refused_not_the_default(tmp_path, tiny_dir):
     assert not any(tmp_path.iterdir())
     assert default_lr(SftConfig()) == 2e-5 and default_lr(SftConfig(lora_r=4)) == 2e-4
     assert loop_config(SftConfig(lr=3e-4), 1).lr == 3e-4
+
+
+def test_table_messages(tmp_path, tiny_dir, capsys):
+    """transfer table: one space where no response step is missing by name; a table where nothing was judged
+    says why on stderr and in its results and report."""
+    from babelscope.evaluate.respond import RespondConfig
+    from babelscope.evaluate.respond import run as respond
+    from babelscope.report import render_html
+    from babelscope.transfer.study import StudyTableConfig
+    from babelscope.transfer.study import run as table
+
+    with pytest.raises(BabelscopeError) as exc:
+        table(StudyTableConfig(), tmp_path)
+    assert "  " not in str(exc.value) and "no finished response step in" in str(exc.value)
+    respond(RespondConfig(model=str(tiny_dir), judge="none", limit=2, max_new_tokens=2), tmp_path)
+    capsys.readouterr()
+    doc = table(StudyTableConfig(), tmp_path)
+    err = capsys.readouterr().err
+    assert doc["tables"]["variants"]["rows"][0]["AVG"] is None
+    warning = doc["results"]["warning"]
+    assert "no variant has a judged response" in warning and "respond: judge none" in warning
+    assert f"warning: {warning}\n" in err
+    assert "no variant has a judged response" in render_html(tmp_path)
