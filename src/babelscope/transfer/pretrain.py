@@ -373,9 +373,9 @@ def plan_check(cfg: PretrainConfig, run_dir: Path, earlier: Sequence[str] = ()) 
         try:
             mask_file = mask_path(cfg.freeze_region, run_dir)
         except BabelscopeError:
-            if "regions-select" not in earlier:
+            if not {"regions-select", "regions"} & set(earlier):
                 raise
-            mask_file = None  # written by an earlier `regions select` step
+            mask_file = None  # written by an earlier `regions select` (or `regions`) step
         if mask_file is not None:
             check_mask_model(mask_file, cfg.model) if ready else _mask_header(mask_file)
     if ready:

@@ -79,9 +79,13 @@ def plan_check(cfg: SftConfig, run_dir: Path, earlier=()) -> None:
     """The checks that need no model, run when an experiment is planned: the options, --max-length against the
     model's config.json and, when the model's tokenizer is there (not a model an earlier step writes), the data
     and the template."""
+    import dataclasses
+
     from babelscope.transfer.pretrain import model_text_config
 
-    check(cfg)
+    later = cfg.train_tokens not in ("auto", "none") and not _parse_range(cfg.train_tokens) and not Path(
+        cfg.train_tokens).expanduser().exists() and "transfer-vocab" in earlier  # a model an earlier step writes
+    check(dataclasses.replace(cfg, train_tokens="auto") if later else cfg)
     text = model_text_config(cfg.model, planning=True)
     if text is not None:
         check_length(cfg, text)
