@@ -35,6 +35,9 @@ from typing import Any
 
 import yaml
 
+from babelscope.processes import barrier  # noqa: F401  (re-exported: the run's barrier)
+from babelscope.processes import is_main as is_main_process  # noqa: F401  (re-exported)
+
 SCHEMA_VERSION = 1
 
 
@@ -167,27 +170,6 @@ def provenance(**extra: Any) -> dict[str, Any]:
         "argv": sys.argv,
         **extra,
     }
-
-
-def is_main_process() -> bool:
-    """True outside ``accelerate launch`` and on its rank 0 (the only one that writes results)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def barrier() -> None:
-    """Wait for every process of the group (no-op in a single process): what one rank wrote, the others may
-    read after this. Under a launcher (``WORLD_SIZE`` > 1) the process group is set up first if needed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from babelscope.models.engine import _dist_state
-
-        _dist_state()
-    torch = sys.modules.get("torch")
-    dist = torch.distributed if torch is not None else None
-    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def check_step_name(name: str) -> str:

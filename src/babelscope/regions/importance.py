@@ -74,7 +74,7 @@ def language_scores(
     Call inside :func:`grads_only_for`. Under Accelerate every process takes its share of ``seqs`` and the
     gradients are summed across processes, so every rank returns the same scores.
     """
-    from babelscope.models.engine import all_reduce_grads
+    from babelscope.processes import GradView, all_reduce_grads, sum_across
 
     if method not in METHODS:
         raise BabelscopeError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -106,27 +106,10 @@ def language_scores(
     else:
         for name, p in params.items():
             acc.setdefault(name, torch.zeros(p.shape, dtype=torch.float32, device=p.device))
-        all_reduce_grads([_GradView(t) for t in acc.values()])
+        all_reduce_grads([GradView(t) for t in acc.values()])
         acc = {name: t.cpu() for name, t in acc.items()}
-    nll = _sum_across_processes(nll)
+    nll = sum_across(nll)
     return acc, nll, tokens
-
-
-class _GradView:
-    """Lets :func:`all_reduce_grads` sum a plain tensor in place (it reduces ``.grad``)."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.grad = tensor
-
-
-def _sum_across_processes(value: float) -> float:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t[0])
-    return value
 
 
 def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
