@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from babelscope.caches import RequestCache
 from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, prefix_token_id
 from babelscope.models.hooks import capture_layers, run_until_stopped
 from babelscope.processes import DistState, all_reduce_grads, gather_objects  # noqa: F401  (re-exported)
 from babelscope.processes import state as _dist_state
-from babelscope.runs import RequestCache
 
 
 @dataclass
@@ -67,8 +67,9 @@ class RollingScore:
 def tokenizer_sha256(tokenizer) -> str:
     """sha256 of a tokenizer's serialized state (the fast tokenizer's JSON, or the vocabulary of a slow one,
     plus special tokens and chat template); memoised on the tokenizer while its length stays the same."""
-    import hashlib
     import json
+
+    from babelscope.caches import digest
 
     memo = getattr(tokenizer, "_babelscope_sha256", None)
     if memo is not None and memo[0] == len(tokenizer):
@@ -77,9 +78,7 @@ def tokenizer_sha256(tokenizer) -> str:
     state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = {"class": type(tokenizer).__name__, "special": getattr(tokenizer, "all_special_tokens", None),
              "chat_template": getattr(tokenizer, "chat_template", None), "len": len(tokenizer)}
-    digest = hashlib.sha256(state.encode("utf-8"))
-    digest.update(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
-    sha = digest.hexdigest()
+    sha = digest([state, json.dumps(extra, sort_keys=True, default=str)])
     with contextlib.suppress(AttributeError, TypeError):  # a tokenizer that refuses new attributes
         tokenizer._babelscope_sha256 = (len(tokenizer), sha)
     return sha

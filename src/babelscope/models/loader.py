@@ -13,7 +13,6 @@ merged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from babelscope.caches import digest, file_sha256, json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.settings import cache_dir
 
@@ -100,24 +100,22 @@ def _weights_checksum(source: Path | str, model) -> str:
     if not files:
         return state_dict_checksum(model)
     stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+    key = json_sha256(stamp, sort_keys=False)
     memo = cache_dir() / "checksums" / f"{key}.txt"
     if memo.exists():
         return memo.read_text().strip()
-    from babelscope.runs import file_sha256, write_text
+    from babelscope.runs import write_text
 
-    digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
-    write_text(memo, digest)
-    return digest
+    checksum = digest(file_sha256(f) for f in files)
+    write_text(memo, checksum)
+    return checksum
 
 
 def state_dict_checksum(model) -> str:
     """sha256 over a model's tensors in name order (for models built in memory)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
-    return digest.hexdigest()
+    return digest(part for name, tensor in sorted(model.state_dict().items())
+                  for part in (name, tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy()
+                               .tobytes()))
 
 
 def _byte_dtype():
@@ -332,8 +330,6 @@ def load_adapter(path: Path, dtype: str = "float32", device: str | None = None, 
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    from babelscope.runs import file_sha256
-
     files = sorted(path.glob("*.safetensors"))
-    checksum = hashlib.sha256((base_info.checksum + "".join(file_sha256(f) for f in files)).encode()).hexdigest()
+    checksum = digest([base_info.checksum, *(file_sha256(f) for f in files)])
     return model, tokenizer, describe(model, tokenizer, str(path), path, checksum=checksum)

@@ -22,12 +22,11 @@ summed across ranks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.neurons.configs import NeuronsConfig
 
@@ -136,7 +135,7 @@ def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> 
 
 
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step

@@ -26,8 +26,6 @@ that of the language with the largest padded batches.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import ImportanceConfig
 from babelscope.tensorfiles import commit_file, load_tensors, read_metadata, save_tensors, write_temporary
@@ -123,7 +122,7 @@ def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[st
 
 # ------------------------------------------------------------------------------------------------ files
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step
