@@ -41,7 +41,7 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 * Checkpoints: every ``checkpoint_every`` steps ``accelerator.save_state`` into
   ``out_dir/checkpoints/step-N`` plus ``position.json`` (step, samples, tokens, fingerprint) written last.
   ``train`` on an ``out_dir`` with a checkpoint resumes from its last one by sample index (bit-identical weights
-  on a CPU). The fingerprint (:func:`resume_key`, one :func:`babelscope.runs.fingerprint`) holds every loop
+  on a CPU). The fingerprint (:func:`resume_key`, one :func:`babelscope.caches.fingerprint`) holds every loop
   setting that changes the weights, the number of examples and processes, and the caller's ``fingerprint``
   parts (model and tokenizer checksums, data, adapter and freezing options), never logging or checkpoint
   frequency; a checkpoint of another fingerprint is refused with one line naming the parts that differ
@@ -326,10 +326,10 @@ def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> lis
 # ----------------------------------------------------------------------------------------------- checkpoints
 def resume_key(cfg: LoopConfig, n_examples: int, processes: int, parts: Mapping[str, Any] | None = None
                ) -> dict[str, Any]:
-    """The fingerprint of a run (:func:`babelscope.runs.fingerprint`): the loop settings that change the weights,
+    """The fingerprint of a run (:func:`babelscope.caches.fingerprint`): the loop settings that change the weights,
     the number of examples and of processes, and the caller's ``parts`` (model and tokenizer checksums, data,
     adapter options, freezing mask: each by the name of its option). A checkpoint of another key is refused."""
-    from babelscope.runs import fingerprint
+    from babelscope.caches import fingerprint
 
     return fingerprint({**cfg.fingerprint(), "examples": n_examples, "processes": processes, **(parts or {})})
 
@@ -350,12 +350,13 @@ def check_resumable(out_dir: Path, key: dict[str, Any], restart: bool = False) -
     """The position to resume from, or ``None``. A checkpoint of another key (:func:`resume_key`) is refused with
     one line naming the options that differ; ``restart`` removes the checkpoints instead (every process calls
     this at the same point: they all read before the main process deletes)."""
-    from babelscope.runs import barrier, fingerprint_changes, is_main_process
+    from babelscope.caches import fingerprint_changes
+    from babelscope.processes import barrier, is_main
 
     found = last_checkpoint(out_dir)
     if restart:
         barrier()
-        if found is not None and is_main_process():
+        if found is not None and is_main():
             remove_checkpoints(out_dir)
         barrier()
         return None

@@ -21,7 +21,6 @@ training and report that the other languages no longer collapse. This step repro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
 from babelscope.transfer.configs import PretrainConfig
 
@@ -231,10 +231,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
 
 def data_fingerprint(data: dict[str, Any]) -> str:
     """sha256 of the training text (per language) and the sample order: the data the weights are trained on."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(data["checksums"], sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(data["order"]).tobytes())
-    return digest.hexdigest()
+    return digest([json.dumps(data["checksums"], sort_keys=True), np.ascontiguousarray(data["order"]).tobytes()])
 
 
 def resume_parts(cfg: PretrainConfig, model_checksum: str, tokenizer_sha: str, data: dict[str, Any],
