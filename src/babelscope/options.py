@@ -134,7 +134,7 @@ def print_results(doc: dict[str, Any], rows: list[dict[str, Any]], columns: list
     from rich.console import Console
     from rich.table import Table
 
-    from babelscope.report.markup import format_plain
+    from babelscope.formatting import format_plain
 
     shown = Table(*columns, title=title)
     for r in rows:

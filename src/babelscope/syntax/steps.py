@@ -107,10 +107,10 @@ def _start(cfg, run_dir, step: str, loaded, *reads: str):
 # ------------------------------------------------------------------------------------------------- extract
 def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loaded=None) -> dict[str, Any]:
     """Embed every word of the chosen treebanks at the chosen layers into ``RUN_DIR/STEP/store``."""
+    from babelscope.data.ud import load_treebanks
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.syntax import represent
-    from babelscope.syntax.treebanks import load_treebanks
 
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st

@@ -133,28 +133,11 @@ class PackedBlocks:
         return {"input_ids": ids, "labels": ids}
 
 
-class _Subset:
-    """A corpus restricted to some unit ids (the held-out or the training side of an id split)."""
-
-    def __init__(self, corpus, keep: dict[str, set[str]]):
-        self.corpus, self.keep = corpus, keep
-        self.name, self.parallel = corpus.name, corpus.parallel
-
-    def languages(self) -> list[str]:
-        return self.corpus.languages()
-
-    def match_language(self, lang):
-        return self.corpus.match_language(lang)
-
-    def units(self, lang):
-        code = self.corpus.match_language(lang)
-        return [u for u in self.corpus.units(code) if u.id in self.keep.get(code, set())]
-
-
 def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
     """Training blocks, order and held-out evaluation units; every budget check happens here (no model)."""
     from babelscope.data import open_corpus
     from babelscope.data.base import split_units
+    from babelscope.data.views import SubsetView
     from babelscope.runs import text_sha256
 
     samples = budget(cfg)
@@ -174,7 +157,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
         for code in set(eval_codes) | set(train_codes):
             _, test = split_units(corpus.units(code), cfg.held_out, cfg.seed)
             held[code] = {u.id for u in test}
-        eval_view = _Subset(corpus, held)
+        eval_view = SubsetView(corpus, held)
     else:
         eval_view = eval_corpus
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
