@@ -52,22 +52,20 @@ class ModelInfo:
 # ------------------------------------------------------------------------------------------- spec resolution
 def resolve_spec(spec: str) -> tuple[Path | str, str | None]:
     """Turn a model spec into ``(directory_or_hub_id, gguf_file_name_or_None)``, converting GGUF once."""
-    if spec == DEFAULT_MODEL:
-        from babelscope.models.default import default_model_dir
+    from babelscope.models.named import NAMED_MODELS, converted_gguf_dir, named_model_dir
 
-        return default_model_dir(), None
+    if spec in NAMED_MODELS:
+        return named_model_dir(spec), None
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise BabelscopeError(f"{spec}: no such GGUF file; give the path of a .gguf model file")
-        from babelscope.models.default import converted_gguf_dir
-
         return converted_gguf_dir(path), None
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise BabelscopeError(
                 f"{spec}: not a model directory (no config.json); give a Hugging Face model directory, "
-                f"a .gguf file, a hub id or '{DEFAULT_MODEL}'"
+                f"a .gguf file, a hub id or a named model ({', '.join(NAMED_MODELS)})"
             )
         return path, None
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -203,7 +201,9 @@ def model_name(spec: str, _depth: int = 0) -> str:
     name; a model directory that a Babelscope step saved (``STEP/model`` of ``transfer sft``, ``transfer vocab``,
     ``transfer pretrain``) names its base and the step, from the records it carries:
     ``gemma-3-270m + SFT (sft)``, ``gemma-3-270m + pretraining (pretrain-64) + SFT (sft-pt64)``."""
-    if spec == DEFAULT_MODEL:
+    from babelscope.models.named import NAMED_MODELS
+
+    if spec in NAMED_MODELS:
         return spec
     path = Path(str(spec)).expanduser()
     plain = path.name.removesuffix(".gguf") or str(spec)
@@ -270,7 +270,8 @@ def load_model(
 ):
     """Load ``spec`` and return ``(model, tokenizer, info)``; the model is in eval mode.
 
-    ``spec`` is ``gemma-3-270m`` (embedded default), a local Hugging Face directory (also ones Babelscope
+    ``spec`` is a named model (``gemma-3-270m``, the embedded default; ``smollm2-135m``, ``qwen2.5-coder-0.5b``:
+    :data:`babelscope.models.named.NAMED_MODELS`), a local Hugging Face directory (also ones Babelscope
     writes, with extended tokenizers), a ``.gguf`` file (converted once into a cached safetensors directory)
     or a hub id (online; offline it fails with a message saying how to pass a local path).
     """
