@@ -14,12 +14,12 @@ change (zeroing a weight that is already 0 changes nothing), so conditions can b
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from babelscope.caches import file_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities  # noqa: F401  (re-exported)
+from babelscope.numeric import median
 from babelscope.regions.configs import AblateConfig
 
 KIND = "regions-ablation"
@@ -39,19 +39,15 @@ def ratio_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "k": k,
                 "scope": scope,
                 "languages": len(ratios),
-                "median_ratio": _median(ratios),
-                "median_ratio_heldout_langs": _median(held),
-                "median_ratio_importance_langs": _median(seen),
+                "median_ratio": median(ratios),
+                "median_ratio_heldout_langs": median(held),
+                "median_ratio_importance_langs": median(seen),
                 "selected": mine[0]["selected"],
                 "norm_entries": mine[0]["norm_entries"],
                 "changed": mine[0]["changed"],
             }
         )
     return out
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def load_initial(path: str) -> dict:

@@ -32,6 +32,7 @@ import numpy as np
 
 from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
+from babelscope.numeric import median
 from babelscope.transfer.configs import PretrainConfig
 
 KIND = "transfer-pretrain"
@@ -275,11 +276,6 @@ def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], fro
     return rows if others else []
 
 
-def _median(values):
-    vals = sorted(v for v in values if v is not None)
-    return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
-
-
 def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=None) -> dict[str, Any]:
     """The ``babelscope transfer pretrain`` step (resumable). The model is always loaded afresh from
     ``cfg.model`` (training changes it; a shared ``loaded`` model is not used)."""
@@ -379,8 +375,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
             base = {r["lang"]: r["ppl"] for r in start}
             ratio = {r["lang"]: r["ppl"] / base[r["lang"]] for r in final if base.get(r["lang"])}
             summary = {
-                "target_ppl_ratio": _median([v for k, v in ratio.items() if k in targets]),
-                "others_median_ppl_ratio": _median([v for k, v in ratio.items() if k not in targets]) if any(
+                "target_ppl_ratio": median([v for k, v in ratio.items() if k in targets]),
+                "others_median_ppl_ratio": median([v for k, v in ratio.items() if k not in targets]) if any(
                     k not in targets for k in ratio) else None,
             }
         return {
