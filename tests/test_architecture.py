@@ -23,8 +23,8 @@ graph_tool = _tool()
 
 #: Floors, bottom up (docs/architecture.md): a room imports rooms on its own floor or below.
 FLOORS = [
-    {"errors", "settings", "processes", "caches", "formatting", "numeric", "layers", "memory", "tensorfiles",
-     "runs"},                                                            # 0 ground floor
+    {"errors", "settings", "processes", "caches", "formatting", "numeric", "layers", "fields", "memory",
+     "tensorfiles", "runs"},                                             # 0 ground floor
     {"data", "models"},                                                  # 1 model and corpus
     {"steps", "options"},                                                # 2 the step runner and config fields
     {"evaluate", "lens", "neurons", "regions", "syntax", "transfer"},    # 3 capabilities, side by side

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.fields import opt
 from babelscope.numeric import median
-from babelscope.options import opt
 
 KIND = "perplexity"
 

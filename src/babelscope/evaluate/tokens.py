@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 KIND = "tokens"
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
