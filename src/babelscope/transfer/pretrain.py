@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -285,6 +284,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     from babelscope.models import load_model
     from babelscope.models.engine import Engine
     from babelscope.models.loader import resolve_spec
+    from babelscope.processes import launched_world
     from babelscope.runs import (
         file_sha256,
         inputs_sha256,
@@ -353,7 +353,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         if old.get("config") == to_jsonable(config) and old.get("inputs") == inputs_sha256(sr.inputs):
             curve = list(old["tables"].get("curve", {}).get("rows", []))
     ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = launched_world()
     per_step = cfg.micro_batch_size * cfg.grad_accum * processes
     total_steps = math.ceil(data["samples"] / per_step)
     targets = set(data["train_codes"])
