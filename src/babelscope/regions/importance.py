@@ -126,6 +126,15 @@ def _key(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ step
+def plan_check(cfg: ImportanceConfig, run_dir=None, earlier=()) -> None:
+    """The option checks (method, window, token budget), run when an experiment is planned and again by
+    :func:`run`."""
+    if cfg.method not in METHODS:
+        raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    if cfg.window < 2 or cfg.max_tokens < 1:
+        raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
+
+
 def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded=None) -> dict[str, Any]:
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from tqdm.auto import tqdm
@@ -138,10 +147,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
 
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st
-    if cfg.method not in METHODS:
-        raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
-    if cfg.window < 2 or cfg.max_tokens < 1:
-        raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
+    plan_check(cfg)
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
