@@ -12,10 +12,8 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
-from babelscope.evaluate.perplexity import PplConfig
-from babelscope.evaluate.tokens import TokensConfig
 from babelscope.options import step_command
-from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
+from babelscope.registry import CAPABILITIES, PPL, TOKENS  # CAPABILITIES: packages whose cli.py holds a Typer app
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
@@ -96,7 +94,7 @@ def _print_ppl(doc: dict, cfg, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "ppl", PplConfig, "babelscope.evaluate.perplexity:run", step="ppl", show=_print_ppl,
+step_command(app, "ppl", PPL, step="ppl", show=_print_ppl,
              help="Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results "
              "files.")
 
@@ -108,7 +106,7 @@ def _print_tokens(doc: dict, cfg, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "tokens", TokensConfig, "babelscope.evaluate.tokens:run", step="tokens", show=_print_tokens,
+step_command(app, "tokens", TOKENS, step="tokens", show=_print_tokens,
              help="Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, "
              "byte fallback; several tokenizers side by side.")
 

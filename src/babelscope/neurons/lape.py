@@ -129,7 +129,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
 
 def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
     """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
-    from babelscope.regions.texts import token_windows
+    from babelscope.data.views import token_windows
 
     return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]
 
@@ -142,8 +142,8 @@ def _key(obj: Any) -> str:
 def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
     """The option checks (no model): window and counts, the three rates, the site, at least two languages of the
     corpus; run when an experiment is planned and again by :func:`run`. Returns the language codes."""
+    from babelscope.data.views import language_codes, open_text_corpus
     from babelscope.neurons.ffn import SITES
-    from babelscope.regions.texts import language_codes, open_text_corpus
 
     if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
         raise BabelscopeError(
@@ -167,9 +167,9 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     from tqdm.auto import tqdm
 
     from babelscope.data.languages import resolve_language
+    from babelscope.data.views import open_text_corpus, split_side
     from babelscope.neurons.ffn import check_site, ffn_modules
     from babelscope.processes import barrier
-    from babelscope.regions.texts import open_text_corpus, split_side
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors

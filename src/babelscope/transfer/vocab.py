@@ -208,13 +208,14 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_backend, parallel_units
     from babelscope.models.engine import Engine
     from babelscope.models.loader import resolve_spec
+    from babelscope.processes import launched
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.transfer import tokenizers as tk
 
     sr = StepRun(cfg, run_dir, step, loaded)
     _check(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched():
         raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
                               "accelerate launch / torchrun")  # fmt: skip
     lang = resolve_language(cfg.lang).code
