@@ -41,6 +41,7 @@ from torch import nn
 
 from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, prefix_token_id
 from babelscope.models.hooks import capture_layers, run_until_stopped
+from babelscope.models.placement import input_device
 from babelscope.runs import RequestCache
 
 
@@ -146,7 +147,7 @@ class Engine:
         self.identity = RequestCache.key(
             checksum,
             str(param.dtype) if param is not None else None,
-            param.device.type if param is not None else None,
+            input_device(model).type if param is not None else None,
             tokenizer_sha256(tokenizer),
         )
         self.state = _dist_state()
@@ -162,7 +163,8 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first block's side (blocks may sit on several devices, or offloaded)."""
+        return input_device(self.model)
 
     @property
     def is_main(self) -> bool:
@@ -351,7 +353,8 @@ class Engine:
         for start in range(0, len(targets), self.logit_chunk):
             need, inverse = torch.unique(where[start : start + self.logit_chunk], return_inverse=True)
             logits = logits_from_hidden(self.model, h[need], out=self._logit_buffer(h))
-            tgt = targets[start : start + self.logit_chunk]
+            inverse = inverse.to(logits.device)  # a head on another device than the last block
+            tgt = targets[start : start + self.logit_chunk].to(logits.device)
             picked = logits[inverse, tgt]
             peak = logits.amax(dim=-1)
             top = picked == peak[inverse]
@@ -463,7 +466,8 @@ class Engine:
                 for j in range(len(seq) - 1 - n, len(seq) - 1):  # the hidden at input position j predicts j + 1
                     index.append(g * width + width - p + j if j < p else base + xrow[c] * xwidth + j - p)
         pos, where = torch.unique(self._long(index), return_inverse=True)  # distinct positions
-        return _Hidden(torch.cat(tables)[pos], where, self._long(targets), served)
+        table = torch.cat(tables)  # on the last block's device, which may not be the inputs'
+        return _Hidden(table[pos.to(table.device)], where.to(table.device), self._long(targets), served)
 
     def _long(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -498,7 +502,7 @@ class Engine:
             batch = [seqs[i] for i in order[start : start + self.batch_size]]
             ids, mask = self._batch_inputs(batch)
             hidden = self._final_hidden(ids, mask)
-            rows, cols, targets = self._positions(batch)
+            rows, cols, targets = (t.to(hidden.device) for t in self._positions(batch))
             loss = self._chunk_nll(hidden[rows, cols], targets)
             (loss / normalizer).backward()
             total += float(loss.detach())
@@ -545,7 +549,8 @@ class Engine:
                 ids, mask = self._batch_inputs(seqs)
                 with torch.inference_mode(), capture_layers(self.model, layers) as store:
                     run_until_stopped(base_model(self.model), input_ids=ids, attention_mask=mask, use_cache=False)
-                    stacked = torch.stack([store[layer] for layer in layers], dim=1).float().cpu()
+                    # each layer to the CPU first: consecutive blocks may sit on different devices
+                    stacked = torch.stack([store[layer].float().cpu() for layer in layers], dim=1)
                 for row, i in enumerate(batch):
                     n = len(enc["input_ids"][i])
                     out[i] = {

@@ -98,6 +98,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     from babelscope.models.arch import base_model
     from babelscope.models.engine import _dist_state
     from babelscope.models.hooks import run_until_stopped
+    from babelscope.models.placement import input_device
     from babelscope.neurons.ffn import ActivationCounter
 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -106,7 +107,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     if state is not None:
         batches = batches[state.process_index :: state.num_processes]
     counter = ActivationCounter(ffns, site, stop_after=True)  # nothing after the last FFN activation runs
-    device = next(model.parameters()).device
+    device = input_device(model)
     body = base_model(model)
     with torch.inference_mode(), counter.hooked():
         for batch in batches:

@@ -66,6 +66,9 @@ class AblateConfig:
     max_new_tokens: int = opt(16, "Tokens generated per prompt.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
@@ -88,6 +91,9 @@ class ScanConfig:
     seed: int = opt(0, "Seed of the split and of the random dimensions.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
