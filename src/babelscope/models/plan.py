@@ -6,7 +6,8 @@ directory offline). Per device, in bytes (``b`` = bytes per value of the dtype, 
 * weights ``P b`` (``/ n`` under FSDP 2 or a device map);
 * gradients of what is trained or scored: the block parameters for ``importance`` (the paper's θ ⊙ ∇ covers the
   blocks), every parameter for ``pretrain``/``sft`` (the LoRA factors only with ``lora``), ``/ n`` under FSDP 2;
-* optimizer state: AdamW's two moments in float32, ``8`` bytes per trained value (``/ n`` under FSDP 2);
+* optimizer state: AdamW's two moments in float32, ``8`` bytes per trained value (``/ n`` under FSDP 2); the
+  parameters and their gradients stay in the model's dtype (no float32 master copy);
 * scores: importance's float32 aggregate over the block parameters (``4 P_blocks``, ``/ n`` under FSDP 2);
 * activations: the tensors autograd keeps per block for the backward, counted for a Llama/Gemma block (RMS
   norms, attention through SDPA, gated FFN): per token ``(2 N + 2) H + 5 h_q + 2 q (h_q + h_kv) + 4 F`` values.
@@ -121,9 +122,11 @@ class Plan:
 
 def plan_memory(shape: Shape, command: str, devices: int = 1, capacity: int = 80 * GiB, seq_len: int = 512,
                 batch_size: int = 4, dtype: str = "float32", fsdp: bool = False, device_map: bool = False,
-                checkpointing: bool = False, lora_rank: int = 0) -> Plan:
+                checkpointing: bool = False, lora_rank: int = 0, offload: bool = False) -> Plan:
     """Bytes per device of ``command`` (see the module docstring); ``batch_size`` is per process (FSDP 2 and data
-    parallelism give each device its own batch), a device map runs the batch through the devices in turn."""
+    parallelism give each device its own batch), a device map runs the batch through the devices in turn.
+    ``offload`` (``ppl`` with a device map): the weights that do not fit wait on the CPU or the disk, each device
+    keeping as many blocks as fit beside the working set, and at least one."""
     if command not in COMMANDS:
         raise BabelscopeError(f"--command {command!r}: use one of {', '.join(COMMANDS)}")
     b = DTYPE_BYTES[dtype]
@@ -150,8 +153,12 @@ def plan_memory(shape: Shape, command: str, devices: int = 1, capacity: int = 80
     else:
         parts["activations"] = tokens * (4 * s.hidden + s.q_width + 2 * s.kv_width + 3 * s.ffn) * b
         parts["logits"] = LOGIT_CHUNK * s.vocab * 4
+    if offload and not training:
+        room = int((1 - RESERVE) * capacity) - parts["activations"] - parts["logits"]
+        block = s.block_params // max(s.layers, 1) * b
+        parts["weights"] = max(block, min(parts["weights"], room // block * block))
     setting = dict(seq_len=seq_len, batch_size=batch_size, dtype=dtype, fsdp=fsdp, device_map=device_map,
-                   checkpointing=checkpointing, lora_rank=lora_rank)
+                   checkpointing=checkpointing, lora_rank=lora_rank, offload=offload)
     return Plan(command, devices, capacity, setting, parts)
 
 
@@ -160,13 +167,15 @@ def options_that_fit(shape: Shape, command: str, devices: int, capacity: int, **
     FSDP 2 (several devices), both, and LoRA (rank 16, training) or a device map (forward only)."""
     tries: list[dict[str, Any]] = [{}]
     if command == "ppl":
-        tries += [{"device_map": True}]
+        tries += [{"device_map": True}, {"device_map": True, "offload": True}]
     else:
         tries += [{"checkpointing": True}]
         if devices > 1:
             tries += [{"fsdp": True}, {"fsdp": True, "checkpointing": True}]
         if command in ("pretrain", "sft"):
             tries += [{"lora_rank": 16}, {"lora_rank": 16, "checkpointing": True}]
+            if devices > 1:
+                tries += [{"lora_rank": 16, "fsdp": True, "checkpointing": True}]
     out = []
     for extra in tries:
         plan = plan_memory(shape, command, devices, capacity, **{**kw, **extra})
@@ -185,7 +194,7 @@ def describe_plan(plan: Plan) -> str:
 def option_label(plan: Plan) -> str:
     s = plan.setting
     names = [n for n, on in (("FSDP 2", s["fsdp"]), ("device map", s["device_map"]),
-                             ("gradient checkpointing", s["checkpointing"])) if on]
+                             ("CPU/disk offload", s["offload"]), ("gradient checkpointing", s["checkpointing"])) if on]
     if s["lora_rank"]:
         names.append(f"LoRA r={s['lora_rank']}")
     return " + ".join(names) or "as asked"
