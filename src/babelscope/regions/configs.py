@@ -28,6 +28,8 @@ class ImportanceConfig:
     seed: int = opt(0, "Seed of the id-based split.")
     include: str = opt("", "Regex: score only block parameters whose name matches.")
     exclude: str = opt("", "Regex: leave out block parameters whose name matches.")
+    gradient_checkpointing: bool = opt(False, "Recompute each block's activations in the backward: one block's "
+                                       "held instead of every block's, for about a third more compute.")
     dtype: str = "float32"
     device: str | None = None
 

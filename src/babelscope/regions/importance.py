@@ -62,6 +62,33 @@ def grads_only_for(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterato
             p.grad = None
 
 
+@contextlib.contextmanager
+def checkpointed(model: nn.Module, on: bool = True) -> Iterator[None]:
+    """Within the block, the model's blocks recompute their activations in the backward (transformers' gradient
+    checkpointing, non-reentrant) while every module stays in eval mode (no dropout): only the blocks' own
+    ``training`` flag, which is what switches the checkpointing on, is set. Undone on every exit path."""
+    from babelscope.models.arch import block_list
+
+    if not on:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise BabelscopeError(f"--gradient-checkpointing: {type(model).__name__} does not support it; leave it out")
+    _, blocks = block_list(model)
+    was = model.is_activation_checkpointing
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    flags = [b.training for b in blocks]
+    try:
+        for b in blocks:
+            b.training = True
+        yield
+    finally:
+        for b, flag in zip(blocks, flags, strict=True):
+            b.training = flag
+        if not was:
+            model.activation_checkpointing_disable()
+
+
 def language_scores(
     engine,
     params: dict[str, nn.Parameter],
@@ -177,7 +204,8 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
     # One writer thread saves each language's scores while the next language runs (past the page cache, see
     # babelscope.tensorfiles); it drops them as soon as they are written, before the fsync.
-    with bar, grads_only_for(model, params), ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
+    with bar, grads_only_for(model, params), checkpointed(model, cfg.gradient_checkpointing), \
+            ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
         for code in codes:
             units = texts[code]
             sha = text_sha256(u.text for u in units)
