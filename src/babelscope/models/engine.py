@@ -484,7 +484,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ gradients
     def backward(
-        self, seqs: Sequence[tuple[list[int], int]], normalizer: float, on_batch: Callable[[int], None] | None = None
+        self, seqs: Sequence[tuple[list[int], int]], normalizer: float, on_batch: Callable[[int], None] | None = None,
+        even: bool = False,
     ) -> float:
         """Back-propagate ``sum of target-token NLL / normalizer`` into ``.grad`` (no optimizer step).
 
@@ -492,21 +493,30 @@ class Engine:
         batch size and of the number of processes (Accelerate's token-count normalisation). Each rank takes
         its share of ``seqs``; call :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL.
         The LM head and loss are one fused pass over chunks of positions (:func:`_chunk_nll`): the logits
-        are never all held, and their gradient is formed as they are computed.
+        are never all held, and their gradient is formed as they are computed. ``even`` (FSDP 2, whose every
+        forward and backward is a collective): every rank runs as many batches as the busiest one, a rank with
+        fewer repeating its first sequence with the loss weighted by 0 (nothing added to any gradient).
         """
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+        pad = 0
         if self.state is not None:
-            order = order[self.state.process_index :: self.state.num_processes]
+            world, rank = self.state.num_processes, self.state.process_index
+            if even:
+                most = math.ceil(len(order[0::world]) / self.batch_size) if order else 0
+                pad = most - math.ceil(len(order[rank::world]) / self.batch_size)
+            order = order[rank::world]
+        batches = [[seqs[i] for i in order[start : start + self.batch_size]]
+                   for start in range(0, len(order), self.batch_size)]
+        batches = [(b, 1.0) for b in batches] + [([seqs[0]], 0.0)] * pad
         total = 0.0
-        for start in range(0, len(order), self.batch_size):
-            batch = [seqs[i] for i in order[start : start + self.batch_size]]
+        for batch, weight in batches:
             ids, mask = self._batch_inputs(batch)
             hidden = self._final_hidden(ids, mask)
             rows, cols, targets = (t.to(hidden.device) for t in self._positions(batch))
-            loss = self._chunk_nll(hidden[rows, cols], targets)
+            loss = self._chunk_nll(hidden[rows, cols], targets) * weight
             (loss / normalizer).backward()
             total += float(loss.detach())
-            if on_batch:
+            if on_batch and weight:
                 on_batch(len(batch))
         return total
 

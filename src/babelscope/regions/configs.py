@@ -30,6 +30,8 @@ class ImportanceConfig:
     exclude: str = opt("", "Regex: leave out block parameters whose name matches.")
     gradient_checkpointing: bool = opt(False, "Recompute each block's activations in the backward: one block's "
                                        "held instead of every block's, for about a third more compute.")
+    fsdp: bool = opt(False, "Shard the blocks with FSDP 2 over the processes of torchrun / accelerate launch "
+                     "(fully_shard per block, no optimizer): each process scores and writes its own rows.")
     dtype: str = "float32"
     device: str | None = None
 
