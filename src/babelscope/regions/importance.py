@@ -26,8 +26,6 @@ that of the language with the largest padded batches.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import ImportanceConfig
 from babelscope.tensorfiles import commit_file, load_tensors, read_metadata, save_tensors, write_temporary
@@ -104,7 +103,7 @@ def language_scores(
     :func:`babelscope.regions.shards.shard_blocks`): FSDP 2 sums the gradients into each process's rows, and
     each process returns the scores of its own rows.
     """
-    from babelscope.models.engine import all_reduce_grads
+    from babelscope.processes import GradView, all_reduce_grads, sum_across
     from babelscope.regions.shards import local
 
     if method not in METHODS:
@@ -146,27 +145,10 @@ def language_scores(
     else:
         for name, p in params.items():
             acc.setdefault(name, torch.zeros(p.shape, dtype=torch.float32, device=p.device))
-        all_reduce_grads([_GradView(t) for t in acc.values()])
+        all_reduce_grads([GradView(t) for t in acc.values()])
         acc = {name: t.cpu() for name, t in acc.items()}
-    nll = _sum_across_processes(nll)
+    nll = sum_across(nll)
     return acc, nll, tokens
-
-
-class _GradView:
-    """Lets :func:`all_reduce_grads` sum a plain tensor in place (it reduces ``.grad``)."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.grad = tensor
-
-
-def _sum_across_processes(value: float) -> float:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t[0])
-    return value
 
 
 def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -180,17 +162,27 @@ def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[st
 
 # ------------------------------------------------------------------------------------------------ files
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step
+def plan_check(cfg: ImportanceConfig, run_dir=None, earlier=()) -> None:
+    """The option checks (method, window, token budget), run when an experiment is planned and again by
+    :func:`run`."""
+    if cfg.method not in METHODS:
+        raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    if cfg.window < 2 or cfg.max_tokens < 1:
+        raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
+
+
 def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded=None) -> dict[str, Any]:
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from tqdm.auto import tqdm
 
+    from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.memory import release_freed_memory
+    from babelscope.processes import sum_across
     from babelscope.regions.params import layer_and_kind, scored_parameters
-    from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 
@@ -203,10 +195,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                                   "gradient, which FSDP 2 sums across processes; use --method taylor")
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st
-    if cfg.method not in METHODS:
-        raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
-    if cfg.window < 2 or cfg.max_tokens < 1:
-        raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
+    plan_check(cfg)
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
@@ -279,7 +268,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
             if writes:
                 abs_sum = _fold(scores, aggregate)
                 if cfg.fsdp:
-                    abs_sum = _sum_across_processes(abs_sum)
+                    abs_sum = sum_across(abs_sum)
                 if engine.is_main:
                     rows.append(_language_row(code, meta, abs_sum))
                 if save is not None:
