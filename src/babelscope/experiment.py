@@ -169,13 +169,17 @@ def run_file(path: str | Path, run_dir: str | Path | None = None) -> Path:
     models: dict[tuple, Any] = {}
     for planned in steps:
         cfg = planned.cfg
-        key = (getattr(cfg, "model", None), getattr(cfg, "dtype", "float32"), getattr(cfg, "device", None))
+        from babelscope.steps import placement_of
 
-        def loaded(key=key):  # lazy: a finished step never loads its model
+        placement = placement_of(cfg)
+        key = (getattr(cfg, "model", None), getattr(cfg, "dtype", "float32"), getattr(cfg, "device", None),
+               tuple(sorted(placement.items())))
+
+        def loaded(key=key, placement=placement):  # lazy: a finished step never loads its model
             if key not in models:
                 from babelscope.models import load_model
 
-                models[key] = load_model(key[0], dtype=key[1], device=key[2])
+                models[key] = load_model(key[0], dtype=key[1], device=key[2], **placement)
             return models[key]
 
         if is_main_process():

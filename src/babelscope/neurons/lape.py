@@ -96,6 +96,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     and the counts are summed, so every rank returns the single-process counts."""
     from babelscope.models.arch import base_model
     from babelscope.models.hooks import run_until_stopped
+    from babelscope.models.placement import input_device
     from babelscope.neurons.ffn import ActivationCounter
     from babelscope.processes import all_reduce, rank_share, state
 
@@ -105,7 +106,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     if dist_state is not None:
         batches = rank_share(batches, dist_state)
     counter = ActivationCounter(ffns, site, stop_after=True)  # nothing after the last FFN activation runs
-    device = next(model.parameters()).device
+    device = input_device(model)
     body = base_model(model)
     with torch.inference_mode(), counter.hooked():
         for batch in batches:
