@@ -108,7 +108,7 @@ def perturbed_dimension(
     norm: nn.Module, dim: int, mode: str = "zero", factor: float = 0.0, offset: float | None = None
 ) -> Iterator[float]:
     """Set one dimension of a norm's effective scale γ = offset + w (yields the new γ_d); restore after."""
-    from babelscope.regions.params import gamma_offset
+    from babelscope.models.params import gamma_offset
 
     if mode not in DIM_MODES:
         raise BabelscopeError(f"--mode {mode!r}: use one of {', '.join(DIM_MODES)}")

@@ -149,7 +149,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     from tqdm.auto import tqdm
 
     from babelscope.memory import release_freed_memory
-    from babelscope.regions.params import layer_and_kind, scored_parameters
+    from babelscope.models.params import layer_and_kind, scored_parameters
     from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun

@@ -92,9 +92,9 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     from tqdm.auto import tqdm
 
     from babelscope.models.engine import Engine
+    from babelscope.models.params import find_norm, gamma_offset
     from babelscope.regions.ablate import condition_checksum, perplexities
     from babelscope.regions.apply import DIM_MODES, perturbed_dimension
-    from babelscope.regions.params import find_norm, gamma_offset
     from babelscope.regions.texts import SplitView, language_codes, open_text_corpus, token_windows
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
@@ -114,7 +114,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
         return doc
     model, tokenizer, info = sr.model("causal", "scan-dims")
     name, norm = find_norm(model, cfg.layer, cfg.norm)
-    offset = gamma_offset(norm)
+    offset = gamma_offset(norm, model)  # the table's: 1 for Gemma's (1 + w), 0 for w
 
     def engine_for(checksum: str) -> Engine:
         return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
@@ -161,6 +161,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
         "norm": name,
         "layer": cfg.layer,
         "gamma_offset": offset,
+        "norm_scale": "1 + w" if offset else "w",
         "mode": cfg.mode,
         "factor": cfg.factor,
         "base_ppl": base,

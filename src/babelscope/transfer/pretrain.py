@@ -355,7 +355,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
     masks, mask_meta = None, {}
     if mask_file is not None:
-        from babelscope.regions.params import scored_parameters
+        from babelscope.models.params import scored_parameters
         from babelscope.regions.select import load_mask
 
         masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
@@ -383,7 +383,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     frozen = {"file": str(mask_file) if mask_file else None, "region": mask_meta.get("region"),
               "k": mask_meta.get("k"), "scope": mask_meta.get("scope")}
     if masks is not None:
-        from babelscope.regions.params import norm_modules
+        from babelscope.models.params import norm_modules
 
         norms = set() if cfg.freeze_norms else set(norm_modules(model))
         frozen["parameters"] = sum(int(m.sum()) for n, m in masks.items() if n not in norms)
