@@ -235,8 +235,9 @@ def test_bad_input(tmp_path, capsys):
     # OPT has no entry in the architecture table: refused in one line naming the missing part
     out = tmp_path / "opt"
     _, tok = build_tiny("llama")
-    OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
-                             word_embed_proj_dim=32, bos_token_id=2, eos_token_id=1)).save_pretrained(out)
+    OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                             num_attention_heads=2, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=1)
+                   ).save_pretrained(out)
     tok.save_pretrained(out)
     code, err = _cli(capsys, "neurons", "find", "--model", str(out), "--langs", "eng,fra", "-o", str(tmp_path / "run"))
     assert code == 2 and err.count("\n") == 1 and "architecture table" in err and "FFN activation module" in err
