@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from babelscope.caches import unit_fraction
 from babelscope.data.languages import Language, default_language, resolve_language
 from babelscope.errors import BabelscopeError
 
-__all__ = ["Corpus", "Unit", "split_units"]
+__all__ = ["Corpus", "CorpusView", "Unit", "split_units"]
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,25 @@ class Corpus:
         return [u.id for u in self.units(lang)]
 
 
+class CorpusView(Corpus):
+    """Another corpus seen through :meth:`select` (languages and parallelism unchanged)."""
+
+    def __init__(self, inner: Corpus, name: str) -> None:
+        super().__init__()
+        self.inner, self.name, self.parallel = inner, name, inner.parallel
+
+    def languages(self) -> list[str]:
+        return self.inner.languages()
+
+    def _load(self, code: str) -> list[Unit]:
+        return self.select(code)
+
+    def select(self, code: str) -> list[Unit]:
+        raise NotImplementedError
+
+
 def _split_key(seed: int, unit_id: str) -> float:
-    digest = hashlib.sha256(f"{seed}\0{unit_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return unit_fraction(f"{seed}\0{unit_id}")
 
 
 def split_units(

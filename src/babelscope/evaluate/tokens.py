@@ -23,7 +23,6 @@ embedded UDHR sample take about a second once the tokenizer is loaded.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import statistics
 import unicodedata
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 KIND = "tokens"
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -90,14 +89,11 @@ def load_backend(spec: str):
 
 def tokenizer_checksum(source: Path | str) -> str:
     """sha256 over the tokenizer files of a model directory (what changes the tokenization)."""
-    digest = hashlib.sha256()
+    from babelscope.caches import digest
+
     names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
-    for name in names:
-        path = Path(source) / name
-        if path.is_file():
-            digest.update(name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    paths = [(name, Path(source) / name) for name in names]
+    return digest(part for name, path in paths if path.is_file() for part in (name, path.read_bytes()))
 
 
 def _backend(tokenizer):
@@ -274,7 +270,7 @@ def parallel_units(corpus, langs: str, reference: str | None, max_units: int | N
 
 def ud_sentences(spec: str, langs: str, max_sentences: int | None) -> dict[str, list]:
     """UD sentences per language for fertility (``pud-sample``, ``pud`` or a treebank path)."""
-    from babelscope.syntax.treebanks import load_treebanks
+    from babelscope.data.ud import load_treebanks
 
     return load_treebanks(spec, langs, max_sentences)
 

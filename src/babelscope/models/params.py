@@ -70,6 +70,13 @@ def gamma_offset(norm: nn.Module, model: nn.Module | None = None) -> float:
 def measured_gamma_offset(norm: nn.Module) -> float:
     """1.0 when the norm passes its input through with ``w = 0`` (scale ``1 + w``), else 0.0 (scale ``w``)."""
     weight = norm.weight
+    if weight.device.type == "meta":  # offloaded by a device map: probe a copy with resident zero weights
+        import copy
+
+        norm = copy.deepcopy(norm)
+        for key, t in list(norm.named_parameters(recurse=False)):
+            setattr(norm, key, nn.Parameter(torch.zeros(t.shape, dtype=t.dtype), requires_grad=False))
+        weight = norm.weight
     x = torch.randn(2, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight)
     saved = weight.detach().clone()
     try:

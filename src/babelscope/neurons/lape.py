@@ -22,12 +22,11 @@ summed across ranks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.neurons.configs import NeuronsConfig
 
@@ -96,17 +95,18 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     the final norm and the LM head never run). Under several processes each rank runs every ``world``-th batch
     and the counts are summed, so every rank returns the single-process counts."""
     from babelscope.models.arch import base_model
-    from babelscope.models.engine import _dist_state
     from babelscope.models.hooks import run_until_stopped
+    from babelscope.models.placement import input_device
     from babelscope.neurons.ffn import ActivationCounter
+    from babelscope.processes import all_reduce, rank_share, state
 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    state = _dist_state()
-    if state is not None:
-        batches = batches[state.process_index :: state.num_processes]
+    dist_state = state()
+    if dist_state is not None:
+        batches = rank_share(batches, dist_state)
     counter = ActivationCounter(ffns, site, stop_after=True)  # nothing after the last FFN activation runs
-    device = next(model.parameters()).device
+    device = input_device(model)
     body = base_model(model)
     with torch.inference_mode(), counter.hooked():
         for batch in batches:
@@ -121,39 +121,31 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
             if on_batch:
                 on_batch(len(batch))
     over_zero, tokens = counter.over_zero, counter.tokens
-    if state is not None:
-        import torch.distributed as dist
-
+    if dist_state is not None:
         total = torch.cat([over_zero.flatten(), torch.tensor([tokens], dtype=torch.int64)])
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        all_reduce(total)
         over_zero, tokens = total[:-1].view_as(over_zero), int(total[-1])
     return over_zero, tokens
 
 
 def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
     """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
-    from babelscope.regions.texts import token_windows
+    from babelscope.data.views import token_windows
 
     return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]
 
 
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step
-def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
-    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
-    from tqdm.auto import tqdm
+def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
+    """The option checks (no model): window and counts, the three rates, the site, at least two languages of the
+    corpus; run when an experiment is planned and again by :func:`run`. Returns the language codes."""
+    from babelscope.data.views import language_codes, open_text_corpus
+    from babelscope.neurons.ffn import SITES
 
-    from babelscope.data.languages import resolve_language
-    from babelscope.neurons.ffn import check_site, ffn_modules
-    from babelscope.regions.texts import language_codes, open_text_corpus, split_side
-    from babelscope.runs import is_main_process, provenance, text_sha256
-    from babelscope.steps import StepRun
-    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
-
-    sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
         raise BabelscopeError(
             f"--window {cfg.window} / --max-tokens {cfg.max_tokens} / --batch-size {cfg.batch_size}: "
@@ -163,15 +155,30 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
                        ("--bar-rate", cfg.bar_rate)):
         if not 0 < rate < 1:
             raise BabelscopeError(f"{name} {rate}: must lie strictly between 0 and 1")
-    from babelscope.neurons.ffn import SITES
-
     if cfg.site not in SITES:
         raise BabelscopeError(f"--site {cfg.site!r}: use one of {', '.join(SITES)}")
-    st, config = sr.st, sr.config
-    corpus = open_text_corpus(cfg.corpus)
-    codes = language_codes(corpus, cfg.langs)
+    codes = language_codes(open_text_corpus(cfg.corpus), cfg.langs)
     if len(codes) < 2:
         raise BabelscopeError(f"--langs {cfg.langs!r}: LAPE compares languages; give at least two")
+    return codes
+
+
+def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.data.views import open_text_corpus, split_side
+    from babelscope.neurons.ffn import check_site, ffn_modules
+    from babelscope.processes import barrier
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
+    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    codes = plan_check(cfg)
+    st, config = sr.st, sr.config
+    corpus = open_text_corpus(cfg.corpus)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
     inputs = {code: text_sha256(u.text for u in texts[code]) for code in codes}
     if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the model passed
@@ -203,7 +210,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
                     save_tensors(path, {"over_zero": over_zero},
                                  {"key": key, "lang": code, "tokens": n, "model": info.checksum,
                                   "units": [u.id for u in texts[code]], "text_sha256": sha})
-                _barrier()
+                barrier()
             counts.append(over_zero)
             tokens.append(n)
             rows.append({"lang": code, "name": resolve_language(code).name, "tokens": n})
@@ -260,9 +267,3 @@ def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = load_tensors(path)
     return {c: tensors[f"mask/{c}"] for c in meta["languages"]}, meta
 
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
