@@ -181,6 +181,26 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with st
     typer.echo(f"report: {render_report(run_dir)}")
 
 
+@app.command("compare")
+def compare_runs(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or step folders) to put side by side.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory the comparison is written into (its "
+                                      "step folder 'compare': tables, figures, report.md).")] = Path("runs/compare"),
+    measures: Annotated[str, typer.Option(help="all, or some of: bits_per_unit, premium, accuracy, lape_share, "
+                                          "latent_target, latent_english, region_ratio, region_size, "
+                                          "forgetting.")] = "all",
+) -> None:
+    """Several runs side by side (reads results files only, no model): per-language bits per parallel unit,
+    tokenizer premium, benchmark accuracy, language-specific neurons per layer, the latent-language curve, region
+    sizes and removal ratios, forgetting curves; models in columns, one colour per model in the figures."""
+    from babelscope.compare import CompareConfig, run
+
+    doc = run(CompareConfig(runs=",".join(map(str, runs)), measures=measures), out, "compare")
+    for sec in doc["results"]["sections"]:
+        typer.echo(f"{sec['title']}: {', '.join(sec['columns'])}")
+    typer.echo(f"report: {out / 'compare' / 'report.md'}")
+
+
 @app.command("run")
 def run_experiment(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML: run_dir, defaults and a list of steps.")],
