@@ -369,3 +369,16 @@ def test_bad_input_normaliser_rewrites_script(tmp_path, monkeypatch, capsys):
                      "udhr-sample", "--held-out", "udhr-sample", "--run-dir", str(tmp_path / "run"))  # fmt: skip
     assert code == 2 and len(err.splitlines()) == 1 and "normaliser rewrites" in err
     assert not (tmp_path / "run" / "vocab").exists()
+
+
+def test_byte_level_bpe_counts_lone_bytes():
+    """A byte-level BPE (GPT-2, Qwen, SmolLM2) has no <0xNN> tokens: a character its merges never built comes out
+    as one token per UTF-8 byte, counted as byte tokens; whole ASCII characters are not."""
+    from conftest import build_tokenizer
+
+    from babelscope.evaluate.tokens import count_tokens
+
+    tok = build_tokenizer()  # byte-level BPE trained on eight sentences: no merge builds an emoji
+    emoji, ascii_ = count_tokens(tok, ["😀", "xq"])
+    assert emoji == (4, 4, 0)  # four bytes F0 9F 98 80, each a token of one non-ASCII byte
+    assert ascii_[1] == 0 and ascii_[0] >= 1
