@@ -396,3 +396,33 @@ def test_byte_level_bpe_counts_lone_bytes():
     emoji, ascii_ = count_tokens(tok, ["😀", "xq"])
     assert emoji == (4, 4, 0)  # four bytes F0 9F 98 80, each a token of one non-ASCII byte
     assert ascii_[1] == 0 and ascii_[0] >= 1
+
+
+def test_extension_keeps_every_old_tokenization(tiny_dir, tmp_path):
+    """A byte-level BPE extended with two pieces, each two adjacent tokens joined: the one that would re-tokenize
+    old text (a pair from the Spanish sentence) is left out, the new-language one ("kwjqh") is added and
+    reachable, and no old text changes (a made-up word: its pair occurs in no old text)."""
+    from conftest import SENTENCES
+
+    from babelscope.evaluate.tokens import load_backend
+    from babelscope.transfer import tokenizers as tk
+
+    backend, _ = load_backend(str(tiny_dir))
+    base = tk.detect(tiny_dir, backend)
+    assert base.byte_level
+
+    def pair(text: str) -> str:  # the first two adjacent tokens of one word whose join is not in the vocabulary
+        toks = backend.encode(text, add_special_tokens=False).tokens
+        return next(a + b for a, b in zip(toks, toks[1:], strict=False)
+                    if not b.startswith("Ġ") and a + b not in base.vocab)
+
+    old_piece, new_piece = pair(SENTENCES[3]), pair(" kwjqh")
+    assert all(new_piece.replace("Ġ", " ") not in s for s in SENTENCES)
+    pieces = [(old_piece, -1.0), (new_piece, -2.0)]
+    plain, ids, _ = tk.extend(base, pieces, tmp_path / "plain")
+    assert tk._ids(plain, [SENTENCES[3]]) != tk._ids(backend, [SENTENCES[3]])  # without the rule: changed
+    kept, ids, _, dropped = tk.extend_keeping(base, pieces, tmp_path / "kept", SENTENCES)
+    assert dropped == [old_piece] and list(ids) == [new_piece]
+    assert tk._ids(kept, SENTENCES) == tk._ids(backend, SENTENCES)  # every old text keeps its ids
+    assert ids[new_piece] in tk._ids(kept, [" kwjqh"])[0]
+    assert kept.decode(tk._ids(kept, [" kwjqh dünya"])[0]) == " kwjqh dünya"

@@ -22,6 +22,8 @@ class VocabConfig:
                            "tokenization, premium), comma-separated or 'all'.")
     quality_langs: str = opt("eng", "Other languages in the init-quality table (each costs forward passes of every "
                              "init).", may_be_empty=True)  # "": the table scores the target language alone
+    keep_old: bool = opt(True, "Leave out new pieces whose merges would change the tokenization of any other "
+                         "language's text in --parallel (every old text keeps its ids); --no-keep-old adds them all.")
     vocab_size: int = opt(8000, "Size of the SentencePiece model trained on --train; pieces the base already has "
                           "are not added.")
     model_type: str = opt("auto", "SentencePiece model: auto (the base's type), bpe, unigram.")
