@@ -402,10 +402,9 @@ def test_extension_keeps_every_old_tokenization(tiny_dir, tmp_path):
     """A byte-level BPE extended with two pieces, each two adjacent tokens joined: the one that would re-tokenize
     old text (a pair from the Spanish sentence) is left out, the new-language one ("kwjqh") is added and
     reachable, and no old text changes (a made-up word: its pair occurs in no old text)."""
-    from conftest import SENTENCES
-
     from babelscope.evaluate.tokens import load_backend
     from babelscope.transfer import tokenizers as tk
+    from conftest import SENTENCES
 
     backend, _ = load_backend(str(tiny_dir))
     base = tk.detect(tiny_dir, backend)
