@@ -478,6 +478,12 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         norms = set() if cfg.freeze_norms else set(norm_modules(model))
         frozen["parameters"] = sum(int(m.sum()) for n, m in masks.items() if n not in norms)
         frozen["fraction_of_blocks"] = frozen["parameters"] / sum(m.numel() for m in masks.values())
+        from babelscope.models.families import head_is_tied, qkv_bias_names
+
+        # what the mask covers beyond the matrices: the attention's QKV biases (Qwen2) are block parameters and
+        # freeze with it; the LM head is outside the blocks and trains (tied: as the embedding; untied: its own)
+        frozen["qkv_bias_entries"] = sum(int(masks[n].sum()) for n in qkv_bias_names(model) if n in masks)
+        frozen["lm_head"] = "tied to the embedding, trains" if head_is_tied(model) else "untied, trains"
 
     def results(complete: bool, trained=None) -> dict[str, Any]:
         last = max((r["samples"] for r in curve), default=None)
