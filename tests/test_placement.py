@@ -70,6 +70,8 @@ def test_scores_and_hidden_states_match_one_device(pair):
         _close(a.logprob, b.logprob)
         assert a.greedy == b.greedy
     assert e1.stats["body_tokens"] < e1.stats["input_tokens"]  # a prefix ran once for several rows
+    prompts = ["The quick brown", "Le renard"]  # greedy generation (eval respond) through the offload hooks
+    assert e1.generate(prompts, max_new_tokens=6) == e0.generate(prompts, max_new_tokens=6)
     h0, h1 = e0.hidden_states(SENTENCES, [0, 1, 3]), e1.hidden_states(SENTENCES, [0, 1, 3])
     for a, b in zip(h1, h0, strict=True):
         np.testing.assert_allclose(a["hidden"], b["hidden"], rtol=RTOL, atol=RTOL * float(np.abs(b["hidden"]).max()))
