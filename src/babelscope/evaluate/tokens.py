@@ -123,11 +123,12 @@ def _byte_level(backend) -> bool:
 
 def lone_byte_ids(backend) -> set[int]:
     """Byte-level BPE's counterpart of byte fallback: the tokens that are one byte 0x80-0xFF alone, a piece of a
-    character's UTF-8 sequence (a character the merges never built). ASCII bytes are whole characters."""
-    from babelscope.transfer.tokenizers import _byte_encoder
-
-    enc = _byte_encoder()
-    return {i for i in (backend.token_to_id(enc[b]) for b in range(0x80, 0x100)) if i is not None}
+    character's UTF-8 sequence (a character the merges never built): single-character entries that the
+    tokenizer's own byte-level decoder turns into an incomplete UTF-8 sequence (U+FFFD). ASCII bytes are whole
+    characters."""
+    decoder = backend.decoder
+    return {i for token, i in backend.get_vocab(with_added_tokens=False).items()
+            if len(token) == 1 and decoder.decode([token]) == "\ufffd"}
 
 
 def special_ids(tokenizer) -> tuple[set[int], int | None]:
