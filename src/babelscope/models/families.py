@@ -236,3 +236,14 @@ def _tokenizer_adds_bos(tokenizer) -> bool:
         return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
     except Exception:  # a tokenizer that cannot encode without more setup: trust its flag
         return bool(getattr(tokenizer, "add_bos_token", False))
+
+
+def document_separator(tokenizer) -> int | None:
+    """The token that ends a document in pretraining text: EOS, unless EOS ends a chat turn (``<|im_end|>``,
+    ``<end_of_turn>``), then ``<|endoftext|>`` where the vocabulary has it (Qwen, SmolLM2)."""
+    eos = tokenizer.eos_token
+    if eos in ("<|im_end|>", "<end_of_turn>"):
+        text_end = tokenizer.get_vocab().get("<|endoftext|>")
+        if text_end is not None:
+            return int(text_end)
+    return tokenizer.eos_token_id

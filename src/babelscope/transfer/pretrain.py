@@ -179,7 +179,11 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
         eval_view = SubsetView(corpus, held)
     else:
         eval_view = eval_corpus
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    from babelscope.models.families import document_separator, scoring_prefix
+
+    # BOS only where the tokenizer adds it (not Qwen's or SmolLM2's), documents ended by the pretraining separator
+    # (<|endoftext|> for ChatML models, whose EOS <|im_end|> ends a chat turn)
+    bos, eos = scoring_prefix(None, tokenizer), document_separator(tokenizer)
     blocks, doc_rows, checksums = [], [], {}
     counts = allocate(samples, [(code, w) for code, (_, w) in zip(train_codes, mix, strict=True)])
     for code in train_codes:
