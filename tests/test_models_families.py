@@ -172,3 +172,12 @@ def test_engine_without_prefix_scores_every_token_after_the_first_once():
     score = engine.rolling_loglikelihood([text], window=6)[0]
     whole = engine.rolling_loglikelihood([text], window=512)[0]
     assert score.tokens == whole.tokens == len(engine.encode([text])[0]) - 1
+
+
+def test_document_separator_is_not_a_chat_turn_end():
+    from babelscope.models.families import document_separator
+
+    tok = _tokenizer(False)
+    assert document_separator(tok) == tok.eos_token_id  # a plain EOS ends documents
+    tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|endoftext|>"]})
+    assert document_separator(tok) == tok.convert_tokens_to_ids("<|endoftext|>")  # ChatML: not <|im_end|>
