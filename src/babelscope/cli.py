@@ -14,8 +14,9 @@ import typer
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.perplexity import PplConfig
 from babelscope.evaluate.tokens import TokensConfig
-from babelscope.options import step_command
+from babelscope.options import results_table, step_command
 from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
+from babelscope.steer.configs import SteerConfig
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
@@ -110,6 +111,15 @@ def _print_tokens(doc: dict, cfg, results_path: Path) -> None:
 step_command(app, "tokens", TokensConfig, "babelscope.evaluate.tokens:run", step="tokens", show=_print_tokens,
              help="Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, "
              "byte fallback; several tokenizers side by side.")
+
+
+step_command(app, "steer", SteerConfig, "babelscope.steer.steps:run", step="steer",
+             show=results_table("best", ["method", "lang", "layer", "alpha", "forcing", "relevance", "harmonic",
+                                         "others_median_ppl_ratio"], "best steering per language"),
+             help="Steer the output language (CLaS-Bench, Gurgurov et al. 2026): DiffMean directions per language "
+             "and layer over parallel text, added with strength α during generation, against LAPE neurons set to "
+             "their mean in the target language (Tang et al. 2024). Scores: language forcing, relevance, their "
+             "harmonic mean, and the perplexity cost on the other languages.")
 
 
 @app.command("report")
