@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig
+from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig, PlndConfig
 from babelscope.options import results_table, step_command
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ EXPERIMENT_COMMANDS = {
     "neurons": "babelscope.neurons.lape:NeuronsConfig:run",
     "neurons-deactivate": "babelscope.neurons.deactivate:DeactivateConfig:run",
     "neurons-overlap": "babelscope.neurons.overlap:OverlapConfig:run",
+    "neurons-plnd": "babelscope.neurons.plnd:PlndConfig:run",
 }
 
 step_command(app, "find", NeuronsConfig, "babelscope.neurons.lape:run", step="neurons",
@@ -47,3 +48,11 @@ step_command(app, "overlap", OverlapConfig, "babelscope.neurons.overlap:run", st
                                 "LAPE neurons in the regions", limit=60),
              help="How much of each language's LAPE neurons the rows/columns of its Top-k region touch, against "
              "random.")
+
+step_command(app, "plnd", PlndConfig, "babelscope.neurons.plnd:run", step="neurons-plnd",
+             show=results_table("per_language", ["lang", "name", "documents", "tokens", "neurons",
+                                                 "only_this_language"], "PLND language neurons", limit=60),
+             help="Parallel language-specific neuron detection (Zhao et al., NeurIPS 2024): each FFN neuron's "
+             "importance |a_j| x ||W_down[:, j]|| for all neurons of a layer in one pass, the neurons consistently "
+             "important for a language, and their overlap with LAPE neurons and regions against random sets. "
+             "`neurons deactivate --neurons-step neurons-plnd` switches them off.")
