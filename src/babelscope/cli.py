@@ -14,6 +14,7 @@ import typer
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.perplexity import PplConfig
 from babelscope.evaluate.tokens import TokensConfig
+from babelscope.locate import LocateConfig
 from babelscope.options import results_table, step_command
 from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
 from babelscope.steer.configs import SteerConfig
@@ -120,6 +121,14 @@ step_command(app, "steer", SteerConfig, "babelscope.steer.steps:run", step="stee
              "and layer over parallel text, added with strength α during generation, against LAPE neurons set to "
              "their mean in the target language (Tang et al. 2024). Scores: language forcing, relevance, their "
              "harmonic mean, and the perplexity cost on the other languages.")
+
+
+step_command(app, "locate", LocateConfig, "babelscope.locate:run", step="locate",
+             show=results_table("causal", ["localizer", "test", "effect", "own", "others", "random", "paper"],
+                                "causal effects of each localizer"),
+             help="Where language lives, four ways at once: LAPE neurons, PLND neurons, the θ⊙∇ regions and DiffMean "
+             "directions of one run directory side by side (overlap by layer, matrix and pair against random sets) "
+             "and their causal effects (deactivate, steer, freeze), one row per paper. Loads no model.")
 
 
 @app.command("report")

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "ppl": "babelscope.evaluate.perplexity:PplConfig:run",
     "tokens": "babelscope.evaluate.tokens:TokensConfig:run",
     "steer": "babelscope.steer.steps:SteerConfig:run",
+    "locate": "babelscope.locate:LocateConfig:run",
 }
 
 #: Capability packages whose ``cli.py`` holds a Typer ``app`` (mounted under the second name) and
