@@ -1,23 +1,22 @@
 """Command-line options, built from the steps' config dataclasses. Import-light.
 
 A step's config dataclass is the one place where an option is declared: its field gives the name (``max_tokens``
-is ``--max-tokens``), the type, the default, and, through :func:`opt`, the help text. :func:`step_command` turns
-the dataclass into a Typer command, so ``babelscope regions importance --help`` and an experiment file's
-``command: regions-importance`` accept the same options with the same defaults::
+is ``--max-tokens``), the type, the default, and, through :func:`babelscope.fields.opt` (re-exported here), the
+help text and constraints; configs import it from :mod:`babelscope.fields`, which needs no Typer.
+:func:`step_command` turns the dataclass into a Typer command, so ``babelscope regions importance --help`` and an
+experiment file's ``command: regions-importance`` accept the same options with the same defaults::
 
     @dataclass
     class ImportanceConfig:
         model: str = "gemma-3-270m"                  # model, dtype and device take the shared help below
         max_tokens: int = opt(2048, "Token budget per language (importance text).")
 
-    step_command(app, "importance", ImportanceConfig, "babelscope.regions.importance:run",
-                 step="regions-importance", help="...", show=results_table("per_language", [...], "..."))
+    REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.importance"))
+    step_command(app, "importance", REGIONS_IMPORTANCE, help="...", show=results_table("per_language", [...], "..."))
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import inspect
 import typing
 from collections.abc import Callable, Sequence
@@ -26,13 +25,9 @@ from typing import Annotated, Any
 
 import typer
 
-#: the options every model step shares: flags and help, used where a config field gives no help of its own
-COMMON = {
-    "model": (("--model", "-m"), "Model spec: gemma-3-270m (default), smollm2-135m, qwen2.5-coder-0.5b, a directory, "
-              "a .gguf or a hub id."),
-    "dtype": ((), "float32, bfloat16 or float16."),
-    "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
-}
+from babelscope.commands import Command, StepFunction
+from babelscope.fields import COMMON, cli_fields, field_help, opt  # noqa: F401  (re-exported)
+
 Model = Annotated[str, typer.Option(*COMMON["model"][0], help=COMMON["model"][1])]
 RunDir = Annotated[
     Path | None,
@@ -41,41 +36,31 @@ RunDir = Annotated[
 STEP_HELP = "Step folder name inside the run directory."
 
 
-def opt(default: Any, help: str, *flags: str, cli: bool = True) -> Any:
-    """A config field with its command-line help; ``flags`` replace ``--field-name`` (``"--C"``), ``cli=False``
-    keeps a field that only experiment files set off the command line."""
-    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "cli": cli})
-
-
-def cli_fields(cls: type) -> list[dataclasses.Field]:
-    """The fields of a config dataclass that are command-line options."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
-
-
-def field_help(f: dataclasses.Field) -> tuple[tuple[str, ...], str]:
-    """``(flags, help)`` of a config field: its own (:func:`opt`), else the shared one of model/dtype/device."""
-    flags, shared = COMMON.get(f.name, ((), ""))
-    return tuple(f.metadata.get("flags") or flags), f.metadata.get("help", shared)
-
-
 def run_dir_for(run_dir: Path | None, model: str) -> Path:
     """The run directory: the one given, else ``runs/<model name>`` (the first of comma-separated models)."""
     return run_dir or Path("runs") / Path(model.split(",")[0]).name.replace(".gguf", "")
 
 
-def step_command(app: typer.Typer, name: str, cls: type, run: str, *, help: str,
-                 step: str | Callable[[Any], str], step_help: str = STEP_HELP,
+def step_command(app: typer.Typer, name: str, cmd: Command | type, run: str | None = None, *, help: str,
+                 step: str | Callable[[Any], str] | None = None, step_help: str = STEP_HELP,
                  show: Callable[[dict, Any, Path], None] | None = None, run_dir: Path | None = None,
                  arguments: Sequence[str] = (), required: Sequence[str] = ()) -> None:
-    """Register ``NAME`` on ``app``: one option per field of the config dataclass ``cls`` (type, default and help
-    from the field), plus ``--run-dir`` and ``--step``. The command builds the config, runs ``run``
-    (``"module:function"``, imported when the command runs) into the run directory and calls
+    """Register ``NAME`` on ``app`` for ``cmd`` (a :class:`~babelscope.commands.Command` of the command table;
+    or, in the older form, a config class and ``run`` as ``"module:function"``): one option per field of its config
+    dataclass (type, default and help from the field), plus ``--run-dir`` and ``--step``. The command builds the
+    config, runs the step function (imported when the command runs) into the run directory and calls
     ``show(doc, cfg, results_path)`` with the results it returns (none on ranks that wrote nothing).
 
-    ``step``: the step folder, or a function of the config (the option's default is then ``None``); ``run_dir``: a
+    ``step``: the step folder (default: the command's name), or a function of the config (the option's default is
+    then ``None``); ``run_dir``: a
     fixed default run directory (else ``runs/<model>``; a config without a model gets a ``--model`` option that
     only names it); ``arguments``: fields given as positional arguments; ``required``: fields without a default
     on the command line (an experiment file's check names them)."""
+    if isinstance(cmd, Command):
+        cls, function = cmd.config, cmd.run
+        step = cmd.name if step is None else step
+    else:
+        cls, function = cmd, StepFunction.parse(run or "")
     hints = typing.get_type_hints(cls)
     P = inspect.Parameter
     params = []
@@ -103,8 +88,7 @@ def step_command(app: typer.Typer, name: str, cls: type, run: str, *, help: str,
         cfg = cls(**options)
         out = run_dir_for(out, model or getattr(cfg, "model", None) or "gemma-3-270m")
         folder = folder if folder is not None else step(cfg)
-        module, function = run.split(":")
-        doc = getattr(importlib.import_module(module), function)(cfg, out, step=folder)
+        doc = function(cfg, out, step=folder)
         if doc and show is not None:
             show(doc, cfg, out / folder / "results.json")
 
@@ -135,7 +119,7 @@ def print_results(doc: dict[str, Any], rows: list[dict[str, Any]], columns: list
     from rich.console import Console
     from rich.table import Table
 
-    from babelscope.report.markup import format_plain
+    from babelscope.formatting import format_plain
 
     shown = Table(*columns, title=title)
     for r in rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 KIND = "responses"
 
@@ -41,6 +41,9 @@ class RespondConfig:
     batch_size: int = opt(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 def read_instructions(spec: str) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
+from babelscope.layers import parse_layers  # noqa: F401  (re-exported: the one --layers grammar)
 
 
 def final_norm(model: nn.Module) -> nn.Module:
@@ -36,27 +37,6 @@ def final_norm(model: nn.Module) -> nn.Module:
             "the logit lens needs a decoder with one final norm"
         )
     return norms[0]
-
-
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """``"all"`` -> 0..n; ``"0,4,8-12"`` -> those; a one-line error naming the valid range otherwise."""
-    if spec in ("all", "", None):
-        return list(range(n_layers + 1))
-    out: list[int] = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        try:
-            lo, _, hi = part.partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-        except ValueError:
-            raise BabelscopeError(f"--layers {spec!r}: {part!r} is not a layer or a range like 4-8") from None
-    bad = [layer for layer in out if not 0 <= layer <= n_layers]
-    if bad:
-        raise BabelscopeError(
-            f"--layers {spec!r}: layer(s) {bad} out of range; this model has layers 0..{n_layers} "
-            "(0 = embeddings, i = output of block i)"
-        )
-    return sorted(set(out))
 
 
 def layer_logits(model: nn.Module, hidden: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
@@ -86,9 +66,10 @@ def lens_pass(
     the order of the flat list (sequence by sequence, position by position)."""
     from babelscope.models.arch import base_model
     from babelscope.models.hooks import capture_layers, run_until_stopped
+    from babelscope.models.placement import input_device
 
     norm = final_norm(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     flat_start = [0]
     for pos in positions:
         flat_start.append(flat_start[-1] + len(pos))
@@ -115,7 +96,8 @@ def lens_pass(
             r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
             # every layer's rows in one table, decoded ``chunk`` rows at a time: the head's weight (V x H) is read
             # once per chunk, not once per layer (it dominates when few positions are decoded)
-            h = torch.cat([store[layer][r, c] for layer in layers])
+            h = torch.cat([store[layer][r.to(store[layer].device), c.to(store[layer].device)].to(device)
+                           for layer in layers])  # blocks may sit on several devices
             owner = torch.tensor(owners).repeat(len(layers))
             which = torch.arange(len(layers)).repeat_interleave(len(owners))
             for s in range(0, h.shape[0], chunk):

@@ -22,6 +22,13 @@ from typing import Any
 
 from babelscope.caches import digest, file_sha256, json_sha256
 from babelscope.errors import BabelscopeError
+from babelscope.models.specs import (  # noqa: F401  (re-exported: they were here)
+    _load_config,
+    _offline,
+    auto_class,
+    model_kind,
+    resolve_spec,
+)
 from babelscope.settings import cache_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -44,54 +51,13 @@ class ModelInfo:
     checksum: str  # sha256 over the weight files (or tensors, for in-memory models)
     source: str  # path the weights were read from
     dtype: str
+    device_map: dict[str, str] | None = None  # module -> device when Accelerate spread the model (--device-map)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------- spec resolution
-def resolve_spec(spec: str) -> tuple[Path | str, str | None]:
-    """Turn a model spec into ``(directory_or_hub_id, gguf_file_name_or_None)``, converting GGUF once."""
-    from babelscope.models.named import NAMED_MODELS, converted_gguf_dir, named_model_dir
-
-    if spec in NAMED_MODELS:
-        return named_model_dir(spec), None
-    path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise BabelscopeError(f"{spec}: no such GGUF file; give the path of a .gguf model file")
-        return converted_gguf_dir(path), None
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise BabelscopeError(
-                f"{spec}: not a model directory (no config.json); give a Hugging Face model directory, "
-                f"a .gguf file, a hub id or a named model ({', '.join(NAMED_MODELS)})"
-            )
-        return path, None
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise BabelscopeError(f"{spec}: no such model directory; check the path")
-    return spec, None  # a hub id
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
-def _load_config(source: Path | str, trust_remote_code: bool):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        if isinstance(source, Path):
-            raise BabelscopeError(f"{source}: cannot read the model config ({exc}); is it a model directory?") from None
-        hint = " (HF_HUB_OFFLINE is set)" if _offline() else ""
-        raise BabelscopeError(
-            f"{source}: cannot fetch this hub model{hint}; download it where the hub is reachable "
-            f"(huggingface-cli download {source} --local-dir DIR) and pass the local DIR instead"
-        ) from None
-
-
 def _weights_checksum(source: Path | str, model) -> str:
     """sha256 over the safetensors files (cached by path, size and mtime), else over the tensors."""
     files = sorted(Path(source).glob("*.safetensors")) if isinstance(source, Path) else []
@@ -122,38 +88,6 @@ def _byte_dtype():
     return torch.uint8
 
 
-def model_kind(config) -> str:
-    """``"causal"`` for generative decoders, ``"encoder"`` otherwise, from transformers' auto-class mappings.
-
-    A config whose ``architectures`` or ``model_type`` appears in the causal-LM mapping (``gemma3`` ->
-    ``Gemma3ForConditionalGeneration``, ``llama`` -> ``LlamaForCausalLM``) or the image-text-to-text mapping
-    (``qwen2_5_vl``) is causal; BERT / XLM-R (masked-LM types, unless ``is_decoder``) and every other type are
-    encoders."""
-    from transformers.models.auto import modeling_auto as auto
-
-    generative = [auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES]
-    classes = {c for mapping in generative for c in mapping.values()}
-    archs = getattr(config, "architectures", None) or []
-    if archs:  # the saved classes say it (BertModel, BertForMaskedLM: encoders)
-        return "causal" if any(a in classes for a in archs) else "encoder"
-    model_type = getattr(config, "model_type", "")
-    if model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
-        return "encoder"  # BERT / XLM-R also have a causal-LM class, but as encoders unless is_decoder
-    return "causal" if any(model_type in mapping for mapping in generative) else "encoder"
-
-
-def auto_class(config, kind: str):
-    """The Auto class that loads ``config``'s model of ``kind``."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
-    from transformers.models.auto import modeling_auto as auto
-
-    if kind != "causal":
-        return AutoModel
-    if getattr(config, "model_type", "") in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return AutoModelForCausalLM
-    return AutoModelForImageTextToText
-
-
 def check_logits(model, tokenizer, text: str = CHECK_TEXT) -> float:
     """Refuse a causal model whose scores through the engine (base model + LM head + the logit processing
     :func:`babelscope.models.arch.logits_from_hidden` knows) differ from its own ``model(...).logits``.
@@ -164,12 +98,13 @@ def check_logits(model, tokenizer, text: str = CHECK_TEXT) -> float:
     import torch
 
     from babelscope.models.engine import Engine
+    from babelscope.models.placement import input_device
 
     engine = Engine(model, tokenizer, batch_size=1, progress=False)
     ours = engine.rolling_loglikelihood([text], window=64)[0].nll
     theirs = 0.0
     for seq, n in engine.windows(engine.encode([text])[0], 64):  # [BOS] + chunk, as the engine scores it
-        x = torch.tensor([seq], device=next(model.parameters()).device)
+        x = torch.tensor([seq], device=input_device(model))
         with torch.no_grad():
             logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0, :-1]
         theirs -= float(torch.log_softmax(logits.float(), -1)[-n:].gather(1, x[0, -n:, None]).sum())
@@ -267,6 +202,9 @@ def load_model(
     dtype: str = "float32",
     device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    offload_dir: str | None = None,
 ):
     """Load ``spec`` and return ``(model, tokenizer, info)``; the model is in eval mode.
 
@@ -274,11 +212,16 @@ def load_model(
     :data:`babelscope.models.named.NAMED_MODELS`), a local Hugging Face directory (also ones Babelscope
     writes, with extended tokenizers), a ``.gguf`` file (converted once into a cached safetensors directory)
     or a hub id (online; offline it fails with a message saying how to pass a local path).
+    ``device_map`` (``auto``, ``balanced``, ``sequential``) with ``max_memory`` and ``offload_dir`` spreads the
+    model over devices, the CPU and the disk instead of ``device`` (:mod:`babelscope.models.placement`).
     """
     import torch
     from transformers import AutoTokenizer
 
     if (Path(spec).expanduser() / "adapter_config.json").is_file():
+        if device_map:
+            raise BabelscopeError(f"--device-map {device_map}: {spec} is a LoRA adapter, merged into its base on "
+                                  "load; merge it into a model directory first, or leave --device-map out")
         return load_adapter(Path(spec).expanduser(), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     source, _ = resolve_spec(spec)
     config = _load_config(source, trust_remote_code)
@@ -293,18 +236,28 @@ def load_model(
             f"{source}: no .safetensors weights (Babelscope does not load pickle .bin files); "
             "convert them with `save_pretrained(..., safe_serialization=True)`"
         )
+    placed: dict[str, Any] = {}
+    if device_map:
+        from babelscope.models.placement import offload_folder, plan_device_map
+
+        placed = {"device_map": plan_device_map(spec, device_map, max_memory, offload_dir, dtype, trust_remote_code)}
+        if "disk" in placed["device_map"].values():
+            placed["offload_folder"] = offload_folder(offload_dir)
     try:
         model = cls.from_pretrained(
-            str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **placed
         )
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise BabelscopeError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     model.eval()
-    model.to(resolve_device(device))
+    if not placed:
+        model.to(resolve_device(device))
     if kind == "causal":
         check_logits(model, tokenizer)
     info = describe(model, tokenizer, spec, source)
+    if placed:
+        info.device_map = {k: str(v) for k, v in placed["device_map"].items()}
     return model, tokenizer, info
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.options import opt
+from babelscope.fields import opt
 
 
 @dataclass
@@ -24,6 +24,9 @@ class NeuronsConfig:
     seed: int = opt(0, "Seed of the id-based split.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
@@ -42,6 +45,9 @@ class DeactivateConfig:
     max_new_tokens: int = opt(16, "Tokens generated per prompt.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
@@ -52,10 +58,8 @@ class OverlapConfig:
     scope: str = opt("tensor", "tensor or global (as saved by select).")
     regions: str = opt("lang,mono,core", "lang (the language's own Top-k of |S|), mono (monolingual), core (Top-k "
                        "of Imp).")
-    draws: int = opt(1000, "Random neuron sets drawn for the baselines.")
+    draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
     seed: int = opt(0, "Seed of the random sets.")
-
-    NOT_COUNTS = ("draws",)  # 0 = no random control
 
 
 @dataclass

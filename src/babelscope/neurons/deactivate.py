@@ -40,17 +40,23 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     from tqdm.auto import tqdm
 
     from babelscope.caches import digest
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus
+    from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities
     from babelscope.models.engine import Engine
     from babelscope.neurons.ffn import deactivated, ffn_modules
     from babelscope.neurons.lape import load_neurons, neuron_indices
-    from babelscope.regions.ablate import PROMPTS, condition_checksum, perplexities
-    from babelscope.regions.texts import SplitView, language_codes, open_text_corpus
     from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256
 
     sr = StepRun(cfg, run_dir, step, loaded)
     st, config = sr.st, sr.config
     src = Step(sr.run_dir, cfg.neurons_step)
+    if not src.results_path.exists():
+        named = "" if cfg.neurons_step == "neurons" else f" --step {cfg.neurons_step}"
+        raise BabelscopeError(
+            f"{src.path}: no finished neurons step; run `babelscope neurons find --model {cfg.model} --run-dir "
+            f"{sr.run_dir}{named}` first (or name the folder it wrote with --neurons-step)"
+        )
     src_doc = load_results(src.results_path)
     src_cfg = src_doc["config"]
     masks, meta = load_neurons(src.path / src_doc["results"]["neurons_file"])

@@ -10,8 +10,6 @@ from babelscope.options import opt
 
 @dataclass
 class SteerConfig:
-    NOT_COUNTS = ("prompts_max",)
-
     model: str = "gemma-3-270m"
     corpus: str = opt("pud-sample", "Parallel corpus: pud-sample (embedded), pud, udhr, or a .conllu/.txt/.jsonl "
                       "path.")
