@@ -12,8 +12,14 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import step_command
-from babelscope.registry import CAPABILITIES, PPL, TOKENS  # CAPABILITIES: packages whose cli.py holds a Typer app
+from babelscope.options import results_table, step_command
+from babelscope.registry import (  # CAPABILITIES: packages whose cli.py holds a Typer app
+    CAPABILITIES,
+    LOCATE,
+    PPL,
+    STEER,
+    TOKENS,
+)
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
@@ -166,6 +172,23 @@ def _print_tokens(doc: dict, cfg, results_path: Path) -> None:
 step_command(app, "tokens", TOKENS, step="tokens", show=_print_tokens,
              help="Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, "
              "byte fallback; several tokenizers side by side.")
+
+
+step_command(app, "steer", STEER, step="steer",
+             show=results_table("best", ["method", "lang", "layer", "alpha", "forcing", "relevance", "harmonic",
+                                         "others_median_ppl_ratio"], "best steering per language"),
+             help="Steer the output language (CLaS-Bench, Gurgurov et al. 2026): DiffMean directions per language "
+             "and layer over parallel text, added with strength α during generation, against LAPE neurons set to "
+             "their mean in the target language (Tang et al. 2024). Scores: language forcing, relevance, their "
+             "harmonic mean, and the perplexity cost on the other languages.")
+
+
+step_command(app, "locate", LOCATE, step="locate",
+             show=results_table("causal", ["localizer", "test", "effect", "own", "others", "random", "paper"],
+                                "causal effects of each localizer"),
+             help="Where language lives, four ways at once: LAPE neurons, PLND neurons, the θ⊙∇ regions and DiffMean "
+             "directions of one run directory side by side (overlap by layer, matrix and pair against random sets) "
+             "and their causal effects (deactivate, steer, freeze), one row per paper. Loads no model.")
 
 
 @app.command("report")

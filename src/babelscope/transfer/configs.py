@@ -64,6 +64,13 @@ class PretrainConfig:
     freeze_region: str | None = opt(None, "Mask file of `babelscope regions select` (e.g. "
                                     "regions-select/masks/top-k0.01-global.safetensors): those weights never change.")
     freeze_norms: bool = opt(False, "Also freeze masked entries of norm vectors.")
+    freeze_baseline: str | None = opt(None, "Instead of a region, freeze by a baseline rule: ssu (columns by "
+                                      "||W[:, j]|| E[x_j^2] on --ssu-langs text, Yamaguchi et al. 2025), half (a "
+                                      "random share of the matrices), magnitude (largest |W|) or random entries.")
+    freeze_fraction: float = opt(0.5, "Share of each block matrix (of the matrices, for half) the baseline freezes.")
+    ssu_corpus: str = opt("udhr-sample", "SSU: the source-language text that scores the columns.")
+    ssu_langs: str = opt("eng", "SSU: source languages (comma-separated).")
+    ssu_max_tokens: int = opt(1024, "SSU: tokens per source language.")
     lr: float = opt(5e-5, "Peak learning rate (AdamW).")
     warmup: int = opt(0, "Optimizer steps of linear warmup.")
     schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")

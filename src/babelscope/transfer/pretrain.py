@@ -328,6 +328,56 @@ def check_seq_len(cfg: PretrainConfig, planning: bool = False) -> None:
                               f"({cfg.model}); lower --seq-len")
 
 
+# ----------------------------------------------------------------------------------------------- baselines
+def check_baseline(cfg: PretrainConfig) -> dict[str, list[str]]:
+    """Check the freezing-baseline options before anything loads; the SSU source texts ``{lang: texts}``."""
+    if not cfg.freeze_baseline:
+        return {}
+    from babelscope.transfer.baselines import BASELINES
+
+    if cfg.freeze_baseline not in BASELINES:
+        raise BabelscopeError(f"--freeze-baseline {cfg.freeze_baseline!r}: use one of {', '.join(BASELINES)}")
+    if cfg.freeze_region:
+        raise BabelscopeError("--freeze-region and --freeze-baseline: give one of them (a baseline replaces the "
+                              "region)")
+    if not 0 < cfg.freeze_fraction < 1:
+        raise BabelscopeError(f"--freeze-fraction {cfg.freeze_fraction}: must lie strictly between 0 and 1")
+    if cfg.freeze_baseline != "ssu":
+        return {}
+    from babelscope.regions.texts import open_text_corpus
+
+    corpus = open_text_corpus(cfg.ssu_corpus)
+    out = {}
+    for lang in (x.strip() for x in cfg.ssu_langs.split(",") if x.strip()):
+        try:
+            code = corpus.match_language(lang)
+        except BabelscopeError:
+            code = None
+        texts = [u.text for u in corpus.units(code) if u.text.strip()] if code else []
+        if not texts:
+            raise BabelscopeError(f"--ssu-langs {cfg.ssu_langs}: corpus {cfg.ssu_corpus!r} has no text in {lang}; "
+                                  "give a source language it has or another --ssu-corpus")
+        out[code] = texts
+    if not out:
+        raise BabelscopeError(f"--ssu-langs {cfg.ssu_langs!r}: no source language given")
+    return out
+
+
+def baseline_for(cfg: PretrainConfig, model, tokenizer, ssu_texts: dict[str, list[str]]) -> dict:
+    """The baseline's masks for ``model`` (SSU scored on ``ssu_texts``, --ssu-max-tokens per language)."""
+    from babelscope.models.engine import Engine
+    from babelscope.neurons.lape import language_windows
+    from babelscope.transfer.baselines import baseline_masks, ssu_scores
+
+    scores = None
+    if cfg.freeze_baseline == "ssu":
+        engine = Engine(model, tokenizer, batch_size=cfg.eval_batch_size, progress=False)
+        seqs = [s for texts in ssu_texts.values()
+                for s in language_windows(engine, texts, cfg.eval_window, cfg.ssu_max_tokens)]
+        scores = ssu_scores(model, seqs, cfg.eval_batch_size, engine.pad_id)
+    return baseline_masks(model, cfg.freeze_baseline, cfg.freeze_fraction, cfg.seed, scores)
+
+
 # ----------------------------------------------------------------------------------------------- step
 def loop_config(cfg: PretrainConfig):
     from babelscope.transfer.loop import LoopConfig
@@ -377,6 +427,8 @@ def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], fro
     from babelscope.runs import iter_results
 
     def label(freeze: dict) -> str:
+        if freeze and freeze.get("baseline"):
+            return f"{freeze['baseline']}@{freeze.get('k')}"
         return f"{freeze.get('region')}@{freeze.get('k')}" if freeze and freeze.get("file") else "none"
 
     keep = ("samples", "lang", "target", "ppl", "bits_per_unit")
@@ -415,6 +467,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         write_yaml,
     )
     from babelscope.steps import StepRun
+    from babelscope.transfer.baselines import masks_sha256
     from babelscope.transfer.loop import check_config, check_resumable, lr_at, remove_checkpoints, resume_key, train
 
     sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
@@ -424,6 +477,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     # Options and data first: nothing is loaded or written before they pass.
     check_options(cfg)
     check_seq_len(cfg)
+    ssu_texts = check_baseline(cfg)
     mask_file = mask_path(cfg.freeze_region, run_dir) if cfg.freeze_region else None
     if mask_file is not None:
         check_mask_model(mask_file, cfg.model)
@@ -433,6 +487,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     mask_sum = file_sha256(mask_file) if mask_file is not None else ""
     evals = {code: text_sha256(u.text for u in data["eval_view"].units(code)) for code in data["eval_codes"]}
     inputs = {"train": data["checksums"], "eval": evals, "mask": mask_sum}
+    if ssu_texts:
+        inputs["ssu"] = {code: text_sha256(texts) for code, texts in ssu_texts.items()}
     # finished = complete (a killed run left partial results); the config is written once the model passed
     if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
         return doc
@@ -449,6 +505,10 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         if mask_meta.get("other_model"):
             raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
                                   "the region from this model's importance scores")
+    if cfg.freeze_baseline:
+        masks = baseline_for(cfg, model, tokenizer, ssu_texts)
+        mask_sum = masks_sha256(masks)
+        mask_meta = {"baseline": cfg.freeze_baseline, "k": cfg.freeze_fraction}
     # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
     key_parts = resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
     key = resume_key(lcfg, len(data["order"]), launched_world(), key_parts)
@@ -475,7 +535,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     total_steps = math.ceil(data["samples"] / per_step)
     targets = set(data["train_codes"])
     frozen = {"file": str(mask_file) if mask_file else None, "region": mask_meta.get("region"),
-              "k": mask_meta.get("k"), "scope": mask_meta.get("scope")}
+              "k": mask_meta.get("k"), "scope": mask_meta.get("scope"), "baseline": mask_meta.get("baseline")}
     if masks is not None:
         from babelscope.models.params import norm_modules
 
