@@ -27,11 +27,13 @@ def test_the_accounting_rules():
     from babelscope.models.plan import GiB, Shape, options_that_fit, plan_memory
 
     shape = Shape(params=1000, block_params=800, layers=4, hidden=8, ffn=16, q_width=8, kv_width=4, vocab=50,
-                  norms=2, qk_norm=False, linear_shapes=[(8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)])
+                  norms=2, qk_norm=False, softcap=False,
+                  linear_shapes=[(8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)])
     imp = plan_memory(shape, "importance", seq_len=10, batch_size=2)
     assert imp.parts["weights"] == 4000 and imp.parts["gradients"] == 3200 and imp.parts["scores"] == 3200
     per_token = 6 * 8 + 5 * 8 + 4 * 16  # (2 N + 2) H + 5 h_q + 4 F
     assert imp.parts["activations"] == 20 * per_token * 4 * 4
+    assert imp.parts["logits"] == 256 * 50 * 4  # one float32 chunk of logits
     half = plan_memory(shape, "importance", seq_len=10, batch_size=1)
     assert half.parts["activations"] * 2 == imp.parts["activations"]
     sharded = plan_memory(shape, "importance", devices=4, seq_len=10, batch_size=2, fsdp=True)

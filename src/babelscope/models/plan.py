@@ -20,8 +20,9 @@ directory offline). Per device, in bytes (``b`` = bytes per value of the dtype, 
   FFN width. Times ``B T`` tokens and the layers (one block plus each block's input with gradient
   checkpointing). A forward without gradients (``ppl``) holds one block's working set, ``(4 H + h_q + 2 h_kv +
   3 F) B T`` values;
-* logits: the LM head runs on chunks of ``C = 256`` positions (``babelscope.models.loss``), ``C V`` float32
-  values, twice when training (the chunk and its gradient).
+* logits: the LM head runs on chunks of ``C = 256`` positions, ``C V`` float32 values held at a time (scoring
+  reuses one buffer; the fused loss of ``babelscope.models.loss`` turns a chunk's logits into their gradient in
+  place), twice with a final-logit softcap (the ``tanh`` kept for the gradient).
 
 The rules are those of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
 §4.1) with the tensor count redone for these blocks. ``fits`` compares the total with the device's capacity less
@@ -57,6 +58,7 @@ class Shape:
     vocab: int
     norms: int  # hidden-size norm vectors per block
     qk_norm: bool  # query/key norms (Gemma 3)
+    softcap: bool  # a final-logit softcap (Gemma 2)
     linear_shapes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of one block's matrices
 
     @staticmethod
@@ -86,7 +88,8 @@ class Shape:
             params=sum(p.numel() for p in model.parameters()),
             block_params=sum(p.numel() for p in blocks.parameters()),
             layers=len(blocks), hidden=tc.hidden_size, ffn=tc.intermediate_size, q_width=heads * head_dim,
-            kv_width=kv * head_dim, vocab=tc.vocab_size, norms=norms, qk_norm=qk_norm, linear_shapes=linears,
+            kv_width=kv * head_dim, vocab=tc.vocab_size, norms=norms, qk_norm=qk_norm,
+            softcap=bool(getattr(tc, "final_logit_softcapping", None)), linear_shapes=linears,
         )
 
 
@@ -149,10 +152,9 @@ def plan_memory(shape: Shape, command: str, devices: int = 1, capacity: int = 80
         layers_held = s.layers // (devices if device_map and devices > 1 else 1)
         held = per_token + layers_held * s.hidden if checkpointing else per_token * layers_held
         parts["activations"] = tokens * held * b
-        parts["logits"] = 2 * LOGIT_CHUNK * s.vocab * 4
     else:
         parts["activations"] = tokens * (4 * s.hidden + s.q_width + 2 * s.kv_width + 3 * s.ffn) * b
-        parts["logits"] = LOGIT_CHUNK * s.vocab * 4
+    parts["logits"] = (1 + s.softcap) * LOGIT_CHUNK * s.vocab * 4
     if offload and not training:
         room = int((1 - RESERVE) * capacity) - parts["activations"] - parts["logits"]
         block = s.block_params // max(s.layers, 1) * b
