@@ -146,7 +146,7 @@ def main() -> None:
             continue
         path = str(llama) if spec == "llama-60m" else spec
         shape = Shape.of_config(_load_config(resolve_spec(path)[0], False))
-        planned = plan_memory(shape, command, 1, 64 * GiB, seq_len=seq, batch_size=batch).total
+        planned = plan_memory(shape, command, 1, 64 * GiB, seq_len=seq, batch_size=batch, device="cpu").total
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
         proc = subprocess.run([sys.executable, __file__, "--one",
                                json.dumps([path, command, batch, seq, str(root / f"run-{spec}-{command}-{batch}")])],
