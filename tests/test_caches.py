@@ -49,4 +49,5 @@ def test_fingerprint_names_what_changed():
     new = fingerprint({"lr": 2e-4, "lora_alpha": 64.0, "model": "b" * 64, "lora_dropout": 0.1})
     assert fingerprint_changes(old, new) == ["lora_alpha 8 -> 64.0", f"model {'a' * 12}… -> {'b' * 12}…",
                                              "lora_dropout null -> 0.1"]
-    assert fingerprint_changes("a string of an older version", new) == ["the fingerprint (no parts recorded)"]
+    assert fingerprint_changes("a string of an older version", new) == [
+        "its options are not recorded (an older version wrote it)"]

@@ -92,7 +92,7 @@ def fingerprint(parts: dict[str, Any]) -> dict[str, Any]:
 
 def fingerprint_changes(old: Any, new: dict[str, Any]) -> list[str]:
     """``name old -> new`` for each part of fingerprint ``new`` that differs from ``old`` (a stored fingerprint;
-    one without parts, from an older version, gives ``["the fingerprint (no parts recorded)"]``)."""
+    one without parts, written by an older version, gives one entry saying so)."""
 
     def short(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
@@ -101,7 +101,7 @@ def fingerprint_changes(old: Any, new: dict[str, Any]) -> list[str]:
     old_parts = old.get("parts") if isinstance(old, dict) else None
     if not isinstance(old_parts, dict):
         return [] if isinstance(old, dict) and old.get("sha256") == new["sha256"] else [
-            "the fingerprint (no parts recorded)"]
+            "its options are not recorded (an older version wrote it)"]
     parts = new["parts"]
     names = [k for k in parts if old_parts.get(k, None) != parts[k]] + [k for k in old_parts if k not in parts]
     return [f"{k} {short(old_parts.get(k))} -> {short(parts.get(k))}" for k in names]

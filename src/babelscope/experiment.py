@@ -148,6 +148,9 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Pat
         except BabelscopeError as exc:
             raise BabelscopeError(f"{where}: {exc}") from None
         steps.append(PlannedStep(i, name, step, cfg, fn))
+    from babelscope.memory import release_freed_memory
+
+    release_freed_memory()  # what the step checks read (a tokenizer, the data) goes back before step 1 runs
     unused = sorted(set(defaults) - used_defaults)
     if unused:
         raise BabelscopeError(f"{path}: defaults {unused} are an option of no step; check the spelling")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -94,6 +95,7 @@ def language_scores(
     seqs: list[tuple[list[int], int]],
     method: str = "taylor",
     on_batch=None,
+    before_grads=None,
     fsdp: bool = False,
 ) -> tuple[dict[str, torch.Tensor], float, int]:
     """``(S_l per parameter (float32, CPU), summed NLL, tokens)`` for one language's windows ``seqs``.
@@ -101,7 +103,10 @@ def language_scores(
     Call inside :func:`grads_only_for`. Under Accelerate every process takes its share of ``seqs`` and the
     gradients are summed across processes, so every rank returns the same scores. ``fsdp`` (blocks sharded by
     :func:`babelscope.regions.shards.shard_blocks`): FSDP 2 sums the gradients into each process's rows, and
-    each process returns the scores of its own rows.
+    each process returns the scores of its own rows. ``before_grads()`` is called once, when the backward pass
+    reaches the first scored weight (before any of their gradients exists; the first batch's forward has run):
+    the step waits there until the previous language's scores are written and dropped, so two score sets never
+    coexist with the gradients.
     """
     from babelscope.processes import GradView, all_reduce_grads, sum_across
     from babelscope.regions.shards import local
@@ -126,7 +131,21 @@ def language_scores(
         if on_batch:
             on_batch(n_seqs)
 
-    nll = engine.backward(seqs, normalizer=float(tokens), on_batch=step, even=fsdp)
+    handles = []
+    if before_grads is not None:
+        called = []
+
+        def gate(grad: torch.Tensor) -> None:
+            if not called:
+                called.append(True)
+                before_grads()
+
+        handles = [p.register_hook(gate) for p in params.values()]
+    try:
+        nll = engine.backward(seqs, normalizer=float(tokens), on_batch=step, even=fsdp)
+    finally:
+        for h in handles:
+            h.remove()
     if method == "taylor":
         scale = 1.0
         if fsdp:  # FSDP 2 reduce-scattered them already, as a mean
@@ -220,6 +239,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         stale.unlink()
     rows: list[dict[str, Any]] = []
     saves: list[Future] = []
+    dropped: list[threading.Event] = []  # set when the writer has dropped a language's scores
     bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
     # One writer thread saves each language's scores while the next language runs (past the page cache, see
     # babelscope.tensorfiles); it drops them as soon as they are written, before the fsync.
@@ -249,7 +269,10 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                 scores, save = load_tensors(path), None
             else:
                 seqs = token_windows(engine, [u.text for u in units], cfg.window, cfg.max_tokens)
-                scores, nll, tokens = language_scores(engine, params, seqs, cfg.method, fsdp=cfg.fsdp)
+                # unsharded: the next language's gradients wait until the writer dropped the previous scores
+                gate = None if cfg.fsdp else (lambda: _wait_dropped(dropped))
+                scores, nll, tokens = language_scores(engine, params, seqs, cfg.method, fsdp=cfg.fsdp,
+                                                      before_grads=gate)
                 if not math.isfinite(nll):  # never saved: a re-run at another dtype starts clean
                     raise BabelscopeError(f"{code}: the loss came out {nll} (the model overflows in --dtype "
                                           f"{cfg.dtype}); nothing was saved: re-run with --dtype float32")
@@ -272,7 +295,8 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                 if engine.is_main:
                     rows.append(_language_row(code, meta, abs_sum))
                 if save is not None:
-                    saves.append(writer.submit(_save, scores, save, meta))
+                    dropped.append(threading.Event())
+                    saves.append(writer.submit(_save, scores, save, meta, dropped[-1]))
                 _raise_failed(saves)
             del scores
             release_freed_memory()  # flat in the number of languages (see babelscope.memory)
@@ -289,12 +313,12 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     sums = torch.tensor([float(t.sum(dtype=torch.float64)) for t in aggregate.values()], dtype=torch.float64)
     peaks = torch.tensor([float(t.max()) if t.numel() else 0.0 for t in aggregate.values()], dtype=torch.float64)
     if cfg.fsdp:  # every process its rows; the table's sums and maxima over all of them
-        import torch.distributed as dist
+        from babelscope.processes import all_reduce
 
         save_tensors(shard_path(st.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
                                                                                                "shard": shard})
-        dist.all_reduce(sums)
-        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        all_reduce(sums)
+        all_reduce(peaks, op="max")
     if not engine.is_main:
         return sr.wait()
     if not cfg.fsdp:
@@ -333,10 +357,10 @@ def _on_every_rank(flag: bool, collective: bool) -> bool:
     collective); ``flag`` itself otherwise."""
     if not collective:
         return flag
-    import torch.distributed as dist
+    from babelscope.processes import all_reduce
 
     t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    all_reduce(t, op="min")
     return bool(t[0])
 
 
@@ -351,15 +375,28 @@ def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -
     return abs_sum
 
 
-def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
+def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict, dropped: threading.Event | None = None) -> None:
     """(Writer thread: file I/O only, no tensor arithmetic to compete with the scoring.) Stream the signed scores
-    into a temporary file, drop them, then make the file durable and give it its name."""
+    into a temporary file, drop them (``dropped`` is set then, also on an error), then make the file durable and
+    give it its name."""
     from babelscope.memory import release_freed_memory
 
-    tmp = write_temporary(path, scores, meta)
-    scores.clear()
-    release_freed_memory()
+    try:
+        tmp = write_temporary(path, scores, meta)
+        scores.clear()
+        release_freed_memory()
+    finally:
+        scores.clear()
+        if dropped is not None:
+            dropped.set()
     commit_file(tmp, path)
+
+
+def _wait_dropped(dropped: list[threading.Event]) -> None:
+    """Wait until the writer has dropped the previous language's scores (its file is written; fsync and rename
+    may still run): the next language's gradients then take their place instead of coming on top."""
+    if dropped:
+        dropped[-1].wait()
 
 
 def _raise_failed(futures: list) -> None:
