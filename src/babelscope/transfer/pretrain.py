@@ -344,7 +344,7 @@ def check_baseline(cfg: PretrainConfig) -> dict[str, list[str]]:
         raise BabelscopeError(f"--freeze-fraction {cfg.freeze_fraction}: must lie strictly between 0 and 1")
     if cfg.freeze_baseline != "ssu":
         return {}
-    from babelscope.regions.texts import open_text_corpus
+    from babelscope.data.views import open_text_corpus
 
     corpus = open_text_corpus(cfg.ssu_corpus)
     out = {}
@@ -365,8 +365,8 @@ def check_baseline(cfg: PretrainConfig) -> dict[str, list[str]]:
 
 def baseline_for(cfg: PretrainConfig, model, tokenizer, ssu_texts: dict[str, list[str]]) -> dict:
     """The baseline's masks for ``model`` (SSU scored on ``ssu_texts``, --ssu-max-tokens per language)."""
+    from babelscope.data.views import language_windows
     from babelscope.models.engine import Engine
-    from babelscope.neurons.lape import language_windows
     from babelscope.transfer.baselines import baseline_masks, ssu_scores
 
     scores = None
