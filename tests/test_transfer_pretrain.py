@@ -108,7 +108,7 @@ def test_killed_run_keeps_its_curve_and_resumes(tiny, tmp_path, monkeypatch):
 
 def test_freeze_region(tiny, tmp_path):
     from babelscope.models import load_model
-    from babelscope.regions.params import scored_parameters
+    from babelscope.models.params import scored_parameters
     from babelscope.regions.select import region_mask
     from babelscope.tensorfiles import save_tensors
 
@@ -129,7 +129,7 @@ def test_freeze_region(tiny, tmp_path):
     after = scored_parameters(trained)
     frozen = doc["results"]["freeze"]
     assert frozen["region"] == "top" and 0 < frozen["parameters"] < sum(int(m.sum()) for m in mask.values()) + 1
-    from babelscope.regions.params import norm_modules
+    from babelscope.models.params import norm_modules
 
     norms = set(norm_modules(trained))
     for name, m in mask.items():

@@ -97,7 +97,10 @@ def check_offload_dir(path: str | None) -> Path | None:
         raise BabelscopeError(f"--offload-dir {path}: not a writable folder ({probe} cannot be written); give a "
                               "folder on a disk with room for the offloaded weights")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        folder = folder / f"rank{os.environ.get('RANK', '0')}"
+        from babelscope.processes import state
+
+        group = state()
+        folder = folder / f"rank{group.process_index if group else os.environ.get('RANK', '0')}"
     return folder
 
 
@@ -105,7 +108,7 @@ def meta_model(source: Path | str, dtype: str = "float32", trust_remote_code: bo
     """The model of ``source``'s ``config.json`` with every tensor on the meta device (no memory, no weights read)."""
     from accelerate import init_empty_weights
 
-    from babelscope.models.loader import _load_config, auto_class, model_kind
+    from babelscope.models.specs import _load_config, auto_class, model_kind
 
     config = _load_config(source, trust_remote_code)
     cls = auto_class(config, model_kind(config))
@@ -130,7 +133,7 @@ def plan_device_map(spec: str, device_map: str, max_memory: str | None = None, o
                     dtype: str = "float32", trust_remote_code: bool = False) -> dict[str, Any]:
     """The module -> device map (``0``, ``"cpu"``, ``"disk"``) ``spec`` will load with, computed on a meta model;
     every refusal is a one-line :class:`BabelscopeError` raised before any weight is read."""
-    from babelscope.models.loader import resolve_spec
+    from babelscope.models.specs import resolve_spec
 
     if device_map not in MAPS:
         raise BabelscopeError(f"--device-map {device_map!r}: use {', '.join(MAPS)}")

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from babelscope.caches import json_sha256
+from babelscope.data.views import language_windows  # noqa: F401  (re-exported: older imports)
 from babelscope.errors import BabelscopeError
 from babelscope.neurons.configs import NeuronsConfig
 
@@ -126,13 +127,6 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
         all_reduce(total)
         over_zero, tokens = total[:-1].view_as(over_zero), int(total[-1])
     return over_zero, tokens
-
-
-def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
-    """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
-    from babelscope.data.views import token_windows
-
-    return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]
 
 
 def _key(obj: Any) -> str:

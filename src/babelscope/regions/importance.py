@@ -200,8 +200,9 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
 
     from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.memory import release_freed_memory
+    from babelscope.models.families import describe_architecture, qkv_bias_names
+    from babelscope.models.params import layer_and_kind, scored_parameters
     from babelscope.processes import sum_across
-    from babelscope.regions.params import layer_and_kind, scored_parameters
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 
@@ -313,12 +314,12 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     sums = torch.tensor([float(t.sum(dtype=torch.float64)) for t in aggregate.values()], dtype=torch.float64)
     peaks = torch.tensor([float(t.max()) if t.numel() else 0.0 for t in aggregate.values()], dtype=torch.float64)
     if cfg.fsdp:  # every process its rows; the table's sums and maxima over all of them
-        import torch.distributed as dist
+        from babelscope.processes import all_reduce
 
         save_tensors(shard_path(st.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
                                                                                                "shard": shard})
-        dist.all_reduce(sums)
-        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        all_reduce(sums)
+        all_reduce(peaks, op="max")
     if not engine.is_main:
         return sr.wait()
     if not cfg.fsdp:
@@ -342,6 +343,10 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         "languages": codes,
         "method": cfg.method,
         "scored_parameters": sum(p.numel() for p in params.values()),
+        # the blocks' QKV biases (Qwen2, GPT-2, BERT) are scored with the matrices; the LM head, tied or untied,
+        # is outside the blocks and never scored (Zhang et al. 2024, §2)
+        "scored_qkv_bias_parameters": sum(params[n].numel() for n in qkv_bias_names(model) if n in params),
+        "architecture": describe_architecture(model),
         "scored_tensors": len(params),
         "importance_file": "importance.safetensors",
         "score_files": {code: f"scores/{code}.safetensors" for code in codes},
@@ -357,10 +362,10 @@ def _on_every_rank(flag: bool, collective: bool) -> bool:
     collective); ``flag`` itself otherwise."""
     if not collective:
         return flag
-    import torch.distributed as dist
+    from babelscope.processes import all_reduce
 
     t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    all_reduce(t, op="min")
     return bool(t[0])
 
 

@@ -133,7 +133,7 @@ def _mask_flat(
 
 def norm_names(names: Iterable[str], shapes: Mapping[str, Any]) -> set[str]:
     """The norm vectors among the scored names: 1-D tensors whose name says "norm" (what
-    :func:`babelscope.regions.params.norm_modules` finds from the module classes, read from the names alone)."""
+    :func:`babelscope.models.params.norm_modules` finds from the module classes, read from the names alone)."""
     return {n for n in names if "norm" in n.lower() and len(shapes[n]) == 1}
 
 
@@ -257,7 +257,7 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     """The ``babelscope regions select`` step: masks and tables from an importance step (no model needed)."""
     from tqdm.auto import tqdm
 
-    from babelscope.regions.params import layer_and_kind
+    from babelscope.models.params import layer_and_kind
     from babelscope.regions.shards import open_scores, scores_metadata
     from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.steps import StepRun, results_sha256

@@ -22,6 +22,8 @@ class VocabConfig:
                            "tokenization, premium), comma-separated or 'all'.")
     quality_langs: str = opt("eng", "Other languages in the init-quality table (each costs forward passes of every "
                              "init).", may_be_empty=True)  # "": the table scores the target language alone
+    keep_old: bool = opt(True, "Leave out new pieces whose merges would change the tokenization of any other "
+                         "language's text in --parallel (every old text keeps its ids); --no-keep-old adds them all.")
     vocab_size: int = opt(8000, "Size of the SentencePiece model trained on --train; pieces the base already has "
                           "are not added.")
     model_type: str = opt("auto", "SentencePiece model: auto (the base's type), bpe, unigram.")
@@ -62,6 +64,13 @@ class PretrainConfig:
     freeze_region: str | None = opt(None, "Mask file of `babelscope regions select` (e.g. "
                                     "regions-select/masks/top-k0.01-global.safetensors): those weights never change.")
     freeze_norms: bool = opt(False, "Also freeze masked entries of norm vectors.")
+    freeze_baseline: str | None = opt(None, "Instead of a region, freeze by a baseline rule: ssu (columns by "
+                                      "||W[:, j]|| E[x_j^2] on --ssu-langs text, Yamaguchi et al. 2025), half (a "
+                                      "random share of the matrices), magnitude (largest |W|) or random entries.")
+    freeze_fraction: float = opt(0.5, "Share of each block matrix (of the matrices, for half) the baseline freezes.")
+    ssu_corpus: str = opt("udhr-sample", "SSU: the source-language text that scores the columns.")
+    ssu_langs: str = opt("eng", "SSU: source languages (comma-separated).")
+    ssu_max_tokens: int = opt(1024, "SSU: tokens per source language.")
     lr: float = opt(5e-5, "Peak learning rate (AdamW).")
     warmup: int = opt(0, "Optimizer steps of linear warmup.")
     schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")

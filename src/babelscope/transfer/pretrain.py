@@ -179,7 +179,11 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
         eval_view = SubsetView(corpus, held)
     else:
         eval_view = eval_corpus
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    from babelscope.models.families import document_separator, scoring_prefix
+
+    # BOS only where the tokenizer adds it (not Qwen's or SmolLM2's), documents ended by the pretraining separator
+    # (<|endoftext|> for ChatML models, whose EOS <|im_end|> ends a chat turn)
+    bos, eos = scoring_prefix(None, tokenizer), document_separator(tokenizer)
     blocks, doc_rows, checksums = [], [], {}
     counts = allocate(samples, [(code, w) for code, (_, w) in zip(train_codes, mix, strict=True)])
     for code in train_codes:
@@ -324,6 +328,56 @@ def check_seq_len(cfg: PretrainConfig, planning: bool = False) -> None:
                               f"({cfg.model}); lower --seq-len")
 
 
+# ----------------------------------------------------------------------------------------------- baselines
+def check_baseline(cfg: PretrainConfig) -> dict[str, list[str]]:
+    """Check the freezing-baseline options before anything loads; the SSU source texts ``{lang: texts}``."""
+    if not cfg.freeze_baseline:
+        return {}
+    from babelscope.transfer.baselines import BASELINES
+
+    if cfg.freeze_baseline not in BASELINES:
+        raise BabelscopeError(f"--freeze-baseline {cfg.freeze_baseline!r}: use one of {', '.join(BASELINES)}")
+    if cfg.freeze_region:
+        raise BabelscopeError("--freeze-region and --freeze-baseline: give one of them (a baseline replaces the "
+                              "region)")
+    if not 0 < cfg.freeze_fraction < 1:
+        raise BabelscopeError(f"--freeze-fraction {cfg.freeze_fraction}: must lie strictly between 0 and 1")
+    if cfg.freeze_baseline != "ssu":
+        return {}
+    from babelscope.data.views import open_text_corpus
+
+    corpus = open_text_corpus(cfg.ssu_corpus)
+    out = {}
+    for lang in (x.strip() for x in cfg.ssu_langs.split(",") if x.strip()):
+        try:
+            code = corpus.match_language(lang)
+        except BabelscopeError:
+            code = None
+        texts = [u.text for u in corpus.units(code) if u.text.strip()] if code else []
+        if not texts:
+            raise BabelscopeError(f"--ssu-langs {cfg.ssu_langs}: corpus {cfg.ssu_corpus!r} has no text in {lang}; "
+                                  "give a source language it has or another --ssu-corpus")
+        out[code] = texts
+    if not out:
+        raise BabelscopeError(f"--ssu-langs {cfg.ssu_langs!r}: no source language given")
+    return out
+
+
+def baseline_for(cfg: PretrainConfig, model, tokenizer, ssu_texts: dict[str, list[str]]) -> dict:
+    """The baseline's masks for ``model`` (SSU scored on ``ssu_texts``, --ssu-max-tokens per language)."""
+    from babelscope.data.views import language_windows
+    from babelscope.models.engine import Engine
+    from babelscope.transfer.baselines import baseline_masks, ssu_scores
+
+    scores = None
+    if cfg.freeze_baseline == "ssu":
+        engine = Engine(model, tokenizer, batch_size=cfg.eval_batch_size, progress=False)
+        seqs = [s for texts in ssu_texts.values()
+                for s in language_windows(engine, texts, cfg.eval_window, cfg.ssu_max_tokens)]
+        scores = ssu_scores(model, seqs, cfg.eval_batch_size, engine.pad_id)
+    return baseline_masks(model, cfg.freeze_baseline, cfg.freeze_fraction, cfg.seed, scores)
+
+
 # ----------------------------------------------------------------------------------------------- step
 def loop_config(cfg: PretrainConfig):
     from babelscope.transfer.loop import LoopConfig
@@ -373,6 +427,8 @@ def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], fro
     from babelscope.runs import iter_results
 
     def label(freeze: dict) -> str:
+        if freeze and freeze.get("baseline"):
+            return f"{freeze['baseline']}@{freeze.get('k')}"
         return f"{freeze.get('region')}@{freeze.get('k')}" if freeze and freeze.get("file") else "none"
 
     keep = ("samples", "lang", "target", "ppl", "bits_per_unit")
@@ -411,6 +467,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         write_yaml,
     )
     from babelscope.steps import StepRun
+    from babelscope.transfer.baselines import masks_sha256
     from babelscope.transfer.loop import check_config, check_resumable, lr_at, remove_checkpoints, resume_key, train
 
     sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
@@ -420,6 +477,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     # Options and data first: nothing is loaded or written before they pass.
     check_options(cfg)
     check_seq_len(cfg)
+    ssu_texts = check_baseline(cfg)
     mask_file = mask_path(cfg.freeze_region, run_dir) if cfg.freeze_region else None
     if mask_file is not None:
         check_mask_model(mask_file, cfg.model)
@@ -429,6 +487,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     mask_sum = file_sha256(mask_file) if mask_file is not None else ""
     evals = {code: text_sha256(u.text for u in data["eval_view"].units(code)) for code in data["eval_codes"]}
     inputs = {"train": data["checksums"], "eval": evals, "mask": mask_sum}
+    if ssu_texts:
+        inputs["ssu"] = {code: text_sha256(texts) for code, texts in ssu_texts.items()}
     # finished = complete (a killed run left partial results); the config is written once the model passed
     if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
         return doc
@@ -438,13 +498,17 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
     masks, mask_meta = None, {}
     if mask_file is not None:
-        from babelscope.regions.params import scored_parameters
+        from babelscope.models.params import scored_parameters
         from babelscope.regions.select import load_mask
 
         masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
         if mask_meta.get("other_model"):
             raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
                                   "the region from this model's importance scores")
+    if cfg.freeze_baseline:
+        masks = baseline_for(cfg, model, tokenizer, ssu_texts)
+        mask_sum = masks_sha256(masks)
+        mask_meta = {"baseline": cfg.freeze_baseline, "k": cfg.freeze_fraction}
     # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
     key_parts = resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
     key = resume_key(lcfg, len(data["order"]), launched_world(), key_parts)
@@ -471,13 +535,19 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     total_steps = math.ceil(data["samples"] / per_step)
     targets = set(data["train_codes"])
     frozen = {"file": str(mask_file) if mask_file else None, "region": mask_meta.get("region"),
-              "k": mask_meta.get("k"), "scope": mask_meta.get("scope")}
+              "k": mask_meta.get("k"), "scope": mask_meta.get("scope"), "baseline": mask_meta.get("baseline")}
     if masks is not None:
-        from babelscope.regions.params import norm_modules
+        from babelscope.models.params import norm_modules
 
         norms = set() if cfg.freeze_norms else set(norm_modules(model))
         frozen["parameters"] = sum(int(m.sum()) for n, m in masks.items() if n not in norms)
         frozen["fraction_of_blocks"] = frozen["parameters"] / sum(m.numel() for m in masks.values())
+        from babelscope.models.families import head_is_tied, qkv_bias_names
+
+        # what the mask covers beyond the matrices: the attention's QKV biases (Qwen2) are block parameters and
+        # freeze with it; the LM head is outside the blocks and trains (tied: as the embedding; untied: its own)
+        frozen["qkv_bias_entries"] = sum(int(masks[n].sum()) for n in qkv_bias_names(model) if n in masks)
+        frozen["lm_head"] = "tied to the embedding, trains" if head_is_tied(model) else "untied, trains"
 
     def results(complete: bool, trained=None) -> dict[str, Any]:
         last = max((r["samples"] for r in curve), default=None)

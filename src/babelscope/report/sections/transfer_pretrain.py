@@ -93,10 +93,13 @@ def pivot(rows: list[dict[str, Any]], key: str = "ppl") -> list[dict[str, Any]]:
 
 
 def _freeze_text(freeze: dict[str, Any]) -> str:
+    frac = (freeze or {}).get("fraction_of_blocks")
+    share = f", {frac:.2%} of the block weights" if isinstance(frac, float) else ""
+    if freeze and freeze.get("baseline"):
+        return (f"baseline {esc(freeze['baseline'])}@{esc(format_value(freeze.get('k')))} frozen "
+                f"({esc(format_value(freeze.get('parameters')))} weights{share})")
     if not freeze or not freeze.get("file"):
         return "no weights frozen"
-    frac = freeze.get("fraction_of_blocks")
-    share = f", {frac:.2%} of the block weights" if isinstance(frac, float) else ""
     return (f"region {esc(freeze.get('region'))}@{esc(format_value(freeze.get('k')))}/{esc(freeze.get('scope'))} "
             f"frozen ({esc(format_value(freeze.get('parameters')))} weights{share})")
 
