@@ -26,6 +26,7 @@ CAPABILITIES = {
     "transfer": "transfer",
     "neurons": "neurons",
     "lens": "lens",
+    "export": "export",
 }
 
 
