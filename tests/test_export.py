@@ -154,3 +154,43 @@ def test_eee_export_refuses_a_parameter_map(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "safetensors" in proc.stderr
     assert not (tmp_path / "imp" / "eee").exists()
+
+
+def test_parameter_maps_load_with_plain_safetensors_as_documented(tiny, tmp_path):
+    """docs/formats.md: importance scores, region masks and neuron sets open with ``safetensors`` alone, keyed by
+    the Hugging Face parameter names, with the documented JSON metadata."""
+    from safetensors import safe_open
+
+    from babelscope.neurons.configs import NeuronsConfig
+    from babelscope.neurons.lape import run as find_neurons
+    from babelscope.regions import importance, select
+
+    model, tok, info = tiny
+    loaded = lambda: (model, tok, info)  # noqa: E731
+    importance.run(importance.ImportanceConfig(langs="eng,fra", max_tokens=32, window=32), tmp_path,
+                   "regions-importance", loaded)
+    select.run(select.SelectConfig(k="0.05", scope="global"), tmp_path, "regions-select")
+    find_neurons(NeuronsConfig(langs="eng,fra,deu", max_tokens=64, window=32, top_rate=0.05), tmp_path, "neurons",
+                 loaded)
+    names = dict(model.named_parameters())
+    files = {"regions-importance/importance.safetensors": "babelscope.importance/1",
+             "regions-select/masks/top-k0.05-global.safetensors": "babelscope.region-mask/1",
+             "neurons/neurons.safetensors": "babelscope.neurons/1"}
+    for rel, fmt in files.items():
+        with safe_open(tmp_path / rel, framework="pt") as fh:
+            meta = {k: json.loads(v) for k, v in fh.metadata().items()}
+            assert meta["format"] == fmt and meta["model"] == info.checksum and meta["dtype"] == "float32"
+            assert meta["languages"] and set(meta["tokens"]) == set(meta["languages"])
+            assert all(isinstance(n, int) and n > 0 for n in meta["tokens"].values())
+            if fmt == "babelscope.neurons/1":
+                layers, width = fh.get_tensor("probs").shape[:2]
+                assert len(meta["weights"]) == layers  # per layer: neuron j = row j of "in", column j of "down"
+                for ws in meta["weights"]:
+                    assert all(names[w].shape[0] == width for w in ws["in"])
+                    assert all(names[w].shape[1] == width for w in ws["down"])
+                assert fh.get_tensor(f"mask/{meta['languages'][0]}").shape == (layers, width)
+                continue
+            for key in fh.keys():  # keyed by the model's own parameter names, the parameter's shape
+                assert key in names and tuple(fh.get_slice(key).get_shape()) == tuple(names[key].shape)
+            if fmt == "babelscope.region-mask/1":
+                assert meta["k"] == 0.05 and meta["region"] == "top"
