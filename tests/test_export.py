@@ -190,7 +190,7 @@ def test_parameter_maps_load_with_plain_safetensors_as_documented(tiny, tmp_path
                     assert all(names[w].shape[1] == width for w in ws["down"])
                 assert fh.get_tensor(f"mask/{meta['languages'][0]}").shape == (layers, width)
                 continue
-            for key in fh.keys():  # keyed by the model's own parameter names, the parameter's shape
+            for key in fh.keys():  # noqa: SIM118 - keyed by the parameter names, with their shapes
                 assert key in names and tuple(fh.get_slice(key).get_shape()) == tuple(names[key].shape)
             if fmt == "babelscope.region-mask/1":
                 assert meta["k"] == 0.05 and meta["region"] == "top"
