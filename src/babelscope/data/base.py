@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from babelscope.caches import unit_fraction
 from babelscope.data.languages import Language, default_language, resolve_language
 from babelscope.errors import BabelscopeError
 
@@ -94,8 +94,7 @@ class Corpus:
 
 
 def _split_key(seed: int, unit_id: str) -> float:
-    digest = hashlib.sha256(f"{seed}\0{unit_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return unit_fraction(f"{seed}\0{unit_id}")
 
 
 def split_units(

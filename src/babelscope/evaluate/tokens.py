@@ -23,7 +23,6 @@ embedded UDHR sample take about a second once the tokenizer is loaded.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import statistics
 import unicodedata
@@ -90,14 +89,11 @@ def load_backend(spec: str):
 
 def tokenizer_checksum(source: Path | str) -> str:
     """sha256 over the tokenizer files of a model directory (what changes the tokenization)."""
-    digest = hashlib.sha256()
+    from babelscope.caches import digest
+
     names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
-    for name in names:
-        path = Path(source) / name
-        if path.is_file():
-            digest.update(name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    paths = [(name, Path(source) / name) for name in names]
+    return digest(part for name, path in paths if path.is_file() for part in (name, path.read_bytes()))
 
 
 def _backend(tokenizer):

@@ -39,9 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from babelscope.caches import RequestCache
 from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, prefix_token_id
 from babelscope.models.hooks import capture_layers, run_until_stopped
-from babelscope.runs import RequestCache
+from babelscope.processes import DistState, all_reduce_grads, gather_objects  # noqa: F401  (re-exported)
+from babelscope.processes import state as _dist_state
 
 
 @dataclass
@@ -62,44 +64,12 @@ class RollingScore:
     windows: int
 
 
-@dataclass
-class DistState:
-    """Rank and world size of the torch.distributed group this process belongs to."""
-
-    process_index: int
-    num_processes: int
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.process_index == 0
-
-
-def _dist_state() -> DistState | None:
-    """The process group when launched with several processes (``accelerate launch``, ``debug_launcher``,
-    ``torchrun``), else ``None``. Accelerate's ``PartialState`` sets the group up when the launcher did not."""
-    import os
-
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return None
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return None
-        from accelerate import PartialState
-
-        PartialState()
-        if not dist.is_initialized():
-            return None
-    world = dist.get_world_size()
-    return DistState(dist.get_rank(), world) if world > 1 else None
-
-
 def tokenizer_sha256(tokenizer) -> str:
     """sha256 of a tokenizer's serialized state (the fast tokenizer's JSON, or the vocabulary of a slow one,
     plus special tokens and chat template); memoised on the tokenizer while its length stays the same."""
-    import hashlib
     import json
+
+    from babelscope.caches import digest
 
     memo = getattr(tokenizer, "_babelscope_sha256", None)
     if memo is not None and memo[0] == len(tokenizer):
@@ -108,9 +78,7 @@ def tokenizer_sha256(tokenizer) -> str:
     state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = {"class": type(tokenizer).__name__, "special": getattr(tokenizer, "all_special_tokens", None),
              "chat_template": getattr(tokenizer, "chat_template", None), "len": len(tokenizer)}
-    digest = hashlib.sha256(state.encode("utf-8"))
-    digest.update(json.dumps(extra, sort_keys=True, default=str).encode("utf-8"))
-    sha = digest.hexdigest()
+    sha = digest([state, json.dumps(extra, sort_keys=True, default=str)])
     with contextlib.suppress(AttributeError, TypeError):  # a tokenizer that refuses new attributes
         tokenizer._babelscope_sha256 = (len(tokenizer), sha)
     return sha
@@ -293,12 +261,8 @@ class Engine:
 
     def _share_cache(self, keys: list[str]) -> None:
         """Gather every rank's answers so all ranks return the full list."""
-        import torch.distributed as dist
-
         mine = [(k, self.cache[k]) for k in keys if k in self.cache]
-        everyone: list = [None] * self.state.num_processes
-        dist.all_gather_object(everyone, mine)
-        for k, v in _flatten(everyone):
+        for k, v in _flatten(gather_objects(mine)):
             self.cache._data[k] = v
 
     def _batch_inputs(self, seqs: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -765,17 +729,6 @@ def _cut(text: str, stop: Sequence[str]) -> str:
 def _flatten(lists):
     for chunk in lists:
         yield from chunk
-
-
-def all_reduce_grads(params: Sequence[torch.Tensor]) -> None:
-    """Sum ``.grad`` over processes (no-op in a single process)."""
-    if _dist_state() is None:
-        return
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
 def perplexity(nll: float, tokens: int) -> float:

@@ -13,7 +13,6 @@ merged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from babelscope.caches import digest, file_sha256, json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.settings import cache_dir
 
@@ -52,22 +52,20 @@ class ModelInfo:
 # ------------------------------------------------------------------------------------------- spec resolution
 def resolve_spec(spec: str) -> tuple[Path | str, str | None]:
     """Turn a model spec into ``(directory_or_hub_id, gguf_file_name_or_None)``, converting GGUF once."""
-    if spec == DEFAULT_MODEL:
-        from babelscope.models.default import default_model_dir
+    from babelscope.models.named import NAMED_MODELS, converted_gguf_dir, named_model_dir
 
-        return default_model_dir(), None
+    if spec in NAMED_MODELS:
+        return named_model_dir(spec), None
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise BabelscopeError(f"{spec}: no such GGUF file; give the path of a .gguf model file")
-        from babelscope.models.default import converted_gguf_dir
-
         return converted_gguf_dir(path), None
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise BabelscopeError(
                 f"{spec}: not a model directory (no config.json); give a Hugging Face model directory, "
-                f"a .gguf file, a hub id or '{DEFAULT_MODEL}'"
+                f"a .gguf file, a hub id or a named model ({', '.join(NAMED_MODELS)})"
             )
         return path, None
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -100,24 +98,22 @@ def _weights_checksum(source: Path | str, model) -> str:
     if not files:
         return state_dict_checksum(model)
     stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+    key = json_sha256(stamp, sort_keys=False)
     memo = cache_dir() / "checksums" / f"{key}.txt"
     if memo.exists():
         return memo.read_text().strip()
-    from babelscope.runs import file_sha256, write_text
+    from babelscope.runs import write_text
 
-    digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
-    write_text(memo, digest)
-    return digest
+    checksum = digest(file_sha256(f) for f in files)
+    write_text(memo, checksum)
+    return checksum
 
 
 def state_dict_checksum(model) -> str:
     """sha256 over a model's tensors in name order (for models built in memory)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
-    return digest.hexdigest()
+    return digest(part for name, tensor in sorted(model.state_dict().items())
+                  for part in (name, tensor.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy()
+                               .tobytes()))
 
 
 def _byte_dtype():
@@ -205,7 +201,9 @@ def model_name(spec: str, _depth: int = 0) -> str:
     name; a model directory that a Babelscope step saved (``STEP/model`` of ``transfer sft``, ``transfer vocab``,
     ``transfer pretrain``) names its base and the step, from the records it carries:
     ``gemma-3-270m + SFT (sft)``, ``gemma-3-270m + pretraining (pretrain-64) + SFT (sft-pt64)``."""
-    if spec == DEFAULT_MODEL:
+    from babelscope.models.named import NAMED_MODELS
+
+    if spec in NAMED_MODELS:
         return spec
     path = Path(str(spec)).expanduser()
     plain = path.name.removesuffix(".gguf") or str(spec)
@@ -272,7 +270,8 @@ def load_model(
 ):
     """Load ``spec`` and return ``(model, tokenizer, info)``; the model is in eval mode.
 
-    ``spec`` is ``gemma-3-270m`` (embedded default), a local Hugging Face directory (also ones Babelscope
+    ``spec`` is a named model (``gemma-3-270m``, the embedded default; ``smollm2-135m``, ``qwen2.5-coder-0.5b``:
+    :data:`babelscope.models.named.NAMED_MODELS`), a local Hugging Face directory (also ones Babelscope
     writes, with extended tokenizers), a ``.gguf`` file (converted once into a cached safetensors directory)
     or a hub id (online; offline it fails with a message saying how to pass a local path).
     """
@@ -332,8 +331,6 @@ def load_adapter(path: Path, dtype: str = "float32", device: str | None = None, 
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    from babelscope.runs import file_sha256
-
     files = sorted(path.glob("*.safetensors"))
-    checksum = hashlib.sha256((base_info.checksum + "".join(file_sha256(f) for f in files)).encode()).hexdigest()
+    checksum = digest([base_info.checksum, *(file_sha256(f) for f in files)])
     return model, tokenizer, describe(model, tokenizer, str(path), path, checksum=checksum)

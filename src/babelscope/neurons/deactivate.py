@@ -37,10 +37,9 @@ def random_like(mask: torch.Tensor, seed: int) -> dict[int, torch.Tensor]:
 
 def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded=None) -> dict[str, Any]:
     """The ``babelscope neurons deactivate`` step."""
-    import hashlib
-
     from tqdm.auto import tqdm
 
+    from babelscope.caches import digest
     from babelscope.models.engine import Engine
     from babelscope.neurons.ffn import deactivated, ffn_modules
     from babelscope.neurons.lape import load_neurons, neuron_indices
@@ -83,7 +82,7 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     ffns = ffn_modules(model)
     if is_main_process():
         st.write_config(config)
-    mask_sha = {c: hashlib.sha256(m.numpy().tobytes()).hexdigest()[:16] for c, m in masks.items()}
+    mask_sha = {c: digest([m.numpy().tobytes()], 16) for c, m in masks.items()}
 
     def engine_for(*change: Any) -> Engine:
         checksum = condition_checksum(info.checksum, *change) if change else info.checksum

@@ -22,12 +22,11 @@ summed across ranks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.neurons.configs import NeuronsConfig
 
@@ -96,15 +95,15 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     the final norm and the LM head never run). Under several processes each rank runs every ``world``-th batch
     and the counts are summed, so every rank returns the single-process counts."""
     from babelscope.models.arch import base_model
-    from babelscope.models.engine import _dist_state
     from babelscope.models.hooks import run_until_stopped
     from babelscope.neurons.ffn import ActivationCounter
+    from babelscope.processes import all_reduce, rank_share, state
 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    state = _dist_state()
-    if state is not None:
-        batches = batches[state.process_index :: state.num_processes]
+    dist_state = state()
+    if dist_state is not None:
+        batches = rank_share(batches, dist_state)
     counter = ActivationCounter(ffns, site, stop_after=True)  # nothing after the last FFN activation runs
     device = next(model.parameters()).device
     body = base_model(model)
@@ -121,11 +120,9 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
             if on_batch:
                 on_batch(len(batch))
     over_zero, tokens = counter.over_zero, counter.tokens
-    if state is not None:
-        import torch.distributed as dist
-
+    if dist_state is not None:
         total = torch.cat([over_zero.flatten(), torch.tensor([tokens], dtype=torch.int64)])
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        all_reduce(total)
         over_zero, tokens = total[:-1].view_as(over_zero), int(total[-1])
     return over_zero, tokens
 
@@ -138,7 +135,7 @@ def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> 
 
 
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step
@@ -148,6 +145,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
 
     from babelscope.data.languages import resolve_language
     from babelscope.neurons.ffn import check_site, ffn_modules
+    from babelscope.processes import barrier
     from babelscope.regions.texts import language_codes, open_text_corpus, split_side
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
@@ -203,7 +201,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
                     save_tensors(path, {"over_zero": over_zero},
                                  {"key": key, "lang": code, "tokens": n, "model": info.checksum,
                                   "units": [u.id for u in texts[code]], "text_sha256": sha})
-                _barrier()
+                barrier()
             counts.append(over_zero)
             tokens.append(n)
             rows.append({"lang": code, "name": resolve_language(code).name, "tokens": n})
@@ -264,9 +262,3 @@ def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = load_tensors(path)
     return {c: tensors[f"mask/{c}"] for c in meta["languages"]}, meta
 
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()

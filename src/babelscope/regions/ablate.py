@@ -14,10 +14,10 @@ change (zeroing a weight that is already 0 changes nothing), so conditions can b
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 from typing import Any
 
+from babelscope.caches import digest, file_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import AblateConfig
 
@@ -41,7 +41,7 @@ PROMPTS = {
 
 def condition_checksum(model_checksum: str, *parts: Any) -> str:
     """Cache key of the changed model: the weights' checksum plus what was changed and how."""
-    return hashlib.sha256("\0".join([model_checksum, *map(str, parts)]).encode()).hexdigest()
+    return digest(["\0".join([model_checksum, *map(str, parts)])])
 
 
 def perplexities(engine, corpus, codes: list[str], window: int, max_tokens: int | None) -> dict[str, dict]:
@@ -227,11 +227,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
 
 def file_digest(path) -> str:
     """SHA-256 of a file's bytes (a mask file: about 0.1 s per 100 MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path, 1 << 22)
 
 
 def _row(region, k, scope, code, row, base_row, in_importance, counts=None) -> dict[str, Any]:

@@ -26,8 +26,6 @@ that of the language with the largest padded batches.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import ImportanceConfig
 from babelscope.tensorfiles import commit_file, load_tensors, read_metadata, save_tensors, write_temporary
@@ -74,7 +73,7 @@ def language_scores(
     Call inside :func:`grads_only_for`. Under Accelerate every process takes its share of ``seqs`` and the
     gradients are summed across processes, so every rank returns the same scores.
     """
-    from babelscope.models.engine import all_reduce_grads
+    from babelscope.processes import GradView, all_reduce_grads, sum_across
 
     if method not in METHODS:
         raise BabelscopeError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -106,27 +105,10 @@ def language_scores(
     else:
         for name, p in params.items():
             acc.setdefault(name, torch.zeros(p.shape, dtype=torch.float32, device=p.device))
-        all_reduce_grads([_GradView(t) for t in acc.values()])
+        all_reduce_grads([GradView(t) for t in acc.values()])
         acc = {name: t.cpu() for name, t in acc.items()}
-    nll = _sum_across_processes(nll)
+    nll = sum_across(nll)
     return acc, nll, tokens
-
-
-class _GradView:
-    """Lets :func:`all_reduce_grads` sum a plain tensor in place (it reduces ``.grad``)."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.grad = tensor
-
-
-def _sum_across_processes(value: float) -> float:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t[0])
-    return value
 
 
 def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -140,7 +122,7 @@ def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[st
 
 # ------------------------------------------------------------------------------------------------ files
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step

@@ -36,8 +36,6 @@ suite (``babelscope eval pos``: MONO and EN demonstrations) where the run has th
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.syntax.configs import MetaConfig
 
@@ -427,7 +426,7 @@ def _stats(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _fingerprint(stores: list) -> str:
     records = {str(s.path.parent.name): s.records for s in stores}
-    return hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
+    return json_sha256(records, default=str)
 
 
 def _icl_rows(run_dir: Path, step: str, checksum: str, tests: list[str]) -> tuple[dict[str, dict], int | None]:
@@ -637,7 +636,7 @@ def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dic
     model_id = _model_of([store, tstore], [[source, *metas], tests], cfg.model)
     icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
     inputs = {"stores": _fingerprint([store, tstore]),  # a changed input recomputes
-              "icl": hashlib.sha256(json.dumps(icl, sort_keys=True).encode()).hexdigest()[:16] if icl else None}
+              "icl": json_sha256(icl, 16) if icl else None}
     sr = StepRun(cfg, run_dir, step, loaded)
     if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: with the results
         return doc

@@ -319,9 +319,8 @@ def top_dimension_share(X: np.ndarray) -> float:
 def split_by_sentence(sent_ids: np.ndarray, test_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
     """Boolean mask of test rows, decided by a hash of (seed, sent_id) only: on a parallel treebank a sentence
     and all its translations land on the same side."""
-    import hashlib
+    from babelscope.caches import unit_fraction
 
     unique = np.unique(sent_ids)
-    side = {sid: int.from_bytes(hashlib.sha256(f"{seed}\0{sid}".encode()).digest()[:8], "big") / 2**64
-            < test_fraction for sid in unique}
+    side = {sid: unit_fraction(f"{seed}\0{sid}") < test_fraction for sid in unique}
     return np.asarray([side[s] for s in sent_ids], dtype=bool)

@@ -25,12 +25,12 @@ mask: the merged token holds response characters and is trained, every token aft
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from babelscope.caches import unit_fraction
 from babelscope.errors import BabelscopeError
 
 IGNORE = -100  # label of a position without loss
@@ -232,8 +232,7 @@ def _language(lang: Any, where: str) -> str:
 # ----------------------------------------------------------------------------------------------- split
 def row_hash(conv: Conversation, seed: int) -> float:
     """A number in [0, 1) from the seed and the conversation's messages (its content, not its position)."""
-    blob = json.dumps([seed, conv.messages], ensure_ascii=False, sort_keys=True).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") / 2**64
+    return unit_fraction(json.dumps([seed, conv.messages], ensure_ascii=False, sort_keys=True))
 
 
 def split(convs: list[Conversation], val_fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:

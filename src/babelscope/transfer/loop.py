@@ -50,7 +50,6 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -63,6 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.models.loss import IGNORE, fused_linear_cross_entropy, head_spec
 
@@ -313,12 +313,8 @@ def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> lis
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 def _fingerprint(cfg: LoopConfig, n_examples: int, extra: str, processes: int) -> str:
-    blob = json.dumps(
-        {"loop": cfg.fingerprint(), "examples": n_examples, "data": extra, "processes": processes},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_sha256({"loop": cfg.fingerprint(), "examples": n_examples, "data": extra, "processes": processes},
+                       default=str)
 
 
 def last_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:

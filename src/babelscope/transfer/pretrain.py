@@ -21,7 +21,6 @@ training and report that the other languages no longer collapse. This step repro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
 from babelscope.transfer.configs import PretrainConfig
 
@@ -211,10 +211,8 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
 
 
 def data_fingerprint(data: dict[str, Any], model_checksum: str, mask_checksum: str, seq_len: int) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps([data["checksums"], model_checksum, mask_checksum, seq_len]).encode())
-    digest.update(np.ascontiguousarray(data["order"]).tobytes())
-    return digest.hexdigest()
+    return digest([json.dumps([data["checksums"], model_checksum, mask_checksum, seq_len]),
+                   np.ascontiguousarray(data["order"]).tobytes()])
 
 
 # ----------------------------------------------------------------------------------------------- masks

@@ -199,14 +199,12 @@ def validation_loss(model, examples, batch_size: int, pad_id: int) -> tuple[floa
     """Mean NLL over the response tokens of ``examples`` (this process's share, all-reduced), and their count."""
     import torch
 
+    from babelscope.processes import all_reduce, rank_share
     from babelscope.transfer.loop import CausalLMLoss, collate
 
-    world, rank = 1, 0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     device = next(model.parameters()).device
     loss_fn = CausalLMLoss(model)
-    mine = list(examples)[rank::world]
+    mine = rank_share(examples)
     total = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
@@ -214,8 +212,7 @@ def validation_loss(model, examples, batch_size: int, pad_id: int) -> tuple[floa
                             pad_id)
             nll, n = loss_fn(**{k: v.to(device) for k, v in batch.items()})
             total += torch.tensor([float(nll), float(n)], dtype=torch.float64, device=device)
-    if world > 1:
-        torch.distributed.all_reduce(total)
+    all_reduce(total)
     return float(total[0] / max(total[1], 1)), int(total[1])
 
 
