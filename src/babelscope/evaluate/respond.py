@@ -90,7 +90,7 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
     """The ``babelscope eval respond`` step: generate, judge, write per-item judgments and per-language means."""
     import json
 
-    from babelscope.evaluate.judge import CRITERIA, average, judge_all, judgment_key, make_judge
+    from babelscope.evaluate.judge import CRITERIA, JudgeError, average, judge_all, judgment_key, make_judge
     from babelscope.models.engine import Engine
     from babelscope.runs import RequestCache, is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
@@ -157,7 +157,13 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
                            scoring=cfg.judge_scoring)
         judge.max_tokens = cfg.judge_max_tokens
         cache = RequestCache(sr.cache_dir / "judgments.jsonl")
-        items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
+        fatal = None
+        if hasattr(judge, "check"):  # a server that does not answer: every response is kept, none is judged
+            try:
+                judge.check()
+            except JudgeError as exc:
+                fatal = exc
+        items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it), fatal=fatal)
     rows = []
     for it in items:
         scores = it.get("scores") or {}
