@@ -31,12 +31,12 @@ from _common import reset_peak, run_child, status_bytes
 def child(setup: str, layers_spec: str, args) -> dict:
     import torch
 
+    from babelscope.data.ud import load_treebanks
     from babelscope.models import load_model
     from babelscope.models.arch import base_model
     from babelscope.models.engine import Engine
     from babelscope.syntax.represent import extract_language
     from babelscope.syntax.steps import parse_layers
-    from babelscope.syntax.treebanks import load_treebanks
 
     torch.manual_seed(0)
     model, tok, info = load_model(args.model)

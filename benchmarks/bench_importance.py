@@ -38,12 +38,12 @@ LANGS = (
 def child(setup: str, args) -> dict:
     import torch
 
+    from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.models import load_model
     from babelscope.models.arch import base_model, logits_from_hidden
     from babelscope.models.engine import Engine
     from babelscope.regions.importance import ImportanceConfig, grads_only_for, run
     from babelscope.regions.params import scored_parameters
-    from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
 
     torch.manual_seed(0)
     loaded = load_model(args.model)

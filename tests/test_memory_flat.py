@@ -61,9 +61,9 @@ def test_importance_memory_is_flat_in_the_number_of_languages(tmp_path, monkeypa
 
 
 def test_extract_streams_one_batch_at_a_time_into_the_shards(tmp_path, monkeypatch):
+    from babelscope.data.ud import load_treebanks
     from babelscope.models.engine import Engine
     from babelscope.syntax import represent
-    from babelscope.syntax.treebanks import load_treebanks
     from conftest import build_tiny
 
     model, tok = build_tiny("gemma3")

@@ -337,8 +337,8 @@ def test_cli_one_line_error(tmp_path):
 
 
 def test_perplexity_helper_matches_engine():
-    from babelscope.regions.ablate import perplexities
-    from babelscope.regions.texts import SplitView, open_text_corpus
+    from babelscope.data.views import SplitView, open_text_corpus
+    from babelscope.evaluate.intervention import perplexities
 
     model, tok = build_tiny("llama")
     engine = Engine(model, tok, progress=False)

@@ -242,7 +242,7 @@ def test_typology_table_and_mantel():
 
 # ------------------------------------------------------------------------------------------------- bad input
 def test_bad_treebanks_give_one_line_errors(tmp_path):
-    from babelscope.syntax.treebanks import load_treebanks
+    from babelscope.data.ud import load_treebanks
 
     cycle = CONLLU_FR.replace("1\tLe\tle\tDET\t_\t_\t2\tdet", "1\tLe\tle\tDET\t_\t_\t1\tdet")
     with pytest.raises(BabelscopeError, match="cycle"):
@@ -293,8 +293,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_extract_store_matches_engine_hidden_states(tiny_run):
+    from babelscope.data.ud import load_treebanks
     from babelscope.models.engine import Engine
-    from babelscope.syntax.treebanks import load_treebanks
 
     run_dir, doc, control, model, tok, _ = tiny_run
     res = doc["results"]

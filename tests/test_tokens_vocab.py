@@ -112,7 +112,7 @@ def test_fertility_counts_tokens_per_word_span(tiny_dir):
     """Fertility against a brute-force count: tokens whose character span overlaps each word's span."""
     from transformers import AutoTokenizer
 
-    from babelscope.syntax.treebanks import load_treebanks
+    from babelscope.data.ud import load_treebanks
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     sents = load_treebanks("pud-sample", "de", 15)

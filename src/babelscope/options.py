@@ -1,9 +1,10 @@
 """Command-line options, built from the steps' config dataclasses. Import-light.
 
 A step's config dataclass is the one place where an option is declared: its field gives the name (``max_tokens``
-is ``--max-tokens``), the type, the default, and, through :func:`opt`, the help text. :func:`step_command` turns
-the dataclass into a Typer command, so ``babelscope regions importance --help`` and an experiment file's
-``command: regions-importance`` accept the same options with the same defaults::
+is ``--max-tokens``), the type, the default, and, through :func:`babelscope.fields.opt` (re-exported here), the
+help text and constraints; configs import it from :mod:`babelscope.fields`, which needs no Typer.
+:func:`step_command` turns the dataclass into a Typer command, so ``babelscope regions importance --help`` and an
+experiment file's ``command: regions-importance`` accept the same options with the same defaults::
 
     @dataclass
     class ImportanceConfig:
@@ -16,7 +17,6 @@ the dataclass into a Typer command, so ``babelscope regions importance --help`` 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import typing
@@ -26,36 +26,14 @@ from typing import Annotated, Any
 
 import typer
 
-#: the options every model step shares: flags and help, used where a config field gives no help of its own
-COMMON = {
-    "model": (("--model", "-m"), "Model spec: gemma-3-270m (default), smollm2-135m, qwen2.5-coder-0.5b, a directory, "
-              "a .gguf or a hub id."),
-    "dtype": ((), "float32, bfloat16 or float16."),
-    "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
-}
+from babelscope.fields import COMMON, cli_fields, field_help, opt  # noqa: F401  (re-exported)
+
 Model = Annotated[str, typer.Option(*COMMON["model"][0], help=COMMON["model"][1])]
 RunDir = Annotated[
     Path | None,
     typer.Option("--run-dir", "-o", help="Run directory (default runs/<model>); re-run with the same one to resume."),
 ]
 STEP_HELP = "Step folder name inside the run directory."
-
-
-def opt(default: Any, help: str, *flags: str, cli: bool = True) -> Any:
-    """A config field with its command-line help; ``flags`` replace ``--field-name`` (``"--C"``), ``cli=False``
-    keeps a field that only experiment files set off the command line."""
-    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "cli": cli})
-
-
-def cli_fields(cls: type) -> list[dataclasses.Field]:
-    """The fields of a config dataclass that are command-line options."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
-
-
-def field_help(f: dataclasses.Field) -> tuple[tuple[str, ...], str]:
-    """``(flags, help)`` of a config field: its own (:func:`opt`), else the shared one of model/dtype/device."""
-    flags, shared = COMMON.get(f.name, ((), ""))
-    return tuple(f.metadata.get("flags") or flags), f.metadata.get("help", shared)
 
 
 def run_dir_for(run_dir: Path | None, model: str) -> Path:
@@ -135,7 +113,7 @@ def print_results(doc: dict[str, Any], rows: list[dict[str, Any]], columns: list
     from rich.console import Console
     from rich.table import Table
 
-    from babelscope.report.markup import format_plain
+    from babelscope.formatting import format_plain
 
     shown = Table(*columns, title=title)
     for r in rows:

@@ -30,22 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
+from babelscope.fields import limits
 from babelscope.runs import Step, barrier, check_run_dir, check_step_name, file_sha256, is_main_process, load_results
 
 #: config fields that never change a result (left out of the config a finished step is compared with)
 NOT_RESULT = ("device",)
-#: count fields that may be 0 (zero-shot prompts, no retries); every other count must be positive
-MAY_BE_ZERO = {"shots", "retries"}
-_COUNT_NAMES = {"window", "limit", "samples", "draws", "queries", "runs", "top_n", "n_perm", "mantel_perm",
-                "min_count", "min_words", "min_letters"}
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _is_count(name: str) -> bool:
-    """Options that count things (tokens, units, items, batches, permutations): ``max_*``, ``*_max_*``,
-    ``*batch_size``, ``*_top_n`` and the names in ``_COUNT_NAMES``."""
-    return (name.startswith("max_") or "_max_" in name or name.endswith("batch_size") or name in _COUNT_NAMES
-            or name.split("_", 1)[-1] in _COUNT_NAMES or name in MAY_BE_ZERO)
 
 
 def _option(name: str) -> str:
@@ -63,16 +53,15 @@ def _accepts(hint: Any) -> tuple[tuple[type, ...], bool]:
 def check_config(cfg: Any) -> Any:
     """Check (and normalise in place) a step config before anything is read or loaded: every value has its
     field's type (``window: big`` is refused; ``layers: 9`` becomes ``"9"``), counts are positive (a config
-    class may name fields that only look like counts in ``NOT_COUNTS``), language lists are not empty (unless the
-    class names them in ``MAY_BE_EMPTY``), the dtype is known and the device exists. Returns ``cfg``."""
+    field may declare another minimum, :func:`babelscope.fields.opt`), language lists are not empty (unless the field
+    may be), values are among a field's choices, the dtype is known and the device exists. Returns ``cfg``."""
     try:
         hints = typing.get_type_hints(type(cfg))
     except Exception:  # pragma: no cover - an annotation that does not resolve: check nothing by type
         hints = {}
-    exempt = getattr(type(cfg), "NOT_COUNTS", ())  # a config's fields named like counts that are not
-    may_be_empty = getattr(type(cfg), "MAY_BE_EMPTY", ())  # language lists where "" means "none besides"
     for field in dataclasses.fields(cfg):
         name, value = field.name, getattr(cfg, field.name)
+        allowed = limits(field)
         plain, optional = _accepts(hints.get(name, Any))
         if value is None:
             continue
@@ -85,16 +74,15 @@ def check_config(cfg: Any) -> Any:
                 want = " or ".join(t.__name__ for t in plain)
                 raise BabelscopeError(f"{_option(name)} {value!r}: expected {want}")
             setattr(cfg, name, value)
-        if _is_count(name) and name not in exempt and isinstance(value, int | float) and not isinstance(value, bool):
-            low = 0 if name in MAY_BE_ZERO else 1
-            if value < low:
-                hint = " (leave it out for no limit)" if optional else ""
-                raise BabelscopeError(
-                    f"{_option(name)} {value}: must be {'0 or more' if low == 0 else 'a positive number'}{hint}"
-                )
-        if (name == "langs" or name.endswith("_langs")) and name not in may_be_empty and isinstance(value, str) \
-                and not value.replace(",", "").strip():
+        low = allowed.minimum
+        if low is not None and isinstance(value, int | float) and not isinstance(value, bool) and value < low:
+            hint = " (leave it out for no limit)" if optional else ""
+            want = "0 or more" if low == 0 else "a positive number" if low == 1 else f"{low:g} or more"
+            raise BabelscopeError(f"{_option(name)} {value}: must be {want}{hint}")
+        if not allowed.may_be_empty and isinstance(value, str) and not value.replace(",", "").strip():
             raise BabelscopeError(f"{_option(name)} {value!r}: no language given; list some (eng,fra) or say all")
+        if allowed.choices is not None and value not in allowed.choices:
+            raise BabelscopeError(f"{_option(name)} {value!r}: use one of {', '.join(map(str, allowed.choices))}")
     dtype = getattr(cfg, "dtype", None)
     if dtype is not None and dtype not in DTYPES:
         raise BabelscopeError(f"--dtype {dtype!r}: use {', '.join(DTYPES)}")

@@ -10,7 +10,7 @@ from babelscope.caches import unit_fraction
 from babelscope.data.languages import Language, default_language, resolve_language
 from babelscope.errors import BabelscopeError
 
-__all__ = ["Corpus", "Unit", "split_units"]
+__all__ = ["Corpus", "CorpusView", "Unit", "split_units"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,23 @@ class Corpus:
 
     def unit_ids(self, lang: str | Language) -> list[str]:
         return [u.id for u in self.units(lang)]
+
+
+class CorpusView(Corpus):
+    """Another corpus seen through :meth:`select` (languages and parallelism unchanged)."""
+
+    def __init__(self, inner: Corpus, name: str) -> None:
+        super().__init__()
+        self.inner, self.name, self.parallel = inner, name, inner.parallel
+
+    def languages(self) -> list[str]:
+        return self.inner.languages()
+
+    def _load(self, code: str) -> list[Unit]:
+        return self.select(code)
+
+    def select(self, code: str) -> list[Unit]:
+        raise NotImplementedError
 
 
 def _split_key(seed: int, unit_id: str) -> float:

@@ -28,7 +28,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from babelscope.data.base import Corpus, Unit, split_units
+from babelscope.data.base import Corpus, CorpusView, Unit, split_units
 from babelscope.errors import BabelscopeError
 from babelscope.settings import DATA_ENV, data_dir
 
@@ -80,19 +80,6 @@ def _udhr(root: Path, name: str) -> Corpus:
     return UdhrCorpus(root, name=name)
 
 
-def _ud_path(text: str) -> Path:
-    path = Path(text).expanduser()
-    if path.exists():
-        return path
-    root = data_dir() / "ud"
-    for candidate in (root / text, root / f"UD_{text}"):
-        if candidate.exists():
-            return candidate
-    raise BabelscopeError(
-        f"treebank {text!r} not found (looked at {path} and under {root}); give a .conllu file or UD_* folder"
-    )
-
-
 def open_corpus(spec: str) -> Corpus:
     """Open the corpus named by ``spec`` (see the module docstring for the forms).
 
@@ -118,19 +105,15 @@ def open_corpus(spec: str) -> Corpus:
     return FilteredCorpus(inner, raw, form.upper() if form else None, wanted)
 
 
-class FilteredCorpus(Corpus):
+class FilteredCorpus(CorpusView):
     """Another corpus restricted to some splits and/or with every text in one Unicode normal form (ids,
     languages and parallelism unchanged)."""
 
     def __init__(self, inner: Corpus, name: str, form: str | None, splits: set[str] | None) -> None:
-        super().__init__()
-        self.inner, self.name, self.parallel = inner, name, inner.parallel
+        super().__init__(inner, name)
         self.form, self.splits = form, splits
 
-    def languages(self) -> list[str]:
-        return self.inner.languages()
-
-    def _load(self, code: str) -> list[Unit]:
+    def select(self, code: str) -> list[Unit]:
         import unicodedata
 
         units = [u for u in self.inner.units(code) if self.splits is None or u.meta.get("split") in self.splits]
@@ -155,21 +138,10 @@ def _open(spec: str) -> Corpus:
         return _udhr(data_dir() / "udhr", "udhr")
     if base.startswith("udhr:"):
         return _udhr(Path(base[5:]).expanduser(), base)
-    if base == "pud-sample":
-        return ud.UdCorpus(ud.treebank_files(ud.pud_sample_dir()), "pud-sample",
-                           parallel=True if parallel is None else parallel)
-    if base == "pud":
-        root = data_dir() / "ud"
-        files = [f for d in sorted(root.glob("UD_*-PUD")) for f in ud.treebank_files(d)]
-        if not files:
-            raise BabelscopeError(
-                f"no PUD treebanks at {root}/UD_*-PUD: set {DATA_ENV} to the shared data directory "
-                "(with ud/UD_<Language>-PUD folders)"
-            )
-        return ud.UdCorpus(files, "pud", parallel=True if parallel is None else parallel)
+    if base in ("pud-sample", "pud"):
+        return ud.UdCorpus(ud.treebank_paths(base), base, parallel=True if parallel is None else parallel)
     if base.startswith("ud:"):
-        path = _ud_path(base[3:])
-        return ud.UdCorpus(ud.treebank_files(path), raw, lang=lang, parallel=parallel)
+        return ud.UdCorpus(ud.treebank_files(ud.ud_path(base[3:])), raw, lang=lang, parallel=parallel)
     if base.startswith("hf:"):
         name, _, config = base[3:].partition(":")
         if not name:

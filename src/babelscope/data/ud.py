@@ -358,3 +358,82 @@ def pud_sample_dir() -> Path:
             with src.joinpath(name + ".gz").open("rb") as fh:
                 write_text(out / name, gzip.decompress(fh.read()).decode("utf-8"))
     return out
+
+
+# ----------------------------------------------------------------------------------------------- UD specs
+def pud_paths() -> list[Path]:
+    """The CoNLL-U files of every PUD treebank in the shared data directory (``DATA/ud/UD_*-PUD``)."""
+    from babelscope.settings import DATA_ENV, data_dir
+
+    root = data_dir() / "ud"
+    files = [f for d in sorted(root.glob("UD_*-PUD")) for f in treebank_files(d)]
+    if not files:
+        raise BabelscopeError(
+            f"no PUD treebanks at {root}/UD_*-PUD: set {DATA_ENV} to the shared data directory "
+            "(with ud/UD_<Language>-PUD folders)"
+        )
+    return files
+
+
+def ud_path(text: str) -> Path:
+    """A treebank path: as given when it exists, else a treebank name under ``DATA/ud`` (``UD_English-EWT`` or
+    ``English-EWT``)."""
+    from babelscope.settings import data_dir
+
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    root = data_dir() / "ud"
+    for candidate in (root / text, root / f"UD_{text}"):
+        if candidate.exists():
+            return candidate
+    raise BabelscopeError(
+        f"treebank {text!r}: no such file or folder (looked at {path} and under {root}); give a .conllu file, a "
+        "UD_* folder, pud or pud-sample"
+    )
+
+
+def treebank_paths(spec: str) -> list[Path]:
+    """The CoNLL-U files a treebank spec names: ``pud`` (the PUD treebanks of the shared data directory),
+    ``pud-sample`` (embedded), or ``[ud:]PATH`` (a ``.conllu`` file, a treebank folder, a folder of treebank
+    folders, or a treebank name under ``DATA/ud``). The one UD spec parser: corpus specs and treebank options
+    both read it."""
+    if spec == "pud-sample":
+        root = pud_sample_dir()
+    elif spec == "pud":
+        return pud_paths()
+    else:
+        root = ud_path(spec.removeprefix("ud:"))
+    files = treebank_files(root)
+    if not files:
+        raise BabelscopeError(f"treebank {spec!r}: no .conllu files in {root}")
+    return files
+
+
+def load_treebanks(spec: str, langs: str = "all", max_sentences: int | None = None) -> dict[str, list]:
+    """``{language code: [Sentence]}`` for the languages asked for (``all`` or a comma-separated list).
+
+    On a parallel treebank (PUD) only the sentence ids every chosen language has are kept, in sent_id order, so
+    ``max_sentences`` picks the same sentences in every language.
+    """
+    from babelscope.data.languages import parse_languages
+
+    corpus = UdCorpus(treebank_paths(spec), name=spec)
+    codes = corpus.languages() if langs in ("all", "", None) else [
+        corpus.match_language(lang) for lang in parse_languages(langs)
+    ]
+    if not codes:
+        raise BabelscopeError(f"treebank {spec!r}: no languages selected")
+    sentences = {code: corpus.sentences(code) for code in codes}
+    for code, sents in sentences.items():
+        if not sents:
+            raise BabelscopeError(f"treebank {spec!r}: no sentences for {code}; drop it from --langs")
+    if corpus.parallel and len(codes) > 1:
+        common = set.intersection(*({s.id for s in sents} for sents in sentences.values()))
+        if not common:
+            raise BabelscopeError(f"treebank {spec!r}: the languages share no sent_id; use a parallel treebank")
+        sentences = {code: sorted((s for s in sents if s.id in common), key=lambda s: s.id)
+                     for code, sents in sentences.items()}
+    if max_sentences is not None:
+        sentences = {code: sents[:max_sentences] for code, sents in sentences.items()}
+    return sentences

@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 KIND = "codeswitch"
 

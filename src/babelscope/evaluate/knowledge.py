@@ -22,7 +22,7 @@ from typing import Any
 
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.benchmarks import GenItem, MCItem, build_items, load_task, parse_number, subsets
-from babelscope.options import opt
+from babelscope.fields import opt
 from babelscope.runs import text_sha256
 
 KIND = "knowledge"

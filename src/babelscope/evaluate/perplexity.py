@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
+from babelscope.numeric import median
 
 KIND = "perplexity"
 
@@ -152,8 +153,8 @@ def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, An
         "languages": len(rows),
         "tokens": sum(r["tokens"] for r in rows),
         "units": sum(r["units"] for r in rows),
-        "median_ppl": _median([r["ppl"] for r in rows]),
-        "median_bits_per_byte": _median([r["bits_per_byte"] for r in rows]),
+        "median_ppl": median([r["ppl"] for r in rows]),
+        "median_bits_per_byte": median([r["bits_per_byte"] for r in rows]),
     }
     results = {
         "model": info.name,
@@ -164,10 +165,3 @@ def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, An
     }
     prov = provenance(model=info.to_dict(), data={"corpus": corpus.name, "sha256": checksums})
     return sr.write(KIND, results, {"per_language": rows, "per_unit": unit_rows}, prov)
-
-
-def _median(values: list[float | None]) -> float | None:
-    import statistics
-
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 KIND = "responses"
 

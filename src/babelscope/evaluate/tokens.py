@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 KIND = "tokens"
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -270,7 +270,7 @@ def parallel_units(corpus, langs: str, reference: str | None, max_units: int | N
 
 def ud_sentences(spec: str, langs: str, max_sentences: int | None) -> dict[str, list]:
     """UD sentences per language for fertility (``pud-sample``, ``pud`` or a treebank path)."""
-    from babelscope.syntax.treebanks import load_treebanks
+    from babelscope.data.ud import load_treebanks
 
     return load_treebanks(spec, langs, max_sentences)
 

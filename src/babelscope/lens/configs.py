@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.options import opt
+from babelscope.fields import opt
 
 
 @dataclass
@@ -15,7 +15,8 @@ class LensTranslateConfig:
     source: str = opt("fra", "Language of the words in the prompt.")
     targets: str = opt("cmn-Hans,jpn,kor,rus,arb,hin", "Comma-separated target languages (columns of the word list).")
     shots: int = opt(4, "Demonstrations before the query.")
-    layers: str = opt("all", "all, or layers like 0,4,8-12 (0 = embeddings, i = output of block i).")
+    layers: str = opt("all", "all, middle, or layers like 3,6,9, 4-8 and -1 (0 = embeddings, i = output of block i, "
+                            "-1 = the last).")
     max_items: int | None = opt(None, "At most this many concepts per target.")
     seed: int = opt(0, "Seed of the demonstrations' choice.")
     batch_size: int = opt(16, "Sequences per forward pass.")
@@ -30,7 +31,8 @@ class LensScriptConfig:
     langs: str = opt("cmn-Hans,jpn,kor,rus,arb,hin", "Comma-separated (non-Latin-script) languages to read.")
     max_tokens: int = opt(256, "Positions decoded per language.")
     window: int = opt(256, "Tokens per window; each starts with BOS.")
-    layers: str = opt("all", "all, or layers like 0,4,8-12 (0 = embeddings, i = output of block i).")
+    layers: str = opt("all", "all, middle, or layers like 3,6,9, 4-8 and -1 (0 = embeddings, i = output of block i, "
+                            "-1 = the last).")
     batch_size: int = opt(4, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
+from babelscope.layers import parse_layers  # noqa: F401  (re-exported: the one --layers grammar)
 
 
 def final_norm(model: nn.Module) -> nn.Module:
@@ -36,27 +37,6 @@ def final_norm(model: nn.Module) -> nn.Module:
             "the logit lens needs a decoder with one final norm"
         )
     return norms[0]
-
-
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """``"all"`` -> 0..n; ``"0,4,8-12"`` -> those; a one-line error naming the valid range otherwise."""
-    if spec in ("all", "", None):
-        return list(range(n_layers + 1))
-    out: list[int] = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        try:
-            lo, _, hi = part.partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-        except ValueError:
-            raise BabelscopeError(f"--layers {spec!r}: {part!r} is not a layer or a range like 4-8") from None
-    bad = [layer for layer in out if not 0 <= layer <= n_layers]
-    if bad:
-        raise BabelscopeError(
-            f"--layers {spec!r}: layer(s) {bad} out of range; this model has layers 0..{n_layers} "
-            "(0 = embeddings, i = output of block i)"
-        )
-    return sorted(set(out))
 
 
 def layer_logits(model: nn.Module, hidden: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:

@@ -54,9 +54,10 @@ def script_groups(scripts: list[str], own: str) -> torch.Tensor:
 def run(cfg: LensScriptConfig, run_dir, step: str = "lens-script", loaded=None) -> dict[str, Any]:
     """The ``babelscope lens script`` step."""
     from babelscope.data.languages import resolve_language, script_of_text
-    from babelscope.lens.logit_lens import lens_pass, mean_ci, parse_layers
+    from babelscope.data.views import language_codes, open_text_corpus, token_windows
+    from babelscope.layers import parse_layers
+    from babelscope.lens.logit_lens import lens_pass, mean_ci
     from babelscope.models.arch import block_list, lm_head
-    from babelscope.regions.texts import language_codes, open_text_corpus, token_windows
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
 

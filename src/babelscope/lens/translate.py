@@ -142,7 +142,8 @@ def make_items(wl: WordList, tokenizer, source: str, target: str, shots: int, se
 def run(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate", loaded=None) -> dict[str, Any]:
     """The ``babelscope lens translate`` step."""
     from babelscope.data.languages import resolve_language
-    from babelscope.lens.logit_lens import lens_pass, mean_ci, parse_layers
+    from babelscope.layers import parse_layers
+    from babelscope.lens.logit_lens import lens_pass, mean_ci
     from babelscope.models.arch import block_list
     from babelscope.runs import file_sha256, is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun

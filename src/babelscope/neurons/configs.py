@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.options import opt
+from babelscope.fields import opt
 
 
 @dataclass
@@ -52,7 +52,5 @@ class OverlapConfig:
     scope: str = opt("tensor", "tensor or global (as saved by select).")
     regions: str = opt("lang,mono,core", "lang (the language's own Top-k of |S|), mono (monolingual), core (Top-k "
                        "of Imp).")
-    draws: int = opt(1000, "Random neuron sets drawn for the baselines.")
+    draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
     seed: int = opt(0, "Seed of the random sets.")
-
-    NOT_COUNTS = ("draws",)  # 0 = no random control

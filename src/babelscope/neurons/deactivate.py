@@ -40,11 +40,11 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     from tqdm.auto import tqdm
 
     from babelscope.caches import digest
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus
+    from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities
     from babelscope.models.engine import Engine
     from babelscope.neurons.ffn import deactivated, ffn_modules
     from babelscope.neurons.lape import load_neurons, neuron_indices
-    from babelscope.regions.ablate import PROMPTS, condition_checksum, perplexities
-    from babelscope.regions.texts import SplitView, language_codes, open_text_corpus
     from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256
 

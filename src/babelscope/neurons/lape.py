@@ -129,7 +129,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
 
 def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
     """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
-    from babelscope.regions.texts import token_windows
+    from babelscope.data.views import token_windows
 
     return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]
 
@@ -144,9 +144,9 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     from tqdm.auto import tqdm
 
     from babelscope.data.languages import resolve_language
+    from babelscope.data.views import language_codes, open_text_corpus, split_side
     from babelscope.neurons.ffn import check_site, ffn_modules
     from babelscope.processes import barrier
-    from babelscope.regions.texts import language_codes, open_text_corpus, split_side
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors

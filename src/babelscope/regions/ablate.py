@@ -14,43 +14,15 @@ change (zeroing a weight that is already 0 changes nothing), so conditions can b
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
-from babelscope.caches import digest, file_sha256
+from babelscope.caches import file_sha256
 from babelscope.errors import BabelscopeError
+from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities  # noqa: F401  (re-exported)
+from babelscope.numeric import median
 from babelscope.regions.configs import AblateConfig
 
 KIND = "regions-ablation"
-
-#: The paper's probe prompt and translations (inputs, keyed by corpus language code).
-PROMPTS = {
-    "eng": "Fudan University is located in",
-    "cmn-Hans": "复旦大学位于",
-    "fra": "L'université Fudan est située à",
-    "deu": "Die Fudan-Universität befindet sich in",
-    "spa": "La Universidad Fudan está ubicada en",
-    "rus": "Университет Фудань находится в",
-    "jpn": "復旦大学の所在地は",
-    "arb": "تقع جامعة فودان في",
-    "ita": "L'Università Fudan si trova a",
-    "por-BR": "A Universidade Fudan está localizada em",
-}
-
-
-
-def condition_checksum(model_checksum: str, *parts: Any) -> str:
-    """Cache key of the changed model: the weights' checksum plus what was changed and how."""
-    return digest(["\0".join([model_checksum, *map(str, parts)])])
-
-
-def perplexities(engine, corpus, codes: list[str], window: int, max_tokens: int | None) -> dict[str, dict]:
-    """``{lang: perplexity row}`` from :func:`babelscope.evaluate.perplexity.language_rows`."""
-    from babelscope.evaluate.perplexity import PplConfig, language_rows
-
-    rows, _, _ = language_rows(engine, corpus, codes, PplConfig(window=window, max_tokens=max_tokens))
-    return {r["lang"]: r for r in rows}
-
 
 def ratio_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median PPL ratio per condition over all, held-out and importance languages."""
@@ -67,19 +39,15 @@ def ratio_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "k": k,
                 "scope": scope,
                 "languages": len(ratios),
-                "median_ratio": _median(ratios),
-                "median_ratio_heldout_langs": _median(held),
-                "median_ratio_importance_langs": _median(seen),
+                "median_ratio": median(ratios),
+                "median_ratio_heldout_langs": median(held),
+                "median_ratio_importance_langs": median(seen),
                 "selected": mine[0]["selected"],
                 "norm_entries": mine[0]["norm_entries"],
                 "changed": mine[0]["changed"],
             }
         )
     return out
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def load_initial(path: str) -> dict:
@@ -102,11 +70,11 @@ def load_initial(path: str) -> dict:
 
 def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -> dict[str, Any]:
     """The ``babelscope regions ablate`` step."""
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus
     from babelscope.models.engine import Engine
     from babelscope.regions.apply import REGION_MODES, applied_region
     from babelscope.regions.params import norm_modules, scored_parameters
     from babelscope.regions.select import SCOPES, WHICH, load_mask, mask_file, parse_choice, parse_fractions
-    from babelscope.regions.texts import SplitView, language_codes, open_text_corpus
     from babelscope.runs import Step, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256
 

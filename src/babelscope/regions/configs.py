@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.options import opt
+from babelscope.fields import opt
 
 #: the ablation's evaluation languages (held-out text of each)
 EVAL_LANGS = (

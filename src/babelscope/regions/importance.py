@@ -130,9 +130,9 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from tqdm.auto import tqdm
 
+    from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.memory import release_freed_memory
     from babelscope.regions.params import layer_and_kind, scored_parameters
-    from babelscope.regions.texts import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 

@@ -91,11 +91,11 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     """The ``babelscope regions scan-dims`` step."""
     from tqdm.auto import tqdm
 
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus, token_windows
+    from babelscope.evaluate.intervention import condition_checksum, perplexities
     from babelscope.models.engine import Engine
-    from babelscope.regions.ablate import condition_checksum, perplexities
     from babelscope.regions.apply import DIM_MODES, perturbed_dimension
     from babelscope.regions.params import find_norm, gamma_offset
-    from babelscope.regions.texts import SplitView, language_codes, open_text_corpus, token_windows
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from babelscope.numeric import median
 from babelscope.report.markup import esc
 
 #: Resolution of embedded figures.
@@ -90,7 +91,7 @@ def grouped_bar(
         items.sort(key=lambda item: item[0], reverse=descending)
     if group_order is None:
         order = sorted(
-            members, key=lambda g: (_median([v for v, _ in members[g]]), str(g)), reverse=descending
+            members, key=lambda g: (median([v for v, _ in members[g]]), str(g)), reverse=descending
         )
     else:
         order = [g for g in group_order if g in members] + [g for g in members if g not in group_order]
@@ -159,12 +160,6 @@ def log_axis(axis: Any, lo: float | None = None, hi: float | None = None) -> Non
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 # ------------------------------------------------------------------------------------------------ heatmap

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from babelscope.formatting import format_plain  # noqa: F401  (re-exported: its home was here)
+
 #: Tables longer than this are cut in the report (the full table is in the step's CSV file).
 MAX_TABLE_ROWS = 1000
 #: Rows shown open; the rest of a longer table is folded into a closed ``<details>`` block below it.
@@ -60,11 +62,6 @@ def format_value(value: Any) -> str:
     if re.fullmatch(r"[0-9a-f]{40,}", text):  # checksums: show a prefix, keep the whole in the tooltip
         return f'<code title="{esc(text)}">{esc(text[:12])}…</code>'
     return esc(text)
-
-
-def format_plain(value: Any) -> str:
-    """:func:`format_value` as plain text, for a terminal table (no HTML tags or entities)."""
-    return html.unescape(re.sub(r"<[^>]+>", "", format_value(value)))
 
 
 def _decimals_for(magnitude: float) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.options import opt
+from babelscope.fields import opt
 
 
 @dataclass
@@ -14,7 +14,8 @@ class ExtractConfig:
     treebank: str = opt("pud-sample", "pud (21 PUD treebanks), pud-sample (embedded) or a .conllu file / treebank "
                         "folder.")
     langs: str = opt("all", "Comma-separated languages, or 'all'.")
-    layers: str = opt("all", "all, middle, or comma-separated layers (0 = embeddings).")
+    layers: str = opt("all", "all, middle, or layers like 3,6,9, 4-8 and -1 (0 = embeddings, i = output of block i, "
+                            "-1 = the last).")
     pooling: str = opt("auto", "Subword pooling: auto (first for encoders, last for decoders), first, last, mean.")
     max_sentences: int | None = opt(None, "First N sentences (the same sent_ids on PUD).")
     batch_size: int = opt(16, "Sentences per forward pass.")

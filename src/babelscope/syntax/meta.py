@@ -389,8 +389,7 @@ def _model_of(stores: list, langs: list[list[str]], model: str) -> dict[str, Any
 def _splits(store, lang: str, treebank: str) -> tuple[dict[str, str], str]:
     """sent_id -> UD split of a held-out language, from its treebank (the store records which); a seeded
     hash split by sent_id (half pool, half test) when no train/dev and test files can be found."""
-    from babelscope.data.ud import UdCorpus
-    from babelscope.syntax.treebanks import treebank_paths
+    from babelscope.data.ud import UdCorpus, treebank_paths
 
     spec = treebank or store.records[lang].get("treebank", "")
     try:

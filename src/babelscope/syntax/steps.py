@@ -15,29 +15,13 @@ from typing import Any
 import numpy as np
 
 from babelscope.errors import BabelscopeError
+from babelscope.layers import parse_layers
 from babelscope.syntax.configs import ExtractConfig, OtddConfig, ProbeConfig, RsaConfig
 
 KINDS = {"extract": "syntax-extract", "otdd": "syntax-otdd", "rsa": "syntax-rsa", "probe": "syntax-probe"}
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def parse_layers(spec: str | int | list | None, n_layers: int) -> list[int]:
-    """``all`` -> 0..n; ``middle`` -> n // 2; ``"0,6,12"`` or a list -> those (checked against 0..n)."""
-    if spec in (None, "", "all"):
-        return list(range(n_layers + 1))
-    if spec == "middle":
-        return [n_layers // 2]
-    items = spec if isinstance(spec, list) else [spec] if isinstance(spec, int) else str(spec).split(",")
-    try:
-        layers = sorted({int(x) for x in items})
-    except ValueError:
-        raise BabelscopeError(f"--layers {spec!r}: give all, middle or comma-separated layer numbers") from None
-    bad = [x for x in layers if not 0 <= x <= n_layers]
-    if bad:
-        raise BabelscopeError(f"--layers {spec!r}: layer(s) {bad} out of range; this model has layers 0..{n_layers}")
-    return layers
-
-
 def random_copy(model, seed: int = 0):
     """A randomly initialised model of the same architecture and config (the untrained control)."""
     import torch
@@ -107,10 +91,10 @@ def _start(cfg, run_dir, step: str, loaded, *reads: str):
 # ------------------------------------------------------------------------------------------------- extract
 def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loaded=None) -> dict[str, Any]:
     """Embed every word of the chosen treebanks at the chosen layers into ``RUN_DIR/STEP/store``."""
+    from babelscope.data.ud import load_treebanks
     from babelscope.runs import is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.syntax import represent
-    from babelscope.syntax.treebanks import load_treebanks
 
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st

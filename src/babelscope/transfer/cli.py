@@ -46,7 +46,7 @@ def _show_curve(doc: dict, cfg: PretrainConfig, results_path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from babelscope.report.markup import format_plain
+    from babelscope.formatting import format_plain
 
     rows = doc["tables"]["curve"]["rows"]
     langs_seen = list(dict.fromkeys(r["lang"] for r in rows))

@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import opt
+from babelscope.fields import opt
 
 
 @dataclass
 class VocabConfig:
-    MAY_BE_EMPTY = ("quality_langs",)  # "": the init-quality table scores the target language alone
-
     model: str = "gemma-3-270m"
     lang: str = opt("", "Target language (vi, vie, zh, ...).")
     train: str = opt("", "Training text of the target language: a corpus spec; '#split=train+dev' keeps those UD "
@@ -23,7 +21,7 @@ class VocabConfig:
     check_langs: str = opt("eng,cmn-Hans,fra,deu,rus,arb,hin,jpn", "Other languages checked (round trip, changed "
                            "tokenization, premium), comma-separated or 'all'.")
     quality_langs: str = opt("eng", "Other languages in the init-quality table (each costs forward passes of every "
-                             "init).")
+                             "init).", may_be_empty=True)  # "": the table scores the target language alone
     vocab_size: int = opt(8000, "Size of the SentencePiece model trained on --train; pieces the base already has "
                           "are not added.")
     model_type: str = opt("auto", "SentencePiece model: auto (the base's type), bpe, unigram.")
@@ -43,8 +41,6 @@ class VocabConfig:
 
 @dataclass
 class PretrainConfig:
-    NOT_COUNTS = ("max_grad_norm",)  # named like a count; 0 = no gradient clipping
-
     model: str = opt("gemma-3-270m", "Start model: gemma-3-270m, a directory (e.g. a vocabulary-extended model), a "
                      ".gguf or a hub id.")
     corpus: str = opt("udhr", "Training text: udhr, udhr-sample, pud, pud-sample (embedded), ud:PATH (e.g. "
@@ -71,7 +67,7 @@ class PretrainConfig:
     schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")
     min_lr_ratio: float = opt(0.1, "Final learning rate as a fraction of --lr.")
     weight_decay: float = opt(0.0, "AdamW decoupled weight decay (matrices only).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # named like a count
     micro_batch_size: int = opt(4, "Blocks per forward/backward on each process.")
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
     seed: int = opt(0, "Seed of the sample order and the id split.")
@@ -88,8 +84,6 @@ class PretrainConfig:
 
 @dataclass
 class SftConfig:
-    NOT_COUNTS = ("max_grad_norm",)  # named like a count; 0 = no gradient clipping
-
     model: str = "gemma-3-270m"
     data: str = opt("embedded", "Instructions: embedded (ours, for the demo), belle (BELLE eval set, rows with "
                     "answers), belle-seeds, alpaca-seeds (research-only, read from the shared data folder), or "
@@ -109,7 +103,7 @@ class SftConfig:
     warmup: int = opt(0, "Optimizer steps of linear warmup.")
     schedule: str = opt("cosine", "cosine, linear or constant after warmup.")
     weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # named like a count
     micro_batch_size: int = opt(4, "Conversations per forward pass.")
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning).")

@@ -32,6 +32,7 @@ import numpy as np
 
 from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
+from babelscope.numeric import median
 from babelscope.transfer.configs import PretrainConfig
 
 KIND = "transfer-pretrain"
@@ -133,28 +134,11 @@ class PackedBlocks:
         return {"input_ids": ids, "labels": ids}
 
 
-class _Subset:
-    """A corpus restricted to some unit ids (the held-out or the training side of an id split)."""
-
-    def __init__(self, corpus, keep: dict[str, set[str]]):
-        self.corpus, self.keep = corpus, keep
-        self.name, self.parallel = corpus.name, corpus.parallel
-
-    def languages(self) -> list[str]:
-        return self.corpus.languages()
-
-    def match_language(self, lang):
-        return self.corpus.match_language(lang)
-
-    def units(self, lang):
-        code = self.corpus.match_language(lang)
-        return [u for u in self.corpus.units(code) if u.id in self.keep.get(code, set())]
-
-
 def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
     """Training blocks, order and held-out evaluation units; every budget check happens here (no model)."""
     from babelscope.data import open_corpus
     from babelscope.data.base import split_units
+    from babelscope.data.views import SubsetView
     from babelscope.runs import text_sha256
 
     samples = budget(cfg)
@@ -174,7 +158,7 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
         for code in set(eval_codes) | set(train_codes):
             _, test = split_units(corpus.units(code), cfg.held_out, cfg.seed)
             held[code] = {u.id for u in test}
-        eval_view = _Subset(corpus, held)
+        eval_view = SubsetView(corpus, held)
     else:
         eval_view = eval_corpus
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -292,11 +276,6 @@ def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], fro
     return rows if others else []
 
 
-def _median(values):
-    vals = sorted(v for v in values if v is not None)
-    return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
-
-
 def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=None) -> dict[str, Any]:
     """The ``babelscope transfer pretrain`` step (resumable). The model is always loaded afresh from
     ``cfg.model`` (training changes it; a shared ``loaded`` model is not used)."""
@@ -396,8 +375,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
             base = {r["lang"]: r["ppl"] for r in start}
             ratio = {r["lang"]: r["ppl"] / base[r["lang"]] for r in final if base.get(r["lang"])}
             summary = {
-                "target_ppl_ratio": _median([v for k, v in ratio.items() if k in targets]),
-                "others_median_ppl_ratio": _median([v for k, v in ratio.items() if k not in targets]) if any(
+                "target_ppl_ratio": median([v for k, v in ratio.items() if k in targets]),
+                "others_median_ppl_ratio": median([v for k, v in ratio.items() if k not in targets]) if any(
                     k not in targets for k in ratio) else None,
             }
         return {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section
 from babelscope.report.markup import esc, flatten, kv_table
+from babelscope.report.section import Section
 
 
 def results_summary(results: Any) -> dict[str, Any]:

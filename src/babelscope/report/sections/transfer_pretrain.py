@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from babelscope.numeric import median
 from babelscope.report.base import Section, register_section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, is_number, stats
 
@@ -14,12 +15,8 @@ def _positive(v: Any) -> bool:
     return is_number(v) and v > 0
 
 
-def _median(values: list[float]) -> float | None:
-    vals = sorted(v for v in values if _positive(v))
-    if not vals:
-        return None
-    mid = len(vals) // 2
-    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+def _positive_median(values: list[Any]) -> float | None:
+    return median(v for v in values if _positive(v))
 
 
 def _x_axis(ax: Any, xs: list[float]) -> None:
@@ -68,8 +65,8 @@ def compare_figure(rows: list[dict[str, Any]]):
     for run in runs:
         mine = [r for r in rows if r["run"] == run]
         xs = sorted({r["samples"] for r in mine})
-        target = [_median([r["ppl"] for r in mine if r["samples"] == x and r.get("target")]) for x in xs]
-        others = [_median([r["ppl"] for r in mine if r["samples"] == x and not r.get("target")]) for x in xs]
+        target = [_positive_median([r["ppl"] for r in mine if r["samples"] == x and r.get("target")]) for x in xs]
+        others = [_positive_median([r["ppl"] for r in mine if r["samples"] == x and not r.get("target")]) for x in xs]
         ax.plot(xs, [math.nan if v is None else v for v in target], marker="o", lw=2.4, color=colors[run],
                 label=f"{run}: target")
         ax.plot(xs, [math.nan if v is None else v for v in others], marker="s", lw=1.4, ls="--",
@@ -153,8 +150,8 @@ def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
             for samples in sorted({r["samples"] for r in mine}):
                 at = [r for r in mine if r["samples"] == samples]
                 rows.append({"run": run, "freeze": at[0].get("freeze"), "samples": samples,
-                             "target_ppl": _median([r["ppl"] for r in at if r.get("target")]),
-                             "others_median_ppl": _median([r["ppl"] for r in at if not r.get("target")])})
+                             "target_ppl": _positive_median([r["ppl"] for r in at if r.get("target")]),
+                             "others_median_ppl": _positive_median([r["ppl"] for r in at if not r.get("target")])})
         section.table(rows)
     metrics = table_rows(doc, "metrics")
     if metrics:

@@ -1,0 +1,82 @@
+"""Config fields: a step's config dataclass declares each option here, with no command-line library imported.
+
+:func:`opt` gives a field its help text, its flags, and its constraints: ``minimum`` (counts: 1, or 0 where 0
+means "none"), ``may_be_empty`` (a language list where "" means "none besides"), ``choices`` (the values allowed).
+:func:`babelscope.steps.check_config` checks them before anything is read or loaded, and
+:func:`babelscope.options.step_command` turns the same fields into command-line options::
+
+    @dataclass
+    class OverlapConfig:
+        draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)   # 0 = no control
+
+A field that declares no minimum gets the default of its name (:func:`limits`): counts of things (``max_*``,
+``*_max_*``, ``*batch_size``, ``window``, ``samples`` ...) must be positive, ``shots`` and ``retries`` may be 0; a
+language list (``langs``, ``*_langs``) may not be empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+#: the options every model step shares: flags and help, used where a config field gives no help of its own
+COMMON = {
+    "model": (("--model", "-m"), "Model spec: gemma-3-270m, a directory, a .gguf or a hub id."),
+    "dtype": ((), "float32, bfloat16 or float16."),
+    "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
+}
+#: count fields that may be 0 by default (zero-shot prompts, no retries)
+MAY_BE_ZERO = {"shots", "retries"}
+_COUNT_NAMES = {"window", "limit", "samples", "draws", "queries", "runs", "top_n", "n_perm", "mantel_perm",
+                "min_count", "min_words", "min_letters"}
+
+
+def opt(default: Any, help: str, *flags: str, cli: bool = True, minimum: float | None = None,
+        may_be_empty: bool | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+    """A config field with its command-line help; ``flags`` replace ``--field-name`` (``"--C"``), ``cli=False``
+    keeps a field that only experiment files set off the command line; ``minimum``, ``may_be_empty`` and
+    ``choices`` are checked by :func:`babelscope.steps.check_config` (``None``: the default of the field's
+    name, see :func:`limits`)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "cli": cli,
+                                                        "minimum": minimum, "may_be_empty": may_be_empty,
+                                                        "choices": choices})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What :func:`babelscope.steps.check_config` allows in one field."""
+
+    minimum: float | None  # None: not a count
+    may_be_empty: bool  # for language lists
+    choices: tuple[Any, ...] | None
+
+
+def _is_count(name: str) -> bool:
+    """Options named as counts of things (tokens, units, items, batches, permutations): ``max_*``, ``*_max_*``,
+    ``*batch_size``, ``*_top_n`` and the names in ``_COUNT_NAMES``."""
+    return (name.startswith("max_") or "_max_" in name or name.endswith("batch_size") or name in _COUNT_NAMES
+            or name.split("_", 1)[-1] in _COUNT_NAMES or name in MAY_BE_ZERO)
+
+
+def limits(f: dataclasses.Field) -> Limits:
+    """A field's constraints: those it declares through :func:`opt`, else the default of its name."""
+    meta = f.metadata
+    minimum = meta.get("minimum")
+    if minimum is None and _is_count(f.name):
+        minimum = 0 if f.name in MAY_BE_ZERO else 1
+    may_be_empty = meta.get("may_be_empty")
+    if may_be_empty is None:
+        may_be_empty = not (f.name == "langs" or f.name.endswith("_langs"))
+    return Limits(minimum, may_be_empty, meta.get("choices"))
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are command-line options."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def field_help(f: dataclasses.Field) -> tuple[tuple[str, ...], str]:
+    """``(flags, help)`` of a config field: its own (:func:`opt`), else the shared one of model/dtype/device."""
+    flags, shared = COMMON.get(f.name, ((), ""))
+    return tuple(f.metadata.get("flags") or flags), f.metadata.get("help", shared)
