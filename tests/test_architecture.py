@@ -27,7 +27,7 @@ FLOORS = [
      "tensorfiles", "runs"},                                             # 0 ground floor
     {"data", "models"},                                                  # 1 model and corpus
     {"steps", "options"},                                                # 2 the step runner and config fields
-    {"evaluate", "lens", "neurons", "regions", "syntax", "transfer"},    # 3 capabilities, side by side
+    {"evaluate", "export", "lens", "neurons", "regions", "syntax", "transfer"},  # 3 capabilities, side by side
     {"report"},                                                          # 4 reads results files only
     {"registry", "experiment", "cli", "babelscope"},                     # 5 wiring and the command line
 ]

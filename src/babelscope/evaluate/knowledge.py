@@ -134,6 +134,17 @@ def evaluate(engine, task: dict[str, Any], cfg: BenchConfig,
     return rows, item_rows, summary
 
 
+def step_items(doc: dict[str, Any]) -> list[Any]:
+    """The step's items rebuilt from its config (their prompts' checksum must equal the one it scored)."""
+    cfg = BenchConfig(**doc["config"])
+    items = collect_items(load_task(cfg.benchmark), cfg)
+    sha = text_sha256(repr(it.requests if isinstance(it, MCItem) else it.prompt) for it in items)
+    if sha != doc["results"]["summary"]["prompts_sha256"]:
+        raise BabelscopeError(f"{doc['step']}: the benchmark data changed since the step ran (prompts checksum "
+                              "differs); re-run the step, then export")
+    return items
+
+
 def run(cfg: BenchConfig, run_dir, step: str = "bench", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval bench`` step: score one benchmark, write per-subset and per-item tables."""
     from babelscope.runs import provenance, text_sha256
@@ -161,7 +172,7 @@ def run(cfg: BenchConfig, run_dir, step: str = "bench", loaded=None) -> dict[str
                                                   "prompts_sha256": summary["prompts_sha256"]})
     doc = sr.write(KIND, results, {"per_subset": rows, "per_item": item_rows}, prov)
     if doc:  # the writing rank: lm-evaluation-harness's files beside ours (babelscope export lm-eval redoes them)
-        from babelscope.export.lmeval import write_lm_eval_files
+        from babelscope.evaluate.lm_eval_files import write_lm_eval_files
 
         write_lm_eval_files(sr.path, doc, items)
     return doc

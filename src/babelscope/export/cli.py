@@ -20,9 +20,11 @@ Step = Annotated[Path, typer.Argument(help="A finished step folder, RUN_DIR/STEP
 def lm_eval(step: Step) -> None:
     """Write lm-evaluation-harness's results_<time>.json and samples_<task>_<time>.jsonl into STEP/lm-eval/
     (an `eval bench` step only; `eval bench` writes them itself too)."""
-    from babelscope.export.lmeval import write_lm_eval_files
+    from babelscope.evaluate.knowledge import step_items
+    from babelscope.evaluate.lm_eval_files import check_bench_step, write_lm_eval_files
 
-    for path in write_lm_eval_files(step):
+    doc = check_bench_step(step)
+    for path in write_lm_eval_files(step, doc, step_items(doc)):
         typer.echo(str(path))
 
 

@@ -230,7 +230,7 @@ def instance_records(doc: dict[str, Any], record: dict[str, Any], model_id: str)
     rows = ((doc.get("tables") or {}).get("per_item") or {}).get("rows") or []
     out = []
     if kind == "knowledge" and rows:
-        from babelscope.export.lmeval import step_items
+        from babelscope.evaluate.knowledge import step_items
 
         generation = bool(doc["results"].get("generation"))
         for item, row in zip(step_items(doc), rows, strict=True):

@@ -61,21 +61,6 @@ def check_bench_step(step_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def step_items(doc: dict[str, Any]) -> list[Any]:
-    """The step's items rebuilt from its config (their prompts' checksum must equal the one it scored)."""
-    from babelscope.evaluate.benchmarks import MCItem, load_task
-    from babelscope.evaluate.knowledge import BenchConfig, collect_items
-    from babelscope.runs import text_sha256
-
-    cfg = BenchConfig(**doc["config"])
-    items = collect_items(load_task(cfg.benchmark), cfg)
-    sha = text_sha256(repr(it.requests if isinstance(it, MCItem) else it.prompt) for it in items)
-    if sha != doc["results"]["summary"]["prompts_sha256"]:
-        raise BabelscopeError(f"{doc['step']}: the benchmark data changed since the step ran (prompts checksum "
-                              "differs); re-run the step, then export")
-    return items
-
-
 def lm_eval_documents(doc: dict[str, Any], items: list[Any]) -> tuple[dict[str, Any], dict[str, list[dict]]]:
     """``(results, samples by task)`` in lm-eval's layout, from a bench step's results and its items."""
     from babelscope.evaluate.benchmarks import MCItem
@@ -171,13 +156,11 @@ def lm_eval_documents(doc: dict[str, Any], items: list[Any]) -> tuple[dict[str, 
     return out, samples
 
 
-def write_lm_eval_files(step_dir: str | Path, doc: dict[str, Any] | None = None,
-                        items: list[Any] | None = None) -> list[Path]:
+def write_lm_eval_files(step_dir: str | Path, doc: dict[str, Any], items: list[Any]) -> list[Path]:
     """Write ``STEP/lm-eval/results_<time>.json`` and one ``samples_<task>_<time>.jsonl`` per task (each
-    atomically; older exports of the step are replaced). Returns the paths, results file first."""
+    atomically; older exports of the step are replaced) from a bench step's results and its items (see
+    :func:`babelscope.evaluate.knowledge.step_items`). Returns the paths, results file first."""
     step_dir = Path(step_dir)
-    doc = doc if doc is not None else check_bench_step(step_dir)
-    items = items if items is not None else step_items(doc)
     results, samples = lm_eval_documents(doc, items)
     folder = step_dir / FOLDER
     date_id = _date_id(doc.get("provenance", {}).get("created", "unknown"))
