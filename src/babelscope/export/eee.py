@@ -88,7 +88,7 @@ MAPPINGS: dict[str, Mapping] = {
     "tokens": Mapping("per_language", ("tokenizer", "lang"), (
         Metric("premium", "babelscope.tokenizer_premium", "Tokenizer premium vs English", True, "ratio"),
         Metric("tokens_per_byte", "babelscope.tokens_per_byte", "Tokens per UTF-8 byte", True, "tokens"))),
-    "transfer-pretrain": Mapping("curve", ("samples", "lang"), PPL[:1]),
+    "transfer-pretrain": Mapping("curve", ("samples", "lang", "text"), PPL[:1]),
     "regions-ablation": Mapping("per_language", ("region", "k", "scope", "lang"), (
         Metric("ppl", "perplexity", "Perplexity with the region removed", True, "perplexity", 1),)),
     "neurons-deactivation": Mapping("per_language", ("off", "neurons", "lang"), (

@@ -168,8 +168,13 @@ def _pretrain(doc):
     freeze = res.get("freeze") or {}
     frozen = (f" with the {freeze.get('region') or 'given'} region frozen ({freeze.get('parameters', 0):,} weights)"
               if freeze.get("file") else "")
-    held = res.get("held_out_split")
-    where = f"on held-out {res.get('train_corpus')}" if held else f"on {res.get('eval_corpus')}"
+    if res.get("target_eval"):
+        where = (f"on its own held-out text ({ratio(s.get('target_eval_corpus_ppl_ratio'))} on "
+                 f"{res.get('eval_corpus')})")
+    elif res.get("held_out_split"):
+        where = f"on held-out {res.get('train_corpus')}"
+    else:
+        where = f"on {res.get('eval_corpus')}"
     ok = t < 1 and (o is None or o > 1)
     return Finding(f"after {res.get('samples')} samples{frozen}: target ({', '.join(res.get('targets') or [])}) "
                    f"perplexity {ratio(t)} {where}, other languages {ratio(o)}",
