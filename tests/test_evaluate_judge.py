@@ -321,3 +321,13 @@ def test_local_choice_scoring_always_scores_and_picks_the_most_likely(tiny, tmp_
     assert "choice scoring" in json.dumps(doc["results"])
     with pytest.raises(BabelscopeError, match="--judge-scoring"):
         run(RespondConfig(judge="openai", judge_scoring="choice"), tmp_path, "r2", loaded=lambda: pytest.fail())
+
+
+def test_judge_by_named_model_is_checked_before_loading(tmp_path):
+    """``judge: qwen2.5-coder-1.5b`` (a named model run locally) is accepted; anything else is refused in one line
+    that names the choices, before any model loads."""
+    with pytest.raises(BabelscopeError, match="qwen2.5-coder-1.5b"):
+        run(RespondConfig(judge="gpt-judge"), tmp_path, "r1", loaded=lambda: pytest.fail("loaded"))
+    with pytest.raises(BabelscopeError, match="give one judge model"):
+        run(RespondConfig(judge="qwen2.5-coder-1.5b", judge_model="smollm2-135m"), tmp_path, "r2",
+            loaded=lambda: pytest.fail("loaded"))
