@@ -105,7 +105,7 @@ def lm_eval_documents(doc: dict[str, Any], items: list[Any]) -> tuple[dict[str, 
     results: dict[str, Any] = {}
     for name, task_samples in samples.items():
         n = len(task_samples)
-        entry: dict[str, Any] = {"alias": f" - {name}", "sample_len": n}
+        entry: dict[str, Any] = {"alias": name, "sample_len": n}  # make_table indents a group's tasks itself
         for m in metrics:
             p = sum(s[m] for s in task_samples) / n
             entry[f"{m},none"] = p
