@@ -14,13 +14,13 @@ is the mean over all items (the harness's ``weight_by_size``), with the pooled s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
 from babelscope.runs import atomic_open, load_results, to_jsonable, write_json
 
@@ -33,7 +33,7 @@ FOLDER = "lm-eval"
 
 def _hash(text: str) -> str:
     """lm-eval's ``hash_string``: SHA-256 of the UTF-8 text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest([text])
 
 
 def task_name(benchmark: str, subset: str) -> str:

@@ -14,7 +14,6 @@ the export says so in one line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
 from babelscope.runs import atomic_open, load_results, to_jsonable, write_json
 
@@ -104,13 +104,13 @@ NOT_MAPPED = {
 
 
 def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest([text])
 
 
 def _uuid4(seed: str) -> str:
     """A UUID (version 4 layout, as the datastore's file names need) derived from ``seed``: the same results file
     always exports to the same record."""
-    return str(uuid.UUID(bytes=hashlib.sha256(seed.encode()).digest()[:16], version=4))
+    return str(uuid.UUID(hex=digest([seed], 32), version=4))
 
 
 def _component(text: str) -> str:
