@@ -125,3 +125,23 @@ def test_first_screen_is_the_findings_and_the_models_table_fits_in_chromium(tmp_
     match = re.search(r'data-probe="([^"]+)"', done.stdout)
     assert match, f"no probe in the dumped page (rc {done.returncode}): {done.stderr[-2000:]}"
     assert match[1] == "true,true,true,true"
+
+
+def test_frozen_pretraining_finding_compares_with_the_unfrozen_run() -> None:
+    """Zhang et al. §5 line: the frozen run's other languages against the unfrozen run's, from the compare table."""
+    from babelscope.report.findings import finding_for
+
+    def rows(run, freeze, eng_end):
+        return [{"run": run, "freeze": freeze, "samples": s, "lang": lang, "text": "udhr", "target": False,
+                 "ppl": ppl} for s, lang, ppl in [(0, "eng", 10.0), (8, "eng", eng_end)]]
+
+    compare = rows("pt", "none", 12.0) + rows("pt-core", "top@0.01", 11.0)
+    doc = {"kind": "transfer-pretrain", "step": "pt-core", "tables": {"compare": {"rows": compare}},
+           "results": {"samples": 8, "targets": ["deu"], "eval_corpus": "udhr", "target_eval": "pud (held-out)",
+                       "freeze": {"file": "m.safetensors", "region": "top", "parameters": 1000},
+                       "summary": {"target_ppl_ratio": 0.9, "target_eval_corpus_ppl_ratio": 1.05,
+                                   "others_median_ppl_ratio": 1.1}}}
+    f = finding_for(doc)
+    assert f.reproduced is True and "×1.10 vs ×1.20" in f.ours and "own held-out text" in f.ours
+    doc["tables"]["compare"]["rows"] = rows("pt", "none", 10.5) + rows("pt-core", "top@0.01", 11.0)
+    assert finding_for(doc).reproduced is False

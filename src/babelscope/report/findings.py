@@ -176,10 +176,33 @@ def _pretrain(doc):
     else:
         where = f"on {res.get('eval_corpus')}"
     ok = t < 1 and (o is None or o > 1)
+    plain = _unfrozen_others_ratio(_rows(doc, "compare"), doc.get("step")) if freeze.get("file") else None
+    if plain is not None and o is not None:  # Zhang et al. §5: freezing the core region protects the others
+        return Finding(f"after {res.get('samples')} samples{frozen}: target perplexity {ratio(t)} {where}; other "
+                       f"languages {ratio(o)} vs {ratio(plain)} with every weight trained",
+                       "Zhang et al. 2024 §5: with the core region frozen the other languages degrade less",
+                       bool(o < plain and t < 1))
     return Finding(f"after {res.get('samples')} samples{frozen}: target ({', '.join(res.get('targets') or [])}) "
                    f"perplexity {ratio(t)} {where}, other languages {ratio(o)}",
                    "Zhao et al. 2024 Table 2: the target's perplexity falls, the others' rise (Zhang et al. §5: "
                    "less with the core region frozen)", ok)
+
+
+def _unfrozen_others_ratio(compare: list[dict[str, Any]], step: Any) -> float | None:
+    """The median end/start perplexity ratio of the non-target languages in a training of the same run directory
+    with no weights frozen (the ``compare`` table of a pretraining step)."""
+    runs = {r.get("run") for r in compare if r.get("run") != step and r.get("freeze") in (None, "", "none")}
+    for run in sorted(str(x) for x in runs):
+        mine = [r for r in compare if r.get("run") == run and not r.get("target") and _num(r.get("ppl"))]
+        if not mine:
+            continue
+        last = max(r["samples"] for r in mine)
+        start = {(r["lang"], r.get("text")): r["ppl"] for r in mine if r["samples"] == 0}
+        ratios = [r["ppl"] / start[r["lang"], r.get("text")] for r in mine
+                  if r["samples"] == last and start.get((r["lang"], r.get("text")))]
+        if ratios:
+            return statistics.median(ratios)
+    return None
 
 
 @finding("vocab")
