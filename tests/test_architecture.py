@@ -26,7 +26,7 @@ FLOORS = [
     {"errors", "settings", "processes", "caches", "formatting", "numeric", "layers", "fields", "memory",
      "tensorfiles", "runs"},                                             # 0 ground floor
     {"data", "models"},                                                  # 1 model and corpus
-    {"steps", "options"},                                                # 2 the step runner and config fields
+    {"steps", "options", "commands"},                                    # 2 the step runner, options, commands
     {"evaluate", "export", "lens", "neurons", "regions", "syntax", "transfer"},  # 3 capabilities, side by side
     {"report"},                                                          # 4 reads results files only
     {"registry", "experiment", "cli", "babelscope"},                     # 5 wiring and the command line

@@ -38,3 +38,16 @@ def test_builders_agree_with_hashlib(tmp_path):
     assert caches.text_sha256([]) == hashlib.sha256().hexdigest()
     assert caches.inputs_sha256(None) is None
     assert 0 <= caches.unit_fraction("anything") < 1
+
+
+def test_fingerprint_names_what_changed():
+    from babelscope.caches import fingerprint, fingerprint_changes, inputs_sha256
+
+    old = fingerprint({"lr": 2e-4, "lora_alpha": 8, "model": "a" * 64})
+    assert old["sha256"] == inputs_sha256(old["parts"])  # the one key builder
+    assert fingerprint_changes(old, fingerprint({"lr": 2e-4, "lora_alpha": 8, "model": "a" * 64})) == []
+    new = fingerprint({"lr": 2e-4, "lora_alpha": 64.0, "model": "b" * 64, "lora_dropout": 0.1})
+    assert fingerprint_changes(old, new) == ["lora_alpha 8 -> 64.0", f"model {'a' * 12}… -> {'b' * 12}…",
+                                             "lora_dropout null -> 0.1"]
+    assert fingerprint_changes("a string of an older version", new) == [
+        "its options are not recorded (an older version wrote it)"]

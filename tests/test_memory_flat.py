@@ -90,3 +90,49 @@ def test_extract_streams_one_batch_at_a_time_into_the_shards(tmp_path, monkeypat
         expected = represent.pool_words(state["hidden"], mask, "last")[0]
         rows = np.flatnonzero(words["sent"] == i)
         assert_close_scaled(np.asarray(store.vectors("eng", 2)[rows]), expected, TINY_FORWARD)
+
+
+def _peak_reset() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def _peak() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak")
+def test_importance_peak_never_holds_two_score_sets(tmp_path, monkeypatch):
+    """The writer still busy with language l's scores when language l+1's gradients appear used to put two score
+    sets in memory at once (the peak of `regions importance --max-tokens 256` rose with the number of languages,
+    each a new chance of that overlap). A writer made slow on purpose makes the overlap certain: the peak of every
+    later language must stay that of the first (same window shapes), not one score set above it."""
+    import time
+
+    from babelscope.regions import importance
+
+    model, tok, info = _mid_gemma()
+    scored = 4 * sum(p.numel() for p in model.model.layers.parameters())
+    real_scores, real_write = importance.language_scores, importance.write_temporary
+    peaks = []
+
+    def measured(*a, **k):
+        _peak_reset()
+        out = real_scores(*a, **k)
+        peaks.append(_peak())
+        return out
+
+    def slow_write(*a, **k):
+        time.sleep(1.0)  # a busy disk: the next language's backward starts before this file is written
+        return real_write(*a, **k)
+
+    monkeypatch.setattr(importance, "language_scores", measured)
+    monkeypatch.setattr(importance, "write_temporary", slow_write)
+    cfg = importance.ImportanceConfig(langs="eng,fra,deu,spa", max_tokens=96, window=96, batch_size=1)
+    importance.run(cfg, tmp_path, "imp", lambda: (model, tok, info))
+    print("peak while each language is scored (MiB):", [round(p / 2**20) for p in peaks], "score set",
+          round(scored / 2**20))
+    # one score set is `scored` bytes; two at once would add all of it. Allocator noise is a few MiB.
+    assert max(peaks[1:]) - peaks[0] < 0.5 * scored, [round(p / 2**20) for p in peaks]

@@ -289,3 +289,14 @@ def test_counting_stops_after_the_last_activation_and_skips_bos_only_windows():
             for row, s in enumerate(batch):
                 want[layer] += (acts[row, 1 : len(s)] > 0).sum(dim=0)
     assert torch.equal(got, want)  # integer counts of the same float values
+
+
+def test_deactivate_without_find_names_the_command(tmp_path, tiny_dir):
+    from babelscope.errors import BabelscopeError
+    from babelscope.neurons.configs import DeactivateConfig
+    from babelscope.neurons.deactivate import run as deactivate
+
+    with pytest.raises(BabelscopeError, match=r"run `babelscope neurons find --model .* --run-dir .*` first"):
+        deactivate(DeactivateConfig(model=str(tiny_dir)), tmp_path)
+    with pytest.raises(BabelscopeError, match="--step lape-2` first"):
+        deactivate(DeactivateConfig(model=str(tiny_dir), neurons_step="lape-2"), tmp_path)

@@ -461,3 +461,22 @@ def test_finished_step_on_another_device_type_recomputes(tiny, corpus, tmp_path,
     calls = []
     run_ppl(cfg, tmp_path / "run", loaded=lambda: calls.append(1) or (model, tok, info))
     assert calls  # another device type: scored again
+
+
+def test_plan_checks_each_steps_options_before_step_one(tmp_path):
+    """A bad option of a later step (LAPE rate, overlap k, importance method) is refused while the experiment is
+    planned, before step 1 runs."""
+    import yaml
+
+    from babelscope.errors import BabelscopeError
+    from babelscope.experiment import run_file
+
+    first = {"command": "tokens", "step": "tokens", "langs": "eng"}
+    for later, message in [({"command": "neurons", "top_rate": 1.5}, "--top-rate 1.5"),
+                           ({"command": "neurons-overlap", "k": 2.0}, "--k 2.0"),
+                           ({"command": "regions-importance", "method": "nope"}, "--method 'nope'")]:
+        path = tmp_path / "exp.yaml"
+        path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "steps": [first, later]}))
+        with pytest.raises(BabelscopeError, match=f"step 2 .*{message}"):
+            run_file(path)
+        assert not (tmp_path / "run").exists()

@@ -340,8 +340,7 @@ def test_bad_input_corpus_too_small(tiny_dir, tmp_path, monkeypatch, capsys):
     code, err = _cli(monkeypatch, capsys, "transfer", "vocab", "--model", str(tiny_dir), "--lang", "de", "--train",
                      "pud-sample", "--vocab-size", "100000", "--run-dir", str(tmp_path / "run"))  # fmt: skip
     assert code == 2 and len(err.splitlines()) == 1 and "--vocab-size 100000" in err and "at most" in err
-    assert not (tmp_path / "run" / "vocab" / "results.json").exists()
-    assert not (tmp_path / "run" / "vocab" / "model").exists()
+    assert not (tmp_path / "run" / "vocab").exists()  # nothing written, config.yaml included
 
 
 def test_bad_input_wordpiece(tmp_path, monkeypatch, capsys):

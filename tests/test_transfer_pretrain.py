@@ -204,12 +204,121 @@ def test_checkpoint_of_another_configuration(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path)
     monkeypatch.setattr(Engine, "rolling_loglikelihood", real)
-    before = sorted(p.name for p in (tmp_path / "transfer-pretrain" / "checkpoints").iterdir())
-    out = subprocess.run([sys.executable, "-m", "babelscope.cli", "transfer", "pretrain", "-m", str(tiny),
-                          "--corpus", "pud-sample", "--langs", "deu:0.75,eng:0.25", "--seq-len", "16",
-                          "--samples", "24", "--lr", "0.1", "-o", str(tmp_path)],
-                         capture_output=True, text=True)
+    step = tmp_path / "transfer-pretrain"
+    before = sorted(p.name for p in (step / "checkpoints").iterdir())
+    config = (step / "config.yaml").read_text()
+    cli = [sys.executable, "-m", "babelscope.cli", "transfer", "pretrain", "-m", str(tiny), "--corpus", "pud-sample",
+           "--langs", "deu:0.75,eng:0.25", "--seq-len", "16", "--samples", "24", "--eval-corpus", "udhr-sample",
+           "--eval-langs", "eng,fra", "--eval-at", "0,8,24", "--eval-window", "32", "--eval-max-tokens", "64",
+           "--micro-batch-size", "4", "--no-save-model", "--checkpoint-every", "1", "-o", str(tmp_path)]
+    out = subprocess.run([*cli, "--lr", "0.1"], capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().count("\n") == 0 and "another configuration" in out.stderr
-    assert sorted(p.name for p in (tmp_path / "transfer-pretrain" / "checkpoints").iterdir()) == before
-    assert json.loads((tmp_path / "transfer-pretrain" / "results.json").read_text())["results"]["complete"] is False
+    # one line naming the option that changed (with its old and new value), nothing overwritten
+    assert out.stderr.strip().count("\n") == 0 and "another training configuration (lr 0.002 -> 0.1)" in out.stderr
+    assert "--restart" in out.stderr
+    assert sorted(p.name for p in (step / "checkpoints").iterdir()) == before
+    assert (step / "config.yaml").read_text() == config
+    assert json.loads((step / "results.json").read_text())["results"]["complete"] is False
+    # logging and checkpoint frequency do not change the weights: the same checkpoint resumes
+    out = subprocess.run([*cli, "--lr", "0.002", "--log-every", "2", "--checkpoint-every", "3"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    done = json.loads((step / "results.json").read_text())
+    assert done["results"]["complete"] and sorted({r["samples"] for r in done["tables"]["curve"]["rows"]}) == [0, 8, 24]
+    assert not (step / "checkpoints").exists()  # a finished run leaves no checkpoint, even without a saved model
+
+
+def test_restart_and_finished_rerun(tiny, tmp_path, monkeypatch):
+    """--restart discards a checkpoint of another configuration and trains from the start (the same weights as a
+    run that was never interrupted); a finished step re-run with a changed option recomputes."""
+    import babelscope.transfer.loop as loop
+
+    cfg = _cfg(tiny, checkpoint_every=2, save_model=True)
+    real = loop._save_checkpoint
+
+    def dies(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_checkpoint", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(loop, "_save_checkpoint", real)
+    changed = _cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3)
+    with pytest.raises(BabelscopeError, match=r"lr 0.002 -> 0.001"):
+        run(changed, tmp_path / "cut")
+    restarted = run(_cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3, restart=True), tmp_path / "cut")
+    fresh = run(changed, tmp_path / "fresh")
+    assert restarted["tables"]["curve"]["rows"] == fresh["tables"]["curve"]["rows"]
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "cut/transfer-pretrain/model/model.safetensors"))
+    b = load_file(str(tmp_path / "fresh/transfer-pretrain/model/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical: nothing of the killed run was kept
+    # a finished step with another --log-every recomputes (its metrics table changes) instead of being refused
+    again = run(_cfg(tiny, checkpoint_every=2, save_model=True, lr=1e-3, log_every=3), tmp_path / "fresh")
+    assert len(again["tables"]["metrics"]["rows"]) == 2 and again["results"]["complete"]
+
+
+def test_checked_before_anything_runs(tiny, tmp_path):
+    """`babelscope run` plans every step's model-free checks (budgets, eval points, seq-len against config.json,
+    masks) before step 1 runs."""
+    import yaml
+
+    from babelscope.experiment import plan, run_file
+
+    ppl = {"command": "ppl", "step": "ppl", "corpus": "udhr-sample", "langs": "eng", "max_units": 1, "window": 32}
+    pre = {"command": "transfer-pretrain", "corpus": "pud-sample", "langs": "deu", "seq_len": 16, "samples": 8,
+           "eval_corpus": "udhr-sample", "eval_langs": "eng"}
+
+    def exp(name, **change):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / name), "defaults": {"model": str(tiny)},
+                                        "steps": [ppl, dict(ppl, step="ppl-2"), {**pre, **change}]}))
+        return path
+
+    for name, change, message in [
+        ("neg", {"seq_len": -5}, "step 3 (transfer-pretrain): --seq-len -5: a block needs at least 2 tokens"),
+        ("long", {"seq_len": 600}, "--seq-len 600 is over the model's maximum of 512"),
+        ("evalat", {"eval_at": "0,100"}, "--eval-at '0,100': sample counts must lie between 0 and the budget 8"),
+        ("budget", {"samples": 50000}, "raise --epochs"),
+        ("epochs", {"epochs": 0}, "--epochs 0: must be at least 1"),
+        ("mask", {"freeze_region": "masks/top.safetensors"}, "no such mask file"),
+        ("lr", {"lr": 0.0}, "--lr 0.0: must be positive"),
+    ]:
+        with pytest.raises(BabelscopeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            run_file(exp(name, **change))
+        assert not (tmp_path / name).exists(), name  # step 1 never ran
+    # a mask that an earlier `regions select` step writes is checked when its step runs
+    select = {"command": "regions-select", "importance_step": "regions-importance"}
+    path = tmp_path / "later.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "later"), "defaults": {"model": str(tiny)},
+                                    "steps": [select, {**pre, "freeze_region": "masks/top.safetensors"}]}))
+    assert [s.command for s in plan(path)] == ["regions-select", "transfer-pretrain"]
+
+
+def test_mask_checked_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    """A wrong-shape mask without a checksum, an unreadable file and a non-boolean tensor are refused from the
+    safetensors headers, before the model loads; --epochs 0 gets its own sentence."""
+    from safetensors.torch import save_file
+
+    import babelscope.models
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(babelscope.models, "load_model", no_loading)
+    save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(3, 3, dtype=torch.bool)},
+              str(tmp_path / "wrong.safetensors"), metadata={"region": json.dumps("top")})
+    with pytest.raises(BabelscopeError, match=r"down_proj.weight has shape \(3, 3\), the model's is \(32, 64\)"):
+        run(_cfg(tiny, freeze_region=str(tmp_path / "wrong.safetensors")), tmp_path / "r")
+    save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(32, 64)}, str(tmp_path / "float.safetensors"))
+    with pytest.raises(BabelscopeError, match="is F32, a mask is boolean"):
+        run(_cfg(tiny, freeze_region=str(tmp_path / "float.safetensors")), tmp_path / "r")
+    (tmp_path / "junk.safetensors").write_text("not a mask")
+    with pytest.raises(BabelscopeError, match="not a mask file of `babelscope regions select`") as exc:
+        run(_cfg(tiny, freeze_region=str(tmp_path / "junk.safetensors")), tmp_path / "r")
+    assert "delete it" not in str(exc.value)  # a user's input, not a cache file
+    with pytest.raises(BabelscopeError, match="^--epochs 0: must be at least 1$"):
+        run(_cfg(tiny, epochs=0), tmp_path / "r")
+    assert not (tmp_path / "r" / "transfer-pretrain").exists()

@@ -363,3 +363,87 @@ def test_turning_point():
     assert turning_point(rows) == {"step": 10, "samples": 40, "epoch": 1.0, "val_loss": 2.2}
     assert turning_point(rows[:3]) is None  # still falling
     assert turning_point(rows[:1]) is None
+
+
+def test_resume_of_another_lora_configuration_is_refused(tmp_path, tiny_dir, capsys, monkeypatch):
+    """Killed after the step-2 checkpoint, then re-run with another LoRA alpha or rank: one line naming the option
+    (exit 2), config.yaml and the checkpoint untouched; with --restart the run trains from the start and ends
+    bit-identical to a run that was never interrupted."""
+    from safetensors.torch import load_file
+
+    import babelscope.transfer.loop as loop
+
+    run_dir = tmp_path / "run"
+    base = ["transfer", "sft", "--model", str(tiny_dir), "--data", "embedded", "--max-length", "64",
+            "--micro-batch-size", "2", "--eval-every", "8", "--lora-r", "4", "--checkpoint-every", "2"]
+    real = loop._save_checkpoint
+
+    def dies(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_checkpoint", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(SftConfig(model=str(tiny_dir), data="embedded", max_length=64, micro_batch_size=2, eval_every=8,
+                      lora_r=4, checkpoint_every=2), run_dir)
+    monkeypatch.setattr(loop, "_save_checkpoint", real)
+    step = run_dir / "sft"
+    config, checkpoints = (step / "config.yaml").read_text(), sorted(p.name for p in (step / "checkpoints").iterdir())
+    assert checkpoints == ["step-2"]
+    for extra, named in ((["--lora-alpha", "64"], "lora_alpha 8 -> 64"), (["--lora-r", "8"], "lora_r 4 -> 8"),
+                         (["--lora-dropout", "0.1"], "lora_dropout 0.0 -> 0.1"),
+                         (["--lr", "1e-3"], "lr 0.0002 -> 0.001"), (["--seed", "1"], "seed 0 -> 1")):
+        code, err = _cli(monkeypatch, capsys, [*base, *extra, "--run-dir", str(run_dir)])
+        assert code == 2 and err.count("\n") == 1 and "another training configuration" in err, err
+        assert named in err and "--restart" in err, err
+        assert (step / "config.yaml").read_text() == config
+        assert sorted(p.name for p in (step / "checkpoints").iterdir()) == checkpoints
+        assert not (step / "results.json").exists()
+    # --restart: trains afresh, the same weights and curve as an uninterrupted run with these options
+    code, err = _cli(monkeypatch, capsys, [*base, "--lora-alpha", "64", "--restart", "--run-dir", str(run_dir)])
+    assert code == 0, err
+    code, err = _cli(monkeypatch, capsys, [*base, "--lora-alpha", "64", "--run-dir", str(tmp_path / "fresh")])
+    assert code == 0, err
+    done = json.loads((step / "results.json").read_text())
+    fresh = json.loads((tmp_path / "fresh/sft/results.json").read_text())
+    assert done["results"]["lora"]["alpha"] == 64 and done["tables"]["validation"] == fresh["tables"]["validation"]
+    a = load_file(str(step / "model/model.safetensors"))
+    b = load_file(str(tmp_path / "fresh/sft/model/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (step / "checkpoints").exists()
+
+
+def test_lr_zero_is_refused_not_the_default(tmp_path, tiny_dir):
+    """--lr 0 used to train at the default (``cfg.lr or default``); "not given" is None, 0 is refused."""
+    from babelscope.transfer.sft import default_lr, loop_config
+
+    with pytest.raises(BabelscopeError, match="--lr 0.0: must be positive"):
+        run(SftConfig(model=str(tiny_dir), lr=0.0), tmp_path)
+    with pytest.raises(BabelscopeError, match="--lora-alpha 0.0: must be positive"):
+        run(SftConfig(model=str(tiny_dir), lora_r=4, lora_alpha=0.0), tmp_path)
+    assert not any(tmp_path.iterdir())
+    assert default_lr(SftConfig()) == 2e-5 and default_lr(SftConfig(lora_r=4)) == 2e-4
+    assert loop_config(SftConfig(lr=3e-4), 1).lr == 3e-4
+
+
+def test_table_messages(tmp_path, tiny_dir, capsys):
+    """transfer table: one space where no response step is missing by name; a table where nothing was judged
+    says why on stderr and in its results and report."""
+    from babelscope.evaluate.respond import RespondConfig
+    from babelscope.evaluate.respond import run as respond
+    from babelscope.report import render_html
+    from babelscope.transfer.study import StudyTableConfig
+    from babelscope.transfer.study import run as table
+
+    with pytest.raises(BabelscopeError) as exc:
+        table(StudyTableConfig(), tmp_path)
+    assert "  " not in str(exc.value) and "no finished response step in" in str(exc.value)
+    respond(RespondConfig(model=str(tiny_dir), judge="none", limit=2, max_new_tokens=2), tmp_path)
+    capsys.readouterr()
+    doc = table(StudyTableConfig(), tmp_path)
+    err = capsys.readouterr().err
+    assert doc["tables"]["variants"]["rows"][0]["AVG"] is None
+    warning = doc["results"]["warning"]
+    assert "no variant has a judged response" in warning and "respond: judge none" in warning
+    assert f"warning: {warning}\n" in err
+    assert "no variant has a judged response" in render_html(tmp_path)

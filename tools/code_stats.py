@@ -44,22 +44,12 @@ def step_functions() -> set[str]:
     """``module:function`` of every step named by a command string (``"module:Config:fn"`` or ``"module:fn"``)
     or by a command table entry."""
     names = set()
-    pattern = re.compile(r"\"(babelscope(?:\.\w+)+):(?:\w+:)?(\w+)\"")
+    strings = re.compile(r"\"(babelscope(?:\.\w+)+):(?:\w+:)?(\w+)\"")  # the older "module:Class:fn" form
+    objects = re.compile(r"StepFunction\(\"(babelscope(?:\.\w+)+)\"(?:, \"(\w+)\")?\)")  # the command table
     for path in sorted(SRC.rglob("*.py")):
-        for module, fn in pattern.findall(path.read_text(encoding="utf-8")):
-            names.add(f"{module}:{fn}")
-    try:  # a typed command table, when there is one
-        import sys
-
-        sys.path.insert(0, str(SRC.parent))
-        from babelscope import registry
-
-        for cmd in registry.all_commands().values():
-            run = getattr(cmd, "run", None)
-            if callable(run):
-                names.add(f"{run.__module__}:{run.__name__}")
-    except Exception:
-        pass
+        text = path.read_text(encoding="utf-8")
+        names.update(f"{module}:{fn}" for module, fn in strings.findall(text))
+        names.update(f"{module}:{fn or 'run'}" for module, fn in objects.findall(text))
     return names
 
 

@@ -81,6 +81,32 @@ def inputs_sha256(inputs: Any) -> str | None:
     return json_sha256(to_jsonable(inputs), ensure_ascii=False)
 
 
+def fingerprint(parts: dict[str, Any]) -> dict[str, Any]:
+    """The key of a resumable run: ``{"sha256": inputs_sha256(parts), "parts": parts}``. ``parts`` names
+    everything that changes the trained weights (options by their name, data and models by their checksum) and
+    nothing that does not (logging, progress, checkpoint frequency); the parts are kept beside the checksum so a
+    mismatch can name what differs (:func:`fingerprint_changes`)."""
+    parts = to_jsonable(dict(parts))
+    return {"sha256": inputs_sha256(parts), "parts": parts}
+
+
+def fingerprint_changes(old: Any, new: dict[str, Any]) -> list[str]:
+    """``name old -> new`` for each part of fingerprint ``new`` that differs from ``old`` (a stored fingerprint;
+    one without parts, written by an older version, gives one entry saying so)."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+        return text if len(text) <= 16 else text[:12] + "…"
+
+    old_parts = old.get("parts") if isinstance(old, dict) else None
+    if not isinstance(old_parts, dict):
+        return [] if isinstance(old, dict) and old.get("sha256") == new["sha256"] else [
+            "its options are not recorded (an older version wrote it)"]
+    parts = new["parts"]
+    names = [k for k in parts if old_parts.get(k, None) != parts[k]] + [k for k in old_parts if k not in parts]
+    return [f"{k} {short(old_parts.get(k))} -> {short(parts.get(k))}" for k in names]
+
+
 # ----------------------------------------------------------------------------------------------- cache
 class RequestCache:
     """Append-only per-request cache (JSON lines): a re-run skips requests already answered.

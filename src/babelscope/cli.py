@@ -12,10 +12,8 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
-from babelscope.evaluate.perplexity import PplConfig
-from babelscope.evaluate.tokens import TokensConfig
 from babelscope.options import step_command
-from babelscope.registry import CAPABILITIES  # capability packages whose cli.py holds a Typer app
+from babelscope.registry import CAPABILITIES, PPL, TOKENS  # CAPABILITIES: packages whose cli.py holds a Typer app
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
@@ -48,6 +46,63 @@ def model_info(
     for key, value in info.to_dict().items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     Console().print(table)
+
+
+@model_app.command("plan")
+def model_plan(
+    spec: Annotated[str, typer.Argument(help="Model spec (only its config.json is read).")] = "gemma-3-270m",
+    command: str = typer.Option("importance", help="importance, pretrain, sft or ppl."),
+    devices: str = typer.Option("1x80GiB", help="Devices and memory each: 8x80GiB, 2x24GiB, 1x16GiB."),
+    seq_len: int = typer.Option(512, help="Tokens per sequence (the window)."),
+    batch_size: int = typer.Option(4, help="Sequences per forward on each process."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model's own Python code (off by default)."),
+) -> None:
+    """What each device will hold (weights, gradients, optimizer state, activations, logits, scores) from the
+    model's config alone, and which options (FSDP 2, a device map, gradient checkpointing, LoRA) make it fit."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from babelscope.models.loader import _load_config, resolve_spec
+    from babelscope.models.plan import (
+        COMMANDS,
+        DTYPE_BYTES,
+        GiB,
+        Shape,
+        option_label,
+        options_that_fit,
+        parse_devices,
+        plan_memory,
+    )
+
+    if command not in COMMANDS:
+        raise BabelscopeError(f"--command {command!r}: use one of {', '.join(COMMANDS)}")
+    if dtype not in DTYPE_BYTES:
+        raise BabelscopeError(f"--dtype {dtype!r}: use {', '.join(DTYPE_BYTES)}")
+    if seq_len < 1 or batch_size < 1:
+        raise BabelscopeError(f"--seq-len {seq_len} / --batch-size {batch_size}: both must be positive")
+    n, capacity = parse_devices(devices)
+    source, _ = resolve_spec(spec)
+    shape = Shape.of_config(_load_config(source, trust_remote_code))
+    setting = dict(seq_len=seq_len, batch_size=batch_size, dtype=dtype)
+    asked = plan_memory(shape, command, n, capacity, **setting)
+    fitting = options_that_fit(shape, command, n, capacity, **setting)
+    shown = [asked] + [p for p in fitting if p.setting != asked.setting]
+    table = Table("per device (GiB)", *[option_label(p) for p in shown],
+                  title=f"{spec}: {command} on {n} x {capacity / GiB:.0f} GiB, {batch_size} x {seq_len} tokens, "
+                  f"{dtype} ({shape.params / 1e9:.2f}B parameters)")
+    for part in asked.parts:
+        table.add_row(part, *[f"{p.parts.get(part, 0) / GiB:.2f}" for p in shown])
+    table.add_row("total", *[f"{p.total / GiB:.2f}" for p in shown])
+    table.add_row("fits", *["yes" if p.fits else "no" for p in shown])
+    Console().print(table)
+    if asked.fits:
+        typer.echo("fits as asked")
+    elif fitting:
+        typer.echo("fits with: " + "; ".join(option_label(p) for p in fitting))
+    else:
+        typer.echo("fits with none of FSDP 2, a device map, gradient checkpointing, LoRA: use more or larger "
+                   "devices, a shorter --seq-len or a smaller --batch-size")
 
 
 @app.command("langs")
@@ -97,7 +152,7 @@ def _print_ppl(doc: dict, cfg, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "ppl", PplConfig, "babelscope.evaluate.perplexity:run", step="ppl", show=_print_ppl,
+step_command(app, "ppl", PPL, step="ppl", show=_print_ppl,
              help="Per-language perplexity, bits per byte and bits per parallel unit; writes a table and results "
              "files.")
 
@@ -109,7 +164,7 @@ def _print_tokens(doc: dict, cfg, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "tokens", TokensConfig, "babelscope.evaluate.tokens:run", step="tokens", show=_print_tokens,
+step_command(app, "tokens", TOKENS, step="tokens", show=_print_tokens,
              help="Tokenizer efficiency (no forward pass): tokens per byte/char/unit, premium vs English, fertility, "
              "byte fallback; several tokenizers side by side.")
 

@@ -17,14 +17,17 @@ that name another step (``responses: respond``, ``store: syntax-extract``) need 
 run directory already.
 
 The whole file is checked before any step runs (unknown commands, options or ``defaults:`` keys, values of the
-wrong type, repeated step names: one line naming the file and step). Finished steps (results written with the
-same config from the same inputs) are skipped, so re-running resumes; a model is loaded once and shared by the
-steps that use it; the report is rendered at the end.
+wrong type, repeated step names: one line naming the file and step), and so is every step's own ``plan_check``
+(the module of its run function may define ``plan_check(cfg, run_dir, earlier_commands)``: the checks that need
+no model, such as budgets, mask files and sequence lengths against the model's config.json). Finished steps
+(results written with the same config from the same inputs) are skipped, so re-running resumes; a model is
+loaded once and shared by the steps that use it; the report is rendered at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +142,15 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Pat
             raise BabelscopeError(f"{where}: unknown option(s) {unknown}; known: {sorted(fields)}")
         try:
             cfg = check_config(cfg_cls(**options))
+            plan_check = getattr(sys.modules.get(getattr(fn, "__module__", ""), None), "plan_check", None)
+            if plan_check is not None:  # the step's checks that need no model (budgets, masks, lengths)
+                plan_check(cfg, out, [s.command for s in steps])
         except BabelscopeError as exc:
             raise BabelscopeError(f"{where}: {exc}") from None
         steps.append(PlannedStep(i, name, step, cfg, fn))
+    from babelscope.memory import release_freed_memory
+
+    release_freed_memory()  # what the step checks read (a tokenizer, the data) goes back before step 1 runs
     unused = sorted(set(defaults) - used_defaults)
     if unused:
         raise BabelscopeError(f"{path}: defaults {unused} are an option of no step; check the spelling")
@@ -160,13 +169,17 @@ def run_file(path: str | Path, run_dir: str | Path | None = None) -> Path:
     models: dict[tuple, Any] = {}
     for planned in steps:
         cfg = planned.cfg
-        key = (getattr(cfg, "model", None), getattr(cfg, "dtype", "float32"), getattr(cfg, "device", None))
+        from babelscope.steps import placement_of
 
-        def loaded(key=key):  # lazy: a finished step never loads its model
+        placement = placement_of(cfg)
+        key = (getattr(cfg, "model", None), getattr(cfg, "dtype", "float32"), getattr(cfg, "device", None),
+               tuple(sorted(placement.items())))
+
+        def loaded(key=key, placement=placement):  # lazy: a finished step never loads its model
             if key not in models:
                 from babelscope.models import load_model
 
-                models[key] = load_model(key[0], dtype=key[1], device=key[2])
+                models[key] = load_model(key[0], dtype=key[1], device=key[2], **placement)
             return models[key]
 
         if is_main_process():

@@ -25,7 +25,15 @@ COMMON = {
     "model": (("--model", "-m"), "Model spec: gemma-3-270m, a directory, a .gguf or a hub id."),
     "dtype": ((), "float32, bfloat16 or float16."),
     "device": ((), "cpu, cuda, cuda:1 ... (default: where it loads)."),
+    "device_map": ((), "Spread the model block by block over the GPUs, the CPU and the disk (Accelerate's big-model "
+                       "inference): auto, balanced or sequential; replaces --device."),
+    "max_memory": ((), "Cap per device for --device-map, e.g. 0=20GiB,1=20GiB,cpu=60GiB (GPU numbers within this "
+                       "process's GPUs); what does not fit goes to --offload-dir."),
+    "offload_dir": ((), "Folder for the weights that do not fit --max-memory (disk offload; one subfolder per "
+                        "process)."),
 }
+#: the config fields of a forward-only command that may spread its model over devices (``--device-map``)
+PLACEMENT_FIELDS = ("device_map", "max_memory", "offload_dir")
 #: count fields that may be 0 by default (zero-shot prompts, no retries)
 MAY_BE_ZERO = {"shots", "retries"}
 _COUNT_NAMES = {"window", "limit", "samples", "draws", "queries", "runs", "top_n", "n_perm", "mantel_perm",

@@ -11,13 +11,12 @@ experiment file's ``command: regions-importance`` accept the same options with t
         model: str = "gemma-3-270m"                  # model, dtype and device take the shared help below
         max_tokens: int = opt(2048, "Token budget per language (importance text).")
 
-    step_command(app, "importance", ImportanceConfig, "babelscope.regions.importance:run",
-                 step="regions-importance", help="...", show=results_table("per_language", [...], "..."))
+    REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.importance"))
+    step_command(app, "importance", REGIONS_IMPORTANCE, help="...", show=results_table("per_language", [...], "..."))
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import typing
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
+from babelscope.commands import Command, StepFunction
 from babelscope.fields import COMMON, cli_fields, field_help, opt  # noqa: F401  (re-exported)
 
 Model = Annotated[str, typer.Option(*COMMON["model"][0], help=COMMON["model"][1])]
@@ -41,19 +41,26 @@ def run_dir_for(run_dir: Path | None, model: str) -> Path:
     return run_dir or Path("runs") / Path(model.split(",")[0]).name.replace(".gguf", "")
 
 
-def step_command(app: typer.Typer, name: str, cls: type, run: str, *, help: str,
-                 step: str | Callable[[Any], str], step_help: str = STEP_HELP,
+def step_command(app: typer.Typer, name: str, cmd: Command | type, run: str | None = None, *, help: str,
+                 step: str | Callable[[Any], str] | None = None, step_help: str = STEP_HELP,
                  show: Callable[[dict, Any, Path], None] | None = None, run_dir: Path | None = None,
                  arguments: Sequence[str] = (), required: Sequence[str] = ()) -> None:
-    """Register ``NAME`` on ``app``: one option per field of the config dataclass ``cls`` (type, default and help
-    from the field), plus ``--run-dir`` and ``--step``. The command builds the config, runs ``run``
-    (``"module:function"``, imported when the command runs) into the run directory and calls
+    """Register ``NAME`` on ``app`` for ``cmd`` (a :class:`~babelscope.commands.Command` of the command table;
+    or, in the older form, a config class and ``run`` as ``"module:function"``): one option per field of its config
+    dataclass (type, default and help from the field), plus ``--run-dir`` and ``--step``. The command builds the
+    config, runs the step function (imported when the command runs) into the run directory and calls
     ``show(doc, cfg, results_path)`` with the results it returns (none on ranks that wrote nothing).
 
-    ``step``: the step folder, or a function of the config (the option's default is then ``None``); ``run_dir``: a
+    ``step``: the step folder (default: the command's name), or a function of the config (the option's default is
+    then ``None``); ``run_dir``: a
     fixed default run directory (else ``runs/<model>``; a config without a model gets a ``--model`` option that
     only names it); ``arguments``: fields given as positional arguments; ``required``: fields without a default
     on the command line (an experiment file's check names them)."""
+    if isinstance(cmd, Command):
+        cls, function = cmd.config, cmd.run
+        step = cmd.name if step is None else step
+    else:
+        cls, function = cmd, StepFunction.parse(run or "")
     hints = typing.get_type_hints(cls)
     P = inspect.Parameter
     params = []
@@ -81,8 +88,7 @@ def step_command(app: typer.Typer, name: str, cls: type, run: str, *, help: str,
         cfg = cls(**options)
         out = run_dir_for(out, model or getattr(cfg, "model", None) or "gemma-3-270m")
         folder = folder if folder is not None else step(cfg)
-        module, function = run.split(":")
-        doc = getattr(importlib.import_module(module), function)(cfg, out, step=folder)
+        doc = function(cfg, out, step=folder)
         if doc and show is not None:
             show(doc, cfg, out / folder / "results.json")
 

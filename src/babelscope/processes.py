@@ -30,9 +30,14 @@ class DistState:
         return self.process_index == 0
 
 
+def launched_world() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without one), known before any group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """True when a launcher started several processes (``WORLD_SIZE`` > 1), before any group exists."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_world() > 1
 
 
 def _initialized():

@@ -1,7 +1,8 @@
-"""Which commands an experiment file may use: ``name -> "module:ConfigClass:run function"``.
+"""Which commands an experiment file may use: one table of :class:`~babelscope.commands.Command` objects.
 
-The built-in table below plus each capability's ``EXPERIMENT_COMMANDS`` (in ``babelscope.<package>.cli``), so that
-:mod:`babelscope.experiment` finds every step without importing the command line (``babelscope.cli``).
+The built-in table below (``ppl``, ``tokens``) plus each capability's ``EXPERIMENT_COMMANDS`` (in
+``babelscope.<package>.cli``, the same objects its command line mounts), so that :mod:`babelscope.experiment` finds
+every step without importing the command line (``babelscope.cli``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from babelscope.commands import Command, StepFunction, command_table
 from babelscope.errors import BabelscopeError
+from babelscope.evaluate.perplexity import PplConfig
+from babelscope.evaluate.tokens import TokensConfig
 
-#: command name -> "module:ConfigClass:run"
-COMMANDS: dict[str, str] = {
-    "ppl": "babelscope.evaluate.perplexity:PplConfig:run",
-    "tokens": "babelscope.evaluate.tokens:TokensConfig:run",
-}
+PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.perplexity"))
+TOKENS = Command("tokens", TokensConfig, StepFunction("babelscope.evaluate.tokens"))
+#: the built-in commands (mounted at the top of the command line)
+COMMANDS: dict[str, Command] = command_table(PPL, TOKENS)
 
 #: Capability packages whose ``cli.py`` holds a Typer ``app`` (mounted under the second name) and
 #: ``EXPERIMENT_COMMANDS``.
@@ -30,22 +33,23 @@ CAPABILITIES = {
 }
 
 
-def all_commands() -> dict[str, str]:
-    """The built-in commands plus each installed capability's ``EXPERIMENT_COMMANDS``."""
+def all_commands() -> dict[str, Command]:
+    """The built-in commands plus each installed capability's ``EXPERIMENT_COMMANDS`` (a value in the older
+    ``"module:ConfigClass:function"`` form is read as a :class:`Command` too)."""
     commands = dict(COMMANDS)
     for package in CAPABILITIES:
         module = f"babelscope.{package}.cli"
         if importlib.util.find_spec(f"babelscope.{package}") and importlib.util.find_spec(module):
-            commands.update(getattr(importlib.import_module(module), "EXPERIMENT_COMMANDS", {}))
+            for name, cmd in getattr(importlib.import_module(module), "EXPERIMENT_COMMANDS", {}).items():
+                commands[name] = cmd if isinstance(cmd, Command) else Command.parse(name, cmd)
     return commands
 
 
-def command(name: str, commands: dict[str, str] | None = None) -> tuple[type, object]:
+def command(name: str, commands: dict[str, Command] | None = None) -> tuple[type, object]:
     """``(ConfigClass, run function)`` of an experiment command; a one-line error naming the known ones."""
     commands = commands or all_commands()
     try:
-        module, cfg_cls, fn = commands[name].split(":")
+        cmd = commands[name]
     except KeyError:
         raise BabelscopeError(f"unknown command {name!r}; use one of {', '.join(sorted(commands))}") from None
-    mod = importlib.import_module(module)
-    return getattr(mod, cfg_cls), getattr(mod, fn)
+    return cmd.config, cmd.run.load()

@@ -36,6 +36,8 @@ import yaml
 from babelscope.caches import (  # noqa: F401  (re-exported: runs was their home)
     RequestCache,
     file_sha256,
+    fingerprint,
+    fingerprint_changes,
     inputs_sha256,
     text_sha256,
     to_jsonable,

@@ -34,7 +34,7 @@ from babelscope.fields import limits
 from babelscope.runs import Step, barrier, check_run_dir, check_step_name, file_sha256, is_main_process, load_results
 
 #: config fields that never change a result (left out of the config a finished step is compared with)
-NOT_RESULT = ("device",)
+NOT_RESULT = ("device", "device_map", "max_memory", "offload_dir")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -87,7 +87,27 @@ def check_config(cfg: Any) -> Any:
     if dtype is not None and dtype not in DTYPES:
         raise BabelscopeError(f"--dtype {dtype!r}: use {', '.join(DTYPES)}")
     check_device(getattr(cfg, "device", None))
+    check_placement(cfg)
     return cfg
+
+
+def check_placement(cfg: Any) -> None:
+    """A forward-only command's ``--device-map`` / ``--max-memory`` / ``--offload-dir``, checked from the model's
+    ``config.json`` before any weight is read or file written (:func:`~babelscope.models.placement.plan_device_map`):
+    the map, the caps (each device able to hold one block), the offload folder."""
+    device_map = getattr(cfg, "device_map", None)
+    if not device_map:
+        for name in ("max_memory", "offload_dir"):
+            if getattr(cfg, name, None):
+                raise BabelscopeError(f"{_option(name)} {getattr(cfg, name)}: only with --device-map (auto, balanced "
+                                      "or sequential)")
+        return
+    if getattr(cfg, "device", None) not in (None, "", "auto"):
+        raise BabelscopeError(f"--device {cfg.device} with --device-map {device_map}: the map places the model; "
+                              "give one of the two")
+    from babelscope.models.placement import plan_device_map
+
+    plan_device_map(cfg.model, device_map, cfg.max_memory, cfg.offload_dir, getattr(cfg, "dtype", "float32"))
 
 
 def check_device(device: str | None) -> None:
@@ -107,6 +127,13 @@ def check_device(device: str | None) -> None:
             raise BabelscopeError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise BabelscopeError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def placement_of(cfg: Any) -> dict[str, Any]:
+    """The ``load_model`` arguments of a config's ``--device-map`` / ``--max-memory`` / ``--offload-dir``."""
+    from babelscope.fields import PLACEMENT_FIELDS
+
+    return {name: getattr(cfg, name) for name in PLACEMENT_FIELDS if getattr(cfg, name, None)}
 
 
 def device_type(device: str | None) -> str:
@@ -196,7 +223,7 @@ class StepRun:
 
                 cfg = self.cfg
                 self._model = load_model(cfg.model, dtype=getattr(cfg, "dtype", "float32"),
-                                         device=getattr(cfg, "device", None))
+                                         device=getattr(cfg, "device", None), **placement_of(cfg))
         info = self._model[2]
         if kind is not None and info.kind != kind:
             article = "an" if info.kind[:1] in "aeiou" else "a"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from babelscope.commands import Command, StepFunction, command_table
 from babelscope.evaluate.codeswitch import CodeSwitchConfig
 from babelscope.evaluate.knowledge import BenchConfig
 from babelscope.evaluate.pos import PosConfig
@@ -18,13 +19,12 @@ from babelscope.options import step_command
 app = typer.Typer(help="Evaluate: knowledge benchmarks (MC by log-likelihood, MGSM), judged responses, "
                   "code-switching rate, in-context POS tagging.", no_args_is_help=True)
 
-#: experiment commands (``babelscope run EXPERIMENT.yaml``): name -> "module:ConfigClass:run"
-EXPERIMENT_COMMANDS = {
-    "bench": "babelscope.evaluate.knowledge:BenchConfig:run",
-    "respond": "babelscope.evaluate.respond:RespondConfig:run",
-    "codeswitch": "babelscope.evaluate.codeswitch:CodeSwitchConfig:run",
-    "pos": "babelscope.evaluate.pos:PosConfig:run",
-}
+#: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
+BENCH = Command("bench", BenchConfig, StepFunction("babelscope.evaluate.knowledge"))
+RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.respond"))
+CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.codeswitch"))
+POS = Command("pos", PosConfig, StepFunction("babelscope.evaluate.pos"))
+EXPERIMENT_COMMANDS = command_table(BENCH, RESPOND, CODESWITCH, POS)
 
 
 def _rows(table: str, title: Callable[[dict, object], str]) -> Callable[[dict, object, Path], None]:
@@ -45,22 +45,22 @@ def _rows(table: str, title: Callable[[dict, object], str]) -> Callable[[dict, o
     return show
 
 
-step_command(app, "bench", BenchConfig, "babelscope.evaluate.knowledge:run", arguments=("benchmark",),
+step_command(app, "bench", BENCH, arguments=("benchmark",),
              step=lambda cfg: f"bench-{Path(cfg.benchmark).stem}", step_help="Step folder (default bench-<benchmark>).",
              show=_rows("per_subset", lambda doc, cfg: f"{doc['results']['benchmark']} "
                         f"({doc['results']['shots']}-shot) on {doc['results']['model']}"),
              help="Score a benchmark: accuracy and length-normalised accuracy per subset (MC), exact match (MGSM).")
 
-step_command(app, "respond", RespondConfig, "babelscope.evaluate.respond:run", step="respond",
+step_command(app, "respond", RESPOND, step="respond",
              show=_rows("per_language", lambda doc, cfg: f"responses of {doc['results']['model']} judged by "
                         f"{doc['results']['judge']}"),
              help="Generate responses and judge them: ACC, F, INFO, LC, H (0-3 each) and AVG per language.")
 
-step_command(app, "codeswitch", CodeSwitchConfig, "babelscope.evaluate.codeswitch:run", step="codeswitch",
+step_command(app, "codeswitch", CODESWITCH, step="codeswitch",
              show=_rows("per_language", lambda doc, cfg: "code-switching rate"),
              help="Code-switching rate per language: share of responses with a segment in another language.")
 
-step_command(app, "pos", PosConfig, "babelscope.evaluate.pos:run", step="pos",
+step_command(app, "pos", POS, step="pos",
              show=_rows("per_language", lambda doc, cfg: f"in-context POS, {cfg.shots}-shot, {cfg.runs} runs"),
              help="In-context POS tagging: token accuracy against UD with MONO or EN demonstrations, mean and std "
              "over runs.")

@@ -42,6 +42,9 @@ class BenchConfig:
     batch_size: int = opt(8, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 def score_mc(engine, items: list[MCItem]) -> list[dict[str, Any]]:

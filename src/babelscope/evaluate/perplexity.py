@@ -36,6 +36,9 @@ class PplConfig:
     max_tokens: int | None = opt(None, "Per-language cap in tokens (whole units).")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 def select_units(corpus, languages: Sequence[str], max_units: int | None) -> dict[str, list]:

@@ -42,6 +42,9 @@ class PosConfig:
     batch_size: int = opt(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 def _read(path: Path) -> list:

@@ -42,6 +42,9 @@ class RespondConfig:
     batch_size: int = opt(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 def read_instructions(spec: str) -> list[dict[str, Any]]:

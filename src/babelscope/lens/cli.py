@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typer
 
+from babelscope.commands import Command, StepFunction, command_table
 from babelscope.lens.configs import LensScriptConfig, LensTranslateConfig
 from babelscope.options import results_table, step_command
 
@@ -15,20 +16,19 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: Experiment commands (``babelscope run EXPERIMENT.yaml``): name -> "module:ConfigClass:run".
-EXPERIMENT_COMMANDS = {
-    "lens-translate": "babelscope.lens.translate:LensTranslateConfig:run",
-    "lens-script": "babelscope.lens.script:LensScriptConfig:run",
-}
+#: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
+LENS_TRANSLATE = Command("lens-translate", LensTranslateConfig, StepFunction("babelscope.lens.translate"))
+LENS_SCRIPT = Command("lens-script", LensScriptConfig, StepFunction("babelscope.lens.script"))
+EXPERIMENT_COMMANDS = command_table(LENS_TRANSLATE, LENS_SCRIPT)
 
-step_command(app, "translate", LensTranslateConfig, "babelscope.lens.translate:run", step="lens-translate",
+step_command(app, "translate", LENS_TRANSLATE, step="lens-translate",
              show=results_table("summary", ["lang", "items", "dropped_overlap", "english_peak_layer",
                                             "english_peak_p", "final_p_target", "final_top1"],
                                 "logit lens: translation"),
              help="Per layer, the lens probability of the translation vs of its English word (items with overlapping "
              "token sets dropped).")
 
-step_command(app, "script", LensScriptConfig, "babelscope.lens.script:run", step="lens-script",
+step_command(app, "script", LENS_SCRIPT, step="lens-script",
              show=results_table("summary", ["lang", "script", "positions", "latin_first", "latin_peak_layer",
                                             "latin_peak_share", "latin_final", "own_final"], "logit lens: scripts"),
              help="Per layer, the share of the lens distribution on Latin-script tokens, the text's own script and "

@@ -22,6 +22,9 @@ class LensTranslateConfig:
     batch_size: int = opt(16, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
@@ -36,3 +39,6 @@ class LensScriptConfig:
     batch_size: int = opt(4, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None

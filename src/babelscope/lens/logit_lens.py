@@ -66,9 +66,10 @@ def lens_pass(
     the order of the flat list (sequence by sequence, position by position)."""
     from babelscope.models.arch import base_model
     from babelscope.models.hooks import capture_layers, run_until_stopped
+    from babelscope.models.placement import input_device
 
     norm = final_norm(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     flat_start = [0]
     for pos in positions:
         flat_start.append(flat_start[-1] + len(pos))
@@ -95,7 +96,8 @@ def lens_pass(
             r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
             # every layer's rows in one table, decoded ``chunk`` rows at a time: the head's weight (V x H) is read
             # once per chunk, not once per layer (it dominates when few positions are decoded)
-            h = torch.cat([store[layer][r, c] for layer in layers])
+            h = torch.cat([store[layer][r.to(store[layer].device), c.to(store[layer].device)].to(device)
+                           for layer in layers])  # blocks may sit on several devices
             owner = torch.tensor(owners).repeat(len(layers))
             which = torch.arange(len(layers)).repeat_interleave(len(owners))
             for s in range(0, h.shape[0], chunk):

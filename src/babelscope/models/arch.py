@@ -58,7 +58,10 @@ def logits_from_hidden(model: nn.Module, hidden: torch.Tensor, out: torch.Tensor
     config = model.config
     head = lm_head(model)
     weight = getattr(head, "weight", None)
-    plain = isinstance(head, nn.Linear) and head.bias is None and not head._forward_hooks
+    # a head that Accelerate placed elsewhere or offloaded (its weight on another device, or on "meta") runs
+    # through its own forward, whose hook brings the weight and the input together
+    plain = isinstance(head, nn.Linear) and head.bias is None and not head._forward_hooks \
+        and weight.device == hidden.device
     if out is not None and plain and weight.dtype == hidden.dtype == out.dtype == torch.float32:
         logits = torch.matmul(hidden, weight.t(), out=out[: hidden.shape[0]])
     else:

@@ -42,6 +42,7 @@ from torch import nn
 from babelscope.caches import RequestCache
 from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, prefix_token_id
 from babelscope.models.hooks import capture_layers, run_until_stopped
+from babelscope.models.placement import input_device
 from babelscope.processes import DistState, all_reduce_grads, gather_objects  # noqa: F401  (re-exported)
 from babelscope.processes import state as _dist_state
 
@@ -114,7 +115,7 @@ class Engine:
         self.identity = RequestCache.key(
             checksum,
             str(param.dtype) if param is not None else None,
-            param.device.type if param is not None else None,
+            input_device(model).type if param is not None else None,
             tokenizer_sha256(tokenizer),
         )
         self.state = _dist_state()
@@ -130,7 +131,8 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first block's side (blocks may sit on several devices, or offloaded)."""
+        return input_device(self.model)
 
     @property
     def is_main(self) -> bool:
@@ -315,7 +317,8 @@ class Engine:
         for start in range(0, len(targets), self.logit_chunk):
             need, inverse = torch.unique(where[start : start + self.logit_chunk], return_inverse=True)
             logits = logits_from_hidden(self.model, h[need], out=self._logit_buffer(h))
-            tgt = targets[start : start + self.logit_chunk]
+            inverse = inverse.to(logits.device)  # a head on another device than the last block
+            tgt = targets[start : start + self.logit_chunk].to(logits.device)
             picked = logits[inverse, tgt]
             peak = logits.amax(dim=-1)
             top = picked == peak[inverse]
@@ -427,7 +430,8 @@ class Engine:
                 for j in range(len(seq) - 1 - n, len(seq) - 1):  # the hidden at input position j predicts j + 1
                     index.append(g * width + width - p + j if j < p else base + xrow[c] * xwidth + j - p)
         pos, where = torch.unique(self._long(index), return_inverse=True)  # distinct positions
-        return _Hidden(torch.cat(tables)[pos], where, self._long(targets), served)
+        table = torch.cat(tables)  # on the last block's device, which may not be the inputs'
+        return _Hidden(table[pos.to(table.device)], where.to(table.device), self._long(targets), served)
 
     def _long(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -444,7 +448,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ gradients
     def backward(
-        self, seqs: Sequence[tuple[list[int], int]], normalizer: float, on_batch: Callable[[int], None] | None = None
+        self, seqs: Sequence[tuple[list[int], int]], normalizer: float, on_batch: Callable[[int], None] | None = None,
+        even: bool = False,
     ) -> float:
         """Back-propagate ``sum of target-token NLL / normalizer`` into ``.grad`` (no optimizer step).
 
@@ -452,21 +457,30 @@ class Engine:
         batch size and of the number of processes (Accelerate's token-count normalisation). Each rank takes
         its share of ``seqs``; call :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL.
         The LM head and loss are one fused pass over chunks of positions (:func:`_chunk_nll`): the logits
-        are never all held, and their gradient is formed as they are computed.
+        are never all held, and their gradient is formed as they are computed. ``even`` (FSDP 2, whose every
+        forward and backward is a collective): every rank runs as many batches as the busiest one, a rank with
+        fewer repeating its first sequence with the loss weighted by 0 (nothing added to any gradient).
         """
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+        pad = 0
         if self.state is not None:
-            order = order[self.state.process_index :: self.state.num_processes]
+            world, rank = self.state.num_processes, self.state.process_index
+            if even:
+                most = math.ceil(len(order[0::world]) / self.batch_size) if order else 0
+                pad = most - math.ceil(len(order[rank::world]) / self.batch_size)
+            order = order[rank::world]
+        batches = [[seqs[i] for i in order[start : start + self.batch_size]]
+                   for start in range(0, len(order), self.batch_size)]
+        batches = [(b, 1.0) for b in batches] + [([seqs[0]], 0.0)] * pad
         total = 0.0
-        for start in range(0, len(order), self.batch_size):
-            batch = [seqs[i] for i in order[start : start + self.batch_size]]
+        for batch, weight in batches:
             ids, mask = self._batch_inputs(batch)
             hidden = self._final_hidden(ids, mask)
-            rows, cols, targets = self._positions(batch)
-            loss = self._chunk_nll(hidden[rows, cols], targets)
+            rows, cols, targets = (t.to(hidden.device) for t in self._positions(batch))
+            loss = self._chunk_nll(hidden[rows, cols], targets) * weight
             (loss / normalizer).backward()
             total += float(loss.detach())
-            if on_batch:
+            if on_batch and weight:
                 on_batch(len(batch))
         return total
 
@@ -509,7 +523,8 @@ class Engine:
                 ids, mask = self._batch_inputs(seqs)
                 with torch.inference_mode(), capture_layers(self.model, layers) as store:
                     run_until_stopped(base_model(self.model), input_ids=ids, attention_mask=mask, use_cache=False)
-                    stacked = torch.stack([store[layer] for layer in layers], dim=1).float().cpu()
+                    # each layer to the CPU first: consecutive blocks may sit on different devices
+                    stacked = torch.stack([store[layer].float().cpu() for layer in layers], dim=1)
                 for row, i in enumerate(batch):
                     n = len(enc["input_ids"][i])
                     out[i] = {

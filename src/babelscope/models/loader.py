@@ -44,6 +44,7 @@ class ModelInfo:
     checksum: str  # sha256 over the weight files (or tensors, for in-memory models)
     source: str  # path the weights were read from
     dtype: str
+    device_map: dict[str, str] | None = None  # module -> device when Accelerate spread the model (--device-map)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,12 +165,13 @@ def check_logits(model, tokenizer, text: str = CHECK_TEXT) -> float:
     import torch
 
     from babelscope.models.engine import Engine
+    from babelscope.models.placement import input_device
 
     engine = Engine(model, tokenizer, batch_size=1, progress=False)
     ours = engine.rolling_loglikelihood([text], window=64)[0].nll
     theirs = 0.0
     for seq, n in engine.windows(engine.encode([text])[0], 64):  # [BOS] + chunk, as the engine scores it
-        x = torch.tensor([seq], device=next(model.parameters()).device)
+        x = torch.tensor([seq], device=input_device(model))
         with torch.no_grad():
             logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0, :-1]
         theirs -= float(torch.log_softmax(logits.float(), -1)[-n:].gather(1, x[0, -n:, None]).sum())
@@ -267,6 +269,9 @@ def load_model(
     dtype: str = "float32",
     device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    offload_dir: str | None = None,
 ):
     """Load ``spec`` and return ``(model, tokenizer, info)``; the model is in eval mode.
 
@@ -274,11 +279,16 @@ def load_model(
     :data:`babelscope.models.named.NAMED_MODELS`), a local Hugging Face directory (also ones Babelscope
     writes, with extended tokenizers), a ``.gguf`` file (converted once into a cached safetensors directory)
     or a hub id (online; offline it fails with a message saying how to pass a local path).
+    ``device_map`` (``auto``, ``balanced``, ``sequential``) with ``max_memory`` and ``offload_dir`` spreads the
+    model over devices, the CPU and the disk instead of ``device`` (:mod:`babelscope.models.placement`).
     """
     import torch
     from transformers import AutoTokenizer
 
     if (Path(spec).expanduser() / "adapter_config.json").is_file():
+        if device_map:
+            raise BabelscopeError(f"--device-map {device_map}: {spec} is a LoRA adapter, merged into its base on "
+                                  "load; merge it into a model directory first, or leave --device-map out")
         return load_adapter(Path(spec).expanduser(), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     source, _ = resolve_spec(spec)
     config = _load_config(source, trust_remote_code)
@@ -293,18 +303,28 @@ def load_model(
             f"{source}: no .safetensors weights (Babelscope does not load pickle .bin files); "
             "convert them with `save_pretrained(..., safe_serialization=True)`"
         )
+    placed: dict[str, Any] = {}
+    if device_map:
+        from babelscope.models.placement import offload_folder, plan_device_map
+
+        placed = {"device_map": plan_device_map(spec, device_map, max_memory, offload_dir, dtype, trust_remote_code)}
+        if "disk" in placed["device_map"].values():
+            placed["offload_folder"] = offload_folder(offload_dir)
     try:
         model = cls.from_pretrained(
-            str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **placed
         )
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise BabelscopeError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     model.eval()
-    model.to(resolve_device(device))
+    if not placed:
+        model.to(resolve_device(device))
     if kind == "causal":
         check_logits(model, tokenizer)
     info = describe(model, tokenizer, spec, source)
+    if placed:
+        info.device_map = {k: str(v) for k, v in placed["device_map"].items()}
     return model, tokenizer, info
 
 

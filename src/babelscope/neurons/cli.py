@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from babelscope.commands import Command, StepFunction, command_table
 from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig
 from babelscope.options import results_table, step_command
 
@@ -18,14 +19,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: Experiment commands (``babelscope run EXPERIMENT.yaml``): name -> "module:ConfigClass:run".
-EXPERIMENT_COMMANDS = {
-    "neurons": "babelscope.neurons.lape:NeuronsConfig:run",
-    "neurons-deactivate": "babelscope.neurons.deactivate:DeactivateConfig:run",
-    "neurons-overlap": "babelscope.neurons.overlap:OverlapConfig:run",
-}
+#: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
+NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"))
+NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig, StepFunction("babelscope.neurons.deactivate"))
+NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))
+EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP)
 
-step_command(app, "find", NeuronsConfig, "babelscope.neurons.lape:run", step="neurons",
+step_command(app, "find", NEURONS, step="neurons",
              show=results_table("per_language", ["lang", "name", "tokens", "neurons", "only_this_language"],
                                 "language-specific neurons", limit=60),
              help="Activation probability of every FFN neuron per language, LAPE, and the language-specific neurons.")
@@ -36,12 +36,12 @@ def _show_matrix(doc: dict, cfg: DeactivateConfig, results_path: Path) -> None:
     results_table("matrix", columns, "perplexity ratio (neurons off / base)", limit=60)(doc, cfg, results_path)
 
 
-step_command(app, "deactivate", DeactivateConfig, "babelscope.neurons.deactivate:run", step="neurons-deactivate",
+step_command(app, "deactivate", NEURONS_DEACTIVATE, step="neurons-deactivate",
              show=_show_matrix,
              help="Perplexity matrix (rows: language whose neurons are off, columns: language evaluated, ratio to "
              "base).")
 
-step_command(app, "overlap", OverlapConfig, "babelscope.neurons.overlap:run", step="neurons-overlap",
+step_command(app, "overlap", NEURONS_OVERLAP, step="neurons-overlap",
              show=results_table("overlap", ["lang", "region", "neurons", "weight_share", "weight_random_layer_matched",
                                             "weight_p_layer_matched", "weight_random_active", "weight_p_active"],
                                 "LAPE neurons in the regions", limit=60),

@@ -24,6 +24,9 @@ class NeuronsConfig:
     seed: int = opt(0, "Seed of the id-based split.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
@@ -42,6 +45,9 @@ class DeactivateConfig:
     max_new_tokens: int = opt(16, "Tokens generated per prompt.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass

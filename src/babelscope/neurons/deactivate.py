@@ -51,6 +51,12 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     sr = StepRun(cfg, run_dir, step, loaded)
     st, config = sr.st, sr.config
     src = Step(sr.run_dir, cfg.neurons_step)
+    if not src.results_path.exists():
+        named = "" if cfg.neurons_step == "neurons" else f" --step {cfg.neurons_step}"
+        raise BabelscopeError(
+            f"{src.path}: no finished neurons step; run `babelscope neurons find --model {cfg.model} --run-dir "
+            f"{sr.run_dir}{named}` first (or name the folder it wrote with --neurons-step)"
+        )
     src_doc = load_results(src.results_path)
     src_cfg = src_doc["config"]
     masks, meta = load_neurons(src.path / src_doc["results"]["neurons_file"])

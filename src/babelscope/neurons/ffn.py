@@ -137,7 +137,7 @@ class ActivationCounter:
         row = self._over_zero[layer]
         for b, (a, e) in enumerate(self.spans):
             if e > a:
-                row += (values[b, a:e] > 0).sum(dim=0, dtype=torch.int32)
+                row += (values[b, a:e] > 0).sum(dim=0, dtype=torch.int32).to(row.device)  # blocks on several devices
 
     @contextlib.contextmanager
     def hooked(self) -> Iterator[ActivationCounter]:

@@ -96,6 +96,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     and the counts are summed, so every rank returns the single-process counts."""
     from babelscope.models.arch import base_model
     from babelscope.models.hooks import run_until_stopped
+    from babelscope.models.placement import input_device
     from babelscope.neurons.ffn import ActivationCounter
     from babelscope.processes import all_reduce, rank_share, state
 
@@ -105,7 +106,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     if dist_state is not None:
         batches = rank_share(batches, dist_state)
     counter = ActivationCounter(ffns, site, stop_after=True)  # nothing after the last FFN activation runs
-    device = next(model.parameters()).device
+    device = input_device(model)
     body = base_model(model)
     with torch.inference_mode(), counter.hooked():
         for batch in batches:
@@ -139,19 +140,12 @@ def _key(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ step
-def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
-    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
-    from tqdm.auto import tqdm
+def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
+    """The option checks (no model): window and counts, the three rates, the site, at least two languages of the
+    corpus; run when an experiment is planned and again by :func:`run`. Returns the language codes."""
+    from babelscope.data.views import language_codes, open_text_corpus
+    from babelscope.neurons.ffn import SITES
 
-    from babelscope.data.languages import resolve_language
-    from babelscope.data.views import language_codes, open_text_corpus, split_side
-    from babelscope.neurons.ffn import check_site, ffn_modules
-    from babelscope.processes import barrier
-    from babelscope.runs import is_main_process, provenance, text_sha256
-    from babelscope.steps import StepRun
-    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
-
-    sr = StepRun(cfg, run_dir, step, loaded)
     if cfg.window < 2 or cfg.max_tokens < 1 or cfg.batch_size < 1:
         raise BabelscopeError(
             f"--window {cfg.window} / --max-tokens {cfg.max_tokens} / --batch-size {cfg.batch_size}: "
@@ -161,15 +155,30 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
                        ("--bar-rate", cfg.bar_rate)):
         if not 0 < rate < 1:
             raise BabelscopeError(f"{name} {rate}: must lie strictly between 0 and 1")
-    from babelscope.neurons.ffn import SITES
-
     if cfg.site not in SITES:
         raise BabelscopeError(f"--site {cfg.site!r}: use one of {', '.join(SITES)}")
-    st, config = sr.st, sr.config
-    corpus = open_text_corpus(cfg.corpus)
-    codes = language_codes(corpus, cfg.langs)
+    codes = language_codes(open_text_corpus(cfg.corpus), cfg.langs)
     if len(codes) < 2:
         raise BabelscopeError(f"--langs {cfg.langs!r}: LAPE compares languages; give at least two")
+    return codes
+
+
+def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.data.views import open_text_corpus, split_side
+    from babelscope.neurons.ffn import check_site, ffn_modules
+    from babelscope.processes import barrier
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun
+    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    codes = plan_check(cfg)
+    st, config = sr.st, sr.config
+    corpus = open_text_corpus(cfg.corpus)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
     inputs = {code: text_sha256(u.text for u in texts[code]) for code in codes}
     if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the model passed

@@ -121,20 +121,30 @@ def _p(values: list[float], observed: float) -> float | None:
     return (1 + sum(v >= observed - 1e-12 for v in values)) / (1 + len(values))
 
 
-def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None) -> dict[str, Any]:
-    """The ``babelscope neurons overlap`` step (reads two steps' files; no model needed)."""
-    from babelscope.neurons.lape import load_neurons
-    from babelscope.regions.select import SCOPES, mask_file, parse_choice, region_mask
-    from babelscope.runs import Step, is_main_process, load_results, provenance
-    from babelscope.steps import StepRun, results_sha256
-    from babelscope.tensorfiles import load_tensors, read_metadata
+def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
+    """The option checks (regions, scope, k, draws), run when an experiment is planned and again by :func:`run`;
+    returns the region kinds."""
+    from babelscope.regions.select import SCOPES, parse_choice
 
-    sr = StepRun(cfg, run_dir, step, loaded)
     kinds = parse_choice(cfg.regions, REGIONS, "--regions")
     if cfg.scope not in SCOPES:
         raise BabelscopeError(f"--scope {cfg.scope!r}: use one of {', '.join(SCOPES)}")
     if not 0 < cfg.k < 1 or cfg.draws < 0:
         raise BabelscopeError(f"--k {cfg.k} / --draws {cfg.draws}: k in (0, 1), draws >= 0")
+    return kinds
+
+
+def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons overlap`` step (reads two steps' files; no model needed)."""
+    from babelscope.neurons.lape import load_neurons
+    from babelscope.regions.select import mask_file, region_mask
+    from babelscope.regions.shards import open_scores, scores_metadata
+    from babelscope.runs import Step, is_main_process, load_results, provenance
+    from babelscope.steps import StepRun, results_sha256
+    from babelscope.tensorfiles import load_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    kinds = plan_check(cfg)
     nsrc = Step(sr.run_dir, cfg.neurons_step)
     ndoc = load_results(nsrc.results_path)
     ssrc = Step(sr.run_dir, cfg.select_step)
@@ -147,7 +157,7 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
     if not is_main_process():  # one process computes (nothing here is split over ranks)
         return sr.wait()
     masks, meta = load_neurons(nsrc.path / ndoc["results"]["neurons_file"])
-    imp_meta = read_metadata(isrc.path / idoc["results"]["importance_file"])
+    imp_meta = scores_metadata(isrc.path / idoc["results"]["importance_file"])
     if imp_meta.get("model") != meta.get("model"):
         raise BabelscopeError(
             f"{ssrc.path}: regions of another model than the neurons of {nsrc.path}; run both on the same model"
@@ -185,7 +195,7 @@ def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None)
             elif kind == "mono":
                 counts = neuron_region_counts(mask_at(f"mono-{lang}"), weights, width)
             else:
-                scores = load_tensors(isrc.path / idoc["results"]["score_files"][lang])
+                scores = open_scores(isrc.path / idoc["results"]["score_files"][lang])
                 counts = neuron_region_counts(
                     region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top", cfg.scope), weights, width
                 )

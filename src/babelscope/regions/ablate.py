@@ -151,7 +151,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
                     )
                     engine = engine_for(*change)
                     with applied_region(
-                        params, mask, cfg.mode, cfg.factor, initial, cfg.include_norms, norms
+                        params, mask, cfg.mode, cfg.factor, initial, cfg.include_norms, norms, model=model
                     ) as counts:
                         after = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
                         if gen_codes and k == ks[0] and scope == scopes[0]:

@@ -51,9 +51,12 @@ def applied_region(
     include_norms: bool = False,
     norm_names: set[str] | frozenset[str] = frozenset(),
     seed: int = 0,
+    model: nn.Module | None = None,
 ) -> Iterator[RegionChange]:
     """Change the masked weights within the block (yields a :class:`RegionChange` with the counts); restore them
-    exactly after."""
+    exactly after. ``model`` (whose parameters ``params`` are): needed when Accelerate offloaded part of it
+    (``--device-map``); its offloaded weights change through
+    :func:`~babelscope.models.placement.writable_weights`."""
     if mode not in REGION_MODES:
         raise BabelscopeError(f"--mode {mode!r}: use one of {', '.join(REGION_MODES)}")
     if mode == "reset" and initial is None:
@@ -62,57 +65,79 @@ def applied_region(
         )
     gen = torch.Generator().manual_seed(seed)
     saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    counts = RegionChange()
+    offloaded = model is not None and any(p.device.type == "meta" for p in params.values())
+    with contextlib.ExitStack() as stack:
+        data = {n: p.data for n, p in params.items()}
+        if offloaded:
+            from babelscope.models.placement import writable_weights
+
+            data.update(stack.enter_context(writable_weights(model, [n for n in masks if n in params])))
+        with _restored(saved):
+            yield _apply(data, masks, mode, factor, initial, include_norms, norm_names, gen, saved)
+
+
+@contextlib.contextmanager
+def _restored(saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Write the saved values back however the block exits."""
     try:
-        with torch.no_grad():
-            for name, mask in masks.items():
-                if name not in params:
-                    raise BabelscopeError(
-                        f"mask names {name!r}, which the model does not have; use a mask of this model"
-                    )
-                selected = int(mask.sum())
-                counts.selected += selected
-                if name in norm_names:
-                    counts.norm_entries += selected
-                if mode == "zero" and name in norm_names and not include_norms:
-                    continue
-                p = params[name]
-                m = mask.to(p.device)
-                if not selected:
-                    continue
-                old = p.data[m].clone()
-                saved.append((p, m, old))
-                if mode == "zero":
-                    p.data[m] = 0
-                elif mode == "scale":
-                    p.data[m] *= factor
-                elif mode == "noise":
-                    noise = torch.randn(int(m.sum()), generator=gen).to(p)
-                    p.data[m] += factor * p.data.float().std().to(p.dtype) * noise
-                else:
-                    if initial is None or name not in initial:
-                        raise BabelscopeError(
-                            f"--initial has no tensor {name!r}; give the initial weights of this model"
-                        )
-                    p.data[m] = initial[name].to(p)[m]
-                counts.changed += int((p.data[m] != old).sum())
-        yield counts
+        yield
     finally:
         with torch.no_grad():
             for p, m, values in reversed(saved):
-                p.data[m] = values
+                p[m] = values
+
+
+def _apply(data, masks, mode, factor, initial, include_norms, norm_names, gen, saved) -> RegionChange:
+    """Change the masked entries of the tensors ``data`` (saving the old values in ``saved``); the counts."""
+    params, counts = data, RegionChange()
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if name not in params:
+                raise BabelscopeError(
+                    f"mask names {name!r}, which the model does not have; use a mask of this model"
+                )
+            selected = int(mask.sum())
+            counts.selected += selected
+            if name in norm_names:
+                counts.norm_entries += selected
+            if mode == "zero" and name in norm_names and not include_norms:
+                continue
+            p = params[name]
+            m = mask.to(p.device)
+            if not selected:
+                continue
+            old = p[m].clone()
+            saved.append((p, m, old))
+            if mode == "zero":
+                p[m] = 0
+            elif mode == "scale":
+                p[m] *= factor
+            elif mode == "noise":
+                noise = torch.randn(int(m.sum()), generator=gen).to(p)
+                p[m] += factor * p.float().std().to(p.dtype) * noise
+            else:
+                if initial is None or name not in initial:
+                    raise BabelscopeError(
+                        f"--initial has no tensor {name!r}; give the initial weights of this model"
+                    )
+                p[m] = initial[name].to(p)[m]
+            counts.changed += int((p[m] != old).sum())
+    return counts
 
 
 @contextlib.contextmanager
 def perturbed_dimension(
-    norm: nn.Module, dim: int, mode: str = "zero", factor: float = 0.0, offset: float | None = None
+    norm: nn.Module, dim: int, mode: str = "zero", factor: float = 0.0, offset: float | None = None,
+    weight: torch.Tensor | None = None,
 ) -> Iterator[float]:
-    """Set one dimension of a norm's effective scale γ = offset + w (yields the new γ_d); restore after."""
+    """Set one dimension of a norm's effective scale γ = offset + w (yields the new γ_d); restore after.
+    ``weight``: the tensor to change instead of ``norm.weight`` (an offloaded norm's writable copy, see
+    :func:`~babelscope.models.placement.writable_weights`)."""
     from babelscope.regions.params import gamma_offset
 
     if mode not in DIM_MODES:
         raise BabelscopeError(f"--mode {mode!r}: use one of {', '.join(DIM_MODES)}")
-    weight = norm.weight
+    weight = norm.weight if weight is None else weight
     if not 0 <= dim < weight.shape[0]:
         raise BabelscopeError(f"--dim {dim}: this norm has dimensions 0..{weight.shape[0] - 1}")
     offset = gamma_offset(norm) if offset is None else offset

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import typer
 
+from babelscope.commands import Command, StepFunction, command_table
 from babelscope.options import print_results, results_table, step_command
-from babelscope.regions.configs import AblateConfig, ImportanceConfig, ScanConfig, SelectConfig
+from babelscope.regions.configs import AblateConfig, ImportanceConfig, RegionsConfig, ScanConfig, SelectConfig
 
 app = typer.Typer(
     help="Linguistic regions (Zhang et al., ACL 2024): per-language parameter importance, Top/Bottom/Random-k "
@@ -15,21 +16,20 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: Experiment commands (``babelscope run EXPERIMENT.yaml``): name -> "module:ConfigClass:run".
-EXPERIMENT_COMMANDS = {
-    "regions": "babelscope.regions.pipeline:RegionsConfig:run",
-    "regions-importance": "babelscope.regions.importance:ImportanceConfig:run",
-    "regions-select": "babelscope.regions.select:SelectConfig:run",
-    "regions-ablate": "babelscope.regions.ablate:AblateConfig:run",
-    "regions-scan": "babelscope.regions.scan:ScanConfig:run",
-}
+#: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
+REGIONS = Command("regions", RegionsConfig, StepFunction("babelscope.regions.pipeline"))
+REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.importance"))
+REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.select"))
+REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.ablate"))
+REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"))
+EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)
 
-step_command(app, "importance", ImportanceConfig, "babelscope.regions.importance:run", step="regions-importance",
+step_command(app, "importance", REGIONS_IMPORTANCE, step="regions-importance",
              show=results_table("per_language", ["lang", "name", "tokens", "ppl", "sum_abs_score"],
                                 lambda doc, cfg: f"importance ({cfg.method})"),
              help="Per-language importance S = θ ⊙ ∂L/∂θ (one safetensors file per language) and Imp = Σ|S|.")
 
-step_command(app, "select", SelectConfig, "babelscope.regions.select:run", step="regions-select",
+step_command(app, "select", REGIONS_SELECT, step="regions-select",
              show=results_table("regions", ["region", "k", "scope", "parameters", "norm_entries", "zero_importance",
                                             "file"], "regions"),
              help="Top-k / Bottom-k / Random-k and monolingual region masks, overlaps and the per-matrix table.")
@@ -41,10 +41,10 @@ def _show_ablate(doc: dict, cfg: AblateConfig, results_path) -> None:
                   results_path)
 
 
-step_command(app, "ablate", AblateConfig, "babelscope.regions.ablate:run", step="regions-ablate", show=_show_ablate,
+step_command(app, "ablate", REGIONS_ABLATE, step="regions-ablate", show=_show_ablate,
              help="Perplexity per language with each region removed (Base / Top / Bottom / Random), and generations.")
 
-step_command(app, "scan-dims", ScanConfig, "babelscope.regions.scan:run", step="regions-scan",
+step_command(app, "scan-dims", REGIONS_SCAN, step="regions-scan",
              show=results_table("dims", ["dim", "act_max", "act_rank", "ppl", "ratio", "broken"],
                                 lambda doc, cfg: f"{doc['results']['norm']} ({cfg.mode}); base PPL "
                                 f"{doc['results']['base_ppl']:.2f}", limit=20),

@@ -28,6 +28,10 @@ class ImportanceConfig:
     seed: int = opt(0, "Seed of the id-based split.")
     include: str = opt("", "Regex: score only block parameters whose name matches.")
     exclude: str = opt("", "Regex: leave out block parameters whose name matches.")
+    gradient_checkpointing: bool = opt(False, "Recompute each block's activations in the backward: one block's "
+                                       "held instead of every block's, for about a third more compute.")
+    fsdp: bool = opt(False, "Shard the blocks with FSDP 2 over the processes of torchrun / accelerate launch "
+                     "(fully_shard per block, no optimizer): each process scores and writes its own rows.")
     dtype: str = "float32"
     device: str | None = None
 
@@ -66,6 +70,9 @@ class AblateConfig:
     max_new_tokens: int = opt(16, "Tokens generated per prompt.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass
@@ -88,6 +95,9 @@ class ScanConfig:
     seed: int = opt(0, "Seed of the split and of the random dimensions.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -56,9 +57,36 @@ def grads_only_for(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterato
             p.grad = None
         yield
     finally:
-        for p in model.parameters():
-            p.requires_grad_(flags[id(p)])
+        for p in model.parameters():  # (FSDP 2 may have swapped in other parameter objects on an error)
+            p.requires_grad_(flags.get(id(p), p.requires_grad))
             p.grad = None
+
+
+@contextlib.contextmanager
+def checkpointed(model: nn.Module, on: bool = True) -> Iterator[None]:
+    """Within the block, the model's blocks recompute their activations in the backward (transformers' gradient
+    checkpointing, non-reentrant) while every module stays in eval mode (no dropout): only the blocks' own
+    ``training`` flag, which is what switches the checkpointing on, is set. Undone on every exit path."""
+    from babelscope.models.arch import block_list
+
+    if not on:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise BabelscopeError(f"--gradient-checkpointing: {type(model).__name__} does not support it; leave it out")
+    _, blocks = block_list(model)
+    was = model.is_activation_checkpointing
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    flags = [b.training for b in blocks]
+    try:
+        for b in blocks:
+            b.training = True
+        yield
+    finally:
+        for b, flag in zip(blocks, flags, strict=True):
+            b.training = flag
+        if not was:
+            model.activation_checkpointing_disable()
 
 
 def language_scores(
@@ -67,13 +95,21 @@ def language_scores(
     seqs: list[tuple[list[int], int]],
     method: str = "taylor",
     on_batch=None,
+    before_grads=None,
+    fsdp: bool = False,
 ) -> tuple[dict[str, torch.Tensor], float, int]:
     """``(S_l per parameter (float32, CPU), summed NLL, tokens)`` for one language's windows ``seqs``.
 
     Call inside :func:`grads_only_for`. Under Accelerate every process takes its share of ``seqs`` and the
-    gradients are summed across processes, so every rank returns the same scores.
+    gradients are summed across processes, so every rank returns the same scores. ``fsdp`` (blocks sharded by
+    :func:`babelscope.regions.shards.shard_blocks`): FSDP 2 sums the gradients into each process's rows, and
+    each process returns the scores of its own rows. ``before_grads()`` is called once, when the backward pass
+    reaches the first scored weight (before any of their gradients exists; the first batch's forward has run):
+    the step waits there until the previous language's scores are written and dropped, so two score sets never
+    coexist with the gradients.
     """
     from babelscope.processes import GradView, all_reduce_grads, sum_across
+    from babelscope.regions.shards import local
 
     if method not in METHODS:
         raise BabelscopeError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -95,12 +131,35 @@ def language_scores(
         if on_batch:
             on_batch(n_seqs)
 
-    nll = engine.backward(seqs, normalizer=float(tokens), on_batch=step)
+    handles = []
+    if before_grads is not None:
+        called = []
+
+        def gate(grad: torch.Tensor) -> None:
+            if not called:
+                called.append(True)
+                before_grads()
+
+        handles = [p.register_hook(gate) for p in params.values()]
+    try:
+        nll = engine.backward(seqs, normalizer=float(tokens), on_batch=step, even=fsdp)
+    finally:
+        for h in handles:
+            h.remove()
     if method == "taylor":
-        all_reduce_grads(list(params.values()))
+        scale = 1.0
+        if fsdp:  # FSDP 2 reduce-scattered them already, as a mean
+            from babelscope.regions.shards import gradient_scale
+
+            scale = gradient_scale()
+        else:
+            all_reduce_grads(list(params.values()))
         for name, p in params.items():
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            acc[name] = grad.float().mul_(p.detach().float()).cpu()  # S = θ ⊙ g (Eq. 2), in the grad's memory
+            grad = local(p.grad) if p.grad is not None else torch.zeros_like(local(p))
+            grad = grad.float()
+            if scale != 1.0:
+                grad.mul_(scale)
+            acc[name] = grad.mul_(local(p).detach().float()).cpu()  # S = θ ⊙ g (Eq. 2), in the grad's memory
             p.grad = None
     else:
         for name, p in params.items():
@@ -126,40 +185,66 @@ def _key(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ step
+def plan_check(cfg: ImportanceConfig, run_dir=None, earlier=()) -> None:
+    """The option checks (method, window, token budget), run when an experiment is planned and again by
+    :func:`run`."""
+    if cfg.method not in METHODS:
+        raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    if cfg.window < 2 or cfg.max_tokens < 1:
+        raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
+
+
 def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded=None) -> dict[str, Any]:
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from tqdm.auto import tqdm
 
     from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.memory import release_freed_memory
+    from babelscope.processes import sum_across
     from babelscope.regions.params import layer_and_kind, scored_parameters
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 
+    if cfg.fsdp:  # before anything is written
+        from babelscope.regions.shards import check_fsdp
+
+        rank, world = check_fsdp()
+        if cfg.method != "taylor":
+            raise BabelscopeError(f"--method {cfg.method} with --fsdp: per-step scores need each batch's own "
+                                  "gradient, which FSDP 2 sums across processes; use --method taylor")
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st
-    if cfg.method not in METHODS:
-        raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
-    if cfg.window < 2 or cfg.max_tokens < 1:
-        raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
+    plan_check(cfg)
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
     if (doc := sr.done(inputs={c: text_sha256(u.text for u in us) for c, us in texts.items()})) is not None:
         return doc
     model, tokenizer, info = sr.model("causal", "importance")
+    shard: dict[str, Any] = {}
+    if cfg.fsdp:
+        from babelscope.regions.shards import local, shard_blocks, shard_path, shard_rows
+
+        shard_blocks(model)  # in place: the model of an experiment stays sharded for its later steps
     params = scored_parameters(model, cfg.include, cfg.exclude)
     engine = sr.engine(batch_size=cfg.batch_size, cache=False, progress=False)
     shapes = {name: list(p.shape) for name, p in params.items()}
-    aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
+    if cfg.fsdp:
+        shard = {"rank": rank, "world": world, "rows": {name: shard_rows(p) for name, p in params.items()}}
+        aggregate = {name: torch.zeros(local(p).shape, dtype=torch.float32) for name, p in params.items()}
+    else:
+        aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
+    writes = cfg.fsdp or engine.is_main  # under FSDP 2 every process writes its rows
     for stale in (st.path / "scores").glob(".*.tmp"):  # left by an interrupted run
         stale.unlink()
     rows: list[dict[str, Any]] = []
     saves: list[Future] = []
+    dropped: list[threading.Event] = []  # set when the writer has dropped a language's scores
     bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
     # One writer thread saves each language's scores while the next language runs (past the page cache, see
     # babelscope.tensorfiles); it drops them as soon as they are written, before the fsync.
-    with bar, grads_only_for(model, params), ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
+    with bar, grads_only_for(model, params), checkpointed(model, cfg.gradient_checkpointing), \
+            ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
         for code in codes:
             units = texts[code]
             sha = text_sha256(u.text for u in units)
@@ -173,15 +258,21 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     "method": cfg.method,
                     "shapes": shapes,
                     "batch_size": cfg.batch_size if cfg.method == "per-step" else None,
+                    "shard": [shard["rank"], shard["world"]] if shard else None,
                 }
             )
             path = st.path / "scores" / f"{code}.safetensors"
+            if shard:
+                path = shard_path(path, rank, world)
             meta = read_metadata(path) if path.exists() else {}
-            if meta.get("key") == key:  # finished in an earlier run
+            if _on_every_rank(meta.get("key") == key, cfg.fsdp):  # finished in an earlier run
                 scores, save = load_tensors(path), None
             else:
                 seqs = token_windows(engine, [u.text for u in units], cfg.window, cfg.max_tokens)
-                scores, nll, tokens = language_scores(engine, params, seqs, cfg.method)
+                # unsharded: the next language's gradients wait until the writer dropped the previous scores
+                gate = None if cfg.fsdp else (lambda: _wait_dropped(dropped))
+                scores, nll, tokens = language_scores(engine, params, seqs, cfg.method, fsdp=cfg.fsdp,
+                                                      before_grads=gate)
                 if not math.isfinite(nll):  # never saved: a re-run at another dtype starts clean
                     raise BabelscopeError(f"{code}: the loss came out {nll} (the model overflows in --dtype "
                                           f"{cfg.dtype}); nothing was saved: re-run with --dtype float32")
@@ -196,20 +287,24 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     "nll": nll,
                     "units": [u.id for u in units],
                     "text_sha256": sha,
+                    **({"shard": shard, "shapes": shapes} if shard else {}),
                 }
                 save = path
-            if engine.is_main:
-                rows.append(_language_row(code, meta, _fold(scores, aggregate)))
+            if writes:
+                abs_sum = _fold(scores, aggregate)
+                if cfg.fsdp:
+                    abs_sum = sum_across(abs_sum)
+                if engine.is_main:
+                    rows.append(_language_row(code, meta, abs_sum))
                 if save is not None:
-                    saves.append(writer.submit(_save, scores, save, meta))
+                    dropped.append(threading.Event())
+                    saves.append(writer.submit(_save, scores, save, meta, dropped[-1]))
                 _raise_failed(saves)
             del scores
             release_freed_memory()  # flat in the number of languages (see babelscope.memory)
             bar.update(1)
         for f in saves:
             f.result()
-    if not engine.is_main:
-        return sr.wait()
     imp_meta = {
         "format": "babelscope.importance/1",
         "model": info.checksum,
@@ -220,17 +315,30 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         "method": cfg.method,
         "shapes": shapes,
     }
-    save_tensors(st.path / "importance.safetensors", aggregate, imp_meta)
+    sums = torch.tensor([float(t.sum(dtype=torch.float64)) for t in aggregate.values()], dtype=torch.float64)
+    peaks = torch.tensor([float(t.max()) if t.numel() else 0.0 for t in aggregate.values()], dtype=torch.float64)
+    if cfg.fsdp:  # every process its rows; the table's sums and maxima over all of them
+        import torch.distributed as dist
+
+        save_tensors(shard_path(st.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
+                                                                                               "shard": shard})
+        dist.all_reduce(sums)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    if not engine.is_main:
+        return sr.wait()
+    if not cfg.fsdp:
+        save_tensors(st.path / "importance.safetensors", aggregate, imp_meta)
     by_matrix = []
-    for name, imp in aggregate.items():
+    for i, name in enumerate(aggregate):
         layer, kind = layer_and_kind(name)
+        size = math.prod(shapes[name])
         by_matrix.append(
             {
                 "layer": layer,
                 "kind": kind,
-                "parameters": imp.numel(),
-                "mean_importance": float(imp.mean(dtype=torch.float64)),
-                "max_importance": float(imp.max()),
+                "parameters": size,
+                "mean_importance": float(sums[i]) / size,
+                "max_importance": float(peaks[i]),
             }
         )
     results = {
@@ -249,6 +357,18 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     return sr.write(KIND, results, {"per_language": rows, "by_matrix": by_matrix}, prov)
 
 
+def _on_every_rank(flag: bool, collective: bool) -> bool:
+    """``flag`` held on every process (under FSDP 2 all of them must take the same branch: each forward is a
+    collective); ``flag`` itself otherwise."""
+    if not collective:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t[0])
+
+
 def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -> float:
     """Add |S_l| into ``aggregate`` (Eq. 3), one tensor at a time (the signed scores stay intact for the file);
     returns Σ|S_l|."""
@@ -260,15 +380,28 @@ def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -
     return abs_sum
 
 
-def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
+def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict, dropped: threading.Event | None = None) -> None:
     """(Writer thread: file I/O only, no tensor arithmetic to compete with the scoring.) Stream the signed scores
-    into a temporary file, drop them, then make the file durable and give it its name."""
+    into a temporary file, drop them (``dropped`` is set then, also on an error), then make the file durable and
+    give it its name."""
     from babelscope.memory import release_freed_memory
 
-    tmp = write_temporary(path, scores, meta)
-    scores.clear()
-    release_freed_memory()
+    try:
+        tmp = write_temporary(path, scores, meta)
+        scores.clear()
+        release_freed_memory()
+    finally:
+        scores.clear()
+        if dropped is not None:
+            dropped.set()
     commit_file(tmp, path)
+
+
+def _wait_dropped(dropped: list[threading.Event]) -> None:
+    """Wait until the writer has dropped the previous language's scores (its file is written; fsync and rename
+    may still run): the next language's gradients then take their place instead of coming on top."""
+    if dropped:
+        dropped[-1].wait()
 
 
 def _raise_failed(futures: list) -> None:

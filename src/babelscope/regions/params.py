@@ -71,6 +71,13 @@ def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
 def gamma_offset(norm: nn.Module) -> float:
     """1.0 when the norm scales by ``(1 + w)`` (Gemma), 0.0 when by ``w`` (Llama, LayerNorm): probed with w = 0."""
     weight = norm.weight
+    if weight.device.type == "meta":  # offloaded by a device map: probe a copy with resident zero weights
+        import copy
+
+        norm = copy.deepcopy(norm)
+        for key, t in list(norm.named_parameters(recurse=False)):
+            setattr(norm, key, nn.Parameter(torch.zeros(t.shape, dtype=t.dtype), requires_grad=False))
+        weight = norm.weight
     x = torch.randn(2, weight.shape[0], generator=torch.Generator().manual_seed(0)).to(weight)
     saved = weight.detach().clone()
     try:

@@ -33,6 +33,7 @@ def activation_magnitudes(model, norm: torch.nn.Module, layer: int, seqs: list[l
     norm has the hidden size, else the norm's own input (q/k norms act per head)."""
     from babelscope.models.arch import base_model
     from babelscope.models.hooks import capture_layers, run_until_stopped
+    from babelscope.models.placement import input_device
 
     hidden = model.get_input_embeddings().weight.shape[1]
     residual = norm.weight.shape[0] == hidden
@@ -45,7 +46,7 @@ def activation_magnitudes(model, norm: torch.nn.Module, layer: int, seqs: list[l
         total = x.sum(0) if total is None else total + x.sum(0)
         count += x.shape[0]
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     if residual:
         for seq in seqs:
             with capture_layers(model, [layer + 1]) as store:
@@ -94,6 +95,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     from babelscope.data.views import SplitView, language_codes, open_text_corpus, token_windows
     from babelscope.evaluate.intervention import condition_checksum, perplexities
     from babelscope.models.engine import Engine
+    from babelscope.models.placement import writable_weights
     from babelscope.regions.apply import DIM_MODES, perturbed_dimension
     from babelscope.regions.params import find_norm, gamma_offset
     from babelscope.runs import provenance, text_sha256
@@ -131,27 +133,29 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     base = pooled_ppl(base_rows)
     rank = {int(d): i for i, d in enumerate(torch.argsort(peak, descending=True))}
     rows = []
-    for d in tqdm(dims, desc="scan-dims", unit="dim", leave=False, disable=not engine.is_main):
-        checksum = condition_checksum(info.checksum, "dim", name, d, cfg.mode, cfg.factor)
-        eng = engine_for(checksum)
-        with perturbed_dimension(norm, d, cfg.mode, cfg.factor, offset) as gamma:
-            after = perplexities(eng, view, codes, cfg.window, cfg.max_tokens)
-        ppl = pooled_ppl(after)
-        rows.append(
-            {
-                "dim": d,
-                "gamma_before": float(norm.weight.detach()[d]) + offset,
-                "gamma_after": gamma,
-                "act_max": float(peak[d]),
-                "act_mean": float(mean[d]),
-                "act_rank": rank[d],
-                "top_activation": d in top,
-                "ppl": ppl,
-                "ratio": ppl / base,
-                "broken": ppl >= cfg.threshold * base,
-                **{f"ppl_{code}": after[code]["ppl"] for code in codes},
-            }
-        )
+    with writable_weights(model, [name]) as writable:  # the norm's own weight, or an offloaded one's copy
+        weight = writable[name]
+        for d in tqdm(dims, desc="scan-dims", unit="dim", leave=False, disable=not engine.is_main):
+            checksum = condition_checksum(info.checksum, "dim", name, d, cfg.mode, cfg.factor)
+            eng = engine_for(checksum)
+            with perturbed_dimension(norm, d, cfg.mode, cfg.factor, offset, weight=weight) as gamma:
+                after = perplexities(eng, view, codes, cfg.window, cfg.max_tokens)
+            ppl = pooled_ppl(after)
+            rows.append(
+                {
+                    "dim": d,
+                    "gamma_before": float(weight[d]) + offset,
+                    "gamma_after": gamma,
+                    "act_max": float(peak[d]),
+                    "act_mean": float(mean[d]),
+                    "act_rank": rank[d],
+                    "top_activation": d in top,
+                    "ppl": ppl,
+                    "ratio": ppl / base,
+                    "broken": ppl >= cfg.threshold * base,
+                    **{f"ppl_{code}": after[code]["ppl"] for code in codes},
+                }
+            )
     if not engine.is_main:
         return sr.wait()
     rows.sort(key=lambda r: -r["ratio"])

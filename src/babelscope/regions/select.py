@@ -258,9 +258,9 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     from tqdm.auto import tqdm
 
     from babelscope.regions.params import layer_and_kind
+    from babelscope.regions.shards import open_scores, scores_metadata
     from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.steps import StepRun, results_sha256
-    from babelscope.tensorfiles import load_tensors, read_metadata
 
     sr = StepRun(cfg, run_dir, step, loaded)
     st = sr.st
@@ -274,8 +274,8 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     src = Step(sr.run_dir, cfg.importance_step)
     imp_doc = load_results(src.results_path)
     imp_path = src.path / imp_doc["results"]["importance_file"]
-    imp_meta = read_metadata(imp_path)
-    imp = load_tensors(imp_path)
+    imp_meta = scores_metadata(imp_path)
+    imp = open_scores(imp_path)  # written by several processes (FSDP 2): assembled one matrix at a time
     langs = imp_doc["results"]["languages"]
     base_meta = {
         "format": "babelscope.region-mask/1",
@@ -324,7 +324,7 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
         for scope in scopes:
             tops = {}
             for lang in langs:
-                scores = load_tensors(src.path / imp_doc["results"]["score_files"][lang])
+                scores = open_scores(src.path / imp_doc["results"]["score_files"][lang])
                 tops[lang] = region_mask({n: s.abs() for n, s in scores.items()}, k_mono, "top", scope)
                 del scores
             mono = monolingual_masks(tops)

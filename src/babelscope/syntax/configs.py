@@ -23,6 +23,9 @@ class ExtractConfig:
     seed: int = opt(0, "Seed of every subsample, split and permutation.")
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    max_memory: str | None = None
+    offload_dir: str | None = None
 
 
 @dataclass

@@ -28,7 +28,9 @@ def random_copy(model, seed: int = 0):
 
     torch.manual_seed(seed)
     copy = type(model)._from_config(model.config)
-    return copy.to(next(model.parameters()).device).eval()
+    from babelscope.models.placement import input_device
+
+    return copy.to(input_device(model)).eval()  # the untrained control fits where the model's inputs go
 
 
 def _store(run_dir: Path, step: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from babelscope.commands import Command, StepFunction
 from babelscope.options import step_command
 from babelscope.transfer.configs import PretrainConfig, SftConfig, StudyTableConfig, VocabConfig
 
@@ -17,12 +18,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: Experiment commands (``babelscope run EXPERIMENT.yaml``): name -> "module:ConfigClass:run".
-EXPERIMENT_COMMANDS: dict[str, str] = {}
+#: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
+EXPERIMENT_COMMANDS: dict[str, Command] = {}
 
 # ------------------------------------------------------------------------------------------- vocabulary (vocab)
 
-EXPERIMENT_COMMANDS["transfer-vocab"] = "babelscope.transfer.vocab:VocabConfig:run"
+TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.vocab"))
+EXPERIMENT_COMMANDS[TRANSFER_VOCAB.name] = TRANSFER_VOCAB
 
 
 def _show_vocab(doc: dict, cfg: VocabConfig, results_path: Path) -> None:
@@ -32,14 +34,15 @@ def _show_vocab(doc: dict, cfg: VocabConfig, results_path: Path) -> None:
     typer.echo(f"model: {doc['results']['out']}")
 
 
-step_command(app, "vocab", VocabConfig, "babelscope.transfer.vocab:run", step="vocab", required=("lang", "train"),
+step_command(app, "vocab", TRANSFER_VOCAB, step="vocab", required=("lang", "train"),
              show=_show_vocab,
              help="Extend the vocabulary for a target language: train SentencePiece, merge into the base tokenizer "
              "(with the merges that build each token), resize and initialise the embeddings, check, save a model "
              "directory.")
 
 # ------------------------------------------------------------------------------------- further pretraining (pretrain)
-EXPERIMENT_COMMANDS["transfer-pretrain"] = "babelscope.transfer.pretrain:PretrainConfig:run"
+TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig, StepFunction("babelscope.transfer.pretrain"))
+EXPERIMENT_COMMANDS[TRANSFER_PRETRAIN.name] = TRANSFER_PRETRAIN
 
 
 def _show_curve(doc: dict, cfg: PretrainConfig, results_path: Path) -> None:
@@ -63,14 +66,16 @@ def _show_curve(doc: dict, cfg: PretrainConfig, results_path: Path) -> None:
     typer.echo(f"results: {results_path}")
 
 
-step_command(app, "pretrain", PretrainConfig, "babelscope.transfer.pretrain:run", step="transfer-pretrain",
+step_command(app, "pretrain", TRANSFER_PRETRAIN, step="transfer-pretrain",
              show=_show_curve,
              help="Further pretrain a causal LM on one or more languages, with a forgetting curve of held-out "
              "perplexity (Zhao et al. 2024, Table 2) and optional region freezing (Zhang et al. 2024, §5). Resumable.")
 
 # --------------------------------------------------------------------------------------- instruction tuning (sft)
-EXPERIMENT_COMMANDS["transfer-sft"] = "babelscope.transfer.sft:SftConfig:run"
-EXPERIMENT_COMMANDS["transfer-table"] = "babelscope.transfer.study:StudyTableConfig:run"
+TRANSFER_SFT = Command("transfer-sft", SftConfig, StepFunction("babelscope.transfer.sft"))
+EXPERIMENT_COMMANDS[TRANSFER_SFT.name] = TRANSFER_SFT
+TRANSFER_TABLE = Command("transfer-table", StudyTableConfig, StepFunction("babelscope.transfer.study"))
+EXPERIMENT_COMMANDS[TRANSFER_TABLE.name] = TRANSFER_TABLE
 
 
 def _show_sft(doc: dict, cfg: SftConfig, results_path: Path) -> None:
@@ -80,7 +85,7 @@ def _show_sft(doc: dict, cfg: SftConfig, results_path: Path) -> None:
     typer.echo(f"model: {doc['results']['model_dir']}\nresults: {results_path}")
 
 
-step_command(app, "sft", SftConfig, "babelscope.transfer.sft:run", step="sft", show=_show_sft,
+step_command(app, "sft", TRANSFER_SFT, step="sft", show=_show_sft,
              help="Instruction-tune a causal LM on the response tokens (full or LoRA); validation loss on a held-out "
              "split; the tuned model in STEP/model, its held-out instructions in STEP/heldout.jsonl.")
 
@@ -90,7 +95,7 @@ def _show_table(doc: dict, cfg: StudyTableConfig, results_path: Path) -> None:
         typer.echo("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
 
 
-step_command(app, "table", StudyTableConfig, "babelscope.transfer.study:run", step="table",
+step_command(app, "table", TRANSFER_TABLE, step="table",
              run_dir=Path("runs") / "gemma-3-270m", show=_show_table,
              help="The study's Table 1 analog: judged ACC, F, INFO, LC, H, AVG and code-switching rate per model "
              "variant.")

@@ -81,6 +81,7 @@ class PretrainConfig:
     trackers: str = opt("", "Accelerate trackers to log to: tensorboard, wandb, mlflow (off).")
     mixed_precision: str = opt("auto", "auto (bf16 on GPUs, fp32 on CPUs), no, bf16 or fp16.")
     save_model: bool = opt(True, "Save the trained model as a Hugging Face directory in the step.")
+    restart: bool = opt(False, "Discard this step's checkpoint (of any configuration) and train from the start.")
     dtype: str = "float32"
     device: str | None = None
 
@@ -102,7 +103,7 @@ class SftConfig:
     samples: int | None = opt(None, "Training conversations (the paper's 1K/5K/950K; default all).")
     epochs: int = opt(1, "Passes over the training conversations.")
     eval_every: int | None = opt(None, "Samples between validation losses (default 4 per epoch).")
-    lr: float | None = opt(None, "Peak learning rate (default 2e-5, or 2e-4 with LoRA).")
+    lr: float | None = opt(None, "Peak learning rate, positive (default 2e-5, or 2e-4 with LoRA).")
     warmup: int = opt(0, "Optimizer steps of linear warmup.")
     schedule: str = opt("cosine", "cosine, linear or constant after warmup.")
     weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).")
@@ -110,7 +111,7 @@ class SftConfig:
     micro_batch_size: int = opt(4, "Conversations per forward pass.")
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning).")
-    lora_alpha: float | None = opt(None, "LoRA alpha (default 2 x rank).")
+    lora_alpha: float | None = opt(None, "LoRA alpha (default 2 x rank; must be positive).")
     lora_dropout: float = opt(0.0, "LoRA dropout.")
     lora_targets: str = opt("auto", "auto (every linear layer of the blocks, read from the model) or module names, "
                             "comma-separated.")
@@ -122,6 +123,7 @@ class SftConfig:
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward.")
     mixed_precision: str = opt("auto", "auto (bf16 on GPUs, fp32 on CPUs), no, bf16, fp16.")
     trackers: str = opt("", "Accelerate trackers: tensorboard, wandb, mlflow.")
+    restart: bool = opt(False, "Discard this step's checkpoint (of any configuration) and train from the start.")
     dtype: str = "float32"
     device: str | None = None
 

@@ -7,7 +7,8 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 
     from babelscope.transfer.loop import LoopConfig, train
     result = train(model, tokenizer, examples, LoopConfig(lr=2e-5, micro_batch_size=4, grad_accum=2),
-                   out_dir, evaluate=fn, eval_at=(0, 100, 1000), freeze=masks, fingerprint="data sha256")
+                   out_dir, evaluate=fn, eval_at=(0, 100, 1000), freeze=masks,
+                   fingerprint={"model": checksum, "data": data_sha256, "lora_r": 8, ...})
 
 * ``examples``: a sequence (``len`` + ``__getitem__``) of mappings ``{"input_ids": [int], "labels": [int]}``;
   ``labels`` is aligned with ``input_ids`` (``labels[t]`` is the token at ``t``; -100 = no loss, the Hugging Face
@@ -40,11 +41,16 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 * Checkpoints: every ``checkpoint_every`` steps ``accelerator.save_state`` into
   ``out_dir/checkpoints/step-N`` plus ``position.json`` (step, samples, tokens, fingerprint) written last.
   ``train`` on an ``out_dir`` with a checkpoint resumes from its last one by sample index (bit-identical weights
-  on a CPU); a checkpoint of another configuration (loop config, number of examples, ``fingerprint``, number
-  of processes) is refused with a :class:`BabelscopeError`.
+  on a CPU). The fingerprint (:func:`resume_key`, one :func:`babelscope.caches.fingerprint`) holds every loop
+  setting that changes the weights, the number of examples and processes, and the caller's ``fingerprint``
+  parts (model and tokenizer checksums, data, adapter and freezing options), never logging or checkpoint
+  frequency; a checkpoint of another fingerprint is refused with one line naming the parts that differ
+  (:class:`BabelscopeError`), or discarded with ``cfg.restart``. The steps check this before they write
+  anything (:func:`check_resumable`).
 * The trained model: ``out_dir/model``, a normal Hugging Face directory (safetensors + tokenizer) that
   ``babelscope.models.load_model`` loads (``save_model=False``: kept in memory only); once it is written the
-  checkpoints are removed.
+  checkpoints are removed (``save_model=False``: the caller removes them with :func:`remove_checkpoints` once
+  it has written what it keeps, so a finished run never leaves them behind).
 """
 
 from __future__ import annotations
@@ -62,7 +68,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.models.loss import IGNORE, fused_linear_cross_entropy, head_spec
 
@@ -96,11 +101,16 @@ class LoopConfig:
     freeze_norms: bool = False  # also freeze masked entries of norm vectors
     save_model: bool = True
     progress: bool = True
+    restart: bool = False  # discard a checkpoint (of any configuration) and train from the start
+
+    #: settings that never change the trained weights: left out of the resume fingerprint (gradient
+    #: checkpointing recomputes the same activations; it trades time for memory)
+    NOT_WEIGHTS = ("checkpoint_every", "keep_checkpoints", "log_every", "trackers", "save_model", "progress",
+                   "restart", "gradient_checkpointing")
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes the trained weights (checkpoints of another one are refused)."""
-        skip = {"checkpoint_every", "keep_checkpoints", "log_every", "trackers", "save_model", "progress"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        """Everything of the loop's settings that changes the trained weights (see :func:`resume_key`)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.NOT_WEIGHTS}
 
 
 @dataclass
@@ -149,7 +159,9 @@ def check_config(cfg: LoopConfig) -> None:
     for name in ("micro_batch_size", "grad_accum", "epochs", "log_every", "logit_chunk"):
         if getattr(cfg, name) < 1:
             raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.lr <= 0 or cfg.warmup < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
+    if not cfg.lr > 0:  # NaN too
+        raise BabelscopeError(f"--lr {cfg.lr}: must be positive")
+    if cfg.warmup < 0 or cfg.weight_decay < 0 or cfg.max_grad_norm < 0:
         raise BabelscopeError("--lr must be positive and --warmup, --weight-decay, --max-grad-norm not negative")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise BabelscopeError(f"--mixed-precision {cfg.mixed_precision!r}: use auto, no, bf16 or fp16")
@@ -312,9 +324,14 @@ def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> lis
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def _fingerprint(cfg: LoopConfig, n_examples: int, extra: str, processes: int) -> str:
-    return json_sha256({"loop": cfg.fingerprint(), "examples": n_examples, "data": extra, "processes": processes},
-                       default=str)
+def resume_key(cfg: LoopConfig, n_examples: int, processes: int, parts: Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """The fingerprint of a run (:func:`babelscope.caches.fingerprint`): the loop settings that change the weights,
+    the number of examples and of processes, and the caller's ``parts`` (model and tokenizer checksums, data,
+    adapter options, freezing mask: each by the name of its option). A checkpoint of another key is refused."""
+    from babelscope.caches import fingerprint
+
+    return fingerprint({**cfg.fingerprint(), "examples": n_examples, "processes": processes, **(parts or {})})
 
 
 def last_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -329,18 +346,35 @@ def last_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return best
 
 
-def check_resumable(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The position to resume from, or ``None``; refuses a checkpoint of another configuration."""
+def check_resumable(out_dir: Path, key: dict[str, Any], restart: bool = False) -> dict[str, Any] | None:
+    """The position to resume from, or ``None``. A checkpoint of another key (:func:`resume_key`) is refused with
+    one line naming the options that differ; ``restart`` removes the checkpoints instead (every process calls
+    this at the same point: they all read before the main process deletes)."""
+    from babelscope.caches import fingerprint_changes
+    from babelscope.processes import barrier, is_main
+
     found = last_checkpoint(out_dir)
+    if restart:
+        barrier()
+        if found is not None and is_main():
+            remove_checkpoints(out_dir)
+        barrier()
+        return None
     if found is None:
         return None
     path, state = found
-    if state.get("fingerprint") != fingerprint:
+    changes = fingerprint_changes(state.get("fingerprint"), key)
+    if changes:
         raise BabelscopeError(
-            f"{path}: checkpoint of another training configuration (settings, data or process count differ); "
-            f"use another --run-dir/--step, or delete {path.parent} to start over"
+            f"{path}: a checkpoint of another training configuration ({'; '.join(changes)}); re-run with its "
+            "options to resume it, or add --restart to discard it and start over"
         )
     return state
+
+
+def remove_checkpoints(out_dir: Path) -> None:
+    """Delete the run's checkpoints (a finished run keeps none, whatever it saved)."""
+    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -354,7 +388,7 @@ def train(
     evaluate: Callable[[nn.Module, int, int], dict[str, Any] | None] | None = None,
     eval_at: Sequence[int] = (),
     freeze: Mapping[str, torch.Tensor] | None = None,
-    fingerprint: str = "",
+    fingerprint: Mapping[str, Any] | None = None,
     tracker_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` (see the module docstring); returns a :class:`TrainResult`."""
@@ -380,8 +414,8 @@ def train(
     G = b * cfg.grad_accum * P
     order = sample_order(len(examples), cfg)
     total_steps = math.ceil(len(order) / G)
-    fp = _fingerprint(cfg, len(examples), fingerprint, P)
-    position = check_resumable(out_dir, fp)
+    fp = resume_key(cfg, len(examples), P, fingerprint)
+    position = check_resumable(out_dir, fp, cfg.restart)
     set_seed(cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -524,7 +558,7 @@ def train(
             shutil.rmtree(model_dir, ignore_errors=True)
             tmp.rename(model_dir)
             write_json(out_dir / "trained.json", {"steps": step, "samples": samples, "tokens": tokens})
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the finished model supersedes them
+            remove_checkpoints(out_dir)  # the finished model supersedes them
         accelerator.wait_for_everyone()
     if trackers:
         accelerator.end_training()
@@ -533,7 +567,8 @@ def train(
                        time.perf_counter() - start_time)
 
 
-def _save_checkpoint(accelerator, out_dir: Path, step: int, samples: int, tokens: int, fp: str, keep: int) -> None:
+def _save_checkpoint(accelerator, out_dir: Path, step: int, samples: int, tokens: int, fp: dict[str, Any],
+                     keep: int) -> None:
     """``save_state`` into ``step-N``; ``position.json`` last marks it complete; older ones beyond ``keep`` go."""
     from babelscope.runs import write_json
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from babelscope.numeric import median
 from babelscope.transfer.configs import PretrainConfig
 
 KIND = "transfer-pretrain"
+#: options that change neither the weights nor a measured point: a resumed run keeps the points measured so far
+_NOT_CURVE = ("log_every", "checkpoint_every", "trackers", "save_model", "restart")
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -66,6 +67,23 @@ def budget(cfg: PretrainConfig) -> int:
     if n < 1:
         raise BabelscopeError(f"budget {cfg.samples or cfg.tokens}: must be at least one sample")
     return n
+
+
+def check_options(cfg: PretrainConfig) -> tuple[int, list[int]]:
+    """The checks of the options alone (no data, no model): epochs, budget, mix, eval points, held-out fraction,
+    block length. Returns ``(samples, eval_at)``."""
+    if cfg.epochs < 1:
+        raise BabelscopeError(f"--epochs {cfg.epochs}: must be at least 1")
+    if cfg.seq_len < 2:
+        raise BabelscopeError(f"--seq-len {cfg.seq_len}: a block needs at least 2 tokens")
+    if cfg.eval_window < 2:
+        raise BabelscopeError(f"--eval-window {cfg.eval_window}: a scoring window needs at least 2 tokens")
+    samples = budget(cfg)
+    parse_mix(cfg.langs)
+    eval_at = parse_eval_at(cfg.eval_at, samples)
+    if not 0 < cfg.held_out < 1:
+        raise BabelscopeError(f"--held-out {cfg.held_out}: give a fraction strictly between 0 and 1")
+    return samples, eval_at
 
 
 def parse_eval_at(spec: str, samples: int) -> list[int]:
@@ -212,9 +230,20 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
             "target_view": target_view, "target_name": target_name}
 
 
-def data_fingerprint(data: dict[str, Any], model_checksum: str, mask_checksum: str, seq_len: int) -> str:
-    return digest([json.dumps([data["checksums"], model_checksum, mask_checksum, seq_len]),
-                   np.ascontiguousarray(data["order"]).tobytes()])
+def data_fingerprint(data: dict[str, Any]) -> str:
+    """sha256 of the training text (per language) and the sample order: the data the weights are trained on."""
+    return digest([json.dumps(data["checksums"], sort_keys=True), np.ascontiguousarray(data["order"]).tobytes()])
+
+
+def resume_parts(cfg: PretrainConfig, model_checksum: str, tokenizer_sha: str, data: dict[str, Any],
+                 mask_checksum: str) -> dict[str, Any]:
+    """What changes the trained weights besides the loop's settings (:func:`babelscope.transfer.loop.resume_key`):
+    the start model and tokenizer, the dtype, the options that choose the training data and the data itself,
+    and the freezing mask. Never --log-every, --checkpoint-every, --trackers or the evaluation options."""
+    return {"model": model_checksum, "tokenizer": tokenizer_sha, "dtype": cfg.dtype, "corpus": cfg.corpus,
+            "langs": cfg.langs, "seq_len": cfg.seq_len, "samples": data["samples"], "epochs": cfg.epochs,
+            "held_out": cfg.held_out if data["held_out_split"] else None, "training_data": data_fingerprint(data),
+            "freeze_region": mask_checksum or None}
 
 
 # ----------------------------------------------------------------------------------------------- masks
@@ -228,28 +257,84 @@ def mask_path(spec: str, run_dir: Path) -> Path:
 
 
 def check_mask_model(path: Path, model_spec: str) -> None:
-    """Refuse a mask made for another model, from the weight checksum, before loading the model."""
+    """Refuse, before loading the model, a file that is not a mask of ``regions select`` and a mask made for
+    another model: by the weight checksum in its metadata, and by its tensors' names and shapes against the
+    model's safetensors headers (nothing but the headers is read)."""
     from babelscope.models.loader import _weights_checksum, resolve_spec
-    from babelscope.tensorfiles import read_metadata
 
-    meta = read_metadata(path)
+    meta, shapes = _mask_header(path)
     source, _ = resolve_spec(model_spec)
-    if isinstance(source, Path) and list(source.glob("*.safetensors")):
-        checksum = _weights_checksum(source, None)
-        if meta.get("model") not in (None, checksum):
+    if not (isinstance(source, Path) and list(source.glob("*.safetensors"))):
+        return  # a hub id: checked once the model is loaded
+    checksum = _weights_checksum(source, None)
+    if meta.get("model") not in (None, checksum):
+        raise BabelscopeError(
+            f"{path}: mask for another model (made for weights {str(meta.get('model'))[:12]}, --model "
+            f"{model_spec} has {checksum[:12]}); select the region from this model's importance scores"
+        )
+    weights = _weight_shapes(source)
+    for name, (shape, dtype) in shapes.items():
+        if dtype != "BOOL":
+            raise BabelscopeError(f"{path}: {name} is {dtype}, a mask is boolean; give a masks/*.safetensors file of "
+                                  "`babelscope regions select`")
+        found = weights.get(name) or next((w for k, w in weights.items() if k.endswith("." + name)), None)
+        if found is not None and tuple(found) != tuple(shape):
             raise BabelscopeError(
-                f"{path}: mask for another model (made for weights {str(meta.get('model'))[:12]}, --model "
-                f"{model_spec} has {checksum[:12]}); select the region from this model's importance scores"
+                f"{path}: mask for another model ({name} has shape {tuple(shape)}, the model's is {tuple(found)}); "
+                "select the region from this model's importance scores"
             )
 
 
-def check_seq_len(cfg: PretrainConfig) -> None:
+def _mask_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[list[int], str]]]:
+    """A mask file's metadata and ``{name: (shape, dtype)}`` from its header; one line when it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            raw = fh.metadata() or {}
+            shapes = {k: (fh.get_slice(k).get_shape(), fh.get_slice(k).get_dtype()) for k in fh.keys()}  # noqa: SIM118
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except Exception as exc:  # a truncated or foreign file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BabelscopeError(
+            f"--freeze-region {path}: not a mask file of `babelscope regions select` ({reason}); give one of the "
+            "masks/*.safetensors files that step writes"
+        ) from None
+    return meta, shapes
+
+
+def _weight_shapes(source: Path) -> dict[str, list[int]]:
+    """``{tensor name: shape}`` of a model directory's safetensors files, from their headers alone."""
+    from safetensors import safe_open
+
+    out: dict[str, list[int]] = {}
+    for f in sorted(source.glob("*.safetensors")):
+        with safe_open(str(f), framework="np") as fh:
+            for k in fh.keys():  # noqa: SIM118 (a safetensors handle)
+                out[k] = fh.get_slice(k).get_shape()
+    return out
+
+
+def model_text_config(spec: str, planning: bool = False):
+    """The model's (text) config from its ``config.json``, without the weights; ``planning``: ``None`` when the
+    model is not there yet (a directory an earlier step writes) or a hub id (nothing is fetched to plan)."""
     from babelscope.models.loader import _load_config, resolve_spec
 
-    source, _ = resolve_spec(cfg.model)
+    if planning:
+        path = Path(spec).expanduser()
+        if spec != "gemma-3-270m" and not (path / "config.json").is_file() and path.suffix != ".gguf":
+            return None
+    source, _ = resolve_spec(spec)
+    if planning and not isinstance(source, Path):
+        return None
     config = _load_config(source, False)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limit = getattr(text, "max_position_embeddings", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def check_seq_len(cfg: PretrainConfig, planning: bool = False) -> None:
+    """``--seq-len`` against the model's maximum positions, read from its config (no weights)."""
+    text = model_text_config(cfg.model, planning)
+    limit = getattr(text, "max_position_embeddings", None) if text is not None else None
     if cfg.seq_len < 2:
         raise BabelscopeError(f"--seq-len {cfg.seq_len}: a block needs at least 2 tokens")
     if limit and cfg.seq_len > limit:
@@ -267,8 +352,37 @@ def loop_config(cfg: PretrainConfig):
         grad_accum=cfg.grad_accum, epochs=1, shuffle=False, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
         gradient_checkpointing=cfg.gradient_checkpointing, log_every=cfg.log_every, logit_chunk=cfg.logit_chunk,
         trackers=cfg.trackers, freeze_norms=cfg.freeze_norms, save_model=cfg.save_model,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=cfg.mixed_precision, restart=cfg.restart,
     )
+
+
+def plan_check(cfg: PretrainConfig, run_dir: Path, earlier: Sequence[str] = ()) -> None:
+    """The checks that need no model, run when an experiment is planned (before its first step): the loop's
+    settings, the options (epochs, budget, eval points, seq-len against the model's config.json), the mask
+    (readable, this model's checksum and shapes) and, when the model's tokenizer is there, the budget against
+    the data. What an earlier step writes (``earlier``: their commands) is checked when this step runs."""
+    from babelscope.transfer.loop import check_config
+
+    check_config(loop_config(cfg))
+    check_options(cfg)
+    check_seq_len(cfg, planning=True)
+    ready = model_text_config(cfg.model, planning=True) is not None
+    if cfg.freeze_region:
+        try:
+            mask_file = mask_path(cfg.freeze_region, run_dir)
+        except BabelscopeError:
+            if not {"regions-select", "regions"} & set(earlier):
+                raise
+            mask_file = None  # written by an earlier `regions select` (or `regions`) step
+        if mask_file is not None:
+            check_mask_model(mask_file, cfg.model) if ready else _mask_header(mask_file)
+    if ready:
+        from transformers import AutoTokenizer
+
+        from babelscope.models.loader import resolve_spec
+
+        source, _ = resolve_spec(cfg.model)
+        prepare_data(cfg, AutoTokenizer.from_pretrained(str(source)))
 
 
 def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], frozen: dict) -> list[dict]:
@@ -301,8 +415,9 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
     from babelscope.evaluate.perplexity import PplConfig, language_rows
     from babelscope.models import load_model
-    from babelscope.models.engine import Engine
+    from babelscope.models.engine import Engine, tokenizer_sha256
     from babelscope.models.loader import resolve_spec
+    from babelscope.processes import launched_world
     from babelscope.runs import (
         file_sha256,
         inputs_sha256,
@@ -314,23 +429,14 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         write_yaml,
     )
     from babelscope.steps import StepRun
-    from babelscope.transfer.loop import check_config, lr_at, train
+    from babelscope.transfer.loop import check_config, check_resumable, lr_at, remove_checkpoints, resume_key, train
 
-    sr = StepRun(cfg, run_dir, step, loaded)
+    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
     run_dir, st, config = sr.run_dir, sr.st, sr.config
     lcfg = loop_config(cfg)
     check_config(lcfg)
     # Options and data first: nothing is loaded or written before they pass.
-    if st.path.exists() and (st.path / "config.yaml").exists() and (st.path / "checkpoints").exists():
-        import yaml
-
-        old = yaml.safe_load((st.path / "config.yaml").read_text(encoding="utf-8"))
-        if old != to_jsonable(config):
-            changed = sorted(k for k in set(old) | set(config) if old.get(k) != to_jsonable(config).get(k))
-            raise BabelscopeError(
-                f"{st.path}: its checkpoint belongs to another configuration ({', '.join(changed)} differ); "
-                f"use another --step or --run-dir, or delete {st.path} to start over"
-            )
+    check_options(cfg)
     check_seq_len(cfg)
     mask_file = mask_path(cfg.freeze_region, run_dir) if cfg.freeze_region else None
     if mask_file is not None:
@@ -361,7 +467,11 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         if mask_meta.get("other_model"):
             raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
                                   "the region from this model's importance scores")
-    fingerprint = data_fingerprint(data, info.checksum, mask_sum, cfg.seq_len)
+    # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
+    key_parts = resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
+    key = resume_key(lcfg, len(data["order"]), launched_world(), key_parts)
+    check_resumable(st.path, key, cfg.restart)
+    fingerprint = key["sha256"]
     main = is_main_process()
     if main:
         st.write_config(config)
@@ -370,12 +480,15 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
     # The forgetting curve: measured points so far (a resumed run keeps them).
     curve: list[dict[str, Any]] = []
-    if st.results_path.exists():
+    if st.results_path.exists() and (st.path / "checkpoints").exists():
         old = load_results(st.results_path)
-        if old.get("config") == to_jsonable(config) and old.get("inputs") == inputs_sha256(sr.inputs):
+        same = {k: v for k, v in to_jsonable(config).items() if k not in _NOT_CURVE}
+        if ((old.get("provenance") or {}).get("data") or {}).get("fingerprint") == fingerprint and {
+                k: v for k, v in (old.get("config") or {}).items() if k not in _NOT_CURVE} == same \
+                and old.get("inputs") == inputs_sha256(sr.inputs):
             curve = list(old["tables"].get("curve", {}).get("rows", []))
     ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = launched_world()
     per_step = cfg.micro_batch_size * cfg.grad_accum * processes
     total_steps = math.ceil(data["samples"] / per_step)
     targets = set(data["train_codes"])
@@ -458,9 +571,10 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         return {"samples": samples, "rows": point}
 
     trained = train(model, tokenizer, PackedBlocks(data["blocks"], data["order"]), lcfg, st.path,
-                    evaluate=evaluate, eval_at=data["eval_at"], freeze=masks, fingerprint=fingerprint,
+                    evaluate=evaluate, eval_at=data["eval_at"], freeze=masks, fingerprint=key_parts,
                     tracker_config={"model": cfg.model, "langs": cfg.langs})
     if main:
         write_yaml(st.path / "config.yaml", config)
         write(True, trained)
+        remove_checkpoints(st.path)  # finished: the results (and the model, when saved) supersede them
     return sr.wait()  # every rank: the next step reads what rank 0 wrote

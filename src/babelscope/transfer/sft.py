@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ def check(cfg: SftConfig) -> None:
             raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.lora_r < 0:
         raise BabelscopeError(f"--lora-r {cfg.lora_r}: use 0 (full fine-tuning) or a positive rank")
+    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
+        raise BabelscopeError(f"--lora-alpha {cfg.lora_alpha}: must be positive (leave it out for 2 x rank)")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise BabelscopeError(f"--lora-dropout {cfg.lora_dropout}: use a probability in [0, 1)")
     if cfg.train_tokens not in ("auto", "none") and not _parse_range(cfg.train_tokens) and not Path(
             cfg.train_tokens).expanduser().exists():
         raise BabelscopeError(f"--train-tokens {cfg.train_tokens!r}: use auto, none, START:END token ids or the "
@@ -63,15 +68,50 @@ def check(cfg: SftConfig) -> None:
     check_config(loop_config(cfg, 1))
 
 
+def check_length(cfg: SftConfig, config) -> None:
+    """``--max-length`` against the model's maximum positions (its text config; no weights needed)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and cfg.max_length > limit:
+        raise BabelscopeError(f"--max-length {cfg.max_length}: over the model's maximum {limit}")
+
+
+def plan_check(cfg: SftConfig, run_dir: Path, earlier=()) -> None:
+    """The checks that need no model, run when an experiment is planned: the options, --max-length against the
+    model's config.json and, when the model's tokenizer is there (not a model an earlier step writes), the data
+    and the template."""
+    import dataclasses
+
+    from babelscope.transfer.pretrain import model_text_config
+
+    later = cfg.train_tokens not in ("auto", "none") and not _parse_range(cfg.train_tokens) and not Path(
+        cfg.train_tokens).expanduser().exists() and "transfer-vocab" in earlier  # a model an earlier step writes
+    check(dataclasses.replace(cfg, train_tokens="auto") if later else cfg)
+    text = model_text_config(cfg.model, planning=True)
+    if text is not None:
+        check_length(cfg, text)
+        prepare(cfg, _tokenizer(cfg.model))
+
+
+def default_lr(cfg: SftConfig) -> float:
+    """``--lr`` when given (``None`` = not given; 0 is a value, refused by the loop's check), else 2e-4 with LoRA
+    and 2e-5 without."""
+    return cfg.lr if cfg.lr is not None else (2e-4 if cfg.lora_r else 2e-5)
+
+
+def lora_alpha(cfg: SftConfig) -> float:
+    """``--lora-alpha`` when given, else 2 x rank."""
+    return cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
+
+
 def loop_config(cfg: SftConfig, n_train: int):
     from babelscope.transfer.loop import LoopConfig
 
-    return LoopConfig(lr=cfg.lr or (2e-4 if cfg.lora_r else 2e-5), warmup=cfg.warmup, schedule=cfg.schedule,
+    return LoopConfig(lr=default_lr(cfg), warmup=cfg.warmup, schedule=cfg.schedule,
                       weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
                       micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
                       seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                       gradient_checkpointing=cfg.gradient_checkpointing, mixed_precision=cfg.mixed_precision,
-                      trackers=cfg.trackers, save_model=False)
+                      trackers=cfg.trackers, save_model=False, restart=cfg.restart)
 
 
 def _parse_range(text: str) -> range | None:
@@ -182,7 +222,7 @@ def wrap_lora(model, cfg: SftConfig, token_ids: list[int]):
 
     embed_name = next(name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
                       if mod is model.get_input_embeddings())
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=cfg.lora_dropout,
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.lora_dropout,
                         target_modules=lora_targets(model, cfg.lora_targets), bias="none", task_type="CAUSAL_LM",
                         trainable_token_indices={embed_name: token_ids} if token_ids else None)
     return get_peft_model(model, config)
@@ -272,18 +312,41 @@ def _with_template(tokenizer, prepared: dict[str, Any]):
     return tokenizer
 
 
+# ----------------------------------------------------------------------------------------------- resume
+def resume_parts(cfg: SftConfig, info, tokenizer, prepared: dict[str, Any], targets: list[str] | None,
+                 token_ids: list[int]) -> dict[str, Any]:
+    """What changes the tuned weights besides the loop's settings (:func:`babelscope.transfer.loop.resume_key`):
+    the start model and tokenizer, the dtype, the data options and the encoded data, and with LoRA its rank,
+    alpha, dropout, target modules and trainable embedding rows. Never --eval-every, --val-max, --save,
+    --checkpoint-every or --trackers."""
+    from babelscope.models.engine import tokenizer_sha256
+    from babelscope.runs import inputs_sha256
+
+    parts: dict[str, Any] = {
+        "model": info.checksum, "tokenizer": tokenizer_sha256(tokenizer), "dtype": cfg.dtype, "data": cfg.data,
+        "lang": cfg.lang, "template": prepared["template_name"], "max_length": cfg.max_length,
+        "val_fraction": cfg.val_fraction, "samples": cfg.samples, "encoded_data": data_fingerprint(prepared),
+        "lora_r": cfg.lora_r,
+    }
+    if cfg.lora_r:
+        rows = token_ids if len(token_ids) <= 8 else f"{len(token_ids)} rows {inputs_sha256(token_ids)[:12]}"
+        parts.update(lora_alpha=lora_alpha(cfg), lora_dropout=cfg.lora_dropout, lora_targets=targets,
+                     train_tokens=rows)
+    return parts
+
+
 # ----------------------------------------------------------------------------------------------- the step
 def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, Any]:
     """The ``babelscope transfer sft`` step: train, measure validation loss as it goes, save the tuned model."""
     from babelscope.runs import is_main_process, provenance, text_sha256, write_text
     from babelscope.steps import StepRun, check_config, model_files_stamp
-    from babelscope.transfer.loop import train
+    from babelscope.transfer.loop import check_resumable, remove_checkpoints, resume_key, train
 
     check(check_config(cfg))
     # Every data/template error is raised before the model loads or anything is written. Training changes the
     # weights in place, so the step loads its own copy of the model (never the instance `loaded` shares).
     prepared = prepare(cfg, _tokenizer(cfg.model))
-    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "trackers"))  # creates the run directory
+    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "trackers", "restart"))  # makes the run dir
     st, config = sr.st, sr.config
     heldout = text_sha256(f"{c.id}\t{c.lang}\t{c.instruction}\t{c.reference}" for c in prepared["heldout"])
     inputs = {"data": data_fingerprint(prepared), "heldout": heldout,
@@ -293,28 +356,30 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
     model, tokenizer, info = _load(cfg)
     if info.kind != "causal":
         raise BabelscopeError(f"--model {cfg.model}: an encoder; instruction tuning needs a causal LM")
-    over = cfg.max_length > getattr(model.config, "max_position_embeddings", cfg.max_length)
-    if over:
-        raise BabelscopeError(f"--max-length {cfg.max_length}: over the model's maximum "
-                              f"{model.config.max_position_embeddings}")
+    check_length(cfg, model.config)
+    peft_model, token_ids, trained, targets = None, [], model, None
+    if cfg.lora_r:
+        token_ids = new_token_ids(Path(info.source), model, cfg.train_tokens)
+        targets = lora_targets(model, cfg.lora_targets)
+    n_train = len(prepared["train"])
+    lcfg = loop_config(cfg, n_train)
+    # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
+    key_parts = resume_parts(cfg, info, tokenizer, prepared, targets, token_ids)
+    check_resumable(st.path, resume_key(lcfg, n_train, int(os.environ.get("WORLD_SIZE", "1")), key_parts),
+                    cfg.restart)
     fingerprint = inputs["data"]
     if is_main_process():
         st.write_config(config)
         write_text(st.path / "heldout.jsonl", "".join(  # the held-out instructions, for `eval respond`
             json.dumps({"id": c.id, "lang": c.lang, "instruction": c.instruction, "reference": c.reference},
                        ensure_ascii=False) + "\n" for c in prepared["heldout"]))
-    peft_model, token_ids, trained, targets = None, [], model, None
     if cfg.lora_r:
         import torch
 
-        token_ids = new_token_ids(Path(info.source), model, cfg.train_tokens)
-        targets = lora_targets(model, cfg.lora_targets)
         torch.manual_seed(cfg.seed)  # LoRA's A matrices start random: the same seed, the same run
         peft_model = wrap_lora(model, cfg, token_ids)
         trained = peft_model.base_model.model  # the HF model with the LoRA layers in place (the loop's contract)
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    n_train = len(prepared["train"])
-    lcfg = loop_config(cfg, n_train)
     total = n_train * cfg.epochs
     every = cfg.eval_every or max(1, math.ceil(n_train / 4))
     eval_at = sorted({0, *range(every, total, every), total})
@@ -333,12 +398,12 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
         val_path.unlink(missing_ok=True)  # a fresh run (no checkpoint to resume): a fresh curve
     examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared["train"]]
     result = train(trained, tokenizer, examples, lcfg, st.path, evaluate=evaluate, eval_at=eval_at,
-                   fingerprint=fingerprint, tracker_config={"step": step, "data": cfg.data})
+                   fingerprint=key_parts, tracker_config={"step": step, "data": cfg.data})
     trained.config.use_cache = True
     if not is_main_process():
         return sr.wait()
     saved = save_tuned(model, peft_model, tokenizer, cfg, prepared, info, st.path / "model")
-    shutil.rmtree(st.path / "checkpoints", ignore_errors=True)  # the saved model supersedes them
+    remove_checkpoints(st.path)  # the saved model supersedes them
     curve = [{k: r.get(k) for k in ("step", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")}
              for r in _read_jsonl(result.metrics_path)]
     evals = sorted({r["step"]: r for r in _read_jsonl(val_path)}.values(), key=lambda r: r["step"])
@@ -346,10 +411,11 @@ def run(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, An
     results = {
         "model": info.name, "base_checksum": info.checksum, "data": cfg.data, "template": prepared["template_name"],
         "model_dir": str(st.path / "model"), "save": cfg.save if cfg.lora_r else "full",
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha or 2 * cfg.lora_r,
+        "lora": {"r": cfg.lora_r, "alpha": lora_alpha(cfg),
                  "targets": targets, "train_tokens": len(token_ids)}
         if cfg.lora_r else None,
-        "trainable_parameters": trainable, "tied": tied(saved) if cfg.save == "merged" or not cfg.lora_r else None,
+        "lr": lcfg.lr, "trainable_parameters": trainable,
+        "tied": tied(saved) if cfg.save == "merged" or not cfg.lora_r else None,
         "data_counts": counts, "data_sha256": fingerprint,
         "summary": {"steps": result.steps, "samples": result.samples, "epochs": cfg.epochs,
                     "target_tokens": result.tokens, "seconds": round(result.seconds, 1),

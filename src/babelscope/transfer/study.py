@@ -29,7 +29,8 @@ def variant_rows(run_dir: Path, cfg: StudyTableConfig) -> list[dict[str, Any]]:
     names = list(responses) if cfg.steps in ("all", "", None) else [s.strip() for s in cfg.steps.split(",")]
     missing = [n for n in names if n not in responses]
     if missing or not names:
-        raise BabelscopeError(f"--steps {cfg.steps}: no finished response step {missing or ''} in {run_dir}; run "
+        which = f" {', '.join(missing)}" if missing else ""
+        raise BabelscopeError(f"--steps {cfg.steps}: no finished response step{which} in {run_dir}; run "
                               f"`babelscope eval respond` first (have: {', '.join(responses) or 'none'})")
     labels = [x.strip() for x in cfg.labels.split(",")] if cfg.labels else None
     if labels and len(labels) != len(names):
@@ -50,6 +51,25 @@ def variant_rows(run_dir: Path, cfg: StudyTableConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def unjudged_warning(rows: list[dict[str, Any]], run_dir: Path) -> str | None:
+    """Why every criterion of the table is empty when no variant has a judged response (the judge's mode, the
+    failed and unparsed judgments), else ``None``."""
+    if any(r["judged"] for r in rows):
+        return None
+    from babelscope.runs import load_results
+
+    why = []
+    for r in rows:
+        s = load_results(Path(run_dir) / r["step"])["results"]["summary"]
+        if str(r["judge"]) == "none":
+            why.append(f"{r['step']}: judge none")
+        else:
+            why.append(f"{r['step']}: judge {r['judge']}, {s.get('failed', 0)} failed and {s.get('unparsed', 0)} "
+                       f"unparsed of {s.get('responses', 0)}")
+    return ("no variant has a judged response, so ACC, F, INFO, LC, H and AVG are empty (" + "; ".join(why)
+            + "); re-run `babelscope eval respond` with --judge local or openai")
+
+
 def run(cfg: StudyTableConfig, run_dir, step: str = "table", loaded=None) -> dict[str, Any]:
     """The ``babelscope transfer table`` step (reads results only; recomputed when a step it reads changed)."""
     from babelscope.runs import is_main_process, iter_results, provenance
@@ -65,4 +85,11 @@ def run(cfg: StudyTableConfig, run_dir, step: str = "table", loaded=None) -> dic
     if not is_main_process():
         return sr.wait()
     judges = sorted({str(r["judge"]) for r in rows})
-    return sr.write(KIND, {"judges": judges, "variants": len(rows)}, {"variants": rows}, provenance())
+    results: dict[str, Any] = {"judges": judges, "variants": len(rows)}
+    warning = unjudged_warning(rows, sr.run_dir)
+    if warning:
+        import sys
+
+        print(f"warning: {warning}", file=sys.stderr)
+        results["warning"] = warning
+    return sr.write(KIND, results, {"variants": rows}, provenance())

@@ -48,6 +48,12 @@ def target_units(spec: str, lang: str, what: str) -> tuple[Any, list]:
     return corpus, units
 
 
+def plan_check(cfg: VocabConfig, run_dir: Path, earlier=()) -> None:
+    """The option checks, run when an experiment is planned (the data and SentencePiece are checked when the
+    step runs)."""
+    _check(cfg)
+
+
 def _check(cfg: VocabConfig) -> None:
     if not cfg.lang or not cfg.train:
         raise BabelscopeError("transfer vocab needs --lang (the target language) and --train (its training text)")
@@ -202,13 +208,14 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_backend, parallel_units
     from babelscope.models.engine import Engine
     from babelscope.models.loader import resolve_spec
+    from babelscope.processes import launched
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.transfer import tokenizers as tk
 
     sr = StepRun(cfg, run_dir, step, loaded)
     _check(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched():
         raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
                               "accelerate launch / torchrun")  # fmt: skip
     lang = resolve_language(cfg.lang).code
@@ -256,7 +263,8 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
         )
     inputs = {"train": text_sha256(texts), "held_out": text_sha256(u.text for u in held),
               "parallel": {c: text_sha256(u.text for u in us) for c, us in par_units.items()}, "tokenizer": base_sha}
-    if (doc := sr.done(inputs=inputs, when=lambda _: (out / RECORD).is_file())) is not None:
+    # the config is written once SentencePiece trained and added pieces: a refused run leaves nothing
+    if (doc := sr.done(inputs=inputs, when=lambda _: (out / RECORD).is_file(), write_config=False)) is not None:
         return doc
     settings = tk.spm_settings(base)
     trained = tk.train_sentencepiece(texts, cfg.vocab_size, model_type, cfg.character_coverage, settings,
@@ -265,6 +273,7 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     if not pieces:
         raise BabelscopeError(f"every piece of the {cfg.vocab_size}-piece {lang} model is already in the base "
                               "vocabulary; raise --vocab-size to add pieces")  # fmt: skip
+    st.write_config(sr.config)
     work = tk.temporary_dir(st.path, ".tokenizer.")
     try:
         new_tok, ids, extra = tk.extend(base, pieces, work)

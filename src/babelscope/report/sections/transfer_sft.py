@@ -78,6 +78,8 @@ def table_section(doc: dict[str, Any]) -> Section:
     section.text(f"Judged by {', '.join(res.get('judges') or ['?'])}: accuracy (ACC), fluency (F), informativeness "
                  "(INFO), logical coherence (LC), harmlessness (H), each 0-3, and AVG, their mean; code-switching "
                  "is the share of responses with a segment in another language than the instruction's.")
+    if res.get("warning"):
+        section.text(f"Warning: {res['warning']}.")
     if rows:
         from babelscope.report.sections.evaluate import bars_with_errors
 
