@@ -37,6 +37,7 @@ ALLOWED = [
     ("*", "babelscope.evaluate", "any capability measures with evaluate (perplexity, intervention perplexity)"),
     ("transfer", "babelscope.regions.select", "region masks frozen in training"),
     ("neurons", "babelscope.regions.select", "the overlap step compares neurons with region masks"),
+    ("neurons", "babelscope.regions.shards", "the overlap step reads region score files, whole or in FSDP pieces"),
     # issue 24 moves regions/params.py (block, norm and FFN enumeration) into models/ as the architecture table
     ("transfer", "babelscope.regions.params", "until issue 24 moves it into models/"),
 ]

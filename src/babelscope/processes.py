@@ -108,11 +108,13 @@ def gather_objects(obj: Any) -> list[Any]:
     return everyone
 
 
-def all_reduce(tensor) -> None:
-    """Sum ``tensor`` over processes in place (no-op in a single process)."""
+def all_reduce(tensor, op: str = "sum") -> None:
+    """Reduce ``tensor`` over processes in place: ``op`` ``sum``, ``max`` or ``min`` (no-op in a single
+    process)."""
     dist = _group()
     if dist is not None:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                                    "min": dist.ReduceOp.MIN}[op])
 
 
 def sum_across(value: float) -> float:

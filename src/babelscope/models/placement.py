@@ -105,7 +105,7 @@ def meta_model(source: Path | str, dtype: str = "float32", trust_remote_code: bo
     """The model of ``source``'s ``config.json`` with every tensor on the meta device (no memory, no weights read)."""
     from accelerate import init_empty_weights
 
-    from babelscope.models.loader import _load_config, auto_class, model_kind
+    from babelscope.models.specs import _load_config, auto_class, model_kind
 
     config = _load_config(source, trust_remote_code)
     cls = auto_class(config, model_kind(config))
@@ -130,7 +130,7 @@ def plan_device_map(spec: str, device_map: str, max_memory: str | None = None, o
                     dtype: str = "float32", trust_remote_code: bool = False) -> dict[str, Any]:
     """The module -> device map (``0``, ``"cpu"``, ``"disk"``) ``spec`` will load with, computed on a meta model;
     every refusal is a one-line :class:`BabelscopeError` raised before any weight is read."""
-    from babelscope.models.loader import resolve_spec
+    from babelscope.models.specs import resolve_spec
 
     if device_map not in MAPS:
         raise BabelscopeError(f"--device-map {device_map!r}: use {', '.join(MAPS)}")

@@ -67,7 +67,7 @@ class Shape:
         from torch import nn
 
         from babelscope.models.arch import block_list, text_config
-        from babelscope.models.loader import auto_class, model_kind
+        from babelscope.models.specs import auto_class, model_kind
 
         with init_empty_weights():
             model = auto_class(config, model_kind(config)).from_config(config)

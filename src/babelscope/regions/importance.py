@@ -318,12 +318,12 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     sums = torch.tensor([float(t.sum(dtype=torch.float64)) for t in aggregate.values()], dtype=torch.float64)
     peaks = torch.tensor([float(t.max()) if t.numel() else 0.0 for t in aggregate.values()], dtype=torch.float64)
     if cfg.fsdp:  # every process its rows; the table's sums and maxima over all of them
-        import torch.distributed as dist
+        from babelscope.processes import all_reduce
 
         save_tensors(shard_path(st.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
                                                                                                "shard": shard})
-        dist.all_reduce(sums)
-        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        all_reduce(sums)
+        all_reduce(peaks, op="max")
     if not engine.is_main:
         return sr.wait()
     if not cfg.fsdp:
@@ -362,10 +362,10 @@ def _on_every_rank(flag: bool, collective: bool) -> bool:
     collective); ``flag`` itself otherwise."""
     if not collective:
         return flag
-    import torch.distributed as dist
+    from babelscope.processes import all_reduce
 
     t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    all_reduce(t, op="min")
     return bool(t[0])
 
 

@@ -27,7 +27,7 @@ from babelscope.errors import BabelscopeError
 
 def check_fsdp() -> tuple[int, int]:
     """``(rank, world)`` of the processes FSDP 2 shards over; a one-line error in a single process."""
-    from babelscope.models.engine import _dist_state
+    from babelscope.processes import state as _dist_state
 
     state = _dist_state()
     if state is None:
