@@ -27,7 +27,7 @@ FLOORS = [
      "tensorfiles", "runs"},                                             # 0 ground floor
     {"data", "models"},                                                  # 1 model and corpus
     {"steps", "options", "commands"},                                    # 2 the step runner, options, commands
-    {"evaluate", "lens", "neurons", "regions", "steer", "syntax", "transfer"},  # 3 capabilities, side by side
+    {"evaluate", "export", "lens", "neurons", "regions", "steer", "syntax", "transfer"},  # 3 capabilities
     {"report", "compare", "locate"},                                     # 4 reads results files only
     {"registry", "experiment", "cli", "babelscope"},                     # 5 wiring and the command line
 ]

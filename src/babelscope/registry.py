@@ -35,6 +35,7 @@ CAPABILITIES = {
     "transfer": "transfer",
     "neurons": "neurons",
     "lens": "lens",
+    "export": "export",
 }
 
 

@@ -233,7 +233,11 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     tensors = {"probs": probs.float(), "entropy": entropy.float(),
                **{f"mask/{c}": masks[li] for li, c in enumerate(codes)}}
     save_tensors(st.path / "neurons.safetensors", tensors,
-                 {"model": info.checksum, "model_name": info.name, "languages": codes, "site": cfg.site,
+                 {"format": "babelscope.neurons/1", "model": info.checksum, "model_name": info.name,
+                  "languages": codes, "tokens": {c: int(n) for c, n in zip(codes, tokens, strict=True)},
+                  "dtype": cfg.dtype,
+                  "filter_rate": cfg.filter_rate, "top_rate": cfg.top_rate, "bar_rate": cfg.bar_rate,
+                  "site": cfg.site,
                   "ffn": [f.prefix for f in ffns], "weights": [f.weight_names for f in ffns], "key": _key(config)})
     results = {
         "model": info.name,

@@ -278,9 +278,11 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     raise BabelscopeError(f"{code}: the loss came out {nll} (the model overflows in --dtype "
                                           f"{cfg.dtype}); nothing was saved: re-run with --dtype float32")
                 meta = {
+                    "format": "babelscope.importance-language/1",
                     "key": key,
                     "lang": code,
                     "model": info.checksum,
+                    "dtype": cfg.dtype,
                     "method": cfg.method,
                     "tokens": tokens,
                     "nll": nll,
@@ -305,9 +307,12 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         for f in saves:
             f.result()
     imp_meta = {
+        "format": "babelscope.importance/1",
         "model": info.checksum,
         "model_name": info.name,
         "languages": codes,
+        "tokens": {r["lang"]: r["tokens"] for r in rows},
+        "dtype": cfg.dtype,
         "method": cfg.method,
         "shapes": shapes,
     }

@@ -278,10 +278,14 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     imp = open_scores(imp_path)  # written by several processes (FSDP 2): assembled one matrix at a time
     langs = imp_doc["results"]["languages"]
     base_meta = {
+        "format": "babelscope.region-mask/1",
         "model": imp_meta["model"],
+        "model_name": imp_meta.get("model_name"),
         "importance": str(imp_path),
         "method": imp_meta["method"],
         "languages": langs,
+        "tokens": imp_meta.get("tokens"),  # per language, behind the importance (files before it: None)
+        "dtype": imp_meta.get("dtype"),  # of the model the importance was computed in
     }
     regions, per_matrix = [], []
     norms = norm_names(imp, {n: t.shape for n, t in imp.items()})

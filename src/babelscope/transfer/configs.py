@@ -54,6 +54,9 @@ class PretrainConfig:
     tokens: int | None = opt(None, "Budget in tokens (instead of --samples).")
     epochs: int = opt(1, "Passes over a language's blocks allowed when the budget exceeds them.")
     eval_corpus: str = opt("", "Held-out text (default: the training corpus, split by unit id).")
+    target_eval: str = opt("split", "When --eval-corpus is another corpus, the training languages are also scored on "
+                           "held-out text of the training corpus's own kind: 'split' (--held-out of its unit ids, "
+                           "never trained on), a corpus spec (e.g. ud:UD_Vietnamese-VTB#split=test), or 'none'.")
     eval_langs: str = opt("eng,fra,deu,rus,cmn-Hans,jpn", "Languages of the forgetting curve (training languages "
                           "are added).")
     eval_at: str = opt("", "Sample counts to measure at, e.g. 0,100,1000 (default 0, 1/4, 1/2, all).")
