@@ -152,10 +152,10 @@ def run(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) -> di
     from tqdm.auto import tqdm
 
     from babelscope.data.languages import resolve_language
+    from babelscope.data.views import language_codes, language_windows, open_text_corpus, split_side
     from babelscope.neurons.ffn import ffn_modules
-    from babelscope.neurons.lape import language_windows, load_neurons
+    from babelscope.neurons.lape import load_neurons
     from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
-    from babelscope.regions.texts import language_codes, open_text_corpus, split_side
     from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256
     from babelscope.tensorfiles import load_tensors, save_tensors

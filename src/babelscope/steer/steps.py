@@ -87,9 +87,9 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
     from tqdm.auto import tqdm
 
     from babelscope.data.languages import resolve_language
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus, split_side
+    from babelscope.evaluate.intervention import condition_checksum, perplexities
     from babelscope.neurons.ffn import ffn_modules
-    from babelscope.regions.ablate import condition_checksum, perplexities
-    from babelscope.regions.texts import SplitView, language_codes, open_text_corpus, split_side
     from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
     from babelscope.steer.apply import neurons_set, steered
     from babelscope.steer.diffmean import diffmean, language_sums, normalise
@@ -148,7 +148,7 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
     engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
 
     # 1. per-language sums over the train side: residual stream of every layer and the FFN down inputs
-    from babelscope.neurons.lape import language_windows
+    from babelscope.data.views import language_windows
 
     sums = {}
     for code in tqdm(codes, desc="means", unit="lang", leave=False, disable=not engine.is_main):
