@@ -134,10 +134,10 @@ def run(cfg: LocateConfig, run_dir, step: str = "locate", loaded=None) -> dict[s
     import torch
 
     from babelscope.errors import BabelscopeError
+    from babelscope.models.params import layer_and_kind
     from babelscope.neurons.lape import load_neurons
     from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
     from babelscope.neurons.plnd import set_overlap
-    from babelscope.regions.params import layer_and_kind
     from babelscope.runs import Step, file_sha256, is_main_process, iter_results, provenance
     from babelscope.steps import StepRun
     from babelscope.tensorfiles import load_tensors, read_metadata

@@ -1,6 +1,6 @@
 """Freezing baselines beside the core region: which weights of the blocks' matrices stay fixed during further
 pretraining. Each returns ``{parameter name: bool mask}`` (True = frozen) for the 2-D weights inside the blocks
-(:func:`babelscope.regions.params.scored_parameters`; norm vectors, embeddings and the LM head train), and the
+(:func:`babelscope.models.params.scored_parameters`; norm vectors, embeddings and the LM head train), and the
 loop freezes them exactly as it freezes a region (gradients masked, no weight decay, restored after each step).
 
 * ``ssu`` (Source-Shielded Updates, Yamaguchi et al. 2025): column ``j`` of a linear map ``W`` (out x in) is scored
@@ -27,7 +27,7 @@ BASELINES = ("ssu", "half", "magnitude", "random")
 
 def matrices(model: nn.Module) -> dict[str, nn.Parameter]:
     """The 2-D weights inside the blocks, by qualified name."""
-    from babelscope.regions.params import scored_parameters
+    from babelscope.models.params import scored_parameters
 
     return {n: p for n, p in scored_parameters(model).items() if p.ndim == 2}
 
