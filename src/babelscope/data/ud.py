@@ -388,8 +388,8 @@ def ud_path(text: str) -> Path:
         if candidate.exists():
             return candidate
     raise BabelscopeError(
-        f"treebank {text!r} not found: no such file or folder (looked at {path} and under {root}); give a .conllu file, a "
-        "UD_* folder, pud or pud-sample"
+        f"treebank {text!r} not found: no such file or folder (looked at {path} and under {root}); give a .conllu "
+        "file, a UD_* folder, pud or pud-sample"
     )
 
 
