@@ -15,7 +15,7 @@ from babelscope.errors import BabelscopeError
 from babelscope.evaluate.perplexity import PplConfig
 from babelscope.evaluate.tokens import TokensConfig
 
-PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.perplexity"))
+PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.steps", "run_ppl"))
 TOKENS = Command("tokens", TokensConfig, StepFunction("babelscope.evaluate.tokens"))
 #: the built-in commands (mounted at the top of the command line)
 COMMANDS: dict[str, Command] = command_table(PPL, TOKENS)
