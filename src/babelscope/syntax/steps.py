@@ -9,7 +9,6 @@ extract step resumes language by language, results are written atomically with p
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -192,47 +191,15 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
         if len(inst) < 20:
             raise BabelscopeError(f"{lang}: only {len(inst)} relation instances at layer {layer}; "
                                   "extract more sentences (--max-sentences)")
-    mean, std = represent.standardizer(list(full.values()))
-    n = len(langs)
-    runs: dict[str, list[np.ndarray]] = {"raw": [], "std": []}
-    eps: dict[str, list[float]] = {"raw": [], "std": []}
-    pairs = n * (n + 1) // 2
     solves: list = []
-    with _bar(cfg.draws * 2 * 2 * pairs, "otdd", "pair") as bar:
-        for d in range(cfg.draws):
-            # each language's draw is seeded by its code, not its position: the matrix ignores the order
-            sub = {lang: represent.subsample(inst, cfg.samples, cfg.seed + 1000 * d + zlib.crc32(lang.encode()))
-                   for lang, inst in full.items()}
-            for variant, sets in (("raw", sub), ("std", _standardized(sub, mean, std))):
-                D, e = otdd.otdd_matrix([(sets[lang].X, sets[lang].labels) for lang in langs], reg=cfg.reg,
-                                        inner=cfg.inner, inner_reg=cfg.inner_reg,
-                                        max_per_label=cfg.max_per_label, seed=cfg.seed + d, progress=bar,
-                                        log=solves)
-                runs[variant].append(D)
-                eps[variant].append(e)
-    mats = {}
-    for variant in ("raw", "std"):
-        stack = np.stack(runs[variant])
-        mats[f"otdd_{variant}"] = stack.mean(axis=0)
-        mats[f"otdd_{variant}_sd"] = stack.std(axis=0, ddof=1) if cfg.draws > 1 else np.zeros((n, n))
-    links: dict[str, Any] = {}
-    importance: list[dict] = []
+    with _bar(cfg.draws * 2 * 2 * (len(langs) * (len(langs) + 1) // 2), "otdd", "pair") as bar:
+        mats, eps = otdd.otdd_draws(full, draws=cfg.draws, samples=cfg.samples, reg=cfg.reg, inner=cfg.inner,
+                                    inner_reg=cfg.inner_reg, max_per_label=cfg.max_per_label, seed=cfg.seed,
+                                    progress=bar, log=solves)
     typo_langs = [lang for lang in langs if _has_typology(lang, cfg.typology)]
-    if len(typo_langs) >= 3:
-        idx = [langs.index(lang) for lang in typo_langs]
-        F = typology.syntax_features(typo_langs, cfg.typology)
-        T = typology.typological_distance(F)
-        full_T = np.full((n, n), np.nan)
-        full_T[np.ix_(idx, idx)] = T
-        mats["typology"] = full_T
-        for variant in ("raw", "std"):
-            sub_D = mats[f"otdd_{variant}"][np.ix_(idx, idx)]
-            r, p = typology.mantel(sub_D, T, n_perm=cfg.mantel_perm, seed=cfg.seed)
-            links[f"mantel_otdd_{variant}_vs_typology"] = {"r": r, "p": p, "languages": len(idx)}
-        if len(typo_langs) >= 4:
-            importance, r2 = typology.feature_importance(F, mats["otdd_std"][np.ix_(idx, idx)],
-                                                         typology.feature_names(), seed=cfg.seed)
-            links["gbr_r2_in_sample"] = r2
+    links, importance, typo = typology.otdd_links(langs, mats, typo_langs, cfg.typology, cfg.mantel_perm, cfg.seed)
+    if typo is not None:
+        mats["typology"] = typo
     tables = {
         "pairs": _pairs_rows(langs, mats),
         "matrix_raw": _matrix_rows(langs, mats["otdd_raw"]),
@@ -240,7 +207,7 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
         "importance": importance[:25],
     }
     results = {"layer": layer, "languages": langs, "draws": cfg.draws, "samples": cfg.samples,
-               "eps": {k: float(np.mean(v)) for k, v in eps.items()}, "links": links,
+               "eps": eps, "links": links,
                "sinkhorn": otdd.convergence(solves),
                "instances": {lang: len(inst) for lang, inst in full.items()},
                "store_model": store.records[langs[0]].get("model"),
@@ -279,27 +246,6 @@ def _concept_sets(store, langs, layer, kind):
     return {lang: represent.instances(store, lang, layer, kind) for lang in langs}
 
 
-def _alignability_matrices(sets: dict[str, Any], cfg: RsaConfig, n_perm: int) -> dict[str, np.ndarray]:
-    from babelscope.syntax import rsa
-
-    langs = list(sets)
-    n = len(langs)
-    out = {k: np.full((n, n), np.nan) for k in ("rsa", "p_value", "procrustes", "concepts")}
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = sets[langs[i]], sets[langs[j]]
-            try:
-                res = rsa.alignability(a.X, a.labels, b.X, b.labels, min_count=cfg.min_count, metric=cfg.metric,
-                                       n_perm=n_perm, seed=cfg.seed)
-            except BabelscopeError:
-                continue  # too few shared concepts: left as NaN and counted in the results
-            for k in out:
-                out[k][i, j] = out[k][j, i] = res[k]
-    for k in ("rsa",):
-        np.fill_diagonal(out[k], 1.0)
-    return out
-
-
 def _upper_mean(M: np.ndarray) -> float:
     iu = np.triu_indices(len(M), 1)
     vals = M[iu][np.isfinite(M[iu])]
@@ -310,7 +256,7 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
     """Alignability heatmap (RSA and Procrustes, with and without standardisation) at one layer, per-layer
     curves with split-half ceilings and the random-model control, and the Mantel test against typology."""
     from babelscope.runs import is_main_process, provenance
-    from babelscope.syntax import represent, rsa, typology
+    from babelscope.syntax import rsa, typology
 
     sr, doc = _start(cfg, run_dir, step, loaded, cfg.store, cfg.control)
     if doc is not None:
@@ -328,27 +274,20 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
     heat: dict[str, np.ndarray] = {}
     with _bar(len(set(layers) | {layer}), "rsa", "layer") as bar:
         for lay in sorted(set(layers) | {layer}):
-            sets = _concept_sets(store, langs, lay, cfg.concepts)
-            mean, std = represent.standardizer(list(sets.values()))
-            std_sets = _standardized(sets, mean, std)
-            perm = cfg.n_perm if lay == layer else 0
-            raw = _alignability_matrices(sets, cfg, perm)
-            stdm = _alignability_matrices(std_sets, cfg, perm)
-            ceil = [rsa.split_half(s.X, s.labels, s.sent_ids, min_count=cfg.min_count, metric=cfg.metric,
-                                   seed=cfg.seed) for s in sets.values()]
-            ceil_std = [rsa.split_half(s.X, s.labels, s.sent_ids, min_count=cfg.min_count, metric=cfg.metric,
-                                       seed=cfg.seed) for s in std_sets.values()]
+            kw = {"min_count": cfg.min_count, "metric": cfg.metric, "seed": cfg.seed}
+            al = rsa.layer_alignability(_concept_sets(store, langs, lay, cfg.concepts), **kw,
+                                        n_perm=cfg.n_perm if lay == layer else 0)
+            raw, stdm, ceil, ceil_std = al["raw"], al["std"], al["split_half"], al["split_half_std"]
             row = {"layer": lay, "rsa": _upper_mean(raw["rsa"]), "rsa_std": _upper_mean(stdm["rsa"]),
                    "procrustes": _upper_mean(raw["procrustes"]), "procrustes_std": _upper_mean(stdm["procrustes"]),
                    "split_half": float(np.nanmean(ceil)), "split_half_std": float(np.nanmean(ceil_std))}
             ctrl = None
             if control is not None and lay in control.layers():
-                csets = _concept_sets(control, langs, lay, cfg.concepts)
-                ctrl = _alignability_matrices(csets, cfg, 0)
-                cm, cs = represent.standardizer(list(csets.values()))
-                ctrl_std = _alignability_matrices(_standardized(csets, cm, cs), cfg, 0)
+                ctrl_al = rsa.layer_alignability(_concept_sets(control, langs, lay, cfg.concepts), **kw, n_perm=0,
+                                                 ceilings=False)
+                ctrl = ctrl_al["raw"]
                 row["control_rsa"] = _upper_mean(ctrl["rsa"])
-                row["control_rsa_std"] = _upper_mean(ctrl_std["rsa"])
+                row["control_rsa_std"] = _upper_mean(ctrl_al["std"]["rsa"])
             curves.append(row)
             if lay == layer:
                 heat = {"rsa": raw["rsa"], "p_value": raw["p_value"], "procrustes": raw["procrustes"],
