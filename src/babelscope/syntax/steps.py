@@ -333,11 +333,47 @@ def _split(inst, cfg: ProbeConfig):
     return train, inst.take(np.flatnonzero(test))
 
 
+def _transfer_links(run_dir, cfg: ProbeConfig, langs: list[str], T: np.ndarray) -> dict[str, Any]:
+    """Mantel correlation of the symmetrised transfer loss ``1 - (T + T^T) / 2`` with the OTDD matrices of the
+    ``--otdd`` step, over the languages both have (at least 3)."""
+    from babelscope.runs import load_results
+    from babelscope.syntax import typology
+
+    links: dict[str, Any] = {}
+    if not cfg.otdd:
+        return links
+    odoc = load_results(Path(run_dir) / cfg.otdd)
+    olangs = odoc["results"]["languages"]
+    common = [lang for lang in langs if lang in olangs]
+    if len(common) >= 3:
+        idx = [langs.index(lang) for lang in common]
+        transfer_dist = 1.0 - 0.5 * (T + T.T)  # symmetrised transfer loss
+        for variant in ("raw", "std"):
+            dist = _square(olangs, odoc["tables"]["pairs"]["rows"], f"otdd_{variant}")
+            oidx = [olangs.index(lang) for lang in common]
+            r, p = typology.mantel(dist[np.ix_(oidx, oidx)], transfer_dist[np.ix_(idx, idx)], n_perm=999,
+                                   seed=cfg.seed)
+            links[f"mantel_otdd_{variant}_vs_transfer_loss"] = {"r": r, "p": p, "languages": len(common)}
+    return links
+
+
+def _probe_summary(curves: list[dict], kinds: list[str], layers: list[int]) -> list[dict[str, Any]]:
+    """Mean accuracy, majority baseline and control accuracy over languages, per concept kind and layer."""
+    summary = []
+    for kind in kinds:
+        for lay in layers:
+            mine = [r for r in curves if r["concepts"] == kind and r["layer"] == lay]
+            summary.append({"concepts": kind, "layer": lay, **{
+                k: float(np.mean([r[k] for r in mine])) for k in ("accuracy", "majority", "control_accuracy")
+                if all(k in r for r in mine)}})
+    return summary
+
+
 def run_probe(cfg: ProbeConfig, run_dir, step: str = "syntax-probe", loaded=None) -> dict[str, Any]:
     """Per-layer probe accuracy against majority, layer-0 and random-model baselines; the cross-lingual
     relation-probe transfer matrix; its Mantel correlation with the OTDD matrix when one is given."""
     from babelscope.runs import is_main_process, provenance
-    from babelscope.syntax import probe, represent, typology
+    from babelscope.syntax import probe, represent
 
     sr, doc = _start(cfg, run_dir, step, loaded, cfg.store, cfg.control, cfg.otdd)
     if doc is not None:
@@ -374,29 +410,8 @@ def run_probe(cfg: ProbeConfig, run_dir, step: str = "syntax-probe", loaded=None
         tr, te = _split(represent.instances(store, lang, t_layer, "relation"), cfg)
         train[lang], test[lang] = (tr.X, tr.labels), (te.X, te.labels)
     _, T = probe.transfer_matrix(train, test, C=cfg.C, max_iter=cfg.max_iter, seed=cfg.seed)
-    links = {}
-    if cfg.otdd:
-        from babelscope.runs import load_results as load
-
-        odoc = load(Path(run_dir) / cfg.otdd)
-        olangs = odoc["results"]["languages"]
-        common = [lang for lang in langs if lang in olangs]
-        if len(common) >= 3:
-            idx = [langs.index(lang) for lang in common]
-            transfer_dist = 1.0 - 0.5 * (T + T.T)  # symmetrised transfer loss
-            for variant in ("raw", "std"):
-                dist = _square(olangs, odoc["tables"]["pairs"]["rows"], f"otdd_{variant}")
-                oidx = [olangs.index(lang) for lang in common]
-                r, p = typology.mantel(dist[np.ix_(oidx, oidx)], transfer_dist[np.ix_(idx, idx)], n_perm=999,
-                                       seed=cfg.seed)
-                links[f"mantel_otdd_{variant}_vs_transfer_loss"] = {"r": r, "p": p, "languages": len(common)}
-    summary = []
-    for kind in kinds:
-        for lay in layers:
-            mine = [r for r in curves if r["concepts"] == kind and r["layer"] == lay]
-            summary.append({"concepts": kind, "layer": lay, **{
-                k: float(np.mean([r[k] for r in mine])) for k in ("accuracy", "majority", "control_accuracy")
-                if all(k in r for r in mine)}})
+    links = _transfer_links(run_dir, cfg, langs, T)
+    summary = _probe_summary(curves, kinds, layers)
     layer0 = {kind: next((s["accuracy"] for s in summary if s["concepts"] == kind and s["layer"] == 0), None)
               for kind in kinds}
     results = {"languages": langs, "layers": layers, "transfer_layer": t_layer, "layer0_accuracy": layer0,
