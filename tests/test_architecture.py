@@ -27,8 +27,8 @@ FLOORS = [
      "tensorfiles", "runs"},                                             # 0 ground floor
     {"data", "models"},                                                  # 1 model and corpus
     {"steps", "options", "commands"},                                    # 2 the step runner, options, commands
-    {"evaluate", "lens", "neurons", "regions", "syntax", "transfer"},    # 3 capabilities, side by side
-    {"report"},                                                          # 4 reads results files only
+    {"evaluate", "export", "lens", "neurons", "regions", "steer", "syntax", "transfer"},  # 3 capabilities
+    {"report", "compare", "locate"},                                     # 4 reads results files only
     {"registry", "experiment", "cli", "babelscope"},                     # 5 wiring and the command line
 ]
 
@@ -38,8 +38,7 @@ ALLOWED = [
     ("transfer", "babelscope.regions.select", "region masks frozen in training"),
     ("neurons", "babelscope.regions.select", "the overlap step compares neurons with region masks"),
     ("neurons", "babelscope.regions.shards", "the overlap step reads region score files, whole or in FSDP pieces"),
-    # issue 24 moves regions/params.py (block, norm and FFN enumeration) into models/ as the architecture table
-    ("transfer", "babelscope.regions.params", "until issue 24 moves it into models/"),
+    ("steer", "babelscope.neurons", "LAPE-neuron steering: the neurons find step's selection at its FFN sites"),
 ]
 
 

@@ -1,28 +1,72 @@
-"""Judge pipeline end to end against a real OpenAI-compatible server (ours, backed by transformers) on localhost."""
+"""Judge pipeline end to end against a real OpenAI-compatible server: ``transformers serve`` (transformers' own)
+started by the tests on loopback with tiny real-architecture models saved to disk (no mock)."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.judge import JudgeError, OpenAIJudge, judge_all, parse_scores
-from babelscope.evaluate.judge_server import make_server
 from babelscope.evaluate.respond import RespondConfig, run
 from babelscope.models.loader import ModelInfo
 from babelscope.runs import RequestCache
 from conftest import build_tiny
+
+CHAT_TEMPLATE = ("{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant\n{% endif %}")
 
 
 def serve(server):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_transformers_serve(*model: str, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """``transformers serve [MODEL] --host 127.0.0.1 --port P --device cpu`` as a child process; returns it and
+    its ``/v1`` URL once ``/health`` answers."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("transformers")
+    proc = subprocess.Popen([str(exe), "serve", *model, "--host", "127.0.0.1", "--port", str(port), "--device",
+                             "cpu", "--log-level", "warning"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    pytest.fail("transformers serve did not answer /health in time")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +77,27 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def tiny_server(tiny):
-    model, tok, _ = tiny
-    server = make_server(model, tok, "tiny")
-    url = serve(server)
+def judges(tmp_path_factory) -> dict[str, str]:
+    """Tiny Llama judges on disk: two chat models (other seeds: other weights) and a base model (no template)."""
+    out = {}
+    for name, seed, chat in [("chat", 0, True), ("chat2", 1, True), ("base", 0, False)]:
+        path = tmp_path_factory.mktemp(f"judge-{name}")
+        model, tok = build_tiny("llama", seed=seed)
+        model.config.max_position_embeddings = 4096  # rotary positions: the judge prompt (bytes of Chinese) fits
+        if chat:
+            tok.chat_template = CHAT_TEMPLATE
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        out[name] = str(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_server(judges):
+    """One ``transformers serve`` (not pinned: it loads whichever local model a request names)."""
+    proc, url = start_transformers_serve()
     yield url
-    server.shutdown()
+    stop(proc)
 
 
 class Flaky(BaseHTTPRequestHandler):
@@ -94,22 +153,26 @@ def test_parse_scores_is_robust():
     assert parse_scores("ACC: 2 F: 3") is None and parse_scores("") is None
 
 
-def test_server_speaks_openai_chat(tiny_server):
-    with urllib.request.urlopen(tiny_server + "/models") as resp:
-        assert json.loads(resp.read())["data"][0]["id"] == "tiny"
-    text = OpenAIJudge(tiny_server, "tiny", max_tokens=5)([{"role": "user", "content": "Hello"}])
-    assert isinstance(text, str) and text  # a real (random-weight) model's greedy continuation
+def test_server_speaks_openai_chat(tiny_server, judges):
+    text = OpenAIJudge(tiny_server, judges["chat"], max_tokens=5)([{"role": "user", "content": "Hello"}])
+    assert isinstance(text, str) and text  # a real (random-weight) model's greedy reply through its chat template
+    with urllib.request.urlopen(tiny_server + "/models") as resp:  # the model it has loaded
+        assert judges["chat"] in [m["id"] for m in json.loads(resp.read())["data"]]
 
 
-def test_respond_step_end_to_end_keeps_raw_output_and_resumes(tiny, tiny_server, tmp_path, monkeypatch):
+def test_respond_step_end_to_end_keeps_raw_output_resumes_and_keys_the_cache_by_judge(tiny, tiny_server, judges,
+                                                                                        tmp_path, monkeypatch):
     model, tok, info = tiny
     monkeypatch.setenv("BS_TEST_KEY", "sk-secret-123")
     cfg = RespondConfig(instructions="embedded", limit=3, max_new_tokens=4, judge="openai", judge_url=tiny_server,
-                        judge_api_model="tiny", api_key_env="BS_TEST_KEY", timeout=30, retries=1)
+                        judge_api_model=judges["chat"], api_key_env="BS_TEST_KEY", timeout=60, retries=1,
+                        judge_max_tokens=12)
     doc = run(cfg, tmp_path, "respond", loaded=lambda: (model, tok, info))
     rows = doc["tables"]["per_item"]["rows"]
     assert len(rows) == 3 and all(r["status"] in ("ok", "unparsed") for r in rows)
     assert all(r["judge_raw"] for r in rows)  # the raw judge output is kept with each score
+    summary = doc["results"]["summary"]  # a random-weight judge: its replies parse or are counted as unparsed
+    assert summary["judged"] + summary["unparsed"] + summary["failed"] == 3 and summary["failed"] == 0
     cache_file = tmp_path / "respond" / "cache" / "judgments.jsonl"
     assert len(cache_file.read_text().splitlines()) == 3
     for path in tmp_path.rglob("*"):
@@ -117,39 +180,47 @@ def test_respond_step_end_to_end_keeps_raw_output_and_resumes(tiny, tiny_server,
             assert "sk-secret-123" not in path.read_text(errors="ignore")  # the key is never stored
     again = run(cfg, tmp_path, "respond", loaded=lambda: pytest.fail("finished step reloaded its model"))
     assert again["tables"]["per_item"]["rows"] == rows
+    # another judge (other weights at the same server) is asked anew; the same judge again is served from cache
+    other = RespondConfig(**{**vars(cfg), "judge_api_model": judges["chat2"]})
+    run(other, tmp_path, "respond", loaded=lambda: (model, tok, info))
+    assert len(cache_file.read_text().splitlines()) == 6
+    back = run(RespondConfig(**{**vars(cfg), "timeout": 61}), tmp_path, "respond", loaded=lambda: (model, tok, info))
+    assert len(cache_file.read_text().splitlines()) == 6
+    assert [r["judge_raw"] for r in back["tables"]["per_item"]["rows"]] == [r["judge_raw"] for r in rows]
 
 
-def test_retries_on_5xx_and_sends_key(flaky, monkeypatch):
+def test_retries_on_5xx_and_sends_key(flaky, judges, monkeypatch):
     monkeypatch.setenv("BS_TEST_KEY", "sk-abc")
     Flaky.fails = 2
-    judge = OpenAIJudge(flaky, "tiny", api_key_env="BS_TEST_KEY", retries=3, backoff=0.01, max_tokens=3)
+    judge = OpenAIJudge(flaky, judges["chat"], api_key_env="BS_TEST_KEY", retries=3, max_tokens=3)
     assert isinstance(judge([{"role": "user", "content": "Hi"}]), str)
     assert len(Flaky.seen_auth) == 3 and set(Flaky.seen_auth) == {"Bearer sk-abc"}
 
 
-def test_failures_are_recorded_and_judgments_kept(flaky, tmp_path):
+def test_failures_are_recorded_and_judgments_kept(flaky, judges, tmp_path):
     cache = RequestCache(tmp_path / "j.jsonl")
     items = [{"id": str(i), "instruction": f"Q{i}", "response": "A", "reference": "R"} for i in range(3)]
-    ok = OpenAIJudge(flaky, "tiny", retries=0, max_tokens=3)
+    ok = OpenAIJudge(flaky, judges["chat"], retries=0, max_tokens=3)
     first = judge_all(items[:2], ok, cache, lambda it: it["id"])
     assert [r["status"] in ("ok", "unparsed") for r in first] == [True, True]
     Flaky.delay = 2.0
-    slow = OpenAIJudge(flaky, "tiny", timeout=0.5, retries=1, backoff=0.01)
+    slow = OpenAIJudge(flaky, judges["chat"], timeout=0.5, retries=1)
     out = judge_all(items, slow, cache, lambda it: it["id"])
     assert out[0]["raw"] == first[0]["raw"] and out[1]["raw"] == first[1]["raw"]  # cached, not re-asked
     assert out[2]["status"].startswith("failed: no answer") and "2 tries" in out[2]["status"]
-    down = OpenAIJudge("http://127.0.0.1:9/v1", "x", timeout=2, retries=1, backoff=0.01)
+    down = OpenAIJudge("http://127.0.0.1:9/v1", "x", timeout=2, retries=1)
     with pytest.raises(JudgeError, match="no answer from http://127.0.0.1:9/v1"):
         down([{"role": "user", "content": "x"}])
     assert len(RequestCache(tmp_path / "j.jsonl")) == 2
 
 
-def test_garbage_and_bad_requests(tiny_server):
+def test_garbage_and_bad_requests(tiny_server, judges):
     garbage = judge_all([{"id": "g", "instruction": "Q", "response": "A", "reference": "R"}],
                         lambda messages: "I cannot score this, sorry!!", RequestCache(None), lambda it: it["id"])
     assert garbage[0]["status"] == "unparsed" and garbage[0]["scores"] is None
     with pytest.raises(JudgeError, match="HTTP 404"):
-        OpenAIJudge(tiny_server.replace("/v1", "/nope"), "tiny", retries=0)([{"role": "user", "content": "x"}])
+        OpenAIJudge(tiny_server.replace("/v1", "/nope"), judges["chat"], retries=0)(
+            [{"role": "user", "content": "x"}])
 
 
 def test_openai_judge_needs_url(tmp_path):
@@ -157,30 +228,46 @@ def test_openai_judge_needs_url(tmp_path):
         run(RespondConfig(judge="openai"), tmp_path, "respond", loaded=lambda: pytest.fail("loaded"))
 
 
-@pytest.mark.slow
-def test_real_model_served_and_judging(default_model, tmp_path):
-    """The embedded default model answers our instructions and judges them through the HTTP server."""
-    from babelscope.evaluate.codeswitch import CodeSwitchConfig
-    from babelscope.evaluate.codeswitch import run as run_codeswitch
+def respond_cli(run_dir: Path, model_dir: Path, url: str, judge_model: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "babelscope.cli", "eval", "respond", "--model", str(model_dir),
+                           "--instructions", "embedded", "--limit", "2", "--max-new-tokens", "4", "--judge", "openai",
+                           "--judge-url", url, "--judge-api-model", judge_model, "--retries", "0", "--timeout", "30",
+                           "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=300)
 
+
+@pytest.mark.parametrize("case", ["not a chat model", "does not answer"])
+def test_bad_judge_one_line_exit_2_responses_kept(tiny_server, judges, tiny_dir, tmp_path, case):
+    """A judge model without a chat template, or a judge URL where nothing listens: one line, exit 2, and the
+    generated responses are in the results file (a re-run with a working judge judges them)."""
+    if case == "not a chat model":
+        proc = respond_cli(tmp_path, tiny_dir, tiny_server, judges["base"])
+    else:
+        proc = respond_cli(tmp_path, tiny_dir, f"http://127.0.0.1:{free_port()}/v1", judges["chat"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]  # (above: progress bars)
+    assert len(errors) == 1 and case in errors[0] and "are kept in" in errors[0]
+    assert "Traceback" not in proc.stderr
+    rows = json.loads((tmp_path / "respond" / "results.json").read_text())["tables"]["per_item"]["rows"]
+    assert len(rows) == 2 and all(r["status"].startswith("failed") for r in rows)
+    assert all(isinstance(r["response"], str) for r in rows)
+
+
+@pytest.mark.slow
+def test_real_model_served_by_transformers_serve(default_model, tmp_path):
+    """The embedded default model answers our instructions; served by ``transformers serve`` as a judge it is
+    refused (a base model has no chat template): one line, exit 2, the real responses kept."""
     model, tok, info = default_model
-    server = make_server(model, tok, info.name)
-    url = serve(server)
+    proc, url = start_transformers_serve(info.source)
     try:
         cfg = RespondConfig(instructions="embedded", langs="zh,de", max_new_tokens=16, judge="openai",
-                            judge_url=url, judge_api_model=info.name, timeout=300, retries=1, pipeline_check=True)
-        doc = run(cfg, tmp_path, "respond", loaded=lambda: default_model)
+                            judge_url=url, judge_api_model=info.source, timeout=300, retries=1, pipeline_check=True)
+        with pytest.raises(BabelscopeError, match="is not a chat model") as err:
+            run(cfg, tmp_path, "respond", loaded=lambda: default_model)
     finally:
-        server.shutdown()
-    rows = doc["tables"]["per_item"]["rows"]
-    assert [r["lang"] for r in rows] == ["zh", "zh", "de"]
-    # the 270M base model sometimes ends its turn at once (an empty answer); the judge still sees every item
-    assert any(r["response"] for r in rows) and all(isinstance(r["response"], str) for r in rows)
-    assert all(r["judge_raw"] for r in rows)
-    assert doc["results"]["pipeline_check"] is True
-    cs = run_codeswitch(CodeSwitchConfig(responses="respond"), tmp_path, "codeswitch")
-    langs = {r["lang"]: r for r in cs["tables"]["per_language"]["rows"]}
-    assert set(langs) == {"zh", "de"} and all(0 <= r["rate"] <= 1 for r in langs.values())
+        stop(proc)
+    assert "\n" not in str(err.value)
+    rows = json.loads((tmp_path / "respond" / "results.json").read_text())["tables"]["per_item"]["rows"]
+    assert [r["lang"] for r in rows] == ["zh", "zh", "de"] and any(r["response"] for r in rows)
 
 
 def test_instruction_sets(tmp_path):
@@ -234,3 +321,13 @@ def test_local_choice_scoring_always_scores_and_picks_the_most_likely(tiny, tmp_
     assert "choice scoring" in json.dumps(doc["results"])
     with pytest.raises(BabelscopeError, match="--judge-scoring"):
         run(RespondConfig(judge="openai", judge_scoring="choice"), tmp_path, "r2", loaded=lambda: pytest.fail())
+
+
+def test_judge_by_named_model_is_checked_before_loading(tmp_path):
+    """``judge: qwen2.5-coder-1.5b`` (a named model run locally) is accepted; anything else is refused in one line
+    that names the choices, before any model loads."""
+    with pytest.raises(BabelscopeError, match="qwen2.5-coder-1.5b"):
+        run(RespondConfig(judge="gpt-judge"), tmp_path, "r1", loaded=lambda: pytest.fail("loaded"))
+    with pytest.raises(BabelscopeError, match="give one judge model"):
+        run(RespondConfig(judge="qwen2.5-coder-1.5b", judge_model="smollm2-135m"), tmp_path, "r2",
+            loaded=lambda: pytest.fail("loaded"))

@@ -227,19 +227,20 @@ def _cli(capsys, *args) -> tuple[int, str]:
 
 
 def test_bad_input(tmp_path, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import OPTConfig, OPTForCausalLM
 
     from babelscope.errors import BabelscopeError
     from babelscope.neurons.ffn import check_site, ffn_modules
 
-    # GPT-2's FFN is made of Conv1D, not Linear: no recognisable down projection
-    out = tmp_path / "gpt2"
+    # OPT has no entry in the architecture table: refused in one line naming the missing part
+    out = tmp_path / "opt"
     _, tok = build_tiny("llama")
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, bos_token_id=2, eos_token_id=1)
-                    ).save_pretrained(out)
+    OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                             num_attention_heads=2, word_embed_proj_dim=32, bos_token_id=2, eos_token_id=1)
+                   ).save_pretrained(out)
     tok.save_pretrained(out)
     code, err = _cli(capsys, "neurons", "find", "--model", str(out), "--langs", "eng,fra", "-o", str(tmp_path / "run"))
-    assert code == 2 and err.count("\n") == 1 and "down projection" in err
+    assert code == 2 and err.count("\n") == 1 and "architecture table" in err and "FFN activation module" in err
     assert not (tmp_path / "run" / "neurons").exists()
     # an FFN whose activation is not a module: --site act refuses, down-input is offered
     model, _, _ = _loaded("llama")

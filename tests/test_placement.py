@@ -96,9 +96,9 @@ def test_activation_counts_and_lens_match_one_device(pair):
 
 def test_region_and_dimension_changes_reach_offloaded_blocks_and_are_undone(pair):
     from babelscope.models.engine import Engine
+    from babelscope.models.params import find_norm, gamma_offset, scored_parameters
     from babelscope.models.placement import writable_weights
     from babelscope.regions.apply import applied_region, perturbed_dimension
-    from babelscope.regions.params import find_norm, gamma_offset, scored_parameters
 
     (m0, tok, _), (m1, _, _) = pair
     p0, p1 = scored_parameters(m0), scored_parameters(m1)
@@ -213,3 +213,34 @@ def test_the_real_default_with_blocks_on_disk_matches_one_device(default_model, 
     assert n0 == n1
     # a GELU output within ulps of 0 may flip sign under reordered sums: allow a handful in 18 x 2048 x ~60 tokens
     assert int((c0 - c1).abs().sum()) <= 4
+
+
+def _dp_worker():
+    """Two processes, each with the model on its own device map (blocks on the disk, its own offload subfolder),
+    share the ppl step's requests."""
+    import os
+
+    from babelscope.evaluate.perplexity import PplConfig, run
+    from conftest import assert_two_processes
+
+    assert_two_processes()
+    out = Path(os.environ["BABELSCOPE_TEST_OUT"])
+    run(PplConfig(model=os.environ["BABELSCOPE_TEST_MODEL"], langs="eng,fra,deu", max_units=3, window=16,
+                  device_map="sequential", max_memory=TINY_CAP, offload_dir=str(out / "offload")), out / "run", "ppl")
+
+
+def test_data_parallel_with_a_device_map_matches_one_device(tiny, tmp_path):
+    from babelscope.evaluate.perplexity import PplConfig, run
+    from conftest import launch_two_processes
+
+    launch_two_processes("test_placement", "_dp_worker",
+                         {"BABELSCOPE_TEST_OUT": str(tmp_path / "dp"), "BABELSCOPE_TEST_MODEL": str(tiny)})
+    assert sorted(p.name for p in (tmp_path / "dp" / "offload").iterdir()) == ["rank0", "rank1"]
+    one = run(PplConfig(model=str(tiny), langs="eng,fra,deu", max_units=3, window=16), tmp_path / "one", "ppl")
+    import json
+
+    dp = json.loads((tmp_path / "dp" / "run" / "ppl" / "results.json").read_text())
+    rows0, rows1 = one["tables"]["per_language"]["rows"], dp["tables"]["per_language"]["rows"]
+    assert len(rows0) == len(rows1) == 3
+    for a, b in zip(rows1, rows0, strict=True):
+        _close(a["ppl"], b["ppl"])

@@ -26,16 +26,20 @@ def test_shape_from_the_config_alone_counts_the_real_parameters(kind, tmp_path):
 def test_the_accounting_rules():
     from babelscope.models.plan import GiB, Shape, options_that_fit, plan_memory
 
-    shape = Shape(params=1000, block_params=800, layers=4, hidden=8, ffn=16, q_width=8, kv_width=4, vocab=50,
-                  norms=2, qk_norm=False, linear_shapes=[(8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)])
+    shape = Shape(params=1000, block_params=800, layers=4, hidden=8, ffn=16, q_width=8, heads=2, kv_width=4, vocab=50,
+                  norms=2, qk_norm=False, softcap=False,
+                  linear_shapes=[(8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)])
     imp = plan_memory(shape, "importance", seq_len=10, batch_size=2)
-    assert imp.parts["weights"] == 4000 and imp.parts["gradients"] == 3200 and imp.parts["scores"] == 3200
+    assert imp.parts["weights"] == 4000 and imp.parts["gradients"] == 3200 and imp.parts["scores"] == 6400
     per_token = 6 * 8 + 5 * 8 + 4 * 16  # (2 N + 2) H + 5 h_q + 4 F
     assert imp.parts["activations"] == 20 * per_token * 4 * 4
+    assert imp.parts["logits"] == 256 * 50 * 4  # one float32 chunk of logits
+    cpu = plan_memory(shape, "importance", seq_len=10, batch_size=2, device="cpu")  # SDPA's math kernel: 2 a T more
+    assert cpu.parts["activations"] == 20 * (per_token + 2 * 2 * 10) * 4 * 4
     half = plan_memory(shape, "importance", seq_len=10, batch_size=1)
     assert half.parts["activations"] * 2 == imp.parts["activations"]
     sharded = plan_memory(shape, "importance", devices=4, seq_len=10, batch_size=2, fsdp=True)
-    assert sharded.parts["weights"] == 1000 and sharded.parts["scores"] == 800
+    assert sharded.parts["weights"] == 1000 and sharded.parts["scores"] == 1600
     ckpt = plan_memory(shape, "importance", seq_len=10, batch_size=2, checkpointing=True)
     assert ckpt.parts["activations"] == 20 * (per_token + 4 * 8) * 4
     train = plan_memory(shape, "pretrain", dtype="bfloat16")
@@ -43,7 +47,7 @@ def test_the_accounting_rules():
     lora = plan_memory(shape, "sft", lora_rank=2)
     assert lora.parts["optimizer"] == 8 * 4 * sum(2 * (i + o) for i, o in shape.linear_shapes)
     ppl = plan_memory(shape, "ppl")
-    assert set(ppl.parts) == {"weights", "activations", "logits"}
+    assert set(ppl.parts) == {"weights", "activations", "logits"} and ppl.parts["logits"] == 2 * 256 * 50 * 4
     assert plan_memory(shape, "ppl", capacity=GiB).fits
     tight = ppl.total * 1.05  # fits only once the weights are spread or offloaded
     assert not plan_memory(shape, "ppl", capacity=int(tight)).fits or ppl.fits

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from babelscope.errors import BabelscopeError
 from babelscope.models.engine import Engine
+from babelscope.models.params import gamma_offset, layer_and_kind, norm_modules, scored_parameters
 from babelscope.regions.apply import applied_region, perturbed_dimension
 from babelscope.regions.importance import aggregate_importance, grads_only_for, language_scores
-from babelscope.regions.params import gamma_offset, layer_and_kind, norm_modules, scored_parameters
 from babelscope.regions.select import (
     jaccard,
     kept_fraction,

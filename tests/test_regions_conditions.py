@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from babelscope.models.params import norm_modules, scored_parameters
 from babelscope.regions.apply import applied_region
-from babelscope.regions.params import norm_modules, scored_parameters
 from babelscope.regions.select import region_mask
 from conftest import build_tiny
 

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.slow
 
 def test_real_model_regions(default_model, tmp_path):
     from babelscope.models.loader import state_dict_checksum
+    from babelscope.models.params import gamma_offset, norm_modules, scored_parameters
     from babelscope.regions import ablate, importance, scan, select
-    from babelscope.regions.params import gamma_offset, norm_modules, scored_parameters
     from babelscope.runs import load_results
 
     model, tok, info = default_model

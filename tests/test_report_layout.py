@@ -83,3 +83,65 @@ def test_regions_per_matrix_heatmap() -> None:
            "tables": {"regions": {"rows": []}, "per_matrix": {"rows": per}}}
     sec = select_section(doc)
     assert sec.figures == 1 and any("per layer (rows) and matrix type (columns)" in h for h in sec.html)
+
+
+def test_first_screen_is_the_findings_and_the_models_table_fits_in_chromium(tmp_path: Path) -> None:
+    """Headless chromium at 1280 x 900: the findings table starts on the first screen, run information is folded
+    below it, and with two models (long checksums and paths) the models table stays inside its card."""
+    from test_report import chromium
+
+    long = {"spec": "/a/very/long/path/to/a/further/trained/model/directory/with/many/parts/sft/model",
+            "kind": "causal", "checksum": "ef" * 32, "parameters": 268_098_176, "source": "/x/" + "y" * 120}
+    _doc_with_model(tmp_path, "ppl", {"name": "gemma-3-270m", "checksum": "ab" * 32, "source": "/c/" + "z" * 90})
+    _doc_with_model(tmp_path, "sft", {**long, "name": long["spec"]})
+    Step(tmp_path, "ablate").write_results(
+        kind="regions-ablation", config={},
+        results={"summary": [{"region": "top", "k": 0.01, "median_ratio": 1.0e8},
+                             {"region": "random", "k": 0.01, "median_ratio": 1.65}]},
+        prov=provenance(model="gemma-3-270m"))
+    Step(tmp_path, "pt").write_results(
+        kind="transfer-pretrain", config={},
+        results={"samples": 16, "targets": ["deu"], "eval_corpus": "udhr",
+                 "summary": {"target_ppl_ratio": 1.2, "others_median_ppl_ratio": 1.1}},
+        prov=provenance(model="gemma-3-270m"))
+    html = render_report(tmp_path).read_text(encoding="utf-8")
+    first = html.index('id="findings"')
+    assert first < html.index('id="run"') < html.index("<nav")  # findings, then run information, then contents
+    assert '<details class="run-info" id="run">' in html  # folded
+    rows = re.findall(r'<tr class="finding (\w+)"><th scope="row"><a href="#(step-[^"]+)">', html)
+    assert ("yes", "step-ablate") in rows and ("no", "step-pt") in rows
+    assert "×1.0e+08" in html and "×1.65" in html and "not reproduced on this model" in html
+    probe = """<script>window.addEventListener("load", function () {
+      var f = document.getElementById("findings").getBoundingClientRect();
+      document.getElementById("run").open = true;
+      var t = document.querySelector("table.models"), c = t.closest(".card");
+      document.body.dataset.probe = [f.top < window.innerHeight, f.height > 0,
+        t.getBoundingClientRect().right <= c.getBoundingClientRect().right + 0.5,
+        t.scrollWidth <= c.clientWidth].join(",");
+    });</script></body>"""
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe), encoding="utf-8")
+    done = chromium(["--window-size=1280,900", "--dump-dom", page.resolve().as_uri()], tmp_path / "profile")
+    match = re.search(r'data-probe="([^"]+)"', done.stdout)
+    assert match, f"no probe in the dumped page (rc {done.returncode}): {done.stderr[-2000:]}"
+    assert match[1] == "true,true,true,true"
+
+
+def test_frozen_pretraining_finding_compares_with_the_unfrozen_run() -> None:
+    """Zhang et al. §5 line: the frozen run's other languages against the unfrozen run's, from the compare table."""
+    from babelscope.report.findings import finding_for
+
+    def rows(run, freeze, eng_end):
+        return [{"run": run, "freeze": freeze, "samples": s, "lang": lang, "text": "udhr", "target": False,
+                 "ppl": ppl} for s, lang, ppl in [(0, "eng", 10.0), (8, "eng", eng_end)]]
+
+    compare = rows("pt", "none", 12.0) + rows("pt-core", "top@0.01", 11.0)
+    doc = {"kind": "transfer-pretrain", "step": "pt-core", "tables": {"compare": {"rows": compare}},
+           "results": {"samples": 8, "targets": ["deu"], "eval_corpus": "udhr", "target_eval": "pud (held-out)",
+                       "freeze": {"file": "m.safetensors", "region": "top", "parameters": 1000},
+                       "summary": {"target_ppl_ratio": 0.9, "target_eval_corpus_ppl_ratio": 1.05,
+                                   "others_median_ppl_ratio": 1.1}}}
+    f = finding_for(doc)
+    assert f.reproduced is True and "×1.10 vs ×1.20" in f.ours and "own held-out text" in f.ours
+    doc["tables"]["compare"]["rows"] = rows("pt", "none", 10.5) + rows("pt-core", "top@0.01", 11.0)
+    assert finding_for(doc).reproduced is False

@@ -90,12 +90,18 @@ def test_tokens_premium_fertility_two_tokenizers(tiny_dir, tmp_path):
         assert rows[(name, "rus")]["premium"] == pytest.approx(plain["rus"] / plain["eng"], rel=1e-12)
         r = rows[(name, "tha")]
         assert r["tokens_per_byte"] == r["tokens"] / r["bytes"] and r["tokens_per_unit"] == r["tokens"] / r["units"]
-    # the SentencePiece tokenizer saw no Thai: byte fallback; the byte-level BPE has none
+    # the SentencePiece tokenizer saw no Thai: byte fallback; the byte-level BPE's counterpart is lone bytes
     thai = corpus.units("tha")
     sp_tok = AutoTokenizer.from_pretrained(other)
     n_bytes = sum(t.startswith("<0x") for u in thai for t in sp_tok.tokenize(u.text))
     assert rows[("sp", "tha")]["byte_fallback_share"] == n_bytes / rows[("sp", "tha")]["tokens"] > 0.5
-    assert rows[(tiny_dir.name, "tha")]["byte_fallback_share"] == 0
+    from babelscope.transfer.tokenizers import _byte_encoder
+
+    lone = {_byte_encoder()[b] for b in range(0x80, 0x100)}  # one non-ASCII byte alone, as the vocabulary writes it
+    tiny_tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tiny_thai = [t for u in thai for t in tiny_tok.tokenize(u.text)]
+    share = sum(t in lone for t in tiny_thai) / len(tiny_thai)
+    assert rows[(tiny_dir.name, "tha")]["byte_fallback_share"] == pytest.approx(share, rel=1e-12) and share > 0.5
     fert = {(r["model"], r["lang"]): r for r in doc["tables"]["fertility"]["rows"]}
     assert all(f["fertility"] >= 1 and 0 <= f["split_share"] <= 1 for f in fert.values())
     from babelscope.report import render_report
@@ -168,7 +174,16 @@ def test_tokens_step_tokenizer_is_the_models_tokenizer(kind, tiny_dir, tmp_path)
     byte_ids, unk = special_ids(backend)
     regex_ids = {i for t, i in auto.get_vocab().items() if re.match(r"^<0x[0-9A-Fa-f]{2}>$", t)}
     fallback = kind in ("sentencepiece", "gemma")  # Llama-2 style and Gemma fall back to bytes; the others do not
-    assert byte_ids == (regex_ids if fallback else set()) and (len(byte_ids) == 256) == fallback
+    assert (len(byte_ids) == 256) == fallback
+    if fallback:
+        assert byte_ids == regex_ids
+    elif kind == "bpe":  # byte-level: the 128 tokens of one non-ASCII byte alone
+        from babelscope.transfer.tokenizers import _byte_encoder
+
+        assert byte_ids == {auto.convert_tokens_to_ids(_byte_encoder()[b]) for b in range(0x80, 0x100)}
+        assert len(byte_ids) == 128
+    else:
+        assert byte_ids == set()
     assert unk == auto.unk_token_id and special_ids(auto) == (byte_ids, unk)
 
 
@@ -369,3 +384,44 @@ def test_bad_input_normaliser_rewrites_script(tmp_path, monkeypatch, capsys):
                      "udhr-sample", "--held-out", "udhr-sample", "--run-dir", str(tmp_path / "run"))  # fmt: skip
     assert code == 2 and len(err.splitlines()) == 1 and "normaliser rewrites" in err
     assert not (tmp_path / "run" / "vocab").exists()
+
+
+def test_byte_level_bpe_counts_lone_bytes():
+    """A byte-level BPE (GPT-2, Qwen, SmolLM2) has no <0xNN> tokens: a character its merges never built comes out
+    as one token per UTF-8 byte, counted as byte tokens; whole ASCII characters are not."""
+    from babelscope.evaluate.tokens import count_tokens
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer()  # byte-level BPE trained on eight sentences: no merge builds an emoji
+    emoji, ascii_ = count_tokens(tok, ["😀", "xq"])
+    assert emoji == (4, 4, 0)  # four bytes F0 9F 98 80, each a token of one non-ASCII byte
+    assert ascii_[1] == 0 and ascii_[0] >= 1
+
+
+def test_extension_keeps_every_old_tokenization(tiny_dir, tmp_path):
+    """A byte-level BPE extended with two pieces, each two adjacent tokens joined: the one that would re-tokenize
+    old text (a pair from the Spanish sentence) is left out, the new-language one ("kwjqh") is added and
+    reachable, and no old text changes (a made-up word: its pair occurs in no old text)."""
+    from babelscope.evaluate.tokens import load_backend
+    from babelscope.transfer import tokenizers as tk
+    from conftest import SENTENCES
+
+    backend, _ = load_backend(str(tiny_dir))
+    base = tk.detect(tiny_dir, backend)
+    assert base.byte_level
+
+    def pair(text: str) -> str:  # the first two adjacent tokens of one word whose join is not in the vocabulary
+        toks = backend.encode(text, add_special_tokens=False).tokens
+        return next(a + b for a, b in zip(toks, toks[1:], strict=False)
+                    if not b.startswith("Ġ") and a + b not in base.vocab)
+
+    old_piece, new_piece = pair(SENTENCES[3]), pair(" kwjqh")
+    assert all(new_piece.replace("Ġ", " ") not in s for s in SENTENCES)
+    pieces = [(old_piece, -1.0), (new_piece, -2.0)]
+    plain, ids, _ = tk.extend(base, pieces, tmp_path / "plain")
+    assert tk._ids(plain, [SENTENCES[3]]) != tk._ids(backend, [SENTENCES[3]])  # without the rule: changed
+    kept, ids, _, dropped = tk.extend_keeping(base, pieces, tmp_path / "kept", SENTENCES)
+    assert dropped == [old_piece] and list(ids) == [new_piece]
+    assert tk._ids(kept, SENTENCES) == tk._ids(backend, SENTENCES)  # every old text keeps its ids
+    assert ids[new_piece] in tk._ids(kept, [" kwjqh"])[0]
+    assert kept.decode(tk._ids(kept, [" kwjqh dünya"])[0]) == " kwjqh dünya"

@@ -23,7 +23,7 @@ def _examples(tok, n=22):
 def _train(out: Path, micro: int):
     """4 samples per optimizer step either way (2 processes x 2, or 1 x 4); 22 samples = 6 steps (a short last
     one, padded with an empty row on one process); a 10% region frozen."""
-    from babelscope.regions.params import scored_parameters
+    from babelscope.models.params import scored_parameters
     from babelscope.regions.select import region_mask
     from babelscope.transfer.loop import LoopConfig, train
 
@@ -75,7 +75,7 @@ def _fsdp2_worker():
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from babelscope.regions.params import norm_modules, scored_parameters
+    from babelscope.models.params import norm_modules, scored_parameters
     from babelscope.regions.select import region_mask
     from babelscope.transfer.loop import LoopConfig, RegionFreeze, param_groups
 

@@ -120,7 +120,7 @@ def test_saved_model_loads(tmp_path):
 def test_frozen_region_stays_bit_identical(tmp_path, freeze_norms):
     """Masked entries (a random 20% of every block tensor) are bit-identical after 5 AdamW steps with weight
     decay, while every other entry of those tensors moved; norm vectors are frozen only when asked."""
-    from babelscope.regions.params import norm_modules, scored_parameters
+    from babelscope.models.params import norm_modules, scored_parameters
     from babelscope.regions.select import region_mask
 
     model, tok = build_tiny("gemma3")

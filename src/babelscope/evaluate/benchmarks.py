@@ -42,6 +42,7 @@ class MCItem:
     gold: int
     choice_lengths: list[int]
     source: str = ""  # file:row
+    doc: dict[str, Any] = field(default_factory=dict)  # the data row (exported as lm-eval's sample ``doc``)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class GenItem:
     answer: str
     stop: list[str] = field(default_factory=lambda: ["\n"])
     source: str = ""
+    doc: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- tasks
@@ -202,11 +204,16 @@ def fewshot_context(description: str, solved: list[tuple[str, str]], question: s
     return description + shots + question
 
 
+def _row(doc: dict[str, Any]) -> dict[str, Any]:
+    """A data row without our bookkeeping (``_source``, the parsed ``gold``)."""
+    return {k: v for k, v in doc.items() if k not in ("_source", "gold")}
+
+
 def _mc(item_id: str, subset: str, lang: str, context: str, choices: list[str], gold: int, source: str,
-        description: str = "", solved: list[tuple[str, str]] = ()) -> MCItem:
+        description: str = "", solved: list[tuple[str, str]] = (), doc: dict[str, Any] | None = None) -> MCItem:
     ctx = fewshot_context(description, list(solved), context)
     return MCItem(item_id, subset, lang, [(ctx, TARGET_DELIMITER + c) for c in choices], gold,
-                  [len(c) for c in choices], source)
+                  [len(c) for c in choices], source, _row(doc or {}))
 
 
 def xcopa_items(task: dict[str, Any], lang: str, shots: int, split: str) -> list[MCItem]:
@@ -233,7 +240,7 @@ def xcopa_items(task: dict[str, Any], lang: str, shots: int, split: str) -> list
 
     solved = [(text(d), choices(d)[d["label"]]) for d in load(task["fewshot_split"])[:shots]] if shots else []
     return [_mc(f"{lang}/{d.get('idx', i)}", lang, lang, text(d), choices(d), d["label"], d["_source"], "",
-                solved) for i, d in enumerate(load(split))]
+                solved, d) for i, d in enumerate(load(split))]
 
 
 def _winograd_sentence(row: list[str], where: str) -> dict[str, Any]:
@@ -282,7 +289,7 @@ def xwinograd_items(task: dict[str, Any], lang: str, shots: int, split: str) -> 
         contexts = [d["sentence"][:cut] + d[o] for o in ("option1", "option2")]
         target = TARGET_DELIMITER + d["sentence"][cut + 1 :].strip()
         items.append(MCItem(f"{lang}/{i}", lang, {"jp": "ja"}.get(lang, lang), [(c, target) for c in contexts],
-                            int(d["answer"]) - 1, [len(c) for c in contexts], d["_source"]))
+                            int(d["answer"]) - 1, [len(c) for c in contexts], d["_source"], _row(d)))
     return items
 
 
@@ -318,7 +325,7 @@ def mmlu_items(task: dict[str, Any], subject: str, shots: int, split: str) -> li
               ] if shots else []
     lang = task.get("language", "und")
     return [_mc(f"{subject}/{i}", subject, lang, _letters_template(task, d), list(letters), d["gold"],
-                d["_source"], description, solved) for i, d in enumerate(load(split))]
+                d["_source"], description, solved, d) for i, d in enumerate(load(split))]
 
 
 def agieval_items(task: dict[str, Any], subject: str, shots: int, split: str) -> list[MCItem]:
@@ -338,7 +345,7 @@ def agieval_items(task: dict[str, Any], subject: str, shots: int, split: str) ->
         prompt = template.format(passage=d.get("passage") or "", question=d.get("question", ""),
                                  options=" ".join(options), last=letters[-1])
         items.append(_mc(f"{subject}/{i}", subject, "zh" if chinese else "en", prompt,
-                         [f"({x})" for x in letters], letters.index(label), d["_source"]))
+                         [f"({x})" for x in letters], letters.index(label), d["_source"], doc=d))
     return items
 
 
@@ -360,7 +367,7 @@ def gaokao_items(task: dict[str, Any], subject: str, shots: int, split: str) -> 
             raise BabelscopeError(f"{path}: example {i} has no question; fix the file")
         items.append(_mc(f"{subject}/{d.get('index', i)}", subject, task.get("language", "zh"),
                          task["template"].format(question=d["question"].strip()), list(task["choices"]),
-                         task["choices"].index(answer[0]), f"{path}#example{i}"))
+                         task["choices"].index(answer[0]), f"{path}#example{i}", doc=d))
     return items
 
 
@@ -389,7 +396,8 @@ def mgsm_items(task: dict[str, Any], lang: str, shots: int, split: str) -> list[
         if len(parts) != 2 or parse_number(parts[1]) is None:
             raise _rows_error(path, i, "expected 'question<TAB>number'")
         prompt = "".join(s + FEWSHOT_DELIMITER for s in solved) + _mgsm_prompt(words, parts[0].strip())
-        items.append(GenItem(f"{lang}/{i - 1}", lang, lang, prompt, parts[1].strip(), ["\n"], f"{path}:{i}"))
+        items.append(GenItem(f"{lang}/{i - 1}", lang, lang, prompt, parts[1].strip(), ["\n"], f"{path}:{i}",
+                             {"question": parts[0].strip(), "answer_number": parts[1].strip()}))
     return items
 
 

@@ -3,20 +3,19 @@
 The judge sees the instruction, the response and the reference answer and scores accuracy (ACC), fluency (F),
 informativeness (INFO), logical coherence (LC) and harmlessness (H); ``AVG = (ACC + F + INFO + LC + H) / 5``.
 
-Backends: any OpenAI-compatible chat endpoint (``/v1/chat/completions``; the key is read from an environment
-variable at call time and never logged or stored) and a local Hugging Face model. Transient failures (timeouts,
-connection errors, HTTP 429 and 5xx) are retried with exponential backoff; what still fails is recorded with the
-item instead of a score.
+Backends: any OpenAI-compatible chat server — ``transformers serve`` (transformers' own), vLLM, llama.cpp's
+server, Ollama — through the ``openai`` SDK (the key is read from an environment variable at call time and never
+logged or stored; servers that need none get a placeholder), and a local Hugging Face model. The SDK retries
+transient failures (timeouts, connection errors, HTTP 408/409/429 and 5xx) with exponential backoff; what still
+fails is recorded with the item instead of a score. Two failures end the judging at once, with every response
+kept: a server that does not answer, and a judge model that is not a chat model (the server cannot apply a chat
+template).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +49,12 @@ H: <0-3>"""
 
 
 class JudgeError(Exception):
-    """A judgment that could not be obtained (after retries); recorded with the item."""
+    """A judgment that could not be obtained (after retries); recorded with the item. ``fatal``: no other
+    judgment from this judge can succeed either (the server does not answer, the model is not a chat model)."""
+
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
 
 
 def judge_messages(instruction: str, response: str, reference: str) -> list[dict[str, str]]:
@@ -84,14 +88,14 @@ def average(scores: dict[str, int]) -> float:
 # ----------------------------------------------------------------------------------------------- backends
 @dataclass
 class OpenAIJudge:
-    """An OpenAI-compatible chat endpoint. ``api_key_env`` names the environment variable holding the key."""
+    """An OpenAI-compatible chat server through the ``openai`` SDK. ``api_key_env`` names the environment variable
+    holding the key (read at call time, never stored); ``retries`` are the SDK's, with its exponential backoff."""
 
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 60.0
     retries: int = 4
-    backoff: float = 1.0
     max_tokens: int = 64
 
     @property
@@ -99,36 +103,68 @@ class OpenAIJudge:
         return f"{self.model} @ {self.base_url}"
 
     @property
+    def url(self) -> str:
+        """The base URL ending in ``/v1``."""
+        base = self.base_url.rstrip("/")
+        return base if base.endswith("/v1") else base + "/v1"
+
+    @property
     def identity(self) -> str:
         """What decides this judge's answers besides the messages: the endpoint and the model it serves."""
         return f"openai:{self.model}@{self.base_url.rstrip('/')}"
 
+    def client(self):
+        try:
+            import openai
+        except ImportError:  # pragma: no cover - a declared dependency
+            raise BabelscopeError("the openai package is missing; pip install openai") from None
+        # A local server needs no key, but the SDK refuses an empty one: a placeholder goes instead.
+        return openai.OpenAI(base_url=self.url, api_key=os.environ.get(self.api_key_env) or "no-key",
+                             timeout=self.timeout, max_retries=self.retries)
+
+    def check(self) -> None:
+        """One request to ``/v1/models``: a fatal :class:`JudgeError` when the server does not answer."""
+        import openai
+
+        try:
+            self.client().models.list()
+        except openai.APIConnectionError as exc:
+            raise JudgeError(f"the judge server {self.url} does not answer ({type(exc).__name__} after "
+                             f"{self.retries + 1} tries); start it (e.g. `transformers serve MODEL`) or fix "
+                             "--judge-url", fatal=True) from None
+        except openai.APIStatusError:
+            pass  # it answers; some servers have no model list
+
     def __call__(self, messages: list[dict[str, str]]) -> str:
-        url = self.base_url.rstrip("/") + ("" if self.base_url.rstrip("/").endswith("/v1") else "/v1")
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(url + "/chat/completions", data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    doc = json.loads(resp.read().decode("utf-8"))
-                return doc["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-                if exc.code != 429 and exc.code < 500:  # a client error does not get better by retrying
-                    raise JudgeError(f"{last} from {url}: {exc.reason}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            except (KeyError, IndexError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise JudgeError(f"malformed reply from {url} ({type(exc).__name__})") from None
-        raise JudgeError(f"no answer from {url} after {self.retries + 1} tries ({last})")
+        import openai
+
+        try:
+            reply = self.client().chat.completions.create(model=self.model, messages=messages, temperature=0,
+                                                          max_tokens=self.max_tokens)
+        except openai.APIConnectionError as exc:
+            raise JudgeError(f"no answer from {self.url} after {self.retries + 1} tries "
+                             f"({type(exc).__name__})") from None
+        except openai.APIStatusError as exc:
+            detail = _detail(exc)
+            if "chat template" in detail.lower() or "chat_template" in detail:
+                raise JudgeError(f"judge model {self.model!r} at {self.url} is not a chat model (the server cannot "
+                                 "apply a chat template); serve an instruct/chat model", fatal=True) from None
+            raise JudgeError(f"HTTP {exc.status_code} from {self.url}: {detail[:200]}") from None
+        except openai.APIError as exc:
+            raise JudgeError(f"malformed reply from {self.url} ({type(exc).__name__})") from None
+        try:
+            return reply.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError):
+            raise JudgeError(f"malformed reply from {self.url} (no choices)") from None
+
+
+def _detail(exc: Any) -> str:
+    """The server's error message (OpenAI's ``{"error": {"message"}}`` or FastAPI's ``{"detail"}``)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        return str(inner.get("message") or inner.get("detail") or body)
+    return str(getattr(exc, "message", exc))
 
 
 @dataclass
@@ -180,18 +216,23 @@ def judgment_key(judge: Any, item: dict[str, Any]) -> str:
 
 
 def judge_all(items: list[dict[str, Any]], judge: Callable[[list[dict[str, str]]], str], cache,
-              key_of: Callable[[dict[str, Any]], str], on_item: Callable[[], None] | None = None) -> list[dict]:
+              key_of: Callable[[dict[str, Any]], str], on_item: Callable[[], None] | None = None,
+              fatal: JudgeError | None = None) -> list[dict]:
     """Judge each item (``instruction``, ``response``, ``reference``); cached judgments are reused and each new
-    one is written to ``cache`` as soon as it arrives, so an interrupted run loses nothing."""
+    one is written to ``cache`` as soon as it arrives, so an interrupted run loses nothing. After a fatal
+    :class:`JudgeError` (or given one in ``fatal``) the remaining uncached items are marked failed unasked."""
     out = []
     for item in items:
         key = key_of(item)
         if key not in cache:
             try:
+                if fatal is not None:  # the server is gone or cannot chat: do not ask again
+                    raise fatal
                 raw = judge(judge_messages(item["instruction"], item["response"], item.get("reference", "")))
                 scores = parse_scores(raw)
                 record = {"raw": raw, "scores": scores, "status": "ok" if scores else "unparsed"}
             except JudgeError as exc:
+                fatal = exc if exc.fatal else fatal
                 record = {"raw": "", "scores": None, "status": f"failed: {exc}"}
             if record["status"] != "ok" and record["status"].startswith("failed"):
                 out.append({**item, **record})  # failures are not cached: a re-run tries them again

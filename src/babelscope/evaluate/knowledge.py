@@ -53,14 +53,16 @@ def score_mc(engine, items: list[MCItem]) -> list[dict[str, Any]]:
     scored = engine.loglikelihood(flat, desc="choices")
     rows, start = [], 0
     for item in items:
-        lls = [s.logprob for s in scored[start : start + len(item.requests)]]
+        mine = scored[start : start + len(item.requests)]
+        lls = [s.logprob for s in mine]
         start += len(item.requests)
         pred = max(range(len(lls)), key=lambda k: lls[k])
         norm = [ll / max(n, 1) for ll, n in zip(lls, item.choice_lengths, strict=True)]
         pred_norm = max(range(len(norm)), key=lambda k: norm[k])
         rows.append({"id": item.id, "subset": item.subset, "lang": item.lang, "gold": item.gold, "pred": pred,
                      "pred_norm": pred_norm, "acc": float(pred == item.gold),
-                     "acc_norm": float(pred_norm == item.gold), "loglikelihoods": lls, "source": item.source})
+                     "acc_norm": float(pred_norm == item.gold), "loglikelihoods": lls,
+                     "greedy": [bool(s.greedy) for s in mine], "source": item.source})
     return rows
 
 
@@ -135,6 +137,17 @@ def evaluate(engine, task: dict[str, Any], cfg: BenchConfig,
     return rows, item_rows, summary
 
 
+def step_items(doc: dict[str, Any]) -> list[Any]:
+    """The step's items rebuilt from its config (their prompts' checksum must equal the one it scored)."""
+    cfg = BenchConfig(**doc["config"])
+    items = collect_items(load_task(cfg.benchmark), cfg)
+    sha = text_sha256(repr(it.requests if isinstance(it, MCItem) else it.prompt) for it in items)
+    if sha != doc["results"]["summary"]["prompts_sha256"]:
+        raise BabelscopeError(f"{doc['step']}: the benchmark data changed since the step ran (prompts checksum "
+                              "differs); re-run the step, then export")
+    return items
+
+
 def run(cfg: BenchConfig, run_dir, step: str = "bench", loaded=None) -> dict[str, Any]:
     """The ``babelscope eval bench`` step: score one benchmark, write per-subset and per-item tables."""
     from babelscope.runs import provenance, text_sha256
@@ -154,9 +167,15 @@ def run(cfg: BenchConfig, run_dir, step: str = "bench", loaded=None) -> dict[str
     shots = task.get("shots", 0) if cfg.shots is None else cfg.shots
     results = {"model": info.name, "benchmark": task.get("name", cfg.benchmark), "shots": shots,
                "generation": "exact_match" in summary, "summary": summary}
-    for row in item_rows:  # a list cell becomes one readable CSV cell
+    for row in item_rows:  # a list cell becomes one readable CSV cell (full precision: lm-eval's files read it)
         if "loglikelihoods" in row:
-            row["loglikelihoods"] = " ".join(f"{v:.6f}" for v in row["loglikelihoods"])
+            row["loglikelihoods"] = " ".join(repr(float(v)) for v in row["loglikelihoods"])
+            row["greedy"] = " ".join(str(int(g)) for g in row["greedy"])
     prov = provenance(model=info.to_dict(), data={"benchmark": task.get("name"), "path": cfg.path or task["path"],
                                                   "prompts_sha256": summary["prompts_sha256"]})
-    return sr.write(KIND, results, {"per_subset": rows, "per_item": item_rows}, prov)
+    doc = sr.write(KIND, results, {"per_subset": rows, "per_item": item_rows}, prov)
+    if doc:  # the writing rank: lm-evaluation-harness's files beside ours (babelscope export lm-eval redoes them)
+        from babelscope.evaluate.lm_eval_files import write_lm_eval_files
+
+        write_lm_eval_files(sr.path, doc, items)
+    return doc

@@ -26,7 +26,8 @@ class RespondConfig:
     langs: str = opt("all", "Only these languages (comma-separated) or 'all'.")
     limit: int | None = opt(None, "First N instructions.")
     max_new_tokens: int = opt(64, "Response length cap in tokens.")
-    judge: str = opt("local", "local (a Hugging Face model), openai (an OpenAI-compatible endpoint) or none.")
+    judge: str = opt("local", "local (a Hugging Face model, --judge-model), a named model run locally (e.g. "
+                     "qwen2.5-coder-1.5b), openai (an OpenAI-compatible server) or none.")
     judge_model: str | None = opt(None, "Local judge model spec (default: --model).")
     judge_url: str | None = opt(None, "Endpoint base URL, e.g. http://127.0.0.1:8000/v1.")
     judge_api_model: str | None = opt(None, "Model name at the endpoint.")
@@ -93,15 +94,21 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
     """The ``babelscope eval respond`` step: generate, judge, write per-item judgments and per-language means."""
     import json
 
-    from babelscope.evaluate.judge import CRITERIA, average, judge_all, judgment_key, make_judge
+    from babelscope.evaluate.judge import CRITERIA, JudgeError, average, judge_all, judgment_key, make_judge
     from babelscope.models.engine import Engine
     from babelscope.runs import RequestCache, is_main_process, provenance, text_sha256
     from babelscope.steps import StepRun
 
     sr = StepRun(cfg, run_dir, step, loaded)
-    if cfg.judge not in ("local", "openai", "none"):
-        raise BabelscopeError(f"--judge {cfg.judge!r}: use local, openai or none")
-    if cfg.judge_scoring not in ("generate", "choice") or (cfg.judge_scoring == "choice" and cfg.judge != "local"):
+    from babelscope.models.named import NAMED_MODELS
+
+    kind = "local" if cfg.judge in NAMED_MODELS else cfg.judge  # `judge: qwen2.5-coder-1.5b`: that model, locally
+    if kind not in ("local", "openai", "none"):
+        raise BabelscopeError(f"--judge {cfg.judge!r}: use local, openai, none or a named model "
+                              f"({', '.join(NAMED_MODELS)})")
+    if cfg.judge in NAMED_MODELS and cfg.judge_model not in (None, cfg.judge):
+        raise BabelscopeError(f"--judge {cfg.judge} and --judge-model {cfg.judge_model}: give one judge model")
+    if cfg.judge_scoring not in ("generate", "choice") or (cfg.judge_scoring == "choice" and kind != "local"):
         raise BabelscopeError(f"--judge-scoring {cfg.judge_scoring!r}: use generate, or choice with --judge local")
     if cfg.retries < 0 or cfg.timeout <= 0:
         raise BabelscopeError(f"--retries {cfg.retries} / --timeout {cfg.timeout}: need retries >= 0, timeout > 0")
@@ -133,9 +140,9 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
     if not engine.is_main:
         return sr.wait()
     judge_name = "none"
-    if cfg.judge != "none":
-        if cfg.judge == "local":
-            spec = cfg.judge_model or cfg.model
+    if kind != "none":
+        if kind == "local":
+            spec = cfg.judge if cfg.judge in NAMED_MODELS else cfg.judge_model or cfg.model
 
             def factory():
                 if spec == cfg.model:
@@ -155,12 +162,18 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
         else:
             factory = None
             judge_name = f"{cfg.judge_api_model} @ {cfg.judge_url}"
-        judge = make_judge(cfg.judge, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
+        judge = make_judge(kind, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
                            timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory,
                            scoring=cfg.judge_scoring)
         judge.max_tokens = cfg.judge_max_tokens
         cache = RequestCache(sr.cache_dir / "judgments.jsonl")
-        items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it))
+        fatal = None
+        if hasattr(judge, "check"):  # a server that does not answer: every response is kept, none is judged
+            try:
+                judge.check()
+            except JudgeError as exc:
+                fatal = exc
+        items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it), fatal=fatal)
     rows = []
     for it in items:
         scores = it.get("scores") or {}

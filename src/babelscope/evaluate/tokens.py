@@ -7,7 +7,8 @@ bytes, ``C_l`` characters and ``U_l`` units:
 * the **premium** of ``l`` relative to English on the same units, ``T_l / T_eng`` (Petrov et al. 2023,
   "Language Model Tokenizers Introduce Unfairness Between Languages", Sec. 3: a premium of 2 means the same
   content costs twice as many tokens, hence twice the compute and half the context);
-* the share of byte-fallback tokens (``<0xNN>``, characters missing from the vocabulary) and of unknown tokens;
+* the share of byte-fallback tokens (``<0xNN>``, characters missing from the vocabulary; in a byte-level BPE such
+  as Qwen's or GPT-2's, tokens of one non-ASCII byte alone) and of unknown tokens;
 * the share of units whose text is not in Unicode NFC: decomposed accents (the UDHR's Vietnamese) cost tokens that
   the composed text would not.
 
@@ -112,8 +113,27 @@ _HEX = "0123456789abcdefABCDEF"
 BYTE_SPELLINGS = tuple(f"<0x{a}{b}>" for a in _HEX for b in _HEX)
 
 
+def _byte_level(backend) -> bool:
+    """Whether the tokenizer is byte-level BPE (GPT-2, Qwen, SmolLM2): its text is bytes mapped to characters."""
+    import json
+
+    spec = json.loads(backend.to_str())
+    return "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+
+
+def lone_byte_ids(backend) -> set[int]:
+    """Byte-level BPE's counterpart of byte fallback: the tokens that are one byte 0x80-0xFF alone, a piece of a
+    character's UTF-8 sequence (a character the merges never built): single-character entries that the
+    tokenizer's own byte-level decoder turns into an incomplete UTF-8 sequence (U+FFFD). ASCII bytes are whole
+    characters."""
+    decoder = backend.decoder
+    return {i for token, i in backend.get_vocab(with_added_tokens=False).items()
+            if len(token) == 1 and decoder.decode([token]) == "\ufffd"}
+
+
 def special_ids(tokenizer) -> tuple[set[int], int | None]:
-    """Ids of byte-fallback tokens (``<0xNN>``, only when the model falls back to bytes) and the unk id.
+    """Ids of byte-fallback tokens (``<0xNN>``, only when the model falls back to bytes; for a byte-level BPE
+    the tokens of one non-ASCII byte alone, :func:`lone_byte_ids`) and the unk id.
 
     A BPE model (the common case) answers both by lookups: its ``byte_fallback`` flag, ``token_to_id`` of the 484
     spellings of ``<0xNN>`` and of its unk token. Other models are read from their JSON (tens of MB for a large
@@ -135,6 +155,8 @@ def special_ids(tokenizer) -> tuple[set[int], int | None]:
         if unk_token is None and spec.get("unk_id") is not None:
             unk_token = backend.id_to_token(spec["unk_id"])
     byte_ids = {i for i in map(backend.token_to_id, BYTE_SPELLINGS) if i is not None} if fallback else set()
+    if not fallback and _byte_level(backend):
+        byte_ids = lone_byte_ids(backend)
     unk = getattr(tokenizer, "unk_token_id", None) if tokenizer is not backend else (
         backend.token_to_id(unk_token) if unk_token is not None else None)  # fmt: skip
     result = (byte_ids, unk)

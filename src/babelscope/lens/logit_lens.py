@@ -26,17 +26,11 @@ from babelscope.layers import parse_layers  # noqa: F401  (re-exported: the one 
 
 
 def final_norm(model: nn.Module) -> nn.Module:
-    """The norm the model applies after its last block: the base model's direct child whose class is a norm."""
-    from babelscope.models.arch import base_model
+    """The norm the model applies after its last block, from the architecture table (a family with no entry is
+    refused in one line naming the missing final norm)."""
+    from babelscope.models.families import final_norm as table_final_norm
 
-    body = base_model(model)
-    norms = [m for _, m in body.named_children() if "norm" in type(m).__name__.lower()]
-    if len(norms) != 1:
-        raise BabelscopeError(
-            f"{type(model).__name__}: cannot find its final norm ({len(norms)} norm modules next to the blocks); "
-            "the logit lens needs a decoder with one final norm"
-        )
-    return norms[0]
+    return table_final_norm(model, "the logit lens")
 
 
 def layer_logits(model: nn.Module, hidden: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:

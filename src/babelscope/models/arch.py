@@ -1,34 +1,19 @@
-"""Canonical names for the parts of an unmodified Hugging Face model, found from the model itself.
+"""Canonical names for the parts of an unmodified Hugging Face model.
 
-No architecture is re-implemented and no name whitelist is kept: the block list is the ``nn.ModuleList``
-whose length is the config's number of hidden layers, the LM head is ``get_output_embeddings()``, and the
+No architecture is re-implemented: the blocks, norms, FFN and final norm come from the architecture table
+(:mod:`babelscope.models.families`, re-exported here), the LM head is ``get_output_embeddings()``, and the
 decoder is the model's ``base_model``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
+from babelscope.models.families import block_list, scoring_prefix, text_config
 
-
-def text_config(model: nn.Module) -> Any:
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(qualified name, ModuleList)`` of the transformer blocks (decoder or encoder layers)."""
-    n_layers = getattr(text_config(model), "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers and n_layers:
-            return name, module
-    raise BabelscopeError(
-        f"{type(model).__name__}: cannot find its {n_layers} transformer blocks (no ModuleList of that length)"
-    )
+__all__ = ["base_model", "block_list", "lm_head", "logits_from_hidden", "logsumexp_", "scoring_prefix", "text_config"]
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -82,11 +67,3 @@ def logsumexp_(logits: torch.Tensor, peak: torch.Tensor | None = None) -> torch.
     and no second B x V block): max + log Σ exp(x - max). ``peak``: the rows' maxima, when already known."""
     peak = logits.amax(dim=-1) if peak is None else peak
     return logits.sub_(peak[..., None]).exp_().sum(dim=-1).log_().add_(peak)
-
-
-def prefix_token_id(tokenizer) -> int:
-    """The token that starts every scored window: BOS, else EOS (as GPT-2 and lm-evaluation-harness do)."""
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    raise BabelscopeError(f"{tokenizer.name_or_path}: tokenizer has neither BOS nor EOS to start a window with")

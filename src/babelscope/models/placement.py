@@ -97,7 +97,10 @@ def check_offload_dir(path: str | None) -> Path | None:
         raise BabelscopeError(f"--offload-dir {path}: not a writable folder ({probe} cannot be written); give a "
                               "folder on a disk with room for the offloaded weights")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        folder = folder / f"rank{os.environ.get('RANK', '0')}"
+        from babelscope.processes import state
+
+        group = state()
+        folder = folder / f"rank{group.process_index if group else os.environ.get('RANK', '0')}"
     return folder
 
 

@@ -8,7 +8,8 @@ directory offline). Per device, in bytes (``b`` = bytes per value of the dtype, 
   blocks), every parameter for ``pretrain``/``sft`` (the LoRA factors only with ``lora``), ``/ n`` under FSDP 2;
 * optimizer state: AdamW's two moments in float32, ``8`` bytes per trained value (``/ n`` under FSDP 2); the
   parameters and their gradients stay in the model's dtype (no float32 master copy);
-* scores: importance's float32 aggregate over the block parameters (``4 P_blocks``, ``/ n`` under FSDP 2);
+* scores: importance's float32 aggregate over the block parameters and one language's signed scores, which the
+  writer thread still holds while the next language runs (``2 x 4 P_blocks``, ``/ n`` under FSDP 2);
 * activations: the tensors autograd keeps per block for the backward, counted for a Llama/Gemma block (RMS
   norms, attention through SDPA, gated FFN): per token ``(2 N + 2) H + 5 h_q + 2 q (h_q + h_kv) + 4 F`` values.
   A norm that feeds linear layers keeps its input, the normalised vector and its output (3 H; Llama's two),
@@ -18,10 +19,14 @@ directory offline). Per device, in bytes (``b`` = bytes per value of the dtype, 
   input (``5 h_q``); query/key norms (``q`` = 1 in Gemma 3) their inputs and outputs; the FFN the gate, the up
   projection, the activation and the product (``4 F``). ``h_q``/``h_kv``: query / key-value widths, ``F``: the
   FFN width. Times ``B T`` tokens and the layers (one block plus each block's input with gradient
-  checkpointing). A forward without gradients (``ppl``) holds one block's working set, ``(4 H + h_q + 2 h_kv +
+  checkpointing). On the CPU, SDPA with a padding mask runs its math kernel, which keeps the attention scores
+  and probabilities, ``2 a T`` more values per token (``a`` query heads); a GPU's fused kernels keep none. A
+  forward without gradients (``ppl``) holds one block's working set, ``(4 H + h_q + 2 h_kv +
   3 F) B T`` values;
-* logits: the LM head runs on chunks of ``C = 256`` positions (``babelscope.models.loss``), ``C V`` float32
-  values, twice when training (the chunk and its gradient).
+* logits: the LM head runs on chunks of ``C = 256`` positions, ``C V`` float32 values held at a time in the
+  backward (the fused loss of ``babelscope.models.loss`` turns a chunk's logits into their gradient in place;
+  twice with a final-logit softcap, whose ``tanh`` is kept); scoring (``ppl``) reuses one buffer and may copy up
+  to a chunk of rows more (the argmax of positions whose target ties the maximum), so ``2 C V``.
 
 The rules are those of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
 §4.1) with the tensor count redone for these blocks. ``fits`` compares the total with the device's capacity less
@@ -53,10 +58,12 @@ class Shape:
     hidden: int
     ffn: int
     q_width: int
+    heads: int
     kv_width: int
     vocab: int
     norms: int  # hidden-size norm vectors per block
     qk_norm: bool  # query/key norms (Gemma 3)
+    softcap: bool  # a final-logit softcap (Gemma 2)
     linear_shapes: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of one block's matrices
 
     @staticmethod
@@ -85,8 +92,9 @@ class Shape:
         return Shape(
             params=sum(p.numel() for p in model.parameters()),
             block_params=sum(p.numel() for p in blocks.parameters()),
-            layers=len(blocks), hidden=tc.hidden_size, ffn=tc.intermediate_size, q_width=heads * head_dim,
-            kv_width=kv * head_dim, vocab=tc.vocab_size, norms=norms, qk_norm=qk_norm, linear_shapes=linears,
+            layers=len(blocks), hidden=tc.hidden_size, ffn=tc.intermediate_size, q_width=heads * head_dim, heads=heads,
+            kv_width=kv * head_dim, vocab=tc.vocab_size, norms=norms, qk_norm=qk_norm,
+            softcap=bool(getattr(tc, "final_logit_softcapping", None)), linear_shapes=linears,
         )
 
 
@@ -122,7 +130,7 @@ class Plan:
 
 def plan_memory(shape: Shape, command: str, devices: int = 1, capacity: int = 80 * GiB, seq_len: int = 512,
                 batch_size: int = 4, dtype: str = "float32", fsdp: bool = False, device_map: bool = False,
-                checkpointing: bool = False, lora_rank: int = 0, offload: bool = False) -> Plan:
+                checkpointing: bool = False, lora_rank: int = 0, offload: bool = False, device: str = "cuda") -> Plan:
     """Bytes per device of ``command`` (see the module docstring); ``batch_size`` is per process (FSDP 2 and data
     parallelism give each device its own batch), a device map runs the batch through the devices in turn.
     ``offload`` (``ppl`` with a device map): the weights that do not fit wait on the CPU or the disk, each device
@@ -137,7 +145,7 @@ def plan_memory(shape: Shape, command: str, devices: int = 1, capacity: int = 80
     training = command != "ppl"
     if command == "importance":
         parts["gradients"] = s.block_params * b // (devices if fsdp else 1)
-        parts["scores"] = s.block_params * 4 // (devices if fsdp else 1)
+        parts["scores"] = 2 * s.block_params * 4 // (devices if fsdp else 1)
     elif command in ("pretrain", "sft"):
         trained = s.params if not lora_rank else s.layers * sum(lora_rank * (i + o) for i, o in s.linear_shapes)
         shard = devices if fsdp and not lora_rank else 1
@@ -145,20 +153,19 @@ def plan_memory(shape: Shape, command: str, devices: int = 1, capacity: int = 80
         parts["optimizer"] = trained * 8 // shard
     if training:
         per_token = ((2 * s.norms + 2) * s.hidden + 5 * s.q_width + 2 * s.qk_norm * (s.q_width + s.kv_width)
-                     + 4 * s.ffn)
+                     + 4 * s.ffn + (2 * s.heads * seq_len if device == "cpu" else 0))
         layers_held = s.layers // (devices if device_map and devices > 1 else 1)
         held = per_token + layers_held * s.hidden if checkpointing else per_token * layers_held
         parts["activations"] = tokens * held * b
-        parts["logits"] = 2 * LOGIT_CHUNK * s.vocab * 4
     else:
         parts["activations"] = tokens * (4 * s.hidden + s.q_width + 2 * s.kv_width + 3 * s.ffn) * b
-        parts["logits"] = LOGIT_CHUNK * s.vocab * 4
+    parts["logits"] = (1 + (s.softcap if training else 1)) * LOGIT_CHUNK * s.vocab * 4
     if offload and not training:
         room = int((1 - RESERVE) * capacity) - parts["activations"] - parts["logits"]
         block = s.block_params // max(s.layers, 1) * b
         parts["weights"] = max(block, min(parts["weights"], room // block * block))
     setting = dict(seq_len=seq_len, batch_size=batch_size, dtype=dtype, fsdp=fsdp, device_map=device_map,
-                   checkpointing=checkpointing, lora_rank=lora_rank, offload=offload)
+                   checkpointing=checkpointing, lora_rank=lora_rank, offload=offload, device=device)
     return Plan(command, devices, capacity, setting, parts)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from babelscope.commands import Command, StepFunction, command_table
-from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig
+from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig, PlndConfig
 from babelscope.options import results_table, step_command
 
 app = typer.Typer(
@@ -23,7 +23,8 @@ app = typer.Typer(
 NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"))
 NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig, StepFunction("babelscope.neurons.deactivate"))
 NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))
-EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP)
+NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.plnd"))
+EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP, NEURONS_PLND)
 
 step_command(app, "find", NEURONS, step="neurons",
              show=results_table("per_language", ["lang", "name", "tokens", "neurons", "only_this_language"],
@@ -47,3 +48,11 @@ step_command(app, "overlap", NEURONS_OVERLAP, step="neurons-overlap",
                                 "LAPE neurons in the regions", limit=60),
              help="How much of each language's LAPE neurons the rows/columns of its Top-k region touch, against "
              "random.")
+
+step_command(app, "plnd", NEURONS_PLND, step="neurons-plnd",
+             show=results_table("per_language", ["lang", "name", "documents", "tokens", "neurons",
+                                                 "only_this_language"], "PLND language neurons", limit=60),
+             help="Parallel language-specific neuron detection (Zhao et al., NeurIPS 2024): each FFN neuron's "
+             "importance |a_j| x ||W_down[:, j]|| for all neurons of a layer in one pass, the neurons consistently "
+             "important for a language, and their overlap with LAPE neurons and regions against random sets. "
+             "`neurons deactivate --neurons-step neurons-plnd` switches them off.")

@@ -60,3 +60,25 @@ class OverlapConfig:
                        "of Imp).")
     draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
     seed: int = opt(0, "Seed of the random sets.")
+
+
+@dataclass
+class PlndConfig:
+    model: str = "gemma-3-270m"
+    corpus: str = opt("udhr-sample", "udhr-sample (embedded), udhr, pud or a .conllu/.txt/.jsonl path.")
+    langs: str = opt("eng,fra,deu,spa,rus,cmn-Hans,jpn,arb", "Comma-separated languages (at least two).")
+    max_tokens: int = opt(2048, "Token budget per language; each window is one document.")
+    window: int = opt(256, "Tokens per window (document); each starts with BOS.")
+    batch_size: int = opt(4, "Windows per forward pass.")
+    top_rate: float = opt(0.01, "A neuron is important for a document when its importance is in this top share of "
+                          "all FFN neurons'.")
+    consistency: float = opt(1.0, "A language's neuron: important in at least this share of its documents.")
+    test_fraction: float = opt(0.5, "Fraction of unit ids held out (for `neurons deactivate`).")
+    seed: int = opt(0, "Seed of the id-based split and the random sets.")
+    neurons_step: str = opt("neurons", "LAPE neurons step to overlap with (skipped when absent; none: off).")
+    select_step: str = opt("regions-select", "Regions select step to overlap with (skipped when absent; none: off).")
+    k: float = opt(0.01, "Region fraction (a k the select step saved).")
+    scope: str = opt("tensor", "tensor or global (as saved by select).")
+    draws: int = opt(200, "Random neuron sets drawn for the region baselines.")
+    dtype: str = "float32"
+    device: str | None = None

@@ -1,10 +1,10 @@
 """The FFN neurons of an unmodified Hugging Face model, found from the model, and the two hooks on them.
 
-A block's feed-forward network ends in a *down projection*: the ``nn.Linear`` inside the block that maps the
-config's intermediate size back to the hidden size (``mlp.down_proj`` in Llama/Gemma, ``fc2`` in OPT,
-``dense_4h_to_h`` in BLOOM). Its parent module is the FFN; neuron ``j`` of layer ``l`` is input column ``j`` of
-that projection. The activation function is the FFN's own activation module (``act_fn``, ``act``,
-``activation_fn`` ...: SiLU for Llama, tanh-GELU for Gemma), never assumed.
+A block's feed-forward network ends in a *down projection* that maps the intermediate size back to the hidden
+size (``mlp.down_proj`` in Llama/Gemma/Qwen, ``mlp.c_proj`` in GPT-2, ``output.dense`` in BERT), as the
+architecture table (:mod:`babelscope.models.families`) names it; neuron ``j`` of layer ``l`` is input column
+``j`` of that projection. The activation function is the FFN's own activation module from the same table
+(``mlp.act_fn``: SiLU for Llama and Qwen, tanh-GELU for Gemma), never assumed.
 
 Tang et al. (2024, §2.1) call neuron ``j`` active on a token when the activation output is positive,
 ``act(x W_gate)_j > 0`` (for a non-gated FFN, ``act(x W_in)_j``, which is what the down projection reads).
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
-from babelscope.models.arch import block_list, text_config
+from babelscope.models.families import block_list, require_family
 
 SITES = ("act", "down-input")
 ACT_NAMES = ("act_fn", "act", "activation_fn", "activation", "gelu_impl", "intermediate_act_fn")
@@ -40,7 +40,7 @@ class FFN:
 
     layer: int
     prefix: str  # qualified name of the FFN module, e.g. model.layers.3.mlp
-    down: nn.Linear
+    down: nn.Module  # nn.Linear, or Conv1D in GPT-2
     down_name: str  # e.g. mlp.down_proj (relative to the block)
     act: nn.Module | None
     inputs: list[str]  # names (relative to the block) of the linears producing the intermediate size
@@ -48,7 +48,9 @@ class FFN:
 
     @property
     def width(self) -> int:
-        return self.down.in_features
+        if isinstance(self.down, nn.Linear):
+            return self.down.in_features
+        return self.down.weight.shape[0]  # GPT-2's Conv1D keeps its weight as (in, out)
 
     @property
     def weight_names(self) -> dict[str, list[str]]:
@@ -60,34 +62,19 @@ class FFN:
 
 
 def ffn_modules(model: nn.Module) -> list[FFN]:
-    """Every block's FFN, or a one-line error when a block has no single recognisable down projection."""
+    """Every block's FFN as the architecture table names it (input projections, activation module, down
+    projection); a family with no entry is refused in one line naming the missing part."""
+    family = require_family(model, "FFN activation module and down projection", "neurons")
     prefix, blocks = block_list(model)
-    config = text_config(model)
-    hidden = getattr(config, "hidden_size", None)
-    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or (
-        4 * hidden if hidden else None
-    )
     out = []
     for i, block in enumerate(blocks):
-        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-        downs = [n for n, m in linears.items() if m.in_features == inter and m.out_features == hidden]
-        if len(downs) != 1:
-            raise BabelscopeError(
-                f"{type(model).__name__}: block {i} has {len(downs)} linear maps from the intermediate size "
-                f"{inter} to the hidden size {hidden} (need exactly one FFN down projection); this command "
-                "supports dense FFN models (Llama, Gemma, Mistral, Qwen, OPT ...)"
-            )
-        down_name = downs[0]
-        parent_name = down_name.rpartition(".")[0]
-        parent = block.get_submodule(parent_name) if parent_name else block
-        act = next(
-            (getattr(parent, a) for a in ACT_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None
-        )
-        inputs = [
-            n for n, m in linears.items() if m.out_features == inter and n.rpartition(".")[0] == parent_name
-        ]
+        down = block.get_submodule(family.ffn_down)
+        parent, _, attr = family.act.rpartition(".")
+        act = getattr(block.get_submodule(parent) if parent else block, attr, None)
+        act = act if isinstance(act, nn.Module) else None  # check_site refuses --site act then
+        parent_name = family.ffn_down.rpartition(".")[0]
         full = f"{prefix}.{i}" + (f".{parent_name}" if parent_name else "")
-        out.append(FFN(i, full, linears[down_name], down_name, act, inputs, f"{prefix}.{i}"))
+        out.append(FFN(i, full, down, family.ffn_down, act, list(family.ffn_in), f"{prefix}.{i}"))
     return out
 
 

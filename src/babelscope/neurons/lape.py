@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from babelscope.caches import json_sha256
+from babelscope.data.views import language_windows  # noqa: F401  (re-exported: older imports)
 from babelscope.errors import BabelscopeError
 from babelscope.neurons.configs import NeuronsConfig
 
@@ -126,13 +127,6 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
         all_reduce(total)
         over_zero, tokens = total[:-1].view_as(over_zero), int(total[-1])
     return over_zero, tokens
-
-
-def language_windows(engine, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
-    """BOS-prefixed windows of at most ``window`` tokens over the texts, ``max_tokens`` text tokens in all."""
-    from babelscope.data.views import token_windows
-
-    return [seq for seq, _ in token_windows(engine, texts, window, max_tokens)]
 
 
 def _key(obj: Any) -> str:
@@ -239,7 +233,11 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     tensors = {"probs": probs.float(), "entropy": entropy.float(),
                **{f"mask/{c}": masks[li] for li, c in enumerate(codes)}}
     save_tensors(st.path / "neurons.safetensors", tensors,
-                 {"model": info.checksum, "model_name": info.name, "languages": codes, "site": cfg.site,
+                 {"format": "babelscope.neurons/1", "model": info.checksum, "model_name": info.name,
+                  "languages": codes, "tokens": {c: int(n) for c, n in zip(codes, tokens, strict=True)},
+                  "dtype": cfg.dtype,
+                  "filter_rate": cfg.filter_rate, "top_rate": cfg.top_rate, "bar_rate": cfg.bar_rate,
+                  "site": cfg.site,
                   "ffn": [f.prefix for f in ffns], "weights": [f.weight_names for f in ffns], "key": _key(config)})
     results = {
         "model": info.name,

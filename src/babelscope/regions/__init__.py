@@ -1,6 +1,6 @@
 """Linguistic regions (Zhang et al., ACL 2024, "Unveiling Linguistic Regions in Large Language Models").
 
-* :mod:`~babelscope.regions.params`: which weights are scored, read from the model's blocks;
+* :mod:`~babelscope.models.params`: which weights are scored, read from the model's blocks;
 * :mod:`~babelscope.regions.importance`: per-language first-order Taylor importance ``S = θ ⊙ ∂L/∂θ``;
 * :mod:`~babelscope.regions.select`: Top-k / Bottom-k / Random-k, core and monolingual regions, overlaps;
 * :mod:`~babelscope.regions.apply`: apply a region or perturb a norm dimension, restoring the exact weights;

@@ -72,8 +72,8 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
     """The ``babelscope regions ablate`` step."""
     from babelscope.data.views import SplitView, language_codes, open_text_corpus
     from babelscope.models.engine import Engine
+    from babelscope.models.params import norm_modules, scored_parameters
     from babelscope.regions.apply import REGION_MODES, applied_region
-    from babelscope.regions.params import norm_modules, scored_parameters
     from babelscope.regions.select import SCOPES, WHICH, load_mask, mask_file, parse_choice, parse_fractions
     from babelscope.runs import Step, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256

@@ -133,7 +133,7 @@ def perturbed_dimension(
     """Set one dimension of a norm's effective scale γ = offset + w (yields the new γ_d); restore after.
     ``weight``: the tensor to change instead of ``norm.weight`` (an offloaded norm's writable copy, see
     :func:`~babelscope.models.placement.writable_weights`)."""
-    from babelscope.regions.params import gamma_offset
+    from babelscope.models.params import gamma_offset
 
     if mode not in DIM_MODES:
         raise BabelscopeError(f"--mode {mode!r}: use one of {', '.join(DIM_MODES)}")

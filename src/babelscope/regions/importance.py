@@ -200,8 +200,9 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
 
     from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
     from babelscope.memory import release_freed_memory
+    from babelscope.models.families import describe_architecture, qkv_bias_names
+    from babelscope.models.params import layer_and_kind, scored_parameters
     from babelscope.processes import sum_across
-    from babelscope.regions.params import layer_and_kind, scored_parameters
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 
@@ -277,9 +278,11 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     raise BabelscopeError(f"{code}: the loss came out {nll} (the model overflows in --dtype "
                                           f"{cfg.dtype}); nothing was saved: re-run with --dtype float32")
                 meta = {
+                    "format": "babelscope.importance-language/1",
                     "key": key,
                     "lang": code,
                     "model": info.checksum,
+                    "dtype": cfg.dtype,
                     "method": cfg.method,
                     "tokens": tokens,
                     "nll": nll,
@@ -304,9 +307,12 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         for f in saves:
             f.result()
     imp_meta = {
+        "format": "babelscope.importance/1",
         "model": info.checksum,
         "model_name": info.name,
         "languages": codes,
+        "tokens": {r["lang"]: r["tokens"] for r in rows},
+        "dtype": cfg.dtype,
         "method": cfg.method,
         "shapes": shapes,
     }
@@ -342,6 +348,10 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
         "languages": codes,
         "method": cfg.method,
         "scored_parameters": sum(p.numel() for p in params.values()),
+        # the blocks' QKV biases (Qwen2, GPT-2, BERT) are scored with the matrices; the LM head, tied or untied,
+        # is outside the blocks and never scored (Zhang et al. 2024, §2)
+        "scored_qkv_bias_parameters": sum(params[n].numel() for n in qkv_bias_names(model) if n in params),
+        "architecture": describe_architecture(model),
         "scored_tensors": len(params),
         "importance_file": "importance.safetensors",
         "score_files": {code: f"scores/{code}.safetensors" for code in codes},

@@ -95,9 +95,9 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
     from babelscope.data.views import SplitView, language_codes, open_text_corpus, token_windows
     from babelscope.evaluate.intervention import condition_checksum, perplexities
     from babelscope.models.engine import Engine
+    from babelscope.models.params import find_norm, gamma_offset
     from babelscope.models.placement import writable_weights
     from babelscope.regions.apply import DIM_MODES, perturbed_dimension
-    from babelscope.regions.params import find_norm, gamma_offset
     from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
 
@@ -116,7 +116,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
         return doc
     model, tokenizer, info = sr.model("causal", "scan-dims")
     name, norm = find_norm(model, cfg.layer, cfg.norm)
-    offset = gamma_offset(norm)
+    offset = gamma_offset(norm, model)  # the table's: 1 for Gemma's (1 + w), 0 for w
 
     def engine_for(checksum: str) -> Engine:
         return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
@@ -165,6 +165,7 @@ def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> di
         "norm": name,
         "layer": cfg.layer,
         "gamma_offset": offset,
+        "norm_scale": "1 + w" if offset else "w",
         "mode": cfg.mode,
         "factor": cfg.factor,
         "base_ppl": base,

@@ -133,7 +133,7 @@ def _mask_flat(
 
 def norm_names(names: Iterable[str], shapes: Mapping[str, Any]) -> set[str]:
     """The norm vectors among the scored names: 1-D tensors whose name says "norm" (what
-    :func:`babelscope.regions.params.norm_modules` finds from the module classes, read from the names alone)."""
+    :func:`babelscope.models.params.norm_modules` finds from the module classes, read from the names alone)."""
     return {n for n in names if "norm" in n.lower() and len(shapes[n]) == 1}
 
 
@@ -257,7 +257,7 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     """The ``babelscope regions select`` step: masks and tables from an importance step (no model needed)."""
     from tqdm.auto import tqdm
 
-    from babelscope.regions.params import layer_and_kind
+    from babelscope.models.params import layer_and_kind
     from babelscope.regions.shards import open_scores, scores_metadata
     from babelscope.runs import Step, is_main_process, load_results, provenance
     from babelscope.steps import StepRun, results_sha256
@@ -278,10 +278,14 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     imp = open_scores(imp_path)  # written by several processes (FSDP 2): assembled one matrix at a time
     langs = imp_doc["results"]["languages"]
     base_meta = {
+        "format": "babelscope.region-mask/1",
         "model": imp_meta["model"],
+        "model_name": imp_meta.get("model_name"),
         "importance": str(imp_path),
         "method": imp_meta["method"],
         "languages": langs,
+        "tokens": imp_meta.get("tokens"),  # per language, behind the importance (files before it: None)
+        "dtype": imp_meta.get("dtype"),  # of the model the importance was computed in
     }
     regions, per_matrix = [], []
     norms = norm_names(imp, {n: t.shape for n, t in imp.items()})

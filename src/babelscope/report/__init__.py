@@ -2,8 +2,9 @@
 
 ``render_report(run_dir)`` reads every ``STEP/results.json`` (nothing is re-run) and writes
 ``RUN_DIR/report.html``: inline CSS, figures as embedded PNGs, tables as HTML, a header with the run's
-models, data and software versions, a table of contents and, per step, its section plus collapsible
-configuration and provenance blocks.
+findings (one line per step: its headline figure next to the paper's, and whether it reproduces), the run's
+models, data and software versions folded below them, a table of contents and, per step, its section plus
+collapsible configuration and provenance blocks.
 
 Each results ``kind`` is drawn by a section function registered with :func:`register_section`; one module
 per kind lives in :mod:`babelscope.report.sections`. Kinds without one get a generic section.
@@ -88,7 +89,7 @@ def render_html(run_dir: str | Path, *, options: Mapping[str, Any] | None = None
     docs.sort(key=lambda d: (d.get("provenance", {}).get("created", ""), str(d.get("step", ""))))
     load_sections()
 
-    parts, toc, used = [], [], set()
+    parts, toc, used, lines = [], [], set(), []
     for doc in docs:
         anchor = "step-" + slug(str(doc.get("step", "step")))
         while anchor in used:
@@ -99,12 +100,14 @@ def render_html(run_dir: str | Path, *, options: Mapping[str, Any] | None = None
             f'<li><a href="#{anchor}">{esc(section.title)}</a>'
             f'<span class="kind">{esc(doc.get("kind", "?"))}</span></li>'
         )
+        lines.append((doc, section.title, anchor))
         parts.append(_step_html(doc, section, anchor))
 
     title = f"Babelscope report: {run_dir.resolve().name}"
     body = [
-        _header_html(run_dir, docs, title),
-        '<nav class="toc card"><h2>Contents</h2><ol><li><a href="#run">Run information</a></li>',
+        _header_html(run_dir, docs, title, _findings_html(lines)),
+        '<nav class="toc card"><h2>Contents</h2><ol><li><a href="#findings">Findings</a></li>'
+        '<li><a href="#run">Run information</a></li>',
         *toc,
         "</ol></nav>",
         *parts,
@@ -151,6 +154,30 @@ def _build_section(doc: dict[str, Any], options: Mapping[str, Any]) -> Section:
             f"({esc(type(exc).__name__)}: {esc(exc)}); showing the recorded results instead.</p>",
         )
         return section
+
+
+def _findings_html(lines: list[tuple[dict[str, Any], str, str]]) -> str:
+    """The first screen: one row per step (a link to its section), its headline figure on this model, the
+    paper's, and whether the paper's finding is reproduced (see :mod:`babelscope.report.findings`)."""
+    from babelscope.report.findings import finding_for, verdict
+
+    rows = []
+    missed = 0
+    for doc, title, anchor in lines:
+        f = finding_for(doc)
+        words, cls = verdict(f)
+        missed += cls == "no"
+        rows.append(f'<tr class="finding {cls}"><th scope="row"><a href="#{anchor}">{esc(title)}</a></th>'
+                    f"<td>{esc(f.ours)}</td><td>{esc(f.paper) or '—'}</td>"
+                    f'<td class="verdict">{esc(words)}</td></tr>')
+    note = (f'<p class="note">{missed} of {len(lines)} steps do not reproduce their paper\'s finding on this '
+            "model (marked <b>not reproduced on this model</b>).</p>" if missed else "")
+    return (
+        '<section class="card findings" id="findings"><h2>Findings</h2>'
+        '<table class="findings"><thead><tr><th scope="col">step</th><th scope="col">this model</th>'
+        '<th scope="col">paper</th><th scope="col">verdict</th></tr></thead><tbody>'
+        + "".join(rows) + f"</tbody></table>{note}</section>"
+    )
 
 
 def _step_html(doc: dict[str, Any], section: Section, anchor: str) -> str:
@@ -229,7 +256,7 @@ def _merge_named(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     return out
 
 
-def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
+def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str, findings: str = "") -> str:
     models: dict[str, dict[str, Any]] = {}
     data: dict[str, tuple[Any, list[str]]] = {}
     versions: dict[str, list[str]] = {}
@@ -277,10 +304,11 @@ def _header_html(run_dir: Path, docs: list[dict[str, Any]], title: str) -> str:
     software_html = kv_table(software) if software else '<p class="note">No versions recorded.</p>'
 
     return (
-        f'<header class="run" id="run">\n<h1>{esc(title)}</h1>\n{sub}\n'
+        f'<header class="run">\n<h1>{esc(title)}</h1>\n{sub}\n{findings}\n'
+        '<details class="run-info" id="run"><summary>Run information: models, data checksums, software</summary>'
         f'<div class="cards"><div class="card models"><h2>Models</h2>{model_html}</div>\n'
         f'<div class="card data"><h2>Data</h2>{data_html}</div>\n'
-        f'<div class="card versions"><h2>Software</h2>{software_html}</div></div>\n</header>'
+        f'<div class="card versions"><h2>Software</h2>{software_html}</div></div></details>\n</header>'
     )
 
 

@@ -52,10 +52,14 @@ def _show_curve(doc: dict, cfg: PretrainConfig, results_path: Path) -> None:
     from babelscope.formatting import format_plain
 
     rows = doc["tables"]["curve"]["rows"]
-    langs_seen = list(dict.fromkeys(r["lang"] for r in rows))
+
+    def label(r: dict) -> str:  # a training language on its own held-out text is its own column
+        return f"{r['lang']} held-out" if r.get("text") == "held-out" else r["lang"]
+
+    langs_seen = list(dict.fromkeys(label(r) for r in rows))
     shown = Table("samples", "step", *langs_seen, title=f"perplexity while training on {cfg.langs}")
     for samples_seen in sorted({r["samples"] for r in rows}):
-        at = {r["lang"]: r for r in rows if r["samples"] == samples_seen}
+        at = {label(r): r for r in rows if r["samples"] == samples_seen}
         shown.add_row(format_plain(samples_seen), format_plain(next(iter(at.values()))["step"]),
                       *(format_plain(at.get(lang, {}).get("ppl")) for lang in langs_seen))
     Console().print(shown)

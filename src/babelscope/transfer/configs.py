@@ -22,6 +22,8 @@ class VocabConfig:
                            "tokenization, premium), comma-separated or 'all'.")
     quality_langs: str = opt("eng", "Other languages in the init-quality table (each costs forward passes of every "
                              "init).", may_be_empty=True)  # "": the table scores the target language alone
+    keep_old: bool = opt(True, "Leave out new pieces whose merges would change the tokenization of any other "
+                         "language's text in --parallel (every old text keeps its ids); --no-keep-old adds them all.")
     vocab_size: int = opt(8000, "Size of the SentencePiece model trained on --train; pieces the base already has "
                           "are not added.")
     model_type: str = opt("auto", "SentencePiece model: auto (the base's type), bpe, unigram.")
@@ -52,6 +54,9 @@ class PretrainConfig:
     tokens: int | None = opt(None, "Budget in tokens (instead of --samples).")
     epochs: int = opt(1, "Passes over a language's blocks allowed when the budget exceeds them.")
     eval_corpus: str = opt("", "Held-out text (default: the training corpus, split by unit id).")
+    target_eval: str = opt("split", "When --eval-corpus is another corpus, the training languages are also scored on "
+                           "held-out text of the training corpus's own kind: 'split' (--held-out of its unit ids, "
+                           "never trained on), a corpus spec (e.g. ud:UD_Vietnamese-VTB#split=test), or 'none'.")
     eval_langs: str = opt("eng,fra,deu,rus,cmn-Hans,jpn", "Languages of the forgetting curve (training languages "
                           "are added).")
     eval_at: str = opt("", "Sample counts to measure at, e.g. 0,100,1000 (default 0, 1/4, 1/2, all).")
@@ -62,6 +67,13 @@ class PretrainConfig:
     freeze_region: str | None = opt(None, "Mask file of `babelscope regions select` (e.g. "
                                     "regions-select/masks/top-k0.01-global.safetensors): those weights never change.")
     freeze_norms: bool = opt(False, "Also freeze masked entries of norm vectors.")
+    freeze_baseline: str | None = opt(None, "Instead of a region, freeze by a baseline rule: ssu (columns by "
+                                      "||W[:, j]|| E[x_j^2] on --ssu-langs text, Yamaguchi et al. 2025), half (a "
+                                      "random share of the matrices), magnitude (largest |W|) or random entries.")
+    freeze_fraction: float = opt(0.5, "Share of each block matrix (of the matrices, for half) the baseline freezes.")
+    ssu_corpus: str = opt("udhr-sample", "SSU: the source-language text that scores the columns.")
+    ssu_langs: str = opt("eng", "SSU: source languages (comma-separated).")
+    ssu_max_tokens: int = opt(1024, "SSU: tokens per source language.")
     lr: float = opt(5e-5, "Peak learning rate (AdamW).")
     warmup: int = opt(0, "Optimizer steps of linear warmup.")
     schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")

@@ -423,7 +423,7 @@ def train(
     named = dict(model.named_parameters())
     frozen = None
     if freeze:
-        from babelscope.regions.params import norm_modules
+        from babelscope.models.params import norm_modules
 
         norms = set() if cfg.freeze_norms else set(norm_modules(model))
         frozen = RegionFreeze(named, freeze, norms)

@@ -179,7 +179,28 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
         eval_view = SubsetView(corpus, held)
     else:
         eval_view = eval_corpus
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    # The training languages on held-out text of their own kind (Zhao et al. 2024, Table 2: the target's
+    # perplexity is measured on its own held-out text, the others' on theirs), besides the evaluation corpus.
+    target_view, target_name = None, None
+    if not same and cfg.target_eval not in ("", "none"):
+        if cfg.target_eval == "split":
+            for code in train_codes:
+                _, test = split_units(corpus.units(code), cfg.held_out, cfg.seed)
+                held[code] = {u.id for u in test}
+            target_view = SubsetView(corpus, {c: held[c] for c in train_codes})
+            target_name = f"{corpus.name} (held-out {cfg.held_out:g} of its units)"
+        else:
+            target_view = open_corpus(cfg.target_eval)
+            target_name = target_view.name
+        for code in train_codes:
+            if not target_view.units(target_view.match_language(code)):
+                raise BabelscopeError(f"--target-eval {cfg.target_eval}: no text of {code} there; give a corpus "
+                                      "with the training languages, 'split' or 'none'")
+    from babelscope.models.families import document_separator, scoring_prefix
+
+    # BOS only where the tokenizer adds it (not Qwen's or SmolLM2's), documents ended by the pretraining separator
+    # (<|endoftext|> for ChatML models, whose EOS <|im_end|> ends a chat turn)
+    bos, eos = scoring_prefix(None, tokenizer), document_separator(tokenizer)
     blocks, doc_rows, checksums = [], [], {}
     counts = allocate(samples, [(code, w) for code, (_, w) in zip(train_codes, mix, strict=True)])
     for code in train_codes:
@@ -209,7 +230,8 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
                                   "--eval-langs or give --eval-corpus")
     return {"samples": samples, "eval_at": eval_at, "train_codes": train_codes, "blocks": blocks,
             "order": order, "data_rows": doc_rows, "checksums": checksums, "eval_view": eval_view,
-            "eval_codes": eval_codes, "eval_corpus": eval_corpus, "held_out_split": same}
+            "eval_codes": eval_codes, "eval_corpus": eval_corpus, "held_out_split": same,
+            "target_view": target_view, "target_name": target_name}
 
 
 def data_fingerprint(data: dict[str, Any]) -> str:
@@ -324,6 +346,56 @@ def check_seq_len(cfg: PretrainConfig, planning: bool = False) -> None:
                               f"({cfg.model}); lower --seq-len")
 
 
+# ----------------------------------------------------------------------------------------------- baselines
+def check_baseline(cfg: PretrainConfig) -> dict[str, list[str]]:
+    """Check the freezing-baseline options before anything loads; the SSU source texts ``{lang: texts}``."""
+    if not cfg.freeze_baseline:
+        return {}
+    from babelscope.transfer.baselines import BASELINES
+
+    if cfg.freeze_baseline not in BASELINES:
+        raise BabelscopeError(f"--freeze-baseline {cfg.freeze_baseline!r}: use one of {', '.join(BASELINES)}")
+    if cfg.freeze_region:
+        raise BabelscopeError("--freeze-region and --freeze-baseline: give one of them (a baseline replaces the "
+                              "region)")
+    if not 0 < cfg.freeze_fraction < 1:
+        raise BabelscopeError(f"--freeze-fraction {cfg.freeze_fraction}: must lie strictly between 0 and 1")
+    if cfg.freeze_baseline != "ssu":
+        return {}
+    from babelscope.data.views import open_text_corpus
+
+    corpus = open_text_corpus(cfg.ssu_corpus)
+    out = {}
+    for lang in (x.strip() for x in cfg.ssu_langs.split(",") if x.strip()):
+        try:
+            code = corpus.match_language(lang)
+        except BabelscopeError:
+            code = None
+        texts = [u.text for u in corpus.units(code) if u.text.strip()] if code else []
+        if not texts:
+            raise BabelscopeError(f"--ssu-langs {cfg.ssu_langs}: corpus {cfg.ssu_corpus!r} has no text in {lang}; "
+                                  "give a source language it has or another --ssu-corpus")
+        out[code] = texts
+    if not out:
+        raise BabelscopeError(f"--ssu-langs {cfg.ssu_langs!r}: no source language given")
+    return out
+
+
+def baseline_for(cfg: PretrainConfig, model, tokenizer, ssu_texts: dict[str, list[str]]) -> dict:
+    """The baseline's masks for ``model`` (SSU scored on ``ssu_texts``, --ssu-max-tokens per language)."""
+    from babelscope.data.views import language_windows
+    from babelscope.models.engine import Engine
+    from babelscope.transfer.baselines import baseline_masks, ssu_scores
+
+    scores = None
+    if cfg.freeze_baseline == "ssu":
+        engine = Engine(model, tokenizer, batch_size=cfg.eval_batch_size, progress=False)
+        seqs = [s for texts in ssu_texts.values()
+                for s in language_windows(engine, texts, cfg.eval_window, cfg.ssu_max_tokens)]
+        scores = ssu_scores(model, seqs, cfg.eval_batch_size, engine.pad_id)
+    return baseline_masks(model, cfg.freeze_baseline, cfg.freeze_fraction, cfg.seed, scores)
+
+
 # ----------------------------------------------------------------------------------------------- step
 def loop_config(cfg: PretrainConfig):
     from babelscope.transfer.loop import LoopConfig
@@ -373,9 +445,11 @@ def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], fro
     from babelscope.runs import iter_results
 
     def label(freeze: dict) -> str:
+        if freeze and freeze.get("baseline"):
+            return f"{freeze['baseline']}@{freeze.get('k')}"
         return f"{freeze.get('region')}@{freeze.get('k')}" if freeze and freeze.get("file") else "none"
 
-    keep = ("samples", "lang", "target", "ppl", "bits_per_unit")
+    keep = ("samples", "lang", "text", "target", "ppl", "bits_per_unit")
     rows = [{"run": step, "freeze": label(frozen), **{k: r[k] for k in keep}} for r in curve]
     others = 0
     for doc in iter_results(run_dir):
@@ -411,6 +485,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         write_yaml,
     )
     from babelscope.steps import StepRun
+    from babelscope.transfer.baselines import masks_sha256
     from babelscope.transfer.loop import check_config, check_resumable, lr_at, remove_checkpoints, resume_key, train
 
     sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
@@ -420,6 +495,7 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     # Options and data first: nothing is loaded or written before they pass.
     check_options(cfg)
     check_seq_len(cfg)
+    ssu_texts = check_baseline(cfg)
     mask_file = mask_path(cfg.freeze_region, run_dir) if cfg.freeze_region else None
     if mask_file is not None:
         check_mask_model(mask_file, cfg.model)
@@ -429,6 +505,12 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     mask_sum = file_sha256(mask_file) if mask_file is not None else ""
     evals = {code: text_sha256(u.text for u in data["eval_view"].units(code)) for code in data["eval_codes"]}
     inputs = {"train": data["checksums"], "eval": evals, "mask": mask_sum}
+    if ssu_texts:
+        inputs["ssu"] = {code: text_sha256(texts) for code, texts in ssu_texts.items()}
+    if data["target_view"] is not None:
+        tv = data["target_view"]
+        inputs["target_eval"] = {c: text_sha256(u.text for u in tv.units(tv.match_language(c)))
+                                 for c in data["train_codes"]}
     # finished = complete (a killed run left partial results); the config is written once the model passed
     if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
         return doc
@@ -438,13 +520,17 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
     masks, mask_meta = None, {}
     if mask_file is not None:
-        from babelscope.regions.params import scored_parameters
+        from babelscope.models.params import scored_parameters
         from babelscope.regions.select import load_mask
 
         masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
         if mask_meta.get("other_model"):
             raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
                                   "the region from this model's importance scores")
+    if cfg.freeze_baseline:
+        masks = baseline_for(cfg, model, tokenizer, ssu_texts)
+        mask_sum = masks_sha256(masks)
+        mask_meta = {"baseline": cfg.freeze_baseline, "k": cfg.freeze_fraction}
     # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
     key_parts = resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
     key = resume_key(lcfg, len(data["order"]), launched_world(), key_parts)
@@ -471,13 +557,19 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     total_steps = math.ceil(data["samples"] / per_step)
     targets = set(data["train_codes"])
     frozen = {"file": str(mask_file) if mask_file else None, "region": mask_meta.get("region"),
-              "k": mask_meta.get("k"), "scope": mask_meta.get("scope")}
+              "k": mask_meta.get("k"), "scope": mask_meta.get("scope"), "baseline": mask_meta.get("baseline")}
     if masks is not None:
-        from babelscope.regions.params import norm_modules
+        from babelscope.models.params import norm_modules
 
         norms = set() if cfg.freeze_norms else set(norm_modules(model))
         frozen["parameters"] = sum(int(m.sum()) for n, m in masks.items() if n not in norms)
         frozen["fraction_of_blocks"] = frozen["parameters"] / sum(m.numel() for m in masks.values())
+        from babelscope.models.families import head_is_tied, qkv_bias_names
+
+        # what the mask covers beyond the matrices: the attention's QKV biases (Qwen2) are block parameters and
+        # freeze with it; the LM head is outside the blocks and trains (tied: as the embedding; untied: its own)
+        frozen["qkv_bias_entries"] = sum(int(masks[n].sum()) for n in qkv_bias_names(model) if n in masks)
+        frozen["lm_head"] = "tied to the embedding, trains" if head_is_tied(model) else "untied, trains"
 
     def results(complete: bool, trained=None) -> dict[str, Any]:
         last = max((r["samples"] for r in curve), default=None)
@@ -485,17 +577,24 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         start = [r for r in curve if r["samples"] == 0]
         summary = {}
         if final and start:
-            base = {r["lang"]: r["ppl"] for r in start}
-            ratio = {r["lang"]: r["ppl"] / base[r["lang"]] for r in final if base.get(r["lang"])}
+            base = {(r["lang"], r.get("text")): r["ppl"] for r in start}
+            ratio = {(r["lang"], r.get("text")): r["ppl"] / base[r["lang"], r.get("text")] for r in final
+                     if base.get((r["lang"], r.get("text")))}
+            held = {k: v for k, v in ratio.items() if k[1] == "held-out"}
+            on_eval = {k: v for k, v in ratio.items() if k[1] != "held-out"}
             summary = {
-                "target_ppl_ratio": median([v for k, v in ratio.items() if k in targets]),
-                "others_median_ppl_ratio": median([v for k, v in ratio.items() if k not in targets]) if any(
-                    k not in targets for k in ratio) else None,
+                # the target on its own held-out text when measured there (Table 2), else on the eval corpus
+                "target_ppl_ratio": median(list(held.values()) or [v for k, v in on_eval.items()
+                                                                   if k[0] in targets]),
+                "target_eval_corpus_ppl_ratio": median([v for k, v in on_eval.items() if k[0] in targets]),
+                "others_median_ppl_ratio": median([v for k, v in on_eval.items() if k[0] not in targets]) if any(
+                    k[0] not in targets for k in on_eval) else None,
             }
         return {
             "model": info.name, "model_checksum": info.checksum, "corpus": data["eval_corpus"].name
             if data["held_out_split"] else cfg.corpus, "train_corpus": cfg.corpus,
             "eval_corpus": data["eval_corpus"].name, "held_out_split": data["held_out_split"],
+            "target_eval": data["target_name"],
             "targets": data["train_codes"], "eval_langs": data["eval_codes"], "seq_len": cfg.seq_len,
             "samples": data["samples"], "tokens": data["samples"] * cfg.seq_len, "steps": total_steps,
             "samples_per_step": per_step, "lr": cfg.lr, "schedule": cfg.schedule, "eval_at": data["eval_at"],
@@ -508,7 +607,8 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     def write(complete: bool, trained=None) -> None:
         from babelscope.transfer.loop import read_metrics
 
-        tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"])), "data": data["data_rows"],
+        tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"], r.get("text") or "")),
+                  "data": data["data_rows"],
                   "metrics": read_metrics(st.path / "metrics.jsonl")}
         compare = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen) if complete else []
         if compare:
@@ -522,11 +622,19 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         if any(hasattr(p, "placements") for p in m.parameters()):  # FSDP 2: every rank runs every forward
             engine.state = None  # (sharded blocks gather their weights collectively: no split of requests)
         rows, _, _ = language_rows(engine, data["eval_view"], data["eval_codes"], ppl_cfg)
+        texts = [data["eval_corpus"].name] * len(rows)
+        if data["target_view"] is not None:  # the training languages on their own held-out text
+            tv = data["target_view"]
+            held, _, _ = language_rows(engine, tv, [tv.match_language(c) for c in data["train_codes"]], ppl_cfg)
+            for r, code in zip(held, data["train_codes"], strict=True):
+                r["lang"] = code
+            rows, texts = rows + held, texts + ["held-out"] * len(held)
         lr = lr_at(at_step - 1, total_steps, lcfg) if at_step else 0.0
         point = [{"samples": samples, "step": at_step, "tokens": samples * cfg.seq_len, "lr": lr,
-                  "lang": r["lang"], "name": r["name"], "target": r["lang"] in targets, "ppl": r["ppl"],
-                  "bits_per_unit": r["bits_per_unit"], "bits_per_byte": r["bits_per_byte"], "nll": r["nll"],
-                  "eval_tokens": r["tokens"], "units": r["units"]} for r in rows]
+                  "lang": r["lang"], "name": r["name"], "text": text, "target": r["lang"] in targets,
+                  "ppl": r["ppl"], "bits_per_unit": r["bits_per_unit"], "bits_per_byte": r["bits_per_byte"],
+                  "nll": r["nll"], "eval_tokens": r["tokens"], "units": r["units"]}
+                 for r, text in zip(rows, texts, strict=True)]
         curve[:] = [r for r in curve if r["samples"] != samples] + point
         if main:
             write(False)

@@ -295,6 +295,47 @@ def extend(base: BaseTokenizer, pieces: list[tuple[str, float]], workdir: Path):
     return tokenizer, ids, extra
 
 
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens from a transformers tokenizer, a ``tokenizers.Tokenizer`` or a
+    SentencePiece processor (one batched call)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if hasattr(backend, "encode_batch"):
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    if hasattr(tokenizer, "encode") and not hasattr(tokenizer, "apply_chat_template"):  # SentencePiece
+        return [list(x) for x in tokenizer.encode(texts)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def extend_keeping(base: BaseTokenizer, pieces: list[tuple[str, float]], workdir: Path, old_texts: list[str],
+                   rounds: int = 20):
+    """:func:`extend`, leaving out every piece whose merges would change the tokenization of an ``old_texts`` text
+    (text of other languages): ``(tokenizer, {piece: id}, extra_files, dropped pieces)``.
+
+    New merges rank after every old one, so they fire only where no old merge applies, and every output they make
+    is a new token: a changed old text holds at least one new token. Those tokens' pieces are dropped and the
+    tokenizer is rebuilt (a dropped piece may have been a half of another one's merges) until no old text
+    changes; a byte-level BPE (Qwen, GPT-2) keeps every old text's ids exactly then."""
+    base_ids = _ids(base.tokenizer, old_texts) if old_texts else []
+    dropped: list[str] = []
+    for _ in range(rounds):
+        tokenizer, ids, extra = extend(base, pieces, workdir)
+        if not old_texts:
+            return tokenizer, ids, extra, dropped
+        new_ids = _ids(tokenizer, old_texts)
+        fresh = set(ids.values())
+        culprits = {t for a, b in zip(base_ids, new_ids, strict=True) if a != b for t in b if t in fresh}
+        if not culprits:
+            return tokenizer, ids, extra, dropped
+        bad = {piece for piece, i in ids.items() if i in culprits}
+        dropped += sorted(bad)
+        pieces = [(p, score) for p, score in pieces if p not in bad]
+        if not pieces:
+            raise BabelscopeError("every new piece changes the tokenization of the other languages' text; "
+                                  "use --no-keep-old to add them anyway")
+    raise BabelscopeError(f"the extended tokenizer still changed other languages' text after {rounds} rounds of "
+                          "dropping pieces; use --no-keep-old")
+
+
 def model_tokenize(tokenizer, form: str) -> list[int]:
     """Ids of a vocabulary-form string tokenized by the model alone (no normaliser, no pre-tokenizer)."""
     return [t.id for t in tokenizer.backend_tokenizer.model.tokenize(form)]

@@ -275,8 +275,10 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
                               "vocabulary; raise --vocab-size to add pieces")  # fmt: skip
     st.write_config(sr.config)
     work = tk.temporary_dir(st.path, ".tokenizer.")
+    # the text of every other language of the parallel corpus: its tokenization must not change (--keep-old)
+    old_texts = [u.text for c in par.languages() if c != lang for u in par.units(c)] if cfg.keep_old else []
     try:
-        new_tok, ids, extra = tk.extend(base, pieces, work)
+        new_tok, ids, extra, dropped = tk.extend_keeping(base, pieces, work, old_texts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -338,7 +340,8 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     }  # fmt: skip
     _save(model, new_tok, extra, record, out)
     summary = {
-        "added": len(ids), "unreachable": len(unreachable), "seen_on_target": sum(r["seen"] > 0 for r in added),
+        "added": len(ids), "dropped_to_keep_old": len(dropped), "unreachable": len(unreachable),
+        "seen_on_target": sum(r["seen"] > 0 for r in added),
         "round_trip_failures": sum(t["round_trip_failures"] for t in trips),
         "base_round_trip_failures": sum(t["base_failures"] for t in trips),
         "new_round_trip_failures": sum(t["new_failures"] for t in trips),

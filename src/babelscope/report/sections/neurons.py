@@ -114,3 +114,36 @@ def overlap_section(doc: dict[str, Any]) -> Section:
         sec.figure(fig, "Share of each region's FFN weights lying on the language's LAPE neurons, against random "
                         "neuron sets with the same number per layer.")
     return sec
+
+
+@register_section("neurons-plnd")
+def plnd_section(doc: dict[str, Any]) -> Section:
+    """PLND neurons per language and layer, and their overlap with LAPE neurons and regions."""
+    from babelscope.report.figures import heatmap
+
+    res = doc.get("results") or {}
+    sec = Section(f"Language neurons of {res.get('model', '?')} by deactivation (PLND)")
+    sec.text(
+        "Parallel language-specific neuron detection (Zhao et al., NeurIPS 2024): a neuron's importance for a "
+        "document is the change of its FFN's output when it is deactivated, ‖a_j‖ · ‖W_down[:, j]‖, for all neurons "
+        f"of a layer in one pass. A language's neurons are in the top {100 * res.get('top_rate', 0):g}% of a "
+        f"document's importances in at least {100 * res.get('consistency', 0):g}% of its documents; neurons of "
+        "every language (language-agnostic) are left out. Overlap with LAPE: shared neurons against the "
+        "hypergeometric expectation for random sets of the same sizes; with the region: share of the region's FFN "
+        "weights on the neurons against random sets with the same count per layer."
+    )
+    sec.add(stats({"languages": len(res.get("languages") or []), "selected": res.get("selected"),
+                   "language-agnostic": res.get("agnostic"), "total neurons": res.get("total_neurons")}))
+    sec.table(table_rows(doc, "per_language"), source=table_file(doc, "per_language"))
+    per_layer = table_rows(doc, "per_layer")
+    if per_layer:
+        langs, layers, mat = matrix_of(per_layer, "lang", "layer", "neurons",
+                                       col_labels=sorted({r["layer"] for r in per_layer}))
+        fig, ax = heatmap(mat, langs, [str(x) for x in layers], cmap="viridis", cbar_label="neurons", fmt=".0f",
+                          annotate=len(layers) <= 30)
+        ax.set_xlabel("layer")
+        sec.figure(fig, "PLND neurons per language (rows) and layer (columns).")
+    overlap = table_rows(doc, "overlap")
+    if overlap:
+        sec.table(overlap, source=table_file(doc, "overlap"))
+    return sec

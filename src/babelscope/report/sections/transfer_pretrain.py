@@ -19,6 +19,21 @@ def _positive_median(values: list[Any]) -> float | None:
     return median(v for v in values if _positive(v))
 
 
+def series(r: dict[str, Any]) -> str:
+    """A curve's label: the language, marked when it is a training language on its own held-out text."""
+    return f"{r['lang']} held-out" if r.get("text") == "held-out" else str(r["lang"])
+
+
+def is_target(r: dict[str, Any], rows: list[dict[str, Any]]) -> bool | None:
+    """``True``: the target's curve (on its held-out text when measured there); ``False``: another language;
+    ``None``: the target language on the evaluation corpus when it also has a held-out curve (neither side)."""
+    if not r.get("target"):
+        return False
+    if r.get("text") == "held-out" or not any(x.get("text") == "held-out" for x in rows):
+        return True
+    return None
+
+
 def _x_axis(ax: Any, xs: list[float]) -> None:
     """Samples seen: a symmetric-log axis when the points span decades (0 is a point), else linear."""
     positive = sorted(x for x in xs if x > 0)
@@ -32,16 +47,17 @@ def curve_figure(rows: list[dict[str, Any]], title: str | None = None):
     from babelscope.report.figures import group_colors, log_axis, new_figure
 
     fig, ax = new_figure(8.0, 4.2)
-    langs = list(dict.fromkeys(r["lang"] for r in rows))
-    colors = group_colors(langs)
+    labels = list(dict.fromkeys(series(r) for r in rows))
+    colors = group_colors(labels)
     values = []
-    for lang in langs:
-        mine = sorted((r for r in rows if r["lang"] == lang and _positive(r.get("ppl"))), key=lambda r: r["samples"])
+    for label in labels:
+        mine = sorted((r for r in rows if series(r) == label and _positive(r.get("ppl"))), key=lambda r: r["samples"])
         if not mine:
             continue
-        target = bool(mine[0].get("target"))
-        ax.plot([r["samples"] for r in mine], [r["ppl"] for r in mine], marker="o", color=colors[lang],
-                lw=2.6 if target else 1.3, ls="-" if target else "--", label=f"{lang} (target)" if target else lang)
+        role = is_target(mine[0], rows)
+        ax.plot([r["samples"] for r in mine], [r["ppl"] for r in mine], marker="o", color=colors[label],
+                lw=2.6 if role else 1.3, ls="-" if role else ":" if role is None else "--",
+                label=f"{label} (target)" if role else f"{label} (target, eval corpus)" if role is None else label)
         values += [r["ppl"] for r in mine]
     _x_axis(ax, [r["samples"] for r in rows])
     if values:
@@ -65,8 +81,9 @@ def compare_figure(rows: list[dict[str, Any]]):
     for run in runs:
         mine = [r for r in rows if r["run"] == run]
         xs = sorted({r["samples"] for r in mine})
-        target = [_positive_median([r["ppl"] for r in mine if r["samples"] == x and r.get("target")]) for x in xs]
-        others = [_positive_median([r["ppl"] for r in mine if r["samples"] == x and not r.get("target")]) for x in xs]
+        target = [_positive_median([r["ppl"] for r in mine if r["samples"] == x and is_target(r, mine)]) for x in xs]
+        others = [_positive_median([r["ppl"] for r in mine if r["samples"] == x and is_target(r, mine) is False])
+                  for x in xs]
         ax.plot(xs, [math.nan if v is None else v for v in target], marker="o", lw=2.4, color=colors[run],
                 label=f"{run}: target")
         ax.plot(xs, [math.nan if v is None else v for v in others], marker="s", lw=1.4, ls="--",
@@ -87,16 +104,19 @@ def pivot(rows: list[dict[str, Any]], key: str = "ppl") -> list[dict[str, Any]]:
     for samples in sorted({r["samples"] for r in rows}):
         at = [r for r in rows if r["samples"] == samples]
         row = {"samples": samples, "step": at[0].get("step"), "tokens": at[0].get("tokens"), "lr": at[0].get("lr")}
-        row.update({r["lang"]: r.get(key) for r in at})
+        row.update({series(r): r.get(key) for r in at})
         out.append(row)
     return out
 
 
 def _freeze_text(freeze: dict[str, Any]) -> str:
+    frac = (freeze or {}).get("fraction_of_blocks")
+    share = f", {frac:.2%} of the block weights" if isinstance(frac, float) else ""
+    if freeze and freeze.get("baseline"):
+        return (f"baseline {esc(freeze['baseline'])}@{esc(format_value(freeze.get('k')))} frozen "
+                f"({esc(format_value(freeze.get('parameters')))} weights{share})")
     if not freeze or not freeze.get("file"):
         return "no weights frozen"
-    frac = freeze.get("fraction_of_blocks")
-    share = f", {frac:.2%} of the block weights" if isinstance(frac, float) else ""
     return (f"region {esc(freeze.get('region'))}@{esc(format_value(freeze.get('k')))}/{esc(freeze.get('scope'))} "
             f"frozen ({esc(format_value(freeze.get('parameters')))} weights{share})")
 
@@ -120,17 +140,23 @@ def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
         f"{_freeze_text(res.get('freeze') or {})}. Perplexity is measured on held-out text of "
         f"<code>{esc(res.get('eval_corpus'))}</code>"
         + (" (unit ids split from the training text)" if res.get("held_out_split") else " (another corpus)")
+        + (f"; the training languages also on held-out text of their own kind, <code>{esc(res['target_eval'])}"
+           "</code>, never trained on (marked <em>held-out</em>)" if res.get("target_eval") else "")
         + f".{state}</p>"
     )
     summary = res.get("summary") or {}
     if summary:
-        section.add(stats({"target ppl, end / start": summary.get("target_ppl_ratio"),
-                           "other languages' median ppl, end / start": summary.get("others_median_ppl_ratio")}))
+        shown = {"target ppl, end / start": summary.get("target_ppl_ratio")}
+        if res.get("target_eval"):
+            shown["target ppl on the eval corpus, end / start"] = summary.get("target_eval_corpus_ppl_ratio")
+        shown["other languages' median ppl, end / start"] = summary.get("others_median_ppl_ratio")
+        section.add(stats(shown))
     if curve:
         fig, _ = curve_figure(curve)
         langs = sorted({r["lang"] for r in curve})
         section.figure(fig, caption=f"Held-out perplexity (log scale) of {len(langs)} languages against samples "
-                       f"seen while training on {targets}; the target bold, the others dashed.",
+                       f"seen while training on {targets}; the target bold (on its own held-out text when "
+                       "measured there; dotted: on the evaluation corpus), the others dashed.",
                        alt=f"Line chart of perplexity against samples for {', '.join(langs)}.")
         section.add("<h3>Perplexity at each measured point</h3>")
         section.table(pivot(curve), source=table_file(doc, "curve"))
@@ -150,8 +176,9 @@ def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
             for samples in sorted({r["samples"] for r in mine}):
                 at = [r for r in mine if r["samples"] == samples]
                 rows.append({"run": run, "freeze": at[0].get("freeze"), "samples": samples,
-                             "target_ppl": _positive_median([r["ppl"] for r in at if r.get("target")]),
-                             "others_median_ppl": _positive_median([r["ppl"] for r in at if not r.get("target")])})
+                             "target_ppl": _positive_median([r["ppl"] for r in at if is_target(r, mine)]),
+                             "others_median_ppl": _positive_median([r["ppl"] for r in at
+                                                                    if is_target(r, mine) is False])})
         section.table(rows)
     metrics = table_rows(doc, "metrics")
     if metrics:

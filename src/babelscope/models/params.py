@@ -1,13 +1,16 @@
-"""Which weights a region covers, read from the unmodified model (no hard-coded names).
+"""Which weights a region covers, read from the unmodified model through the architecture table.
 
 Zhang et al. (2024, §2) score the weights inside the decoder layers; embeddings, the final norm and the LM head
-are left out. Here the scored set is every parameter of the blocks found by :func:`block_list`, named
-``<blocks>.<layer>.<sub-name>`` (e.g. ``model.layers.3.mlp.up_proj.weight``), optionally filtered by regular
-expressions. A parameter is a *norm vector* when it is the 1-D weight of a module whose class name contains
-"Norm" (Gemma 3: input, post-attention, pre-/post-feed-forward, q and k norms; Llama: two).
+are left out (an untied head, as Qwen2.5 0.5B's, is outside the blocks too). Here the scored set is every
+parameter of the blocks (:func:`babelscope.models.families.block_list`), the attention's query/key/value biases
+included where the family has them (Qwen2, GPT-2, BERT), named ``<blocks>.<layer>.<sub-name>`` (e.g.
+``model.layers.3.mlp.up_proj.weight``), optionally filtered by regular expressions. The *norm vectors* are the
+table's norms of each block (Gemma 3: input, post-attention, pre-/post-feed-forward, q and k norms; Gemma 2: four;
+Llama, Mistral, Qwen2: two; Qwen3: four).
 
 The effective scale of a norm is ``γ = offset + w``: Gemma's RMSNorm multiplies by ``(1 + w)``, Llama's by ``w``.
-The offset is measured, not assumed: run the norm with ``w = 0`` and see whether the input comes through.
+The table gives the offset; :func:`measured_gamma_offset` measures it (run the norm with ``w = 0`` and see
+whether the input comes through), which the tests check against the table for every family.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
-from babelscope.models.arch import block_list
+from babelscope.models.families import block_list, family_of, norm_names, require_family
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -52,24 +55,20 @@ def layer_and_kind(name: str) -> tuple[int, str]:
 
 
 def norm_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """``{weight name: norm module}`` for every norm inside the blocks (1-D weight, class name with "Norm")."""
-    prefix, blocks = block_list(model)
-    out = {}
-    for i, block in enumerate(blocks):
-        for sub, module in block.named_modules():
-            weight = getattr(module, "weight", None)
-            if (
-                "norm" in type(module).__name__.lower()
-                and isinstance(weight, torch.Tensor)
-                and weight.ndim == 1
-            ):
-                out[f"{prefix}.{i}.{sub}.weight"] = module
-    return out
+    """``{weight name: norm module}`` for every norm inside the blocks (the table's, see :func:`norm_names`)."""
+    return {name: model.get_submodule(name.removesuffix(".weight")) for name in norm_names(model)}
+
+
+def gamma_offset(norm: nn.Module, model: nn.Module | None = None) -> float:
+    """1.0 when the norm scales by ``(1 + w)`` (Gemma), 0.0 when by ``w`` (Llama, Qwen, LayerNorm): the table's
+    value for ``model``'s family, else measured (:func:`measured_gamma_offset`)."""
+    family = family_of(model) if model is not None else None
+    return family.norm_offset if family is not None else measured_gamma_offset(norm)
 
 
 @torch.no_grad()
-def gamma_offset(norm: nn.Module) -> float:
-    """1.0 when the norm scales by ``(1 + w)`` (Gemma), 0.0 when by ``w`` (Llama, LayerNorm): probed with w = 0."""
+def measured_gamma_offset(norm: nn.Module) -> float:
+    """1.0 when the norm passes its input through with ``w = 0`` (scale ``1 + w``), else 0.0 (scale ``w``)."""
     weight = norm.weight
     if weight.device.type == "meta":  # offloaded by a device map: probe a copy with resident zero weights
         import copy
@@ -92,7 +91,9 @@ def gamma_offset(norm: nn.Module) -> float:
 
 
 def find_norm(model: nn.Module, layer: int, norm: str) -> tuple[str, nn.Module]:
-    """The norm called ``norm`` (a sub-name such as ``post_attention_layernorm``) in block ``layer``."""
+    """The norm called ``norm`` (a sub-name such as ``post_attention_layernorm``) in block ``layer``; a family
+    with no table entry is refused (the scan needs the table's norms and their scale)."""
+    require_family(model, "norms and their scale (w or 1 + w)", "regions scan")
     norms = norm_modules(model)
     hits = [
         (n, m)

@@ -1,0 +1,259 @@
+"""Parallel language-specific neuron detection (PLND; Zhao et al., NeurIPS 2024, "How do Large Language Models
+Handle Multilingualism?", §3).
+
+A neuron's importance for a context is the change of its layer's output when it is deactivated. For FFN neuron
+``j`` of layer ``i`` with activation ``a^i_j ∈ R^T`` over a document's ``T`` tokens (the input of the down
+projection), deactivating it removes the rank-one term ``a^i_j ⊗ W^i_down[:, j]`` from the FFN output, so
+
+    Imp(N^i_j | d) = ‖FFN(x) - FFN_{¬N^i_j}(x)‖_F = ‖a^i_j‖_2 · ‖W^i_down[:, j]‖_2                (parallel FFN)
+
+for every neuron of a layer at once from one forward: a pre-hook on each down projection reduces its input to
+``sqrt(Σ_t a_{t,j}²)`` per document and neuron (the paper's parallel formulation, |a_j| · ‖W_down[:, j]‖ per token,
+taken over the document). The FFN output is the down projection's (before any post-FFN norm, e.g. Gemma 3's).
+
+Selection (our reading of §3.1, "neurons consistently activated when processing a language"): neuron ``j`` is
+important for document ``d`` when its importance is among the ``top_rate`` share of all FFN neurons' importances
+for ``d``; it is a neuron of language ``l`` when important in at least a ``consistency`` share of ``l``'s documents
+(windows); neurons of *every* language are language-agnostic and left out of each language's set. The masks are
+written in the format of ``babelscope neurons find`` (``mask/<lang>``), so ``neurons deactivate --neurons-step
+neurons-plnd`` switches them off (the paper's Figure 2 test).
+
+The overlap of a language's PLND neurons ``A`` with its LAPE neurons ``B`` (Tang et al. 2024) among ``N`` neurons:
+``|A ∩ B|`` against the hypergeometric expectation ``|A| |B| / N`` of random sets of the same sizes (exact tail
+p-value); with its θ ⊙ ∇ region (Zhang et al. 2024), the share of the region's FFN weights on the neurons against
+random sets with the same count per layer (:func:`babelscope.neurons.overlap.overlap_stats`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from babelscope.errors import BabelscopeError
+from babelscope.neurons.configs import PlndConfig
+
+KIND = "neurons-plnd"
+
+
+# ------------------------------------------------------------------------------------------------ maths
+def column_norms(ffns) -> torch.Tensor:
+    """``‖W_down[:, j]‖_2`` per layer and neuron, (layers, W) float32."""
+    return torch.stack([f.down.weight.detach().float().norm(dim=0).cpu() for f in ffns])
+
+
+@contextlib.contextmanager
+def importance_hooks(ffns, spans: list[list[tuple[int, int]]]) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the block, each forward fills ``{layer: (B, W) float32}`` with ``sqrt(Σ_t a_{t,j}²)`` over the
+    positions ``spans[0][b] = (start, end)`` of each batch row (set before the forward); multiply by
+    :func:`column_norms` for the importances. Hooks removed in ``finally``."""
+    store: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make(layer: int):
+        def hook(module, args):
+            x = args[0]
+            rows = [x[b, a:e].float().pow(2).sum(dim=0) for b, (a, e) in enumerate(spans[0])]
+            store[layer] = torch.stack(rows).sqrt().cpu()
+
+        return hook
+
+    try:
+        for f in ffns:
+            handles.append(f.down.register_forward_pre_hook(make(f.layer)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def document_importance(model, ffns, seqs: list[list[int]], batch_size: int, pad_id: int) -> torch.Tensor:
+    """``Imp`` (documents, layers, W) float32 for the BOS-prefixed windows ``seqs`` (one document each; BOS and
+    padding not counted), in length-sorted right-padded batches, returned in the order of ``seqs``."""
+    from babelscope.models.arch import base_model
+
+    norms = column_norms(ffns)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    out = torch.zeros(len(seqs), len(ffns), ffns[0].width)
+    device = next(model.parameters()).device
+    spans: list[list[tuple[int, int]]] = [[]]
+    with torch.inference_mode(), importance_hooks(ffns, spans) as store:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(seqs[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[row, : len(seqs[i])] = 1
+            spans[0] = [(1, len(seqs[i])) for i in batch]
+            base_model(model)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            imp = torch.stack([store[f.layer] for f in ffns], dim=1) * norms[None]
+            out[batch] = imp
+    return out
+
+
+def naive_importance(ffn, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """The reference: deactivate the neurons of one FFN ``chunk`` at a time (each copy of the down projection's
+    input ``x`` (T, W) with one neuron zeroed) and measure ``‖FFN(x) - FFN_{¬j}(x)‖_F``; (W,)."""
+    with torch.inference_mode():
+        full = ffn.down(x)
+        out = torch.empty(x.shape[-1])
+        for start in range(0, x.shape[-1], chunk):
+            idx = torch.arange(start, min(start + chunk, x.shape[-1]))
+            xs = x.expand(len(idx), *x.shape).clone()
+            xs[torch.arange(len(idx)), :, idx] = 0
+            out[idx] = (ffn.down(xs) - full).float().flatten(1).norm(dim=1).cpu()
+    return out
+
+
+def select_plnd(important: torch.Tensor, documents: torch.Tensor, consistency: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masks (languages, layers, W) bool, agnostic (layers, W) bool)`` from counts of documents in which each
+    neuron was important ``important`` (languages, layers, W) and documents per language ``documents``."""
+    if not 0 < consistency <= 1:
+        raise BabelscopeError(f"--consistency {consistency}: must lie in (0, 1]")
+    need = torch.ceil(documents.double() * consistency - 1e-9)
+    chosen = important.double() >= need[:, None, None]
+    agnostic = chosen.all(dim=0)
+    return chosen & ~agnostic[None], agnostic
+
+
+def important_counts(imp: torch.Tensor, top_rate: float) -> torch.Tensor:
+    """Per neuron, the number of documents (rows of ``imp`` (documents, layers, W)) in which its importance is
+    among the ``top_rate`` share of that document's importances."""
+    if not 0 < top_rate < 1:
+        raise BabelscopeError(f"--top-rate {top_rate}: must lie strictly between 0 and 1")
+    flat = imp.flatten(1)
+    k = max(1, round(top_rate * flat.shape[1]))
+    cut = flat.topk(k, dim=1).values[:, -1:]
+    return ((flat >= cut) & (flat > 0)).sum(dim=0).view(imp.shape[1:])  # a zero change is never important
+
+
+def set_overlap(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
+    """``|A ∩ B|`` of two neuron masks against random sets of the same sizes (hypergeometric)."""
+    from scipy.stats import hypergeom
+
+    n, na, nb = a.numel(), int(a.sum()), int(b.sum())
+    both = int((a & b).sum())
+    expected = na * nb / n
+    union = int((a | b).sum())
+    return {"a": na, "b": nb, "both": both, "expected_random": expected,
+            "enrichment": both / expected if expected else None, "jaccard": both / union if union else None,
+            "p_hypergeom": float(hypergeom.sf(both - 1, n, na, nb)) if na and nb else None}
+
+
+# ------------------------------------------------------------------------------------------------ step
+def run(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons plnd`` step: importances per document and language, the PLND neurons, and their
+    overlap with the LAPE neurons and the regions when those steps are in the run directory."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.data.views import language_codes, language_windows, open_text_corpus, split_side
+    from babelscope.neurons.ffn import ffn_modules
+    from babelscope.neurons.lape import load_neurons
+    from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
+    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.steps import StepRun, results_sha256
+    from babelscope.tensorfiles import load_tensors, save_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    if not 0 < cfg.top_rate < 1 or not 0 < cfg.consistency <= 1:
+        raise BabelscopeError(f"--top-rate {cfg.top_rate} / --consistency {cfg.consistency}: top rate in (0, 1), "
+                              "consistency in (0, 1]")
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    if len(codes) < 2:
+        raise BabelscopeError(f"--langs {cfg.langs!r}: PLND separates languages; give at least two")
+    texts = {c: split_side(corpus, c, "train", cfg.test_fraction, cfg.seed) for c in codes}
+    reads = {}
+    for name in (cfg.neurons_step, cfg.select_step):
+        if name not in ("", "none") and Step(sr.run_dir, name).results_path.exists():
+            reads[name] = results_sha256(sr.run_dir, name)
+    inputs = {"texts": {c: text_sha256(u.text for u in texts[c]) for c in codes}, **reads}
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "PLND")
+    ffns = ffn_modules(model)
+    if is_main_process():
+        sr.st.write_config(sr.config)
+    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
+    important, documents, mean_imp, rows = [], [], [], []
+    for code in tqdm(codes, desc="PLND", unit="lang", leave=False, disable=not engine.is_main):
+        seqs = [s for s in language_windows(engine, [u.text for u in texts[code]], cfg.window, cfg.max_tokens)
+                if len(s) > 1]
+        if not seqs:
+            raise BabelscopeError(f"language {code}: no tokens; raise --max-tokens or --window")
+        imp = document_importance(model, ffns, seqs, cfg.batch_size, engine.pad_id)
+        important.append(important_counts(imp, cfg.top_rate))
+        documents.append(len(seqs))
+        mean_imp.append(imp.mean(dim=0))
+        rows.append({"lang": code, "name": resolve_language(code).name, "documents": len(seqs),
+                     "tokens": sum(len(s) - 1 for s in seqs)})
+    if not engine.is_main:
+        return sr.wait()
+    masks, agnostic = select_plnd(torch.stack(important), torch.tensor(documents), cfg.consistency)
+    n_layers, width = masks.shape[1:]
+    per_layer = []
+    for li, code in enumerate(codes):
+        rows[li].update(neurons=int(masks[li].sum()),
+                        only_this_language=int((masks[li] & (masks.sum(dim=0) == 1)).sum()),
+                        share=float(masks[li].double().mean()))
+        per_layer += [{"layer": layer, "lang": code, "neurons": int(masks[li, layer].sum())}
+                      for layer in range(n_layers)]
+    weights = [f.weight_names for f in ffns]
+    save_tensors(sr.path / "neurons.safetensors",
+                 {**{f"mask/{c}": masks[i] for i, c in enumerate(codes)},
+                  **{f"importance/{c}": mean_imp[i] for i, c in enumerate(codes)}, "agnostic": agnostic},
+                 {"model": info.checksum, "model_name": info.name, "languages": codes, "method": "plnd",
+                  "ffn": [f.prefix for f in ffns], "weights": weights, "top_rate": cfg.top_rate,
+                  "consistency": cfg.consistency})
+    overlap = []
+    plnd = dict(zip(codes, masks, strict=True))
+    if cfg.neurons_step in reads:
+        nsrc = Step(sr.run_dir, cfg.neurons_step)
+        lape, lmeta = load_neurons(nsrc.path / load_results(nsrc.results_path)["results"]["neurons_file"])
+        if lmeta.get("model") == info.checksum:
+            for code in codes:
+                if code in lape:
+                    overlap.append({"lang": code, "pair": "plnd-lape", **set_overlap(plnd[code], lape[code])})
+    if cfg.select_step in reads:
+        from babelscope.regions.select import mask_file, region_mask
+
+        ssrc = Step(sr.run_dir, cfg.select_step)
+        sdoc = load_results(ssrc.results_path)
+        isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
+        idoc = load_results(isrc.results_path)
+        core_path = ssrc.path / mask_file("top", cfg.k, cfg.scope)
+        core = neuron_region_counts(load_tensors(core_path), weights, width) if core_path.exists() else None
+        for code in codes:
+            if code in idoc["results"].get("score_files", {}):
+                scores = load_tensors(isrc.path / idoc["results"]["score_files"][code])
+                counts = neuron_region_counts(region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top",
+                                                          cfg.scope), weights, width)
+                region = "lang"
+            elif core is not None:
+                counts, region = core, "core"
+            else:
+                continue
+            sets = [("plnd-region", plnd[code])]
+            if overlap and any(r["lang"] == code for r in overlap):
+                sets.append(("lape-region", lape[code]))
+            for pair, neurons in sets:
+                s = overlap_stats(neurons, counts, cfg.draws, cfg.seed)
+                overlap.append({"lang": code, "pair": pair, "region": region, "a": s["neurons"],
+                                "weight_share": s.get("weight_share"),
+                                "weight_random_layer_matched": s.get("weight_random_layer_matched"),
+                                "enrichment": s.get("weight_enrichment_layer_matched"),
+                                "p_layer_matched": s.get("weight_p_layer_matched")})
+    results = {"model": info.name, "corpus": corpus.name, "languages": codes, "layers": n_layers,
+               "neurons_per_layer": width, "total_neurons": n_layers * width, "selected": int(masks.any(0).sum()),
+               "agnostic": int(agnostic.sum()), "neurons_file": "neurons.safetensors", "top_rate": cfg.top_rate,
+               "consistency": cfg.consistency, "neurons_step": cfg.neurons_step if cfg.neurons_step in reads
+               else None, "select_step": cfg.select_step if cfg.select_step in reads else None}
+    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
+                                                  "units": {c: [u.id for u in texts[c]] for c in codes}})
+    return sr.write(KIND, results, {"per_language": rows, "per_layer": per_layer, "overlap": overlap}, prov)
