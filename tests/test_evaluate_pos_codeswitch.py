@@ -6,9 +6,8 @@ import pytest
 
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.codeswitch import CodeSwitchConfig, codeswitch_rows, switch_segments
-from babelscope.evaluate.codeswitch import run as run_codeswitch
 from babelscope.evaluate.pos import PosConfig, parse_tags, pos_prompt, tag_accuracy, treebank_split
-from babelscope.evaluate.pos import run as run_pos
+from babelscope.evaluate.steps import run_codeswitch, run_pos
 from babelscope.models.loader import ModelInfo
 from conftest import build_tiny
 
@@ -70,6 +69,25 @@ def test_pos_prompt_parse_and_accuracy():
     assert f"{pool[0].tokens[0].form}/{pool[0].tokens[0].upos}" in prompt
     assert parse_tags(" Der/DET Hund/NOUN bellt/VERB ./PUNCT\nmore") == ["DET", "NOUN", "VERB", "PUNCT"]
     assert tag_accuracy(["DET", "NOUN"], ["DET", "VERB", "PUNCT"]) == 1
+
+
+def test_pos_method_jobs_and_accuracies_without_a_model():
+    """The method apart from the step: seeded prompts per language, setting and run; answers that copy the
+    gold line score 1, answers without tags 0, and the tables hold the mean and std over runs."""
+    from babelscope.evaluate import pos
+
+    data = {"de": treebank_split("de", "embedded")}
+    english = pos.short_sentences(treebank_split("en", "embedded")[0], 12)
+    jobs = pos.build_jobs(data, english, ["MONO", "EN"], shots=2, runs=3, queries=2, max_words=12, seed=0)
+    assert len(jobs) == 2 * 3 * 2 and jobs == pos.build_jobs(data, english, ["MONO", "EN"], shots=2, runs=3,
+                                                             queries=2, max_words=12, seed=0)
+    outputs = [" " + " ".join(f"w/{tag}" for tag in job.gold) if job.run < 2 else "" for job in jobs]
+    per_query, per_run, per_language, summary = pos.accuracies(jobs, outputs, ["de"], ["MONO", "EN"])
+    assert [r["accuracy"] for r in per_run] == [1.0, 1.0, 0.0] * 2
+    assert per_language[0]["MONO_mean"] == pytest.approx(2 / 3) and summary == {"MONO_mean": pytest.approx(2 / 3),
+                                                                               "EN_mean": pytest.approx(2 / 3)}
+    with pytest.raises(BabelscopeError, match="--settings"):
+        pos.parse_settings("MONO,FEW")
 
 
 def test_pos_treebanks_with_and_without_train_split():

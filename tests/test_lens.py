@@ -83,10 +83,9 @@ def test_word_list_prompts_and_token_sets(tmp_path):
 
 
 def test_translate_and_script_steps(tmp_path):
-    from babelscope.lens.script import LensScriptConfig
-    from babelscope.lens.script import run as script
-    from babelscope.lens.translate import LensTranslateConfig
-    from babelscope.lens.translate import run as translate
+    from babelscope.lens.configs import LensScriptConfig, LensTranslateConfig
+    from babelscope.lens.steps import run_script as script
+    from babelscope.lens.steps import run_translate as translate
 
     loaded = _loaded("gemma3")
     doc = translate(LensTranslateConfig(targets="rus,cmn-Hans", max_items=6), tmp_path, "lt", loaded=lambda: loaded)
@@ -110,6 +109,25 @@ def test_translate_and_script_steps(tmp_path):
     html = render_report(tmp_path).read_text(encoding="utf-8")
     assert "word translation through the logit lens" in html and "script of the logit-lens prediction" in html
     assert html.count("<img") == 4  # one chart per language and step
+
+
+def test_translation_method_without_a_run_dir_gives_the_step_numbers(tmp_path):
+    """From a notebook: word list -> items -> lens probabilities -> tables, equal to the step's rows; the old
+    import path of the step still names it."""
+    from babelscope.lens import steps, translate
+    from babelscope.lens.configs import LensTranslateConfig
+
+    model, tok, info = _loaded("gemma3")
+    wl = translate.read_word_list("embedded")
+    items, dropped = translate.make_items(wl, tok, "fra", "rus", 1, 0, 4)
+    values = translate.lens_translation(model, tok, items, [1, 3], batch_size=2)
+    assert values.shape == (2, len(items), 3)
+    per_layer, per_item, summary = translate.translation_tables("rus", items, dropped, values, [1, 3])
+    cfg = LensTranslateConfig(source="fra", targets="rus", shots=1, max_items=4, layers="1,3")
+    doc = steps.run_translate(cfg, tmp_path, loaded=lambda: (model, tok, info))
+    assert doc["tables"]["per_layer"]["rows"] == per_layer and doc["tables"]["per_item"]["rows"] == per_item
+    assert doc["results"]["summary"] == [summary]
+    assert translate.run.load() is steps.run_translate
 
 
 def _cli(capsys, *args) -> tuple[int, str]:

@@ -162,6 +162,25 @@ def test_experiment_file_runs_steps_and_report(tiny_dir, corpus, tmp_path):
     assert proc.returncode == 2 and "bogus" in proc.stderr
 
 
+def test_perplexities_from_a_notebook_equal_the_step(tmp_path):
+    """``perplexities(model, tokenizer, texts)``: no run directory, the numbers of the step's per-unit rows;
+    ``babelscope.evaluate.perplexity.run`` still names the step."""
+    from babelscope.data import open_corpus
+    from babelscope.evaluate import perplexity, steps
+    from babelscope.models.loader import describe
+    from conftest import build_tiny
+
+    model, tok = build_tiny("gemma3")
+    units = open_corpus("udhr-sample").units("fra")[:2]
+    ppl = perplexity.perplexities(model, tok, [u.text for u in units], window=32, batch_size=2)
+    doc = steps.run_ppl(PplConfig(langs="fr", max_units=2, window=32), tmp_path,
+                        loaded=lambda: (model, tok, describe(model, tok, "tiny", "memory")))
+    rows = doc["tables"]["per_unit"]["rows"]
+    # the same windows through the same engine code: equal up to float32 summation order (batch composition)
+    assert ppl == pytest.approx([math.exp(r["nll"] / r["tokens"]) for r in rows], rel=1e-5)
+    assert perplexity.run.load() is steps.run_ppl
+
+
 def test_real_model_matches_its_own_forward(default_model):
     """Our bits are the model's: equal (1e-5 relative) to the mean token loss of its own forward."""
     from babelscope.data import open_corpus

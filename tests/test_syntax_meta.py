@@ -1,5 +1,6 @@
-"""babelscope.syntax.meta: the prototype probe, the meta-aligner and the step on synthetic vectors and on a tiny
-in-process model's store (fast), bad input, and bit-for-bit reproducibility with a seed."""
+"""babelscope.syntax.meta (the method) and its step (babelscope.syntax.steps.run_meta): the prototype probe, the
+meta-aligner and the step on synthetic vectors and on a tiny in-process model's store (fast), bad input, and
+bit-for-bit reproducibility with a seed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from babelscope.errors import BabelscopeError
-from babelscope.syntax import meta
+from babelscope.syntax import meta, steps
 
 
 def _synthetic(n_sent: int, shift: float, rotate: np.ndarray | None, seed: int, k: int = 4, dim: int = 16):
@@ -99,19 +100,40 @@ def test_meta_training_aligns_a_rotated_language():
     assert meta.meta_accuracy(model, english, test, test.y, sup, sup.y) > 0.9
 
 
+def test_align_concepts_from_vectors_alone():
+    """The method without a run directory or store: instances in, a ConceptResult out (as from a notebook);
+    the rotated languages are aligned zero-shot far above chance (4 concepts: 0.25)."""
+    from babelscope.syntax.represent import Instances
+
+    rot = np.linalg.qr(np.random.default_rng(5).standard_normal((16, 16)))[0]
+    inst = {"en": Instances(*_synthetic(60, 0.0, None, 1))}
+    inst.update({f"l{i}": Instances(*_synthetic(60, 1.0, rot, 10 + i)) for i in range(2)})
+    test = {"t": Instances(*_synthetic(30, 1.0, rot, 99))}
+    ids = inst["en"].sent_ids
+    setup = meta.MetaSetup("en", ["l0", "l1"], ["t"], set(ids[ids >= "s048"].tolist()), {"t": ({}, "hash")},
+                           [0, 2])
+    cfg = meta.MetaConfig(runs=1, min_count=5, probe_epochs=3, probe_lr=1e-2, meta_epochs=3, episodes_per_lang=30,
+                          support=5, query=10, meta_lr=3e-3, proj_dim=8, width=32)
+    out = meta.align_concepts("pos", {7: (inst, test)}, setup, cfg)
+    assert out.layer == 7 and out.left_out == [] and out.langs["t"]["pos_concepts"] == 4
+    acc = {(r["method"], r["shots"]): r["accuracy"] for r in out.per_run}
+    assert set(acc) == {("EN-probe", 0), ("META", 0), ("META", 2), ("target-probe", 2)}
+    assert acc[("META", 0)] > 0.9 and len(out.history) == 3
+    assert [r["runs"] for r in meta.summarize(out.per_run)] == [1, 1, 1, 1]
+
+
 def test_parse_shots_and_bad_config():
-    assert meta.parse_shots("10,0,5") == [0, 5, 10]
+    assert steps.parse_shots("10,0,5") == [0, 5, 10]
     with pytest.raises(BabelscopeError, match="--shots"):
-        meta.parse_shots("one")
+        steps.parse_shots("one")
     with pytest.raises(BabelscopeError, match="--concepts"):
-        meta._check_config(meta.MetaConfig(concepts="morph"))
+        steps.check_meta_config(meta.MetaConfig(concepts="morph"))
 
 
 # ---------------------------------------------------------------------------------- the step on a tiny model
 @pytest.fixture(scope="module")
 def tiny_meta_run(tmp_path_factory):
     from babelscope.models.loader import describe
-    from babelscope.syntax import steps
     from conftest import build_tiny
 
     run_dir = tmp_path_factory.mktemp("meta-run")
@@ -130,7 +152,7 @@ def test_step_results_and_reproducible(tiny_meta_run, tmp_path):
     import shutil
 
     run_dir, _, _ = tiny_meta_run
-    doc = meta.run(meta.MetaConfig(**FAST, layer="auto"), run_dir)
+    doc = steps.run_meta(meta.MetaConfig(**FAST, layer="auto"), run_dir)
     res = doc["results"]
     assert res["meta_langs"] == ["deu", "fra", "rus"] and res["test_langs"] == ["tur"]
     assert set(res["layer"]) == {"pos", "relation"} and all(v in (1, 2) for v in res["layer"].values())
@@ -143,12 +165,12 @@ def test_step_results_and_reproducible(tiny_meta_run, tmp_path):
     # Turkish of the sample is a PUD language not in meta-training here; the tiny model documents no languages
     assert lang["lang"] == "tur" and lang["mark"] == "?" and lang["split"].startswith("hash")
     # the same config is skipped; a copy of the store in another run dir reproduces every number bit for bit
-    assert meta.run(meta.MetaConfig(**FAST, layer="auto"), run_dir)["provenance"] == doc["provenance"]
+    assert steps.run_meta(meta.MetaConfig(**FAST, layer="auto"), run_dir)["provenance"] == doc["provenance"]
     shutil.copytree(run_dir / "syntax-extract", tmp_path / "syntax-extract")
-    again = meta.run(meta.MetaConfig(**FAST, layer="auto"), tmp_path)
+    again = steps.run_meta(meta.MetaConfig(**FAST, layer="auto"), tmp_path)
     assert again["tables"]["per_run"]["rows"] == doc["tables"]["per_run"]["rows"]
     assert again["tables"]["training"]["rows"] == doc["tables"]["training"]["rows"]
-    other = meta.run(meta.MetaConfig(**{**FAST, "seed": 1}, layer="auto"), tmp_path, step="meta-seed1")
+    other = steps.run_meta(meta.MetaConfig(**{**FAST, "seed": 1}, layer="auto"), tmp_path, step="meta-seed1")
     assert other["tables"]["per_run"]["rows"] != doc["tables"]["per_run"]["rows"]
     from babelscope.report import render_report
 
@@ -168,7 +190,7 @@ def test_step_bad_input(tiny_meta_run, tmp_path):
     ]
     for i, (change, message) in enumerate(cases):
         with pytest.raises(BabelscopeError, match=message):
-            meta.run(meta.MetaConfig(**{**FAST, **change}), run_dir, step=f"bad{i}")
+            steps.run_meta(meta.MetaConfig(**{**FAST, **change}), run_dir, step=f"bad{i}")
         assert not (run_dir / f"bad{i}" / "results.json").exists()
     # a test store made with another model than the training store
     shutil.copytree(run_dir / "syntax-extract", tmp_path / "syntax-extract")
@@ -177,7 +199,7 @@ def test_step_bad_input(tiny_meta_run, tmp_path):
     rec = json.loads(done.read_text())
     done.write_text(json.dumps({**rec, "checksum": "different", "model": "other-model"}))
     with pytest.raises(BabelscopeError, match="re-extract both with one model"):
-        meta.run(meta.MetaConfig(**{**FAST, "test_store": "other"}), tmp_path)
+        steps.run_meta(meta.MetaConfig(**{**FAST, "test_store": "other"}), tmp_path)
     assert not (tmp_path / "syntax-meta").exists()
 
 
@@ -193,7 +215,7 @@ def test_demo_step_runs_on_the_store(tiny_meta_run, tmp_path):
     options = next(s for s in demo["steps"] if s["command"] == "syntax-meta")
     options = {k: v for k, v in options.items() if k not in ("command", "step")}
     shutil.copytree(run_dir / "syntax-extract", tmp_path / "syntax-extract")
-    doc = meta.run(meta.MetaConfig(**options), tmp_path)
+    doc = steps.run_meta(meta.MetaConfig(**options), tmp_path)
     assert doc["results"]["test_langs"] == ["deu"] and doc["results"]["meta_langs"] == ["jpn"]
     assert {r["shots"] for r in doc["tables"]["summary"]["rows"] if r["method"] == "META"} == {0, 1, 5}
 
@@ -210,13 +232,13 @@ def test_in_context_baselines_from_a_pos_step(tiny_meta_run, tmp_path):
     Step(tmp_path, "pos").write_results("pos", {}, {"shots": 2}, {"per_language": rows},
                                         provenance(model={"checksum": "tiny"}))
     cfg = meta.MetaConfig(**{**FAST, "test_langs": "de", "meta_langs": "fr,ru", "pos_step": "pos"})
-    doc = meta.run(cfg, tmp_path)
+    doc = steps.run_meta(cfg, tmp_path)
     icl = {r["method"]: r for r in doc["tables"]["summary"]["rows"] if r["method"].startswith("ICL")}
     assert icl["ICL-MONO"]["mean"] == 0.5 and icl["ICL-EN"]["std"] == 0.05 and icl["ICL-EN"]["shots"] == 2
     Step(tmp_path, "pos").write_results("pos", {}, {"shots": 2, "model": "big"}, {"per_language": rows},
                                         provenance(model={"checksum": "another"}))
     with pytest.raises(BabelscopeError, match="another model"):
-        meta.run(cfg, tmp_path)
+        steps.run_meta(cfg, tmp_path)
 
 
 def test_cli_meta_help_and_one_line_error(tmp_path):

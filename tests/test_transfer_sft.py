@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from babelscope.errors import BabelscopeError
+from babelscope.transfer.configs import SftConfig
 from babelscope.transfer.instructions import (
     IGNORE,
     PLAIN_TEMPLATE,
@@ -21,7 +22,7 @@ from babelscope.transfer.instructions import (
     read_conversations,
     split,
 )
-from babelscope.transfer.sft import SftConfig, run
+from babelscope.transfer.steps import run_sft as run
 
 
 def merging_tokenizer():

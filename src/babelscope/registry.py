@@ -18,7 +18,7 @@ from babelscope.evaluate.tokens import TokensConfig
 from babelscope.locate import LocateConfig
 from babelscope.steer.configs import SteerConfig
 
-PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.perplexity"))
+PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.steps", "run_ppl"))
 TOKENS = Command("tokens", TokensConfig, StepFunction("babelscope.evaluate.tokens"))
 STEER = Command("steer", SteerConfig, StepFunction("babelscope.steer.steps"))
 LOCATE = Command("locate", LocateConfig, StepFunction("babelscope.locate"))

@@ -22,8 +22,8 @@ app = typer.Typer(help="Evaluate: knowledge benchmarks (MC by log-likelihood, MG
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
 BENCH = Command("bench", BenchConfig, StepFunction("babelscope.evaluate.knowledge"))
 RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.respond"))
-CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.codeswitch"))
-POS = Command("pos", PosConfig, StepFunction("babelscope.evaluate.pos"))
+CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.steps", "run_codeswitch"))
+POS = Command("pos", PosConfig, StepFunction("babelscope.evaluate.steps", "run_pos"))
 EXPERIMENT_COMMANDS = command_table(BENCH, RESPOND, CODESWITCH, POS)
 
 

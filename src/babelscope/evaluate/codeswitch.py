@@ -10,6 +10,10 @@ numbers and names (capitalised words and acronyms):
   language with probability at least ``threshold``.
 
 ``switched(r) = 1`` if ``r`` has either; the rate for ``T`` is ``mean_r switched(r)`` over its responses.
+
+The method is :func:`switch_segments` (one text) and :func:`codeswitch_rows` (responses -> tables); the step
+(``babelscope eval codeswitch``, which reads a respond step's responses) is
+:func:`babelscope.evaluate.steps.run_codeswitch`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from babelscope.errors import BabelscopeError
+from babelscope.commands import StepFunction
 from babelscope.fields import opt
 
 KIND = "codeswitch"
@@ -149,58 +153,12 @@ def codeswitch_rows(responses: list[dict[str, Any]], cfg: CodeSwitchConfig) -> t
     return per_language, per_response
 
 
-def read_responses(spec: str, run_dir) -> list[dict[str, Any]]:
-    """Responses from a step of the run directory (its ``per_item`` table) or from a JSONL file."""
-    from pathlib import Path
-
-    from babelscope.evaluate.benchmarks import read_jsonl
-    from babelscope.runs import load_results
-
-    step = Path(run_dir) / spec
-    if (step / "results.json").is_file():
-        rows = load_results(step)["tables"]["per_item"]["rows"]
-    elif Path(spec).suffix == ".jsonl":
-        rows = read_jsonl(Path(spec))
-    else:
-        raise BabelscopeError(f"--responses {spec!r}: neither a finished step in {run_dir} nor a .jsonl file")
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("response"), str) or not r.get("lang"):
-            raise BabelscopeError(f"{r.get('_source', spec)}: row {i + 1} needs 'lang' and 'response'; fix it")
-        r.setdefault("id", str(i))
-    return rows
-
-
-def responses_model(cfg: CodeSwitchConfig, run_dir) -> str:
-    """The name of the model that wrote the responses: the responses step's own, else ``cfg.model``."""
-    from pathlib import Path
-
-    from babelscope.runs import load_results
-
-    step = Path(run_dir) / cfg.responses
-    if (step / "results.json").is_file():
-        name = (load_results(step).get("results") or {}).get("model")
-        if isinstance(name, str) and name:
-            return name
-    return cfg.model
-
-
-def run(cfg: CodeSwitchConfig, run_dir, step: str = "codeswitch", loaded=None) -> dict[str, Any]:
-    """The ``babelscope eval codeswitch`` step (no model needed: it reads responses)."""
-    from babelscope.runs import is_main_process, provenance, text_sha256
-    from babelscope.steps import StepRun
-
-    sr = StepRun(cfg, run_dir, step, loaded)
-    responses = read_responses(cfg.responses, run_dir)
-    sha = text_sha256(r["response"] for r in responses)
-    if (doc := sr.done(inputs={"responses": sha})) is not None:
-        return doc
-    if not is_main_process():
-        return sr.wait()
-    per_language, per_response = codeswitch_rows(responses, cfg)
+def summarize(per_response: list[dict[str, Any]]) -> dict[str, Any]:
+    """Responses, switched responses and the overall rate."""
     total = sum(r["switched"] for r in per_response)
-    results = {"model": responses_model(cfg, run_dir), "responses": cfg.responses,
-               "responses_sha256": text_sha256(r["response"] for r in responses),
-               "summary": {"responses": len(per_response), "switched": total,
-                           "rate": total / len(per_response) if per_response else None}}
-    return sr.write(KIND, results, {"per_language": per_language, "per_response": per_response},
-                    provenance(detector="py3langid"))
+    return {"responses": len(per_response), "switched": total,
+            "rate": total / len(per_response) if per_response else None}
+
+
+#: The ``babelscope eval codeswitch`` step, importable here as before; it lives in :mod:`babelscope.evaluate.steps`.
+run = StepFunction("babelscope.evaluate.steps", "run_codeswitch")

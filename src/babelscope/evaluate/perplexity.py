@@ -9,6 +9,10 @@ tokens that each start with BOS (so no token is scored twice and none without it
 * bits per parallel unit ``BPU_l = N_l / ln 2 / U_l`` over the same ``U_l`` unit ids in every language: the
   information the model needs to encode one translation of the same content, comparable across scripts and
   tokenizers (only on parallel corpora).
+
+The method is :func:`language_rows` (an engine, a corpus, languages -> rows) and, for a few texts in a notebook,
+:func:`perplexities`; the step (``babelscope ppl``: options, caching, results files) is
+:func:`babelscope.evaluate.steps.run_ppl`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.fields import opt
 from babelscope.numeric import median
@@ -129,42 +134,27 @@ def language_rows(engine, corpus, languages: Sequence[Any], cfg: PplConfig) -> t
     return rows, unit_rows, checksums
 
 
-def run(cfg: PplConfig, run_dir, step: str = "ppl", loaded=None) -> dict[str, Any]:
-    """The ``babelscope ppl`` step: score, write results (resumable through the request cache), return the doc.
-
-    ``loaded`` is an optional zero-argument callable returning ``(model, tokenizer, info)`` (shared models).
-    """
-    from babelscope.data import open_corpus, parse_languages
-    from babelscope.runs import provenance, text_sha256
-    from babelscope.steps import StepRun
-
-    sr = StepRun(cfg, run_dir, step, loaded)
-    if cfg.window < 2:
-        raise BabelscopeError(f"--window {cfg.window}: a window needs at least 2 tokens (BOS + one scored)")
-    corpus = open_corpus(cfg.corpus)
-    languages = corpus.languages() if cfg.langs == "all" else [lang.code for lang in parse_languages(cfg.langs)]
-    units = select_units(corpus, [corpus.match_language(lang) for lang in languages], cfg.max_units)
-    if (doc := sr.done(inputs={code: text_sha256(u.text for u in us) for code, us in units.items()})) is not None:
-        return doc
-    model, tokenizer, info = sr.model("causal", "perplexity")
-    engine = sr.engine(batch_size=cfg.batch_size)
-    rows, unit_rows, checksums = language_rows(engine, corpus, languages, cfg)
-    if not engine.is_main:
-        return sr.wait()
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sort ``rows`` (in place) by bits per parallel unit, else bits per byte; their totals and medians."""
     rows.sort(key=lambda r: r["bits_per_unit"] if r["bits_per_unit"] is not None else r["bits_per_byte"])
-    summary = {
+    return {
         "languages": len(rows),
         "tokens": sum(r["tokens"] for r in rows),
         "units": sum(r["units"] for r in rows),
         "median_ppl": median([r["ppl"] for r in rows]),
         "median_bits_per_byte": median([r["bits_per_byte"] for r in rows]),
     }
-    results = {
-        "model": info.name,
-        "corpus": corpus.name,
-        "window": cfg.window,
-        "parallel": corpus.parallel,
-        "summary": summary,
-    }
-    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name, "sha256": checksums})
-    return sr.write(KIND, results, {"per_language": rows, "per_unit": unit_rows}, prov)
+
+
+def perplexities(model, tokenizer, texts: Sequence[str], window: int = 512, batch_size: int = 8) -> list[float]:
+    """Token-level perplexity ``exp(N / T)`` of each text, scored in disjoint BOS-prefixed windows of ``window``
+    tokens (no cache, no run directory): ``perplexities(model, tokenizer, ["Alle Menschen ..."])``."""
+    from babelscope.models.engine import Engine
+
+    engine = Engine(model, tokenizer, batch_size=batch_size, progress=False)
+    scores = engine.rolling_loglikelihood(list(texts), window=window, desc="perplexity")
+    return [math.exp(s.nll / s.tokens) if s.tokens else float("nan") for s in scores]
+
+
+#: The ``babelscope ppl`` step, importable here as before; it lives in :mod:`babelscope.evaluate.steps`.
+run = StepFunction("babelscope.evaluate.steps", "run_ppl")

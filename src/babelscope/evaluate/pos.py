@@ -8,6 +8,9 @@ UPOS tag. For language ``l`` and setting ``s``,
     acc_{l,s,r} = correct tags / gold tags over the query sentences, with demonstration sample r = 1..R,
 
 reported as mean and standard deviation over the ``R`` runs (the same queries in every run).
+
+The method: :func:`build_jobs` (prompts), :func:`continuations` (the model's answers), :func:`accuracies`
+(tables); the step (``babelscope eval pos``) is :func:`babelscope.evaluate.steps.run_pos`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.fields import opt
 
@@ -84,7 +88,7 @@ def treebank_split(lang: str, treebanks: str) -> tuple[list, list]:
     return sentences[:half], sentences[half:]
 
 
-def _short(sentences: list, max_words: int) -> list:
+def short_sentences(sentences: list, max_words: int) -> list:
     return [s for s in sentences if 2 <= len(s.tokens) <= max_words]
 
 
@@ -111,42 +115,60 @@ def tag_accuracy(predicted: list[str], gold: list[str]) -> int:
     return sum(p == g for p, g in zip(predicted, gold, strict=False))
 
 
-def run(cfg: PosConfig, run_dir, step: str = "pos", loaded=None) -> dict[str, Any]:
-    """The ``babelscope eval pos`` step."""
-    from babelscope.runs import provenance, text_sha256
-    from babelscope.steps import StepRun
+class Job(NamedTuple):
+    """One prompt: the query ``query`` of ``lang`` with demonstration sample ``run`` of ``setting``."""
 
-    sr = StepRun(cfg, run_dir, step, loaded)
-    settings = [s.strip().upper() for s in cfg.settings.split(",") if s.strip()]
+    lang: str
+    setting: str
+    run: int
+    query: int
+    prompt: str
+    gold: list[str]
+
+
+def parse_settings(spec: str) -> list[str]:
+    """``MONO,EN`` -> ``["MONO", "EN"]``; a one-line error for anything else."""
+    settings = [s.strip().upper() for s in spec.split(",") if s.strip()]
     if not settings or set(settings) - {"MONO", "EN"}:
-        raise BabelscopeError(f"--settings {cfg.settings!r}: use MONO, EN or both")
-    langs = [x.strip() for x in cfg.langs.split(",") if x.strip()]
-    data = {lang: treebank_split(lang, cfg.treebanks) for lang in langs}
-    english = _short(treebank_split("en", cfg.treebanks)[0], cfg.max_words) if "EN" in settings else []
-    jobs = []  # (lang, setting, run, query index, prompt, gold tags)
+        raise BabelscopeError(f"--settings {spec!r}: use MONO, EN or both")
+    return settings
+
+
+def build_jobs(data: dict[str, tuple[list, list]], english: list, settings: list[str], *, shots: int, runs: int,
+               queries: int, max_words: int, seed: int = 0) -> list[Job]:
+    """Every prompt: for each language (``data[lang]`` = demonstration pool, query sentences), setting and run,
+    ``shots`` demonstrations drawn (seeded) from the pool (MONO) or from ``english`` (EN), then each of the first
+    ``queries`` query sentences of at most ``max_words`` words."""
+    jobs = []
     for lang, (pool, test) in data.items():
-        pool, queries = _short(pool, cfg.max_words), _short(test, cfg.max_words)[: cfg.queries]
-        if len(pool) < cfg.shots or not queries:
-            raise BabelscopeError(f"{lang}: too few sentences of at most {cfg.max_words} words; raise --max-words")
+        pool, picked = short_sentences(pool, max_words), short_sentences(test, max_words)[:queries]
+        if len(pool) < shots or not picked:
+            raise BabelscopeError(f"{lang}: too few sentences of at most {max_words} words; raise --max-words")
         for setting in settings:
             source = pool if setting == "MONO" else english
-            for r in range(cfg.runs):
-                demos = random.Random(f"{cfg.seed}-{lang}-{setting}-{r}").sample(source, cfg.shots)
-                for q, query in enumerate(queries):
-                    jobs.append((lang, setting, r, q, pos_prompt(demos, query), [t.upos for t in query.tokens]))
-    if (doc := sr.done(inputs=text_sha256(f"{job[4]}\0{job[5]}" for job in jobs))) is not None:
-        return doc
-    model, tokenizer, info = sr.model()
-    engine = sr.engine(batch_size=cfg.batch_size)
-    longest = max(len(job[5]) for job in jobs)
-    outputs = engine.generate([job[4] for job in jobs], max_new_tokens=6 * longest + 4, stop=["\n"], desc="POS")
-    if not engine.is_main:
-        return sr.wait()
+            for r in range(runs):
+                demos = random.Random(f"{seed}-{lang}-{setting}-{r}").sample(source, shots)
+                for q, query in enumerate(picked):
+                    jobs.append(Job(lang, setting, r, q, pos_prompt(demos, query), [t.upos for t in query.tokens]))
+    return jobs
+
+
+def continuations(engine, jobs: list[Job]) -> list[str]:
+    """The model's greedy continuation of each prompt's ``=>`` line (room for 6 tokens a word, stops at the
+    line's end)."""
+    longest = max(len(job.gold) for job in jobs)
+    return engine.generate([job.prompt for job in jobs], max_new_tokens=6 * longest + 4, stop=["\n"], desc="POS")
+
+
+def accuracies(jobs: list[Job], outputs: list[str], langs: list[str], settings: list[str]
+               ) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
+    """Per-query, per-run and per-language tag accuracy (mean and std over runs) and the mean per setting."""
     per_query = []
-    for (lang, setting, r, q, _, gold), text in zip(jobs, outputs, strict=True):
+    for job, text in zip(jobs, outputs, strict=True):
         tags = parse_tags(text)
-        per_query.append({"lang": lang, "setting": setting, "run": r, "query": q, "tokens": len(gold),
-                          "correct": tag_accuracy(tags, gold), "predicted": " ".join(tags), "gold": " ".join(gold)})
+        per_query.append({"lang": job.lang, "setting": job.setting, "run": job.run, "query": job.query,
+                          "tokens": len(job.gold), "correct": tag_accuracy(tags, job.gold), "predicted": " ".join(tags),
+                          "gold": " ".join(job.gold)})
     per_run = []
     for key in dict.fromkeys((row["lang"], row["setting"], row["run"]) for row in per_query):
         rows = [row for row in per_query if (row["lang"], row["setting"], row["run"]) == key]
@@ -161,6 +183,8 @@ def run(cfg: PosConfig, run_dir, step: str = "pos", loaded=None) -> dict[str, An
             entry[f"{setting}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
         per_language.append(entry)
     summary = {f"{s}_mean": statistics.fmean(e[f"{s}_mean"] for e in per_language) for s in settings}
-    results = {"model": info.name, "shots": cfg.shots, "runs": cfg.runs, "settings": settings, "summary": summary}
-    return sr.write(KIND, results, {"per_language": per_language, "per_run": per_run, "per_query": per_query},
-                    provenance(model=info.to_dict()))
+    return per_query, per_run, per_language, summary
+
+
+#: The ``babelscope eval pos`` step, importable here as before; it lives in :mod:`babelscope.evaluate.steps`.
+run = StepFunction("babelscope.evaluate.steps", "run_pos")

@@ -17,8 +17,8 @@ app = typer.Typer(
 )
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-LENS_TRANSLATE = Command("lens-translate", LensTranslateConfig, StepFunction("babelscope.lens.translate"))
-LENS_SCRIPT = Command("lens-script", LensScriptConfig, StepFunction("babelscope.lens.script"))
+LENS_TRANSLATE = Command("lens-translate", LensTranslateConfig, StepFunction("babelscope.lens.steps", "run_translate"))
+LENS_SCRIPT = Command("lens-script", LensScriptConfig, StepFunction("babelscope.lens.steps", "run_script"))
 EXPERIMENT_COMMANDS = command_table(LENS_TRANSLATE, LENS_SCRIPT)
 
 step_command(app, "translate", LENS_TRANSLATE, step="lens-translate",

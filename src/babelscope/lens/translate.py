@@ -18,6 +18,10 @@ on Llama-2: the English word's probability peaks in the middle layers before the
 
 The word list is a TSV file: a header ``concept<TAB>lang<TAB>lang...`` (language codes the registry knows), an
 optional ``@name`` row with each language's name as written in the prompt, then one concept per row.
+
+The method: :func:`read_word_list`, :func:`make_items` (prompts and token sets), :func:`lens_translation` (the
+lens probabilities) and :func:`translation_tables`; the step (``babelscope lens translate``) is
+:func:`babelscope.lens.steps.run_translate`.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from typing import Any
 
 import torch
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.lens.configs import LensTranslateConfig
+from babelscope.lens.configs import LensTranslateConfig  # noqa: F401 - importable here as before
 
 KIND = "lens-translation"
 
@@ -139,77 +144,56 @@ def make_items(wl: WordList, tokenizer, source: str, target: str, shots: int, se
     return items, dropped
 
 
-def run(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate", loaded=None) -> dict[str, Any]:
-    """The ``babelscope lens translate`` step."""
-    from babelscope.data.languages import resolve_language
-    from babelscope.layers import parse_layers
-    from babelscope.lens.logit_lens import lens_pass, mean_ci
-    from babelscope.models.arch import block_list
-    from babelscope.runs import file_sha256, is_main_process, provenance, text_sha256
-    from babelscope.steps import StepRun
+def lens_translation(model, tokenizer, items: list[dict[str, Any]], layers: list[int], batch_size: int = 8
+                     ) -> torch.Tensor:
+    """``(len(layers), len(items), 3)``: at each item's last prompt position and each layer, ``P_ℓ(target)``,
+    ``P_ℓ(English)`` and whether the top token is one of the target's (the logit lens on the unmodified model)."""
+    from babelscope.lens.logit_lens import lens_pass
 
-    sr = StepRun(cfg, run_dir, step, loaded)
-    if cfg.shots < 0 or cfg.batch_size < 1:
-        raise BabelscopeError(f"--shots {cfg.shots} / --batch-size {cfg.batch_size}: shots >= 0, batch >= 1")
-    wl = read_word_list(cfg.words)
-    source = resolve_language(cfg.source).code
-    targets = [resolve_language(t.strip()).code for t in cfg.targets.split(",") if t.strip()]
-    missing = [c for c in ["eng", source, *targets] if c not in wl.langs]
-    if missing:
-        raise BabelscopeError(
-            f"{wl.path}: no column for {', '.join(missing)} (it has {', '.join(wl.langs)}); choose other "
-            "--source/--targets or add the column"
-        )
-    if source in targets:
-        raise BabelscopeError(f"--targets {cfg.targets}: the source language {source} cannot be a target")
-    if (doc := sr.done(inputs=file_sha256(wl.path), write_config=False)) is not None:  # config: once layers passed
-        return doc
-    model, tokenizer, info = sr.model("causal", "the logit lens")
-    layers = parse_layers(cfg.layers, len(block_list(model)[1]))
-    if not is_main_process():  # one process reads the lens (nothing here is split over ranks)
-        return sr.wait()
-    sr.st.write_config(sr.config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    per_layer, per_item, summary = [], [], []
-    for target in targets:
-        items, dropped = make_items(wl, tokenizer, source, target, cfg.shots, cfg.seed, cfg.max_items)
-        if not items:
-            summary.append({"lang": target, "items": 0, "dropped_overlap": dropped})
-            continue
-        seqs = [list(tokenizer(it["prompt"])["input_ids"]) for it in items]
-        sets = [(torch.tensor(it["target_ids"]), torch.tensor(it["english_ids"])) for it in items]
+    seqs = [list(tokenizer(it["prompt"])["input_ids"]) for it in items]
+    sets = [(torch.tensor(it["target_ids"]), torch.tensor(it["english_ids"])) for it in items]
 
-        def reduce(probs, owner, sets=sets):
-            out = torch.empty(len(owner), 3)
-            for r, o in enumerate(owner.tolist()):
-                t_ids, e_ids = sets[o]
-                out[r, 0] = probs[r, t_ids.to(probs.device)].sum()
-                out[r, 1] = probs[r, e_ids.to(probs.device)].sum()
-                out[r, 2] = float(bool((probs[r].argmax() == t_ids.to(probs.device)).any()))
-            return out
+    def reduce(probs, owner):
+        out = torch.empty(len(owner), 3)
+        for r, o in enumerate(owner.tolist()):
+            t_ids, e_ids = sets[o]
+            out[r, 0] = probs[r, t_ids.to(probs.device)].sum()
+            out[r, 1] = probs[r, e_ids.to(probs.device)].sum()
+            out[r, 2] = float(bool((probs[r].argmax() == t_ids.to(probs.device)).any()))
+        return out
 
-        values = lens_pass(model, seqs, [[len(s) - 1] for s in seqs], layers, reduce, cfg.batch_size, pad)
-        for li, layer in enumerate(layers):
-            pt, lo_t, hi_t = mean_ci(values[li, :, 0], 0)
-            pe, lo_e, hi_e = mean_ci(values[li, :, 1], 0)
-            per_layer.append({"lang": target, "layer": layer, "items": len(items),
-                              "p_target": float(pt), "p_target_lo": float(lo_t), "p_target_hi": float(hi_t),
-                              "p_english": float(pe), "p_english_lo": float(lo_e), "p_english_hi": float(hi_e),
-                              "target_top1": float(values[li, :, 2].mean())})
-        for k, it in enumerate(items):
-            per_item.append({"lang": target, "concept": it["concept"], "source_word": it["source_word"],
-                             "target_word": it["target_word"], "english_word": it["english_word"],
-                             **{f"p_target_L{layer}": float(values[li, k, 0]) for li, layer in enumerate(layers)},
-                             **{f"p_english_L{layer}": float(values[li, k, 1]) for li, layer in enumerate(layers)}})
-        mine = [r for r in per_layer if r["lang"] == target]
-        peak = max(mine, key=lambda r: r["p_english"])
-        summary.append({"lang": target, "name": resolve_language(target).name, "items": len(items),
-                        "dropped_overlap": dropped, "final_p_target": mine[-1]["p_target"],
-                        "final_p_english": mine[-1]["p_english"], "final_top1": mine[-1]["target_top1"],
-                        "english_peak_layer": peak["layer"], "english_peak_p": peak["p_english"],
-                        "layers_english_above_target": sum(r["p_english"] > r["p_target"] for r in mine)})
-    results = {"model": info.name, "source": source, "targets": targets, "layers": layers,
-               "words": wl.path, "shots": cfg.shots, "summary": summary}
-    prov = provenance(model=info.to_dict(),
-                      data={"words": wl.path, "sha256": text_sha256("\t".join(wl.words[c]) for c in wl.langs)})
-    return sr.write(KIND, results, {"summary": summary, "per_layer": per_layer, "per_item": per_item}, prov)
+    return lens_pass(model, seqs, [[len(s) - 1] for s in seqs], layers, reduce, batch_size, pad)
+
+
+def translation_tables(target: str, items: list[dict[str, Any]], dropped: int, values: torch.Tensor,
+                       layers: list[int]) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """Per-layer means with 95% intervals, per-item probabilities and the target's summary row (the English
+    peak, the final layer) from :func:`lens_translation`'s values."""
+    from babelscope.data.languages import resolve_language
+    from babelscope.lens.logit_lens import mean_ci
+
+    per_layer = []
+    for li, layer in enumerate(layers):
+        pt, lo_t, hi_t = mean_ci(values[li, :, 0], 0)
+        pe, lo_e, hi_e = mean_ci(values[li, :, 1], 0)
+        per_layer.append({"lang": target, "layer": layer, "items": len(items),
+                          "p_target": float(pt), "p_target_lo": float(lo_t), "p_target_hi": float(hi_t),
+                          "p_english": float(pe), "p_english_lo": float(lo_e), "p_english_hi": float(hi_e),
+                          "target_top1": float(values[li, :, 2].mean())})
+    per_item = [{"lang": target, "concept": it["concept"], "source_word": it["source_word"],
+                 "target_word": it["target_word"], "english_word": it["english_word"],
+                 **{f"p_target_L{layer}": float(values[li, k, 0]) for li, layer in enumerate(layers)},
+                 **{f"p_english_L{layer}": float(values[li, k, 1]) for li, layer in enumerate(layers)}}
+                for k, it in enumerate(items)]
+    peak = max(per_layer, key=lambda r: r["p_english"])
+    summary = {"lang": target, "name": resolve_language(target).name, "items": len(items),
+               "dropped_overlap": dropped, "final_p_target": per_layer[-1]["p_target"],
+               "final_p_english": per_layer[-1]["p_english"], "final_top1": per_layer[-1]["target_top1"],
+               "english_peak_layer": peak["layer"], "english_peak_p": peak["p_english"],
+               "layers_english_above_target": sum(r["p_english"] > r["p_target"] for r in per_layer)}
+    return per_layer, per_item, summary
+
+
+#: The ``babelscope lens translate`` step, importable here as before; it lives in :mod:`babelscope.lens.steps`.
+run = StepFunction("babelscope.lens.steps", "run_translate")

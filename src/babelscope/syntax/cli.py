@@ -21,7 +21,7 @@ SYNTAX_EXTRACT = Command("syntax-extract", ExtractConfig, StepFunction("babelsco
 SYNTAX_OTDD = Command("syntax-otdd", OtddConfig, StepFunction("babelscope.syntax.steps", "run_otdd"))
 SYNTAX_RSA = Command("syntax-rsa", RsaConfig, StepFunction("babelscope.syntax.steps", "run_rsa"))
 SYNTAX_PROBE = Command("syntax-probe", ProbeConfig, StepFunction("babelscope.syntax.steps", "run_probe"))
-SYNTAX_META = Command("syntax-meta", MetaConfig, StepFunction("babelscope.syntax.meta"))
+SYNTAX_META = Command("syntax-meta", MetaConfig, StepFunction("babelscope.syntax.steps", "run_meta"))
 EXPERIMENT_COMMANDS = command_table(SYNTAX_EXTRACT, SYNTAX_OTDD, SYNTAX_RSA, SYNTAX_PROBE, SYNTAX_META)
 
 RUN_DIR = Path("runs/syntax")

@@ -30,39 +30,32 @@ instead (see docs/syntax-meta.md, deviations). The epoch with the best zero-shot
 
 Baselines: a linear probe (logistic regression) trained on English and applied to the target; the prototype
 probe (1) trained on the N target sentences alone; and the in-context POS tagging results of the evaluation
-suite (``babelscope eval pos``: MONO and EN demonstrations) where the run has them.
+suite (``babelscope eval pos``: MONO and EN demonstrations) where the run has them (joined by the step).
+
+This module is the method: word vectors in, accuracies out, no run directory and no printing. From a notebook::
+
+    raw = {layer: ({lang: represent.instances(store, lang, layer, "pos") for lang in ("en", "ja")},
+                   {"de": represent.instances(store, "de", layer, "pos")})}
+    setup = MetaSetup(source="en", metas=["ja"], tests=["de"], dev_ids=..., splits={"de": ({}, "hash")}, shots=[0, 5])
+    result = align_concepts("pos", raw, setup, MetaConfig())   # result.per_run: one row per run, method and N
+
+The step (store reading, the in-context rows of a ``pos`` step, the results files) is
+:func:`babelscope.syntax.steps.run_meta`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.syntax.configs import MetaConfig
 
-KIND = "syntax-meta"
 CONCEPTS = ("pos", "relation")
-
-# Pretraining languages as the model documentation lists them (ISO 639-1). multilingual-e5 is initialised from
-# XLM-R and trained further on multilingual text; its card points to XLM-R's 100 languages (Conneau et al. 2020,
-# Table 6). Gemma 3's documentation says "over 140 languages" without a list: unknown per language.
-_XLMR = ("af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi fr fy ga gd gl gu ha he hi hr hu hy "
-         "id is it ja jv ka kk km kn ko ku ky la lo lt lv mg mk ml mn mr ms my ne nl no om or pa pl ps pt ro ru sa "
-         "sd si sk sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh")
-XLMR_LANGUAGES = frozenset(_XLMR.split())
-PRETRAINING = {
-    "multilingual-e5": (XLMR_LANGUAGES, "XLM-R's 100 languages (multilingual-e5 model card; Conneau et al. 2020)"),
-    "xlm-roberta": (XLMR_LANGUAGES, "XLM-R's 100 languages (Conneau et al. 2020, Table 6)"),
-    "gemma-3": (None, "Gemma 3 model card: 'over 140 languages', no per-language list"),
-}
-
 
 # ------------------------------------------------------------------------------------------------- data
 @dataclass
@@ -310,110 +303,7 @@ def meta_accuracy(model: MetaAligner, english_c: Any, test: Sentences, y_test: n
     return right / total if total else float("nan")
 
 
-# ------------------------------------------------------------------------------------------------- the step
-def parse_shots(spec: str | int) -> list[int]:
-    try:
-        shots = sorted({int(x) for x in str(spec).split(",") if str(x).strip()})
-    except ValueError:
-        raise BabelscopeError(f"--shots {spec!r}: give comma-separated sentence counts such as 0,1,5,10,20") from None
-    if not shots or shots[0] < 0:
-        raise BabelscopeError(f"--shots {spec!r}: give non-negative sentence counts such as 0,1,5,10,20")
-    return shots
-
-
-def _check_config(cfg: MetaConfig) -> tuple[list[str], list[int]]:
-    kinds = [k.strip() for k in cfg.concepts.split(",") if k.strip()]
-    if not kinds or set(kinds) - set(CONCEPTS):
-        raise BabelscopeError(f"--concepts {cfg.concepts!r}: use pos, relation or both")
-    shots = parse_shots(cfg.shots)
-    if cfg.runs < 1 or cfg.meta_epochs < 1 or cfg.probe_epochs < 1 or cfg.episodes_per_lang < 1:
-        raise BabelscopeError("--runs, --meta-epochs, --probe-epochs and --episodes-per-lang must be at least 1")
-    if cfg.query < 1 or cfg.support < 0 or cfg.min_count < 1:
-        raise BabelscopeError("--query and --min-count must be at least 1 and --support at least 0")
-    if not 0 < cfg.dev_fraction < 1:
-        raise BabelscopeError(f"--dev-fraction {cfg.dev_fraction}: give a share between 0 and 1")
-    return kinds, shots
-
-
-def _match(store, spec: str, what: str) -> list[str]:
-    from babelscope.data.languages import parse_languages
-
-    have = store.languages()
-    out = []
-    for lang in parse_languages(spec):
-        code = lang.code if lang.code in have else next((c for c in have if c.split("-")[0] == lang.iso639_3), None)
-        if code is None:
-            raise BabelscopeError(f"{store.path}: {what} language {lang.code} is not in the store "
-                                  f"({', '.join(have)}); extract it first")
-        out.append(code)
-    return out
-
-
-def _layer(store, spec: str) -> list[int]:
-    layers = store.layers()
-    if spec in ("", "middle", None):
-        return [layers[len(layers) // 2]]
-    if spec == "auto":
-        return layers
-    try:
-        layer = int(spec)
-    except ValueError:
-        raise BabelscopeError(f"--layer {spec!r}: give a stored layer ({layers}), middle or auto") from None
-    if layer not in layers:
-        raise BabelscopeError(f"--layer {spec}: not in the store (extracted layers {layers})")
-    return [layer]
-
-
-def _model_of(stores: list, langs: list[list[str]], model: str) -> dict[str, Any]:
-    """The one model every store record was made with; a one-line error otherwise."""
-    seen = {}
-    for store, codes in zip(stores, langs, strict=True):
-        for code in codes:
-            rec = store.records[code]
-            seen.setdefault(rec.get("checksum"), (rec.get("model"), f"{store.path}/{code}"))
-    if len(seen) > 1:
-        (c1, (m1, w1)), (c2, (m2, w2)) = list(seen.items())[:2]
-        raise BabelscopeError(f"{w1} was extracted with {m1} ({str(c1)[:12]}) but {w2} with {m2} "
-                              f"({str(c2)[:12]}); re-extract both with one model")
-    checksum, (name, where) = next(iter(seen.items()))
-    if model:
-        from babelscope.models.loader import DEFAULT_MODEL
-
-        wanted = model if model == DEFAULT_MODEL else Path(model).name
-        if wanted != name:
-            raise BabelscopeError(f"{where}: the store was made with {name}, not {model}; re-extract it with "
-                                  f"--model {model} or drop --model")
-    return {"model": name, "checksum": checksum}
-
-
-def _splits(store, lang: str, treebank: str) -> tuple[dict[str, str], str]:
-    """sent_id -> UD split of a held-out language, from its treebank (the store records which); a seeded
-    hash split by sent_id (half pool, half test) when no train/dev and test files can be found."""
-    from babelscope.data.ud import UdCorpus, treebank_paths
-
-    spec = treebank or store.records[lang].get("treebank", "")
-    try:
-        corpus = UdCorpus(treebank_paths(spec), name=spec)
-        units = corpus.units(lang) if lang in corpus.languages() else []
-    except BabelscopeError:
-        units = []
-    split = {u.id: u.meta.get("split") for u in units}
-    kinds = set(split.values())
-    if "test" in kinds and kinds & {"train", "dev"}:
-        pool = "train" if "train" in kinds else "dev"
-        return {k: ("pool" if v == pool else "test" if v == "test" else "other") for k, v in split.items()}, \
-            f"UD {pool} / test"
-    return {}, "hash of sent_id (no UD train/dev and test files found)"
-
-
-def _pretraining(model: str) -> tuple[frozenset | None, str]:
-    for key, value in PRETRAINING.items():
-        if key in model.lower():
-            return value
-    return None, f"{model}: no per-language pretraining list known"
-
-
-def _stats(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def pooled_stats(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and standard deviation pooled over every set (float64 sums, no concatenation)."""
     n = sum(len(X) for X in sets)
     total = sum(X.sum(0, dtype=np.float64) for X in sets)
@@ -423,34 +313,8 @@ def _stats(sets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 0, std, 1.0)
 
 
-def _fingerprint(stores: list) -> str:
-    records = {str(s.path.parent.name): s.records for s in stores}
-    return json_sha256(records, default=str)
-
-
-def _icl_rows(run_dir: Path, step: str, checksum: str, tests: list[str]) -> tuple[dict[str, dict], int | None]:
-    """MONO / EN in-context POS accuracy per held-out language from a ``pos`` step of the run, if present."""
-    from babelscope.data.languages import resolve_language
-    from babelscope.runs import load_results
-
-    path = run_dir / step / "results.json"
-    if not step or not path.exists():
-        return {}, None
-    doc = load_results(path)
-    other = ((doc.get("provenance") or {}).get("model") or {}).get("checksum")
-    if other and checksum and other != checksum and not str(checksum).startswith("random-init"):
-        raise BabelscopeError(f"{path}: the in-context POS step used another model ({doc['results'].get('model')}) "
-                              "than the store; re-run it with the store's model or pass --pos-step ''")
-    out = {}
-    for row in (doc.get("tables") or {}).get("per_language", {}).get("rows", []):
-        code = resolve_language(row["lang"]).code
-        match = next((t for t in tests if t == code or t.split("-")[0] == code.split("-")[0]), None)
-        if match:
-            out[match] = row
-    return out, doc["results"].get("shots")
-
-
-def _summary(per_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(per_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation (ddof 1) of the per-run accuracies of each (concepts, lang, method, shots)."""
     groups: dict[tuple, list[float]] = {}
     for r in per_run:
         groups.setdefault((r["concepts"], r["lang"], r["method"], r["shots"]), []).append(r["accuracy"])
@@ -465,7 +329,7 @@ def _summary(per_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _standardized(inst: dict[str, Any], tinst: dict[str, Any], vocab: dict[str, int]) -> dict[str, Sentences]:
     """Every language's instances grouped by sentence, z-scored with statistics pooled over ``inst`` (the
     source and meta-training languages)."""
-    mean, std = _stats([v.X for v in inst.values()])
+    mean, std = pooled_stats([v.X for v in inst.values()])
     return {lang: group_by_sentence(((v.X - mean) / std).astype(np.float32), v.labels, v.sent_ids, vocab)
             for lang, v in {**inst, **tinst}.items()}
 
@@ -513,59 +377,125 @@ def _target_probe_accuracy(sup: Sentences, test: Sentences, concepts: np.ndarray
     return float((seen[probe_predict(tp, test.X[keep])] == test.y[keep]).mean())
 
 
-def _concept(kind: str, cfg: MetaConfig, ctx: dict[str, Any], bar: Any) -> dict[str, Any]:
-    """Everything for one concept kind: layer, concept sets, baselines and the seeded META runs."""
-    import torch
+@dataclass
+class MetaSetup:
+    """Who is trained and who is tested: the ``source`` language of the prototypes, the meta-training
+    languages ``metas``, the held-out ``tests``, the source and meta-training sentences held out as dev
+    (``dev_ids``), each held-out language's split (``splits[lang]``: sent_id -> ``pool`` / ``test`` / other and
+    how it was made; an empty map = a seeded hash split) and the few-shot sentence counts ``shots``."""
 
-    from babelscope.syntax import probe as linear
-    from babelscope.syntax import represent
+    source: str
+    metas: list[str]
+    tests: list[str]
+    dev_ids: set[str]
+    splits: dict[str, tuple[dict[str, str], str]]
+    shots: list[int]
 
-    store, tstore, source, metas, tests = ctx["store"], ctx["tstore"], ctx["source"], ctx["metas"], ctx["tests"]
-    dev_ids, shots = ctx["dev_ids"], ctx["shots"]
-    raw = {layer: ({lang: represent.instances(store, lang, layer, kind) for lang in [source, *metas]},
-                   {lang: represent.instances(tstore, lang, layer, kind) for lang in tests})
-           for layer in ctx["layers"]}
-    names = sorted({lab for pair in raw.values() for d in pair for v in d.values() for lab in set(v.labels.tolist())})
-    vocab, L = {lab: i for i, lab in enumerate(names)}, len(names)
-    layer_rows = []
-    if len(raw) > 1:  # layer = auto: the best English prototype-probe dev accuracy
-        scores = {}
-        for layer, (inst, _) in raw.items():
-            pr, _ = _english_probe(_standardized(inst, {}, vocab)[source], dev_ids, L, cfg, cfg.seed,
-                                   f"{source} {kind} layer {layer}")
-            scores[layer] = pr["dev_accuracy"]
-            layer_rows.append({"concepts": kind, "layer": layer, "english_dev_accuracy": pr["dev_accuracy"]})
-        layer = max(scores, key=lambda k: (scores[k], -k))
-    else:
-        layer = next(iter(raw))
-    data = _standardized(*raw[layer], vocab)
-    del raw
-    tr_en = _split_pud(data[source], dev_ids)[0]
+
+@dataclass
+class ConceptResult:
+    """One concept kind's outcome: the layer used, one row per run / language / method / N (``per_run``), the
+    meta-training curve (``history``), the English dev accuracy per layer when the layer was chosen
+    (``layer_rows``), meta-training languages left out, and the held-out languages' counts (``langs``)."""
+
+    layer: int
+    per_run: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    layer_rows: list[dict[str, Any]] = field(default_factory=list)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+    langs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _choose_layer(kind: str, raw: dict, setup: MetaSetup, cfg: MetaConfig, vocab: dict[str, int]
+                  ) -> tuple[int, list[dict[str, Any]]]:
+    """The one layer of ``raw``, or (layer = auto) the layer with the best English prototype-probe dev accuracy
+    (ties: the lower layer) and that accuracy per layer."""
+    if len(raw) == 1:
+        return next(iter(raw)), []
+    scores, rows = {}, []
+    for layer, (inst, _) in raw.items():
+        pr, _ = _english_probe(_standardized(inst, {}, vocab)[setup.source], setup.dev_ids, len(vocab), cfg,
+                               cfg.seed, f"{setup.source} {kind} layer {layer}")
+        scores[layer] = pr["dev_accuracy"]
+        rows.append({"concepts": kind, "layer": layer, "english_dev_accuracy": pr["dev_accuracy"]})
+    return max(scores, key=lambda k: (scores[k], -k)), rows
+
+
+def _held_out_sets(kind: str, data: dict[str, Sentences], tr_en: Sentences, setup: MetaSetup, cfg: MetaConfig,
+                   n_labels: int) -> tuple[dict[str, tuple[Sentences, Sentences, str]], dict[str, np.ndarray]]:
+    """Each held-out language's (few-shot pool, test, how split) and its concept set shared with the source."""
     held, concepts_of = {}, {}
-    for t in tests:
-        pool, test = _held_out(data[t], ctx["splits"][t], cfg.seed)
-        how = ctx["splits"][t][1]
-        if max(shots) > len(pool):
+    for t in setup.tests:
+        pool, test = _held_out(data[t], setup.splits[t], cfg.seed)
+        how = setup.splits[t][1]
+        if max(setup.shots) > len(pool):
             raise BabelscopeError(f"{t}: only {len(pool)} labelled {kind} sentences in its few-shot pool ({how}), "
-                                  f"fewer than --shots {max(shots)}; lower --shots or extract more sentences")
+                                  f"fewer than --shots {max(setup.shots)}; lower --shots or extract more sentences")
         if not len(test):
             raise BabelscopeError(f"{t}: no test sentences ({how}); extract its test split")
-        c = concept_set(tr_en.y, np.concatenate([pool.y, test.y]), L, cfg.min_count)
+        c = concept_set(tr_en.y, np.concatenate([pool.y, test.y]), n_labels, cfg.min_count)
         if len(c) < 2:
-            raise BabelscopeError(f"{t}: {len(c)} {kind} concept(s) attested {cfg.min_count} times in both {source} "
-                                  f"and {t} after the frequency filter; lower --min-count or extract more sentences")
+            raise BabelscopeError(f"{t}: {len(c)} {kind} concept(s) attested {cfg.min_count} times in both "
+                                  f"{setup.source} and {t} after the frequency filter; lower --min-count or extract "
+                                  "more sentences")
         held[t], concepts_of[t] = (pool, test, how), c
+    return held, concepts_of
+
+
+def _meta_tasks(kind: str, data: dict[str, Sentences], tr_en: Sentences, setup: MetaSetup, cfg: MetaConfig,
+                n_labels: int) -> tuple[list[MetaTask], list[dict[str, Any]]]:
+    """The meta-training languages sharing 2 concepts with the source, and those left out (listed)."""
     tasks, left_out = [], []
-    for m in metas:
-        tr, dv = _split_pud(data[m], dev_ids)
-        c = concept_set(tr_en.y, tr.y, L, cfg.min_count)
+    for m in setup.metas:
+        tr, dv = _split_pud(data[m], setup.dev_ids)
+        c = concept_set(tr_en.y, tr.y, n_labels, cfg.min_count)
         if len(c) < 2 or len(tr) < 2:  # documented fallback: left out of meta-training and listed
             left_out.append({"concepts": kind, "lang": m, "shared_concepts": len(c)})
             continue
         tasks.append(MetaTask(m, tr, dv, c))
     if not tasks:
         raise BabelscopeError(f"no meta-training language shares 2 {kind} concepts attested {cfg.min_count} times "
-                              f"with {source}; lower --min-count or extract more sentences")
+                              f"with {setup.source}; lower --min-count or extract more sentences")
+    return tasks, left_out
+
+
+def _run_rows(row: dict[str, Any], model: MetaAligner, english_c: Any, pool: Sentences, test: Sentences,
+              concepts: np.ndarray, n_labels: int, shots: list[int], cfg: MetaConfig, seed: int, order: np.ndarray
+              ) -> list[dict[str, Any]]:
+    """META (Eq. 2 at N = 0, Eq. 3 above) and the target probe at each N of one run on one held-out language."""
+    yt = local_labels(test.y, concepts, n_labels)
+    rows = []
+    for n in shots:
+        if n == 0:
+            rows.append({**row, "method": "META", "shots": 0, "accuracy": meta_accuracy(model, english_c, test, yt)})
+            continue
+        sup = pool.take(order[:n])  # nested supports: the 5 sentences of N=5 include the one of N=1
+        rows.append({**row, "method": "META", "shots": n, "accuracy": meta_accuracy(
+            model, english_c, test, yt, sup, local_labels(sup.y, concepts, n_labels))})
+        rows.append({**row, "method": "target-probe", "shots": n,
+                     "accuracy": _target_probe_accuracy(sup, test, concepts, n_labels, cfg, seed + n)})
+    return rows
+
+
+def align_concepts(kind: str, raw: dict[int, tuple[dict[str, Any], dict[str, Any]]], setup: MetaSetup,
+                   cfg: MetaConfig, bar: Any = None) -> ConceptResult:
+    """Everything for one concept kind (``pos`` or ``relation``): the layer, the concept sets, the baselines and
+    the seeded META runs (Eqs. 1-3). ``raw[layer]`` holds the instances (:func:`babelscope.syntax.represent.
+    instances`) of the source and meta-training languages, then of the held-out ones; with several layers the
+    one with the best English prototype-probe dev accuracy is used. ``cfg`` gives the hyperparameters (its store
+    and step fields are not read); ``bar`` is updated once per meta-training episode."""
+    import torch
+
+    from babelscope.syntax import probe as linear
+
+    source = setup.source
+    names = sorted({lab for pair in raw.values() for d in pair for v in d.values() for lab in set(v.labels.tolist())})
+    vocab, L = {lab: i for i, lab in enumerate(names)}, len(names)
+    layer, layer_rows = _choose_layer(kind, raw, setup, cfg, vocab)
+    data = _standardized(*raw[layer], vocab)
+    tr_en = _split_pud(data[source], setup.dev_ids)[0]
+    held, concepts_of = _held_out_sets(kind, data, tr_en, setup, cfg, L)
+    tasks, left_out = _meta_tasks(kind, data, tr_en, setup, cfg, L)
     clf = linear.fit_probe(tr_en.X, np.asarray(names)[tr_en.y], seed=cfg.seed)  # EN linear probe: deterministic
     en_linear = {}
     for t, (_, test, _) in held.items():
@@ -574,7 +504,7 @@ def _concept(kind: str, cfg: MetaConfig, ctx: dict[str, Any], bar: Any) -> dict[
     per_run, history = [], []
     for r in range(cfg.runs):
         seed = cfg.seed + 1000 * r
-        pr, en_concepts = _english_probe(data[source], dev_ids, L, cfg, seed, f"{source} {kind}")
+        pr, en_concepts = _english_probe(data[source], setup.dev_ids, L, cfg, seed, f"{source} {kind}")
         english = torch.zeros(L, cfg.proj_dim)
         english[torch.from_numpy(en_concepts)] = pr["mu"] @ pr["P"].T
         model, hist = meta_train(english, tasks, L, hidden=data[source].X.shape[1], dim=cfg.proj_dim,
@@ -584,108 +514,12 @@ def _concept(kind: str, cfg: MetaConfig, ctx: dict[str, Any], bar: Any) -> dict[
         history += [{"concepts": kind, "run": r, "english_probe_dev": pr["dev_accuracy"], **h} for h in hist]
         for i, (t, (pool, test, _)) in enumerate(held.items()):
             c = concepts_of[t]
-            yt = local_labels(test.y, c, L)
-            english_c = english[torch.from_numpy(c)]
-            row = {"concepts": kind, "lang": t, "run": r, "test_instances": int((yt >= 0).sum())}
+            row = {"concepts": kind, "lang": t, "run": r,
+                   "test_instances": int((local_labels(test.y, c, L) >= 0).sum())}
             per_run.append({**row, "method": "EN-probe", "shots": 0, "accuracy": en_linear[t]})
             order = np.random.default_rng([seed, 41, i]).permutation(len(pool))
-            for n in shots:
-                if n == 0:
-                    per_run.append({**row, "method": "META", "shots": 0,
-                                    "accuracy": meta_accuracy(model, english_c, test, yt)})
-                    continue
-                sup = pool.take(order[:n])  # nested supports: the 5 sentences of N=5 include the one of N=1
-                per_run.append({**row, "method": "META", "shots": n, "accuracy": meta_accuracy(
-                    model, english_c, test, yt, sup, local_labels(sup.y, c, L))})
-                per_run.append({**row, "method": "target-probe", "shots": n,
-                                "accuracy": _target_probe_accuracy(sup, test, c, L, cfg, seed + n)})
+            per_run += _run_rows(row, model, english[torch.from_numpy(c)], pool, test, c, L, setup.shots, cfg, seed,
+                                 order)
     langs = {t: {f"{kind}_concepts": len(concepts_of[t]), "pool_sentences": len(pool), "test_sentences": len(test),
                  "split": how} for t, (pool, test, how) in held.items()}
-    return {"layer": layer, "per_run": per_run, "history": history, "layer_rows": layer_rows,
-            "left_out": left_out, "langs": langs}
-
-
-def run(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dict[str, Any]:
-    """Meta-train on the store's languages, then zero- and few-shot concept classification of held-out languages
-    against the baselines; writes per-run and summary tables (``RUN_DIR/STEP``). No model is loaded."""
-    from tqdm.auto import tqdm
-
-    from babelscope.data.languages import resolve_language
-    from babelscope.runs import is_main_process, provenance
-    from babelscope.steps import StepRun, check_config
-    from babelscope.syntax.represent import Store, split_by_sentence
-
-    kinds, shots = _check_config(check_config(cfg))
-    run_dir = Path(run_dir)
-    store = Store(run_dir / cfg.store / "store")
-    tstore = Store(run_dir / cfg.test_store / "store") if cfg.test_store else store
-    source = _match(store, cfg.source, "source")[0]
-    if cfg.test_langs in ("all", "", None):
-        if tstore is store:
-            raise BabelscopeError("--test-langs all needs a separate --test-store; name the held-out languages")
-        tests = tstore.languages()
-    else:
-        tests = _match(tstore, cfg.test_langs, "test")
-    if cfg.meta_langs in ("all", "", None):
-        metas = [c for c in store.languages() if c != source and (tstore is not store or c not in tests)]
-    else:
-        metas = [c for c in _match(store, cfg.meta_langs, "meta-training") if c != source]
-    if not metas:
-        raise BabelscopeError(f"{store.path}: no meta-training language besides {source}; extract more languages")
-    model_id = _model_of([store, tstore], [[source, *metas], tests], cfg.model)
-    icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
-    inputs = {"stores": _fingerprint([store, tstore]),  # a changed input recomputes
-              "icl": json_sha256(icl, 16) if icl else None}
-    sr = StepRun(cfg, run_dir, step, loaded)
-    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: with the results
-        return doc
-    if not is_main_process():  # one process computes (nothing here is split over ranks)
-        return sr.wait()
-    en_ids = store.words(source)["sent_ids"]
-    ctx = {"store": store, "tstore": tstore, "source": source, "metas": metas, "tests": tests, "shots": shots,
-           "layers": _layer(store, cfg.layer), "splits": {t: _splits(tstore, t, cfg.test_treebank) for t in tests},
-           "dev_ids": set(en_ids[split_by_sentence(en_ids, cfg.dev_fraction, cfg.seed)].tolist())}
-    total = len(kinds) * cfg.runs * cfg.meta_epochs * cfg.episodes_per_lang * len(metas)
-    out = {}
-    with tqdm(total=total, desc="meta", unit="episode", leave=False, disable=not is_main_process()) as bar:
-        for kind in kinds:
-            out[kind] = _concept(kind, cfg, ctx, bar)
-    per_run = [r for o in out.values() for r in o["per_run"]]
-    summary = _summary(per_run)
-    pretrain, pretrain_source = _pretraining(model_id["model"])
-    meta_iso = {resolve_language(c).iso639_3 for c in metas}
-    lang_rows = []
-    for t in tests:
-        entry: dict[str, Any] = {"lang": t}
-        for o in out.values():
-            entry.update(o["langs"][t])
-        for setting in ("MONO", "EN"):
-            if f"{setting}_mean" in icl.get(t, {}):
-                entry[f"icl_{setting.lower()}"] = icl[t][f"{setting}_mean"]
-                summary.append({"concepts": "pos", "lang": t, "method": f"ICL-{setting}", "shots": icl_shots or 0,
-                                "mean": icl[t][f"{setting}_mean"], "std": icl[t].get(f"{setting}_std", 0.0),
-                                "runs": None})
-        lang = resolve_language(t)
-        in_pre = None if pretrain is None else bool(lang.iso639_1 and lang.iso639_1 in pretrain)
-        seen = lang.iso639_3 in meta_iso
-        entry.update({"name": lang.name, "in_pretraining": in_pre, "seen_in_meta_training": seen,
-                      "mark": ("x" if in_pre is False else "?" if in_pre is None else "") + ("*" if seen else "")})
-        lang_rows.append(entry)
-    results = {
-        "model": model_id["model"], "source": source, "meta_langs": metas, "test_langs": tests,
-        "layer": {k: o["layer"] for k, o in out.items()}, "layer_choice": cfg.layer, "shots": shots,
-        "runs": cfg.runs, "concepts": kinds, "pretraining_languages": pretrain_source,
-        "icl_step": cfg.pos_step if icl else None,
-        "marks": {"x": "not among the model's documented pretraining languages",
-                  "?": "the model's documentation lists no pretraining languages",
-                  "*": "the language (another treebank of it) was seen in meta-training"},
-        "meta_langs_left_out": [r for o in out.values() for r in o["left_out"]],
-    }
-    tables = {"summary": summary, "languages": lang_rows, "per_run": per_run,
-              "training": [r for o in out.values() for r in o["history"]]}
-    layer_rows = [r for o in out.values() for r in o["layer_rows"]]
-    if layer_rows:
-        tables["layers"] = layer_rows
-    sr.st.write_config(sr.config)  # config and results only now: a bad input above leaves nothing behind
-    return sr.write(KIND, results, tables, provenance(store=str(store.path), test_store=str(tstore.path),
-                                                      model=model_id))
+    return ConceptResult(layer, per_run, history, layer_rows, left_out, langs)

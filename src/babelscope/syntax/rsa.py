@@ -20,6 +20,7 @@ rotation of B's standardised prototypes onto A's) is a second, geometry-level me
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -158,3 +159,43 @@ def split_half(X, labels, sent_ids, *, min_count: int = 20, metric: str = "eucli
     P1 = prototypes(X[half], labels[half], concepts)
     P2 = prototypes(X[~half], labels[~half], concepts)
     return rsa(rdm(P1, metric), rdm(P2, metric))
+
+
+def alignability_matrices(sets: dict[str, Any], *, min_count: int = 20, metric: str = "euclidean",
+                          n_perm: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`alignability` of every pair of languages (``sets``: language -> instances with ``X`` and
+    ``labels``): symmetric ``rsa`` (diagonal 1), ``p_value``, ``procrustes`` and ``concepts`` matrices; a pair
+    with too few shared concepts stays NaN."""
+    langs = list(sets)
+    n = len(langs)
+    out = {k: np.full((n, n), np.nan) for k in ("rsa", "p_value", "procrustes", "concepts")}
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = sets[langs[i]], sets[langs[j]]
+            try:
+                res = alignability(a.X, a.labels, b.X, b.labels, min_count=min_count, metric=metric,
+                                   n_perm=n_perm, seed=seed)
+            except BabelscopeError:
+                continue  # too few shared concepts: left as NaN and counted in the results
+            for k in out:
+                out[k][i, j] = out[k][j, i] = res[k]
+    np.fill_diagonal(out["rsa"], 1.0)
+    return out
+
+
+def layer_alignability(sets: dict[str, Any], *, min_count: int = 20, metric: str = "euclidean", n_perm: int = 0,
+                       seed: int = 0, ceilings: bool = True) -> dict[str, Any]:
+    """One layer's :func:`alignability_matrices` on the raw vectors (``raw``) and on vectors standardised with
+    statistics pooled over every language (``std``), and (``ceilings``) each language's :func:`split_half`
+    ceiling on both (``split_half``, ``split_half_std``, in the order of ``sets``)."""
+    from babelscope.syntax import represent
+
+    mean, std = represent.standardizer(list(sets.values()))
+    std_sets = {k: represent.standardize(v, mean, std) for k, v in sets.items()}
+    kw = {"min_count": min_count, "metric": metric}
+    out = {"raw": alignability_matrices(sets, **kw, n_perm=n_perm, seed=seed),
+           "std": alignability_matrices(std_sets, **kw, n_perm=n_perm, seed=seed)}
+    if ceilings:
+        out["split_half"] = [split_half(s.X, s.labels, s.sent_ids, **kw, seed=seed) for s in sets.values()]
+        out["split_half_std"] = [split_half(s.X, s.labels, s.sent_ids, **kw, seed=seed) for s in std_sets.values()]
+    return out

@@ -1,5 +1,6 @@
 """The syntax steps: ``extract`` (word vectors into a store), ``otdd`` (syntactic distance matrix and its
-typological links), ``rsa`` (alignability of structural concepts) and ``probe`` (probes and transfer).
+typological links), ``rsa`` (alignability of structural concepts), ``probe`` (probes and transfer) and ``meta``
+(meta-learned concept alignment). The methods live in :mod:`.otdd`, :mod:`.rsa`, :mod:`.probe` and :mod:`.meta`.
 
 Each step is a config dataclass plus ``run(cfg, run_dir, step, loaded=None)`` as in
 :mod:`babelscope.evaluate.perplexity`: finished steps (results written with the same config) are skipped, the
@@ -8,17 +9,19 @@ extract step resumes language by language, results are written atomically with p
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from babelscope.caches import json_sha256
 from babelscope.errors import BabelscopeError
 from babelscope.layers import parse_layers
-from babelscope.syntax.configs import ExtractConfig, OtddConfig, ProbeConfig, RsaConfig
+from babelscope.syntax.configs import ExtractConfig, MetaConfig, OtddConfig, ProbeConfig, RsaConfig
 
-KINDS = {"extract": "syntax-extract", "otdd": "syntax-otdd", "rsa": "syntax-rsa", "probe": "syntax-probe"}
+KINDS = {"extract": "syntax-extract", "otdd": "syntax-otdd", "rsa": "syntax-rsa", "probe": "syntax-probe",
+         "meta": "syntax-meta"}
+KIND_META = KINDS["meta"]
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -188,47 +191,15 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
         if len(inst) < 20:
             raise BabelscopeError(f"{lang}: only {len(inst)} relation instances at layer {layer}; "
                                   "extract more sentences (--max-sentences)")
-    mean, std = represent.standardizer(list(full.values()))
-    n = len(langs)
-    runs: dict[str, list[np.ndarray]] = {"raw": [], "std": []}
-    eps: dict[str, list[float]] = {"raw": [], "std": []}
-    pairs = n * (n + 1) // 2
     solves: list = []
-    with _bar(cfg.draws * 2 * 2 * pairs, "otdd", "pair") as bar:
-        for d in range(cfg.draws):
-            # each language's draw is seeded by its code, not its position: the matrix ignores the order
-            sub = {lang: represent.subsample(inst, cfg.samples, cfg.seed + 1000 * d + zlib.crc32(lang.encode()))
-                   for lang, inst in full.items()}
-            for variant, sets in (("raw", sub), ("std", _standardized(sub, mean, std))):
-                D, e = otdd.otdd_matrix([(sets[lang].X, sets[lang].labels) for lang in langs], reg=cfg.reg,
-                                        inner=cfg.inner, inner_reg=cfg.inner_reg,
-                                        max_per_label=cfg.max_per_label, seed=cfg.seed + d, progress=bar,
-                                        log=solves)
-                runs[variant].append(D)
-                eps[variant].append(e)
-    mats = {}
-    for variant in ("raw", "std"):
-        stack = np.stack(runs[variant])
-        mats[f"otdd_{variant}"] = stack.mean(axis=0)
-        mats[f"otdd_{variant}_sd"] = stack.std(axis=0, ddof=1) if cfg.draws > 1 else np.zeros((n, n))
-    links: dict[str, Any] = {}
-    importance: list[dict] = []
+    with _bar(cfg.draws * 2 * 2 * (len(langs) * (len(langs) + 1) // 2), "otdd", "pair") as bar:
+        mats, eps = otdd.otdd_draws(full, draws=cfg.draws, samples=cfg.samples, reg=cfg.reg, inner=cfg.inner,
+                                    inner_reg=cfg.inner_reg, max_per_label=cfg.max_per_label, seed=cfg.seed,
+                                    progress=bar, log=solves)
     typo_langs = [lang for lang in langs if _has_typology(lang, cfg.typology)]
-    if len(typo_langs) >= 3:
-        idx = [langs.index(lang) for lang in typo_langs]
-        F = typology.syntax_features(typo_langs, cfg.typology)
-        T = typology.typological_distance(F)
-        full_T = np.full((n, n), np.nan)
-        full_T[np.ix_(idx, idx)] = T
-        mats["typology"] = full_T
-        for variant in ("raw", "std"):
-            sub_D = mats[f"otdd_{variant}"][np.ix_(idx, idx)]
-            r, p = typology.mantel(sub_D, T, n_perm=cfg.mantel_perm, seed=cfg.seed)
-            links[f"mantel_otdd_{variant}_vs_typology"] = {"r": r, "p": p, "languages": len(idx)}
-        if len(typo_langs) >= 4:
-            importance, r2 = typology.feature_importance(F, mats["otdd_std"][np.ix_(idx, idx)],
-                                                         typology.feature_names(), seed=cfg.seed)
-            links["gbr_r2_in_sample"] = r2
+    links, importance, typo = typology.otdd_links(langs, mats, typo_langs, cfg.typology, cfg.mantel_perm, cfg.seed)
+    if typo is not None:
+        mats["typology"] = typo
     tables = {
         "pairs": _pairs_rows(langs, mats),
         "matrix_raw": _matrix_rows(langs, mats["otdd_raw"]),
@@ -236,7 +207,7 @@ def run_otdd(cfg: OtddConfig, run_dir, step: str = "syntax-otdd", loaded=None) -
         "importance": importance[:25],
     }
     results = {"layer": layer, "languages": langs, "draws": cfg.draws, "samples": cfg.samples,
-               "eps": {k: float(np.mean(v)) for k, v in eps.items()}, "links": links,
+               "eps": eps, "links": links,
                "sinkhorn": otdd.convergence(solves),
                "instances": {lang: len(inst) for lang, inst in full.items()},
                "store_model": store.records[langs[0]].get("model"),
@@ -275,27 +246,6 @@ def _concept_sets(store, langs, layer, kind):
     return {lang: represent.instances(store, lang, layer, kind) for lang in langs}
 
 
-def _alignability_matrices(sets: dict[str, Any], cfg: RsaConfig, n_perm: int) -> dict[str, np.ndarray]:
-    from babelscope.syntax import rsa
-
-    langs = list(sets)
-    n = len(langs)
-    out = {k: np.full((n, n), np.nan) for k in ("rsa", "p_value", "procrustes", "concepts")}
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = sets[langs[i]], sets[langs[j]]
-            try:
-                res = rsa.alignability(a.X, a.labels, b.X, b.labels, min_count=cfg.min_count, metric=cfg.metric,
-                                       n_perm=n_perm, seed=cfg.seed)
-            except BabelscopeError:
-                continue  # too few shared concepts: left as NaN and counted in the results
-            for k in out:
-                out[k][i, j] = out[k][j, i] = res[k]
-    for k in ("rsa",):
-        np.fill_diagonal(out[k], 1.0)
-    return out
-
-
 def _upper_mean(M: np.ndarray) -> float:
     iu = np.triu_indices(len(M), 1)
     vals = M[iu][np.isfinite(M[iu])]
@@ -306,7 +256,7 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
     """Alignability heatmap (RSA and Procrustes, with and without standardisation) at one layer, per-layer
     curves with split-half ceilings and the random-model control, and the Mantel test against typology."""
     from babelscope.runs import is_main_process, provenance
-    from babelscope.syntax import represent, rsa, typology
+    from babelscope.syntax import rsa, typology
 
     sr, doc = _start(cfg, run_dir, step, loaded, cfg.store, cfg.control)
     if doc is not None:
@@ -324,27 +274,20 @@ def run_rsa(cfg: RsaConfig, run_dir, step: str = "syntax-rsa", loaded=None) -> d
     heat: dict[str, np.ndarray] = {}
     with _bar(len(set(layers) | {layer}), "rsa", "layer") as bar:
         for lay in sorted(set(layers) | {layer}):
-            sets = _concept_sets(store, langs, lay, cfg.concepts)
-            mean, std = represent.standardizer(list(sets.values()))
-            std_sets = _standardized(sets, mean, std)
-            perm = cfg.n_perm if lay == layer else 0
-            raw = _alignability_matrices(sets, cfg, perm)
-            stdm = _alignability_matrices(std_sets, cfg, perm)
-            ceil = [rsa.split_half(s.X, s.labels, s.sent_ids, min_count=cfg.min_count, metric=cfg.metric,
-                                   seed=cfg.seed) for s in sets.values()]
-            ceil_std = [rsa.split_half(s.X, s.labels, s.sent_ids, min_count=cfg.min_count, metric=cfg.metric,
-                                       seed=cfg.seed) for s in std_sets.values()]
+            kw = {"min_count": cfg.min_count, "metric": cfg.metric, "seed": cfg.seed}
+            al = rsa.layer_alignability(_concept_sets(store, langs, lay, cfg.concepts), **kw,
+                                        n_perm=cfg.n_perm if lay == layer else 0)
+            raw, stdm, ceil, ceil_std = al["raw"], al["std"], al["split_half"], al["split_half_std"]
             row = {"layer": lay, "rsa": _upper_mean(raw["rsa"]), "rsa_std": _upper_mean(stdm["rsa"]),
                    "procrustes": _upper_mean(raw["procrustes"]), "procrustes_std": _upper_mean(stdm["procrustes"]),
                    "split_half": float(np.nanmean(ceil)), "split_half_std": float(np.nanmean(ceil_std))}
             ctrl = None
             if control is not None and lay in control.layers():
-                csets = _concept_sets(control, langs, lay, cfg.concepts)
-                ctrl = _alignability_matrices(csets, cfg, 0)
-                cm, cs = represent.standardizer(list(csets.values()))
-                ctrl_std = _alignability_matrices(_standardized(csets, cm, cs), cfg, 0)
+                ctrl_al = rsa.layer_alignability(_concept_sets(control, langs, lay, cfg.concepts), **kw, n_perm=0,
+                                                 ceilings=False)
+                ctrl = ctrl_al["raw"]
                 row["control_rsa"] = _upper_mean(ctrl["rsa"])
-                row["control_rsa_std"] = _upper_mean(ctrl_std["rsa"])
+                row["control_rsa_std"] = _upper_mean(ctrl_al["std"]["rsa"])
             curves.append(row)
             if lay == layer:
                 heat = {"rsa": raw["rsa"], "p_value": raw["p_value"], "procrustes": raw["procrustes"],
@@ -390,11 +333,47 @@ def _split(inst, cfg: ProbeConfig):
     return train, inst.take(np.flatnonzero(test))
 
 
+def _transfer_links(run_dir, cfg: ProbeConfig, langs: list[str], T: np.ndarray) -> dict[str, Any]:
+    """Mantel correlation of the symmetrised transfer loss ``1 - (T + T^T) / 2`` with the OTDD matrices of the
+    ``--otdd`` step, over the languages both have (at least 3)."""
+    from babelscope.runs import load_results
+    from babelscope.syntax import typology
+
+    links: dict[str, Any] = {}
+    if not cfg.otdd:
+        return links
+    odoc = load_results(Path(run_dir) / cfg.otdd)
+    olangs = odoc["results"]["languages"]
+    common = [lang for lang in langs if lang in olangs]
+    if len(common) >= 3:
+        idx = [langs.index(lang) for lang in common]
+        transfer_dist = 1.0 - 0.5 * (T + T.T)  # symmetrised transfer loss
+        for variant in ("raw", "std"):
+            dist = _square(olangs, odoc["tables"]["pairs"]["rows"], f"otdd_{variant}")
+            oidx = [olangs.index(lang) for lang in common]
+            r, p = typology.mantel(dist[np.ix_(oidx, oidx)], transfer_dist[np.ix_(idx, idx)], n_perm=999,
+                                   seed=cfg.seed)
+            links[f"mantel_otdd_{variant}_vs_transfer_loss"] = {"r": r, "p": p, "languages": len(common)}
+    return links
+
+
+def _probe_summary(curves: list[dict], kinds: list[str], layers: list[int]) -> list[dict[str, Any]]:
+    """Mean accuracy, majority baseline and control accuracy over languages, per concept kind and layer."""
+    summary = []
+    for kind in kinds:
+        for lay in layers:
+            mine = [r for r in curves if r["concepts"] == kind and r["layer"] == lay]
+            summary.append({"concepts": kind, "layer": lay, **{
+                k: float(np.mean([r[k] for r in mine])) for k in ("accuracy", "majority", "control_accuracy")
+                if all(k in r for r in mine)}})
+    return summary
+
+
 def run_probe(cfg: ProbeConfig, run_dir, step: str = "syntax-probe", loaded=None) -> dict[str, Any]:
     """Per-layer probe accuracy against majority, layer-0 and random-model baselines; the cross-lingual
     relation-probe transfer matrix; its Mantel correlation with the OTDD matrix when one is given."""
     from babelscope.runs import is_main_process, provenance
-    from babelscope.syntax import probe, represent, typology
+    from babelscope.syntax import probe, represent
 
     sr, doc = _start(cfg, run_dir, step, loaded, cfg.store, cfg.control, cfg.otdd)
     if doc is not None:
@@ -431,32 +410,260 @@ def run_probe(cfg: ProbeConfig, run_dir, step: str = "syntax-probe", loaded=None
         tr, te = _split(represent.instances(store, lang, t_layer, "relation"), cfg)
         train[lang], test[lang] = (tr.X, tr.labels), (te.X, te.labels)
     _, T = probe.transfer_matrix(train, test, C=cfg.C, max_iter=cfg.max_iter, seed=cfg.seed)
-    links = {}
-    if cfg.otdd:
-        from babelscope.runs import load_results as load
-
-        odoc = load(Path(run_dir) / cfg.otdd)
-        olangs = odoc["results"]["languages"]
-        common = [lang for lang in langs if lang in olangs]
-        if len(common) >= 3:
-            idx = [langs.index(lang) for lang in common]
-            transfer_dist = 1.0 - 0.5 * (T + T.T)  # symmetrised transfer loss
-            for variant in ("raw", "std"):
-                dist = _square(olangs, odoc["tables"]["pairs"]["rows"], f"otdd_{variant}")
-                oidx = [olangs.index(lang) for lang in common]
-                r, p = typology.mantel(dist[np.ix_(oidx, oidx)], transfer_dist[np.ix_(idx, idx)], n_perm=999,
-                                       seed=cfg.seed)
-                links[f"mantel_otdd_{variant}_vs_transfer_loss"] = {"r": r, "p": p, "languages": len(common)}
-    summary = []
-    for kind in kinds:
-        for lay in layers:
-            mine = [r for r in curves if r["concepts"] == kind and r["layer"] == lay]
-            summary.append({"concepts": kind, "layer": lay, **{
-                k: float(np.mean([r[k] for r in mine])) for k in ("accuracy", "majority", "control_accuracy")
-                if all(k in r for r in mine)}})
+    links = _transfer_links(run_dir, cfg, langs, T)
+    summary = _probe_summary(curves, kinds, layers)
     layer0 = {kind: next((s["accuracy"] for s in summary if s["concepts"] == kind and s["layer"] == 0), None)
               for kind in kinds}
     results = {"languages": langs, "layers": layers, "transfer_layer": t_layer, "layer0_accuracy": layer0,
                "links": links, "store_model": store.records[langs[0]].get("model"), "control": bool(control)}
     tables = {"per_layer": summary, "per_language": curves, "transfer": _matrix_rows(langs, T)}
     return sr.write(KINDS["probe"], results, tables, provenance(store=str(store.path)))
+
+
+# ------------------------------------------------------------------------------------------------- meta
+# Pretraining languages as the model documentation lists them (ISO 639-1). multilingual-e5 is initialised from
+# XLM-R and trained further on multilingual text; its card points to XLM-R's 100 languages (Conneau et al. 2020,
+# Table 6). Gemma 3's documentation says "over 140 languages" without a list: unknown per language.
+_XLMR = ("af am ar as az be bg bn br bs ca cs cy da de el en eo es et eu fa fi fr fy ga gd gl gu ha he hi hr hu hy "
+         "id is it ja jv ka kk km kn ko ku ky la lo lt lv mg mk ml mn mr ms my ne nl no om or pa pl ps pt ro ru sa "
+         "sd si sk sl so sq sr su sv sw ta te th tl tr ug uk ur uz vi xh yi zh")
+XLMR_LANGUAGES = frozenset(_XLMR.split())
+PRETRAINING = {
+    "multilingual-e5": (XLMR_LANGUAGES, "XLM-R's 100 languages (multilingual-e5 model card; Conneau et al. 2020)"),
+    "xlm-roberta": (XLMR_LANGUAGES, "XLM-R's 100 languages (Conneau et al. 2020, Table 6)"),
+    "gemma-3": (None, "Gemma 3 model card: 'over 140 languages', no per-language list"),
+}
+
+
+def parse_shots(spec: str | int) -> list[int]:
+    """``--shots 0,1,5`` -> sorted distinct sentence counts."""
+    try:
+        shots = sorted({int(x) for x in str(spec).split(",") if str(x).strip()})
+    except ValueError:
+        raise BabelscopeError(f"--shots {spec!r}: give comma-separated sentence counts such as 0,1,5,10,20") from None
+    if not shots or shots[0] < 0:
+        raise BabelscopeError(f"--shots {spec!r}: give non-negative sentence counts such as 0,1,5,10,20")
+    return shots
+
+
+def check_meta_config(cfg: MetaConfig) -> tuple[list[str], list[int]]:
+    kinds = [k.strip() for k in cfg.concepts.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"pos", "relation"}:
+        raise BabelscopeError(f"--concepts {cfg.concepts!r}: use pos, relation or both")
+    shots = parse_shots(cfg.shots)
+    if cfg.runs < 1 or cfg.meta_epochs < 1 or cfg.probe_epochs < 1 or cfg.episodes_per_lang < 1:
+        raise BabelscopeError("--runs, --meta-epochs, --probe-epochs and --episodes-per-lang must be at least 1")
+    if cfg.query < 1 or cfg.support < 0 or cfg.min_count < 1:
+        raise BabelscopeError("--query and --min-count must be at least 1 and --support at least 0")
+    if not 0 < cfg.dev_fraction < 1:
+        raise BabelscopeError(f"--dev-fraction {cfg.dev_fraction}: give a share between 0 and 1")
+    return kinds, shots
+
+
+def _meta_match(store, spec: str, what: str) -> list[str]:
+    from babelscope.data.languages import parse_languages
+
+    have = store.languages()
+    out = []
+    for lang in parse_languages(spec):
+        code = lang.code if lang.code in have else next((c for c in have if c.split("-")[0] == lang.iso639_3), None)
+        if code is None:
+            raise BabelscopeError(f"{store.path}: {what} language {lang.code} is not in the store "
+                                  f"({', '.join(have)}); extract it first")
+        out.append(code)
+    return out
+
+
+def _meta_layers(store, spec: str) -> list[int]:
+    layers = store.layers()
+    if spec in ("", "middle", None):
+        return [layers[len(layers) // 2]]
+    if spec == "auto":
+        return layers
+    try:
+        layer = int(spec)
+    except ValueError:
+        raise BabelscopeError(f"--layer {spec!r}: give a stored layer ({layers}), middle or auto") from None
+    if layer not in layers:
+        raise BabelscopeError(f"--layer {spec}: not in the store (extracted layers {layers})")
+    return [layer]
+
+
+def _model_of(stores: list, langs: list[list[str]], model: str) -> dict[str, Any]:
+    """The one model every store record was made with; a one-line error otherwise."""
+    seen = {}
+    for store, codes in zip(stores, langs, strict=True):
+        for code in codes:
+            rec = store.records[code]
+            seen.setdefault(rec.get("checksum"), (rec.get("model"), f"{store.path}/{code}"))
+    if len(seen) > 1:
+        (c1, (m1, w1)), (c2, (m2, w2)) = list(seen.items())[:2]
+        raise BabelscopeError(f"{w1} was extracted with {m1} ({str(c1)[:12]}) but {w2} with {m2} "
+                              f"({str(c2)[:12]}); re-extract both with one model")
+    checksum, (name, where) = next(iter(seen.items()))
+    if model:
+        from babelscope.models.loader import DEFAULT_MODEL
+
+        wanted = model if model == DEFAULT_MODEL else Path(model).name
+        if wanted != name:
+            raise BabelscopeError(f"{where}: the store was made with {name}, not {model}; re-extract it with "
+                                  f"--model {model} or drop --model")
+    return {"model": name, "checksum": checksum}
+
+
+def _splits(store, lang: str, treebank: str) -> tuple[dict[str, str], str]:
+    """sent_id -> UD split of a held-out language, from its treebank (the store records which); a seeded
+    hash split by sent_id (half pool, half test) when no train/dev and test files can be found."""
+    from babelscope.data.ud import UdCorpus, treebank_paths
+
+    spec = treebank or store.records[lang].get("treebank", "")
+    try:
+        corpus = UdCorpus(treebank_paths(spec), name=spec)
+        units = corpus.units(lang) if lang in corpus.languages() else []
+    except BabelscopeError:
+        units = []
+    split = {u.id: u.meta.get("split") for u in units}
+    kinds = set(split.values())
+    if "test" in kinds and kinds & {"train", "dev"}:
+        pool = "train" if "train" in kinds else "dev"
+        return {k: ("pool" if v == pool else "test" if v == "test" else "other") for k, v in split.items()}, \
+            f"UD {pool} / test"
+    return {}, "hash of sent_id (no UD train/dev and test files found)"
+
+
+def _pretraining(model: str) -> tuple[frozenset | None, str]:
+    for key, value in PRETRAINING.items():
+        if key in model.lower():
+            return value
+    return None, f"{model}: no per-language pretraining list known"
+
+
+def _fingerprint(stores: list) -> str:
+    records = {str(s.path.parent.name): s.records for s in stores}
+    return json_sha256(records, default=str)
+
+
+def _icl_rows(run_dir: Path, step: str, checksum: str, tests: list[str]) -> tuple[dict[str, dict], int | None]:
+    """MONO / EN in-context POS accuracy per held-out language from a ``pos`` step of the run, if present."""
+    from babelscope.data.languages import resolve_language
+    from babelscope.runs import load_results
+
+    path = run_dir / step / "results.json"
+    if not step or not path.exists():
+        return {}, None
+    doc = load_results(path)
+    other = ((doc.get("provenance") or {}).get("model") or {}).get("checksum")
+    if other and checksum and other != checksum and not str(checksum).startswith("random-init"):
+        raise BabelscopeError(f"{path}: the in-context POS step used another model ({doc['results'].get('model')}) "
+                              "than the store; re-run it with the store's model or pass --pos-step ''")
+    out = {}
+    for row in (doc.get("tables") or {}).get("per_language", {}).get("rows", []):
+        code = resolve_language(row["lang"]).code
+        match = next((t for t in tests if t == code or t.split("-")[0] == code.split("-")[0]), None)
+        if match:
+            out[match] = row
+    return out, doc["results"].get("shots")
+
+
+def _meta_languages(cfg: MetaConfig, store, tstore) -> tuple[str, list[str], list[str]]:
+    """The source, the held-out and the meta-training languages (store codes)."""
+    source = _meta_match(store, cfg.source, "source")[0]
+    if cfg.test_langs in ("all", "", None):
+        if tstore is store:
+            raise BabelscopeError("--test-langs all needs a separate --test-store; name the held-out languages")
+        tests = tstore.languages()
+    else:
+        tests = _meta_match(tstore, cfg.test_langs, "test")
+    if cfg.meta_langs in ("all", "", None):
+        metas = [c for c in store.languages() if c != source and (tstore is not store or c not in tests)]
+    else:
+        metas = [c for c in _meta_match(store, cfg.meta_langs, "meta-training") if c != source]
+    if not metas:
+        raise BabelscopeError(f"{store.path}: no meta-training language besides {source}; extract more languages")
+    return source, tests, metas
+
+
+def _meta_language_rows(out: dict, setup, icl: dict, icl_shots: int | None, model: str,
+                        summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per held-out language (counts, in-context accuracy, pretraining and meta-training marks); the
+    in-context MONO / EN accuracies join ``summary`` too."""
+    from babelscope.data.languages import resolve_language
+
+    pretrain, _ = _pretraining(model)
+    meta_iso = {resolve_language(c).iso639_3 for c in setup.metas}
+    lang_rows = []
+    for t in setup.tests:
+        entry: dict[str, Any] = {"lang": t}
+        for o in out.values():
+            entry.update(o.langs[t])
+        for setting in ("MONO", "EN"):
+            if f"{setting}_mean" in icl.get(t, {}):
+                entry[f"icl_{setting.lower()}"] = icl[t][f"{setting}_mean"]
+                summary.append({"concepts": "pos", "lang": t, "method": f"ICL-{setting}", "shots": icl_shots or 0,
+                                "mean": icl[t][f"{setting}_mean"], "std": icl[t].get(f"{setting}_std", 0.0),
+                                "runs": None})
+        lang = resolve_language(t)
+        in_pre = None if pretrain is None else bool(lang.iso639_1 and lang.iso639_1 in pretrain)
+        seen = lang.iso639_3 in meta_iso
+        entry.update({"name": lang.name, "in_pretraining": in_pre, "seen_in_meta_training": seen,
+                      "mark": ("x" if in_pre is False else "?" if in_pre is None else "") + ("*" if seen else "")})
+        lang_rows.append(entry)
+    return lang_rows
+
+
+def run_meta(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -> dict[str, Any]:
+    """Meta-train on the store's languages, then zero- and few-shot concept classification of held-out languages
+    against the baselines (:func:`babelscope.syntax.meta.align_concepts`); writes per-run and summary tables
+    (``RUN_DIR/STEP``). No model is loaded."""
+    from babelscope.runs import is_main_process, provenance
+    from babelscope.steps import StepRun, check_config
+    from babelscope.syntax import meta
+    from babelscope.syntax.represent import Store, instances, split_by_sentence
+
+    kinds, shots = check_meta_config(check_config(cfg))
+    run_dir = Path(run_dir)
+    store = Store(run_dir / cfg.store / "store")
+    tstore = Store(run_dir / cfg.test_store / "store") if cfg.test_store else store
+    source, tests, metas = _meta_languages(cfg, store, tstore)
+    model_id = _model_of([store, tstore], [[source, *metas], tests], cfg.model)
+    icl, icl_shots = _icl_rows(run_dir, cfg.pos_step, model_id["checksum"], tests)
+    inputs = {"stores": _fingerprint([store, tstore]),  # a changed input recomputes
+              "icl": json_sha256(icl, 16) if icl else None}
+    sr = StepRun(cfg, run_dir, step, loaded)
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: with the results
+        return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
+    en_ids = store.words(source)["sent_ids"]
+    layers = _meta_layers(store, cfg.layer)
+    dev_ids = set(en_ids[split_by_sentence(en_ids, cfg.dev_fraction, cfg.seed)].tolist())
+    setup = meta.MetaSetup(source, metas, tests, dev_ids, {t: _splits(tstore, t, cfg.test_treebank) for t in tests},
+                           shots)
+    out = {}
+    with _bar(len(kinds) * cfg.runs * cfg.meta_epochs * cfg.episodes_per_lang * len(metas), "meta", "episode") as bar:
+        for kind in kinds:
+            raw = {layer: ({lang: instances(store, lang, layer, kind) for lang in [source, *metas]},
+                           {lang: instances(tstore, lang, layer, kind) for lang in tests}) for layer in layers}
+            out[kind] = meta.align_concepts(kind, raw, setup, cfg, bar)
+            del raw
+    per_run = [r for o in out.values() for r in o.per_run]
+    summary = meta.summarize(per_run)
+    lang_rows = _meta_language_rows(out, setup, icl, icl_shots, model_id["model"], summary)
+    results = {
+        "model": model_id["model"], "source": source, "meta_langs": metas, "test_langs": tests,
+        "layer": {k: o.layer for k, o in out.items()}, "layer_choice": cfg.layer, "shots": shots,
+        "runs": cfg.runs, "concepts": kinds, "pretraining_languages": _pretraining(model_id["model"])[1],
+        "icl_step": cfg.pos_step if icl else None,
+        "marks": {"x": "not among the model's documented pretraining languages",
+                  "?": "the model's documentation lists no pretraining languages",
+                  "*": "the language (another treebank of it) was seen in meta-training"},
+        "meta_langs_left_out": [r for o in out.values() for r in o.left_out],
+    }
+    tables = {"summary": summary, "languages": lang_rows, "per_run": per_run,
+              "training": [r for o in out.values() for r in o.history]}
+    layer_rows = [r for o in out.values() for r in o.layer_rows]
+    if layer_rows:
+        tables["layers"] = layer_rows
+    sr.st.write_config(sr.config)  # config and results only now: a bad input above leaves nothing behind
+    return sr.write(KIND_META, results, tables, provenance(store=str(store.path), test_store=str(tstore.path),
+                                                           model=model_id))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 import numpy as np
 
@@ -124,3 +125,31 @@ def feature_importance(F: np.ndarray, D: np.ndarray, names: Sequence[str], seed:
     rows = [{"feature": names[k], "importance": float(model.feature_importances_[k])}
             for k in order if model.feature_importances_[k] > 0]
     return rows, float(model.score(X[ok], y[ok]))
+
+
+def otdd_links(langs: Sequence[str], mats: dict[str, np.ndarray], typo_langs: Sequence[str], source: str = "knn",
+               n_perm: int = 999, seed: int = 0) -> tuple[dict[str, Any], list[dict], np.ndarray | None]:
+    """What ties the OTDD matrices (``mats["otdd_raw"]``, ``mats["otdd_std"]`` over ``langs``) to typology, over
+    the languages with features (``typo_langs``, at least 3): the Mantel test of each against the typological
+    distance, and with 4 or more the gradient-boosting importances of the features for the standardised one
+    (Xu et al. 2022, Sec. 5). Returns the links, the importances and the typological distance over ``langs``
+    (NaN for languages without features; ``None`` under 3 languages)."""
+    if len(typo_langs) < 3:
+        return {}, [], None
+    langs = list(langs)
+    n = len(langs)
+    links: dict[str, Any] = {}
+    importance: list[dict] = []
+    idx = [langs.index(lang) for lang in typo_langs]
+    F = syntax_features(typo_langs, source)
+    T = typological_distance(F)
+    full_T = np.full((n, n), np.nan)
+    full_T[np.ix_(idx, idx)] = T
+    for variant in ("raw", "std"):
+        sub_D = mats[f"otdd_{variant}"][np.ix_(idx, idx)]
+        r, p = mantel(sub_D, T, n_perm=n_perm, seed=seed)
+        links[f"mantel_otdd_{variant}_vs_typology"] = {"r": r, "p": p, "languages": len(idx)}
+    if len(typo_langs) >= 4:
+        importance, r2 = feature_importance(F, mats["otdd_std"][np.ix_(idx, idx)], feature_names(), seed=seed)
+        links["gbr_r2_in_sample"] = r2
+    return links, importance, full_T

@@ -72,7 +72,7 @@ step_command(app, "pretrain", TRANSFER_PRETRAIN, step="transfer-pretrain",
              "perplexity (Zhao et al. 2024, Table 2) and optional region freezing (Zhang et al. 2024, §5). Resumable.")
 
 # --------------------------------------------------------------------------------------- instruction tuning (sft)
-TRANSFER_SFT = Command("transfer-sft", SftConfig, StepFunction("babelscope.transfer.sft"))
+TRANSFER_SFT = Command("transfer-sft", SftConfig, StepFunction("babelscope.transfer.steps", "run_sft"))
 EXPERIMENT_COMMANDS[TRANSFER_SFT.name] = TRANSFER_SFT
 TRANSFER_TABLE = Command("transfer-table", StudyTableConfig, StepFunction("babelscope.transfer.study"))
 EXPERIMENT_COMMANDS[TRANSFER_TABLE.name] = TRANSFER_TABLE

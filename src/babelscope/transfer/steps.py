@@ -1,0 +1,232 @@
+"""The transfer steps apart from their methods: ``sft`` (instruction tuning, the method in :mod:`.sft`, the
+training loop in :mod:`.loop`).
+
+A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
+planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
+provenance, atomic writes, barriers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from babelscope.errors import BabelscopeError
+from babelscope.transfer import sft
+from babelscope.transfer.configs import SftConfig
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check(cfg: SftConfig) -> None:
+    """Refuse impossible options before anything is read or loaded."""
+    if cfg.save not in sft.SAVE_MODES:
+        raise BabelscopeError(f"--save {cfg.save!r}: use merged or adapter")
+    if cfg.save == "adapter" and not cfg.lora_r:
+        raise BabelscopeError("--save adapter needs --lora-r (full fine-tuning has no adapter)")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise BabelscopeError(f"--val-fraction {cfg.val_fraction}: use a fraction between 0 and 1")
+    for name in ("max_length", "epochs", "micro_batch_size", "grad_accum"):
+        if getattr(cfg, name) < 1:
+            raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    for name in ("samples", "eval_every", "val_max"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise BabelscopeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.lora_r < 0:
+        raise BabelscopeError(f"--lora-r {cfg.lora_r}: use 0 (full fine-tuning) or a positive rank")
+    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
+        raise BabelscopeError(f"--lora-alpha {cfg.lora_alpha}: must be positive (leave it out for 2 x rank)")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise BabelscopeError(f"--lora-dropout {cfg.lora_dropout}: use a probability in [0, 1)")
+    if cfg.train_tokens not in ("auto", "none") and not sft._parse_range(cfg.train_tokens) and not Path(
+            cfg.train_tokens).expanduser().exists():
+        raise BabelscopeError(f"--train-tokens {cfg.train_tokens!r}: use auto, none, START:END token ids or the "
+                              "directory (or record) of a `transfer vocab` model")
+    from babelscope.transfer.loop import check_config
+
+    check_config(sft.loop_config(cfg, 1))
+
+
+def check_length(cfg: SftConfig, config) -> None:
+    """``--max-length`` against the model's maximum positions (its text config; no weights needed)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and cfg.max_length > limit:
+        raise BabelscopeError(f"--max-length {cfg.max_length}: over the model's maximum {limit}")
+
+
+def plan_check(cfg: SftConfig, run_dir: Path, earlier=()) -> None:
+    """The checks that need no model, run when an experiment is planned: the options, --max-length against the
+    model's config.json and, when the model's tokenizer is there (not a model an earlier step writes), the data
+    and the template."""
+    import dataclasses
+
+    from babelscope.transfer.pretrain import model_text_config
+
+    later = cfg.train_tokens not in ("auto", "none") and not sft._parse_range(cfg.train_tokens) and not Path(
+        cfg.train_tokens).expanduser().exists() and "transfer-vocab" in earlier  # a model an earlier step writes
+    check(dataclasses.replace(cfg, train_tokens="auto") if later else cfg)
+    text = model_text_config(cfg.model, planning=True)
+    if text is not None:
+        check_length(cfg, text)
+        sft.prepare(cfg, _tokenizer(cfg.model))
+
+
+def resume_parts(cfg: SftConfig, info, tokenizer, prepared: sft.SftData, targets: list[str] | None,
+                 token_ids: list[int]) -> dict[str, Any]:
+    """What changes the tuned weights besides the loop's settings (:func:`babelscope.transfer.loop.resume_key`):
+    the start model and tokenizer, the dtype, the data options and the encoded data, and with LoRA its rank,
+    alpha, dropout, target modules and trainable embedding rows. Never --eval-every, --val-max, --save,
+    --checkpoint-every or --trackers."""
+    from babelscope.models.engine import tokenizer_sha256
+    from babelscope.runs import inputs_sha256
+
+    parts: dict[str, Any] = {
+        "model": info.checksum, "tokenizer": tokenizer_sha256(tokenizer), "dtype": cfg.dtype, "data": cfg.data,
+        "lang": cfg.lang, "template": prepared.template_name, "max_length": cfg.max_length,
+        "val_fraction": cfg.val_fraction, "samples": cfg.samples, "encoded_data": sft.data_fingerprint(prepared),
+        "lora_r": cfg.lora_r,
+    }
+    if cfg.lora_r:
+        rows = token_ids if len(token_ids) <= 8 else f"{len(token_ids)} rows {inputs_sha256(token_ids)[:12]}"
+        parts.update(lora_alpha=sft.lora_alpha(cfg), lora_dropout=cfg.lora_dropout, lora_targets=targets,
+                     train_tokens=rows)
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------- sft
+def _write_heldout(path: Path, prepared: sft.SftData) -> None:
+    """The held-out instructions as JSONL, for ``eval respond``."""
+    from babelscope.runs import write_text
+
+    write_text(path, "".join(json.dumps({"id": c.id, "lang": c.lang, "instruction": c.instruction,
+                                         "reference": c.reference}, ensure_ascii=False) + "\n"
+                             for c in prepared.heldout))
+
+
+def _validation(prepared: sft.SftData, cfg: SftConfig, pad_id: int, val_path: Path):
+    """The loop's ``evaluate(model, samples, step)``: validation loss on the held-out responses, appended to
+    ``val_path`` as it is measured (a killed run keeps its curve)."""
+    from babelscope.runs import is_main_process
+
+    n_train = len(prepared.train)
+
+    def evaluate(m, samples: int, step_no: int) -> dict[str, Any]:
+        loss, n = sft.validation_loss(m, prepared.val, cfg.micro_batch_size, pad_id)
+        row = {"step": step_no, "samples": samples, "epoch": samples / n_train, "val_loss": loss, "val_tokens": n}
+        if is_main_process():
+            with open(val_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return row
+
+    return evaluate
+
+
+def _sft_results(cfg: SftConfig, info, prepared: sft.SftData, result, evals: list[dict], lcfg, saved, trainable: int,
+                 targets: list[str] | None, token_ids: list[int], model_dir: Path, fingerprint: str) -> dict[str, Any]:
+    counts = prepared.counts
+    return {
+        "model": info.name, "base_checksum": info.checksum, "data": cfg.data, "template": prepared.template_name,
+        "model_dir": str(model_dir), "save": cfg.save if cfg.lora_r else "full",
+        "lora": {"r": cfg.lora_r, "alpha": sft.lora_alpha(cfg),
+                 "targets": targets, "train_tokens": len(token_ids)}
+        if cfg.lora_r else None,
+        "lr": lcfg.lr, "trainable_parameters": trainable,
+        "tied": sft.tied(saved) if cfg.save == "merged" or not cfg.lora_r else None,
+        "data_counts": counts, "data_sha256": fingerprint,
+        "summary": {"steps": result.steps, "samples": result.samples, "epochs": cfg.epochs,
+                    "target_tokens": result.tokens, "seconds": round(result.seconds, 1),
+                    "final_train_loss": result.loss,
+                    "first_val_loss": evals[0]["val_loss"] if evals else None,
+                    "final_val_loss": evals[-1]["val_loss"] if evals else None,
+                    "best_val_loss": min((e["val_loss"] for e in evals), default=None),
+                    "truncated_responses": counts["train"]["truncated"] + counts["validation"]["truncated"],
+                    "responses_cut_away": counts["train"]["cut_away"] + counts["validation"]["cut_away"]},
+        "validation_turn": sft.turning_point(evals),
+    }
+
+
+def run_sft(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str, Any]:
+    """The ``babelscope transfer sft`` step: train, measure validation loss as it goes, save the tuned model."""
+    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.steps import StepRun, check_config, model_files_stamp
+    from babelscope.transfer.loop import check_resumable, read_metrics, remove_checkpoints, resume_key, train
+
+    check(check_config(cfg))
+    # Every data/template error is raised before the model loads or anything is written. Training changes the
+    # weights in place, so the step loads its own copy of the model (never the instance `loaded` shares).
+    prepared = sft.prepare(cfg, _tokenizer(cfg.model))
+    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "trackers", "restart"))  # makes the run dir
+    st = sr.st
+    heldout = text_sha256(f"{c.id}\t{c.lang}\t{c.instruction}\t{c.reference}" for c in prepared.heldout)
+    inputs = {"data": sft.data_fingerprint(prepared), "heldout": heldout,
+              "train_tokens": None if cfg.train_tokens in ("auto", "none") else model_files_stamp(cfg.train_tokens)}
+    if (doc := sr.done(inputs=inputs, when=lambda _: (st.path / "model").is_dir(), write_config=False)) is not None:
+        return doc
+    model, tokenizer, info = _load(cfg)
+    if info.kind != "causal":
+        raise BabelscopeError(f"--model {cfg.model}: an encoder; instruction tuning needs a causal LM")
+    check_length(cfg, model.config)
+    peft_model, token_ids, trained, targets = None, [], model, None
+    if cfg.lora_r:
+        token_ids = sft.new_token_ids(Path(info.source), model, cfg.train_tokens)
+        targets = sft.lora_targets(model, cfg.lora_targets)
+    n_train = len(prepared.train)
+    lcfg = sft.loop_config(cfg, n_train)
+    # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
+    key_parts = resume_parts(cfg, info, tokenizer, prepared, targets, token_ids)
+    check_resumable(st.path, resume_key(lcfg, n_train, int(os.environ.get("WORLD_SIZE", "1")), key_parts),
+                    cfg.restart)
+    if is_main_process():
+        st.write_config(sr.config)
+        _write_heldout(st.path / "heldout.jsonl", prepared)
+    if cfg.lora_r:
+        import torch
+
+        torch.manual_seed(cfg.seed)  # LoRA's A matrices start random: the same seed, the same run
+        peft_model = sft.wrap_lora(model, cfg, token_ids)
+        trained = peft_model.base_model.model  # the HF model with the LoRA layers in place (the loop's contract)
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    total = n_train * cfg.epochs
+    every = cfg.eval_every or max(1, math.ceil(n_train / 4))
+    eval_at = sorted({0, *range(every, total, every), total})
+    val_path = st.path / "validation.jsonl"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if is_main_process() and not (st.path / "checkpoints").exists():
+        val_path.unlink(missing_ok=True)  # a fresh run (no checkpoint to resume): a fresh curve
+    examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.train]
+    result = train(trained, tokenizer, examples, lcfg, st.path, evaluate=_validation(prepared, cfg, pad_id, val_path),
+                   eval_at=eval_at, fingerprint=key_parts, tracker_config={"step": step, "data": cfg.data})
+    trained.config.use_cache = True
+    if not is_main_process():
+        return sr.wait()
+    saved = sft.save_tuned(model, peft_model, tokenizer, cfg, prepared, info, st.path / "model")
+    remove_checkpoints(st.path)  # the saved model supersedes them
+    curve = [{k: r.get(k) for k in ("step", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")}
+             for r in read_metrics(result.metrics_path)]
+    evals = sorted({r["step"]: r for r in read_metrics(val_path)}.values(), key=lambda r: r["step"])
+    results = _sft_results(cfg, info, prepared, result, evals, lcfg, saved, trainable, targets, token_ids,
+                           st.path / "model", inputs["data"])
+    return sr.write(sft.KIND, results, {"train_curve": curve, "validation": evals},
+                    provenance(model=info.to_dict(), loop=vars(lcfg)))
+
+
+def _tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    from babelscope.models.loader import resolve_spec
+
+    source = Path(spec).expanduser()
+    if not (source / "adapter_config.json").is_file():  # an adapter directory keeps its tokenizer
+        source, _ = resolve_spec(spec)
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as exc:
+        raise BabelscopeError(f"{spec}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def _load(cfg: SftConfig):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
