@@ -59,6 +59,7 @@ def lens_pass(
     position in the flat list of all requested positions) and returns one row per position. Rows come back in
     the order of the flat list (sequence by sequence, position by position)."""
     from babelscope.models.arch import base_model
+    from babelscope.models.batches import length_sorted_batches, right_padded
     from babelscope.models.hooks import capture_layers, run_until_stopped
     from babelscope.models.placement import input_device
 
@@ -67,17 +68,11 @@ def lens_pass(
     flat_start = [0]
     for pos in positions:
         flat_start.append(flat_start[-1] + len(pos))
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     results: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in layers}
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        width = max(len(seqs[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for batch in length_sorted_batches(seqs, batch_size):
+        ids, mask = right_padded([seqs[i] for i in batch], pad_id)
         rows, cols, owners = [], [], []
         for row, i in enumerate(batch):
-            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, : len(seqs[i])] = 1
             for k, p in enumerate(positions[i]):
                 if not 0 <= p < len(seqs[i]):
                     raise BabelscopeError(f"position {p} outside a sequence of {len(seqs[i])} tokens")

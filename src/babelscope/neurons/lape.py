@@ -96,13 +96,13 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     the final norm and the LM head never run). Under several processes each rank runs every ``world``-th batch
     and the counts are summed, so every rank returns the single-process counts."""
     from babelscope.models.arch import base_model
+    from babelscope.models.batches import length_sorted_batches, right_padded
     from babelscope.models.hooks import run_until_stopped
     from babelscope.models.placement import input_device
     from babelscope.neurons.ffn import ActivationCounter
     from babelscope.processes import all_reduce, rank_share, state
 
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_sorted_batches(seqs, batch_size)
     dist_state = state()
     if dist_state is not None:
         batches = rank_share(batches, dist_state)
@@ -111,12 +111,7 @@ def count_activations(model, ffns, seqs: list[list[int]], batch_size: int, site:
     body = base_model(model)
     with torch.inference_mode(), counter.hooked():
         for batch in batches:
-            width = max(len(seqs[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = 1
+            ids, mask = right_padded([seqs[i] for i in batch], pad_id)
             counter.set_spans([(1, len(seqs[i])) for i in batch])  # the real tokens after BOS
             run_until_stopped(body, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             if on_batch:

@@ -73,21 +73,16 @@ def document_importance(model, ffns, seqs: list[list[int]], batch_size: int, pad
     """``Imp`` (documents, layers, W) float32 for the BOS-prefixed windows ``seqs`` (one document each; BOS and
     padding not counted), in length-sorted right-padded batches, returned in the order of ``seqs``."""
     from babelscope.models.arch import base_model
+    from babelscope.models.batches import length_sorted_batches, right_padded
+    from babelscope.models.placement import input_device
 
     norms = column_norms(ffns)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     out = torch.zeros(len(seqs), len(ffns), ffns[0].width)
-    device = next(model.parameters()).device
+    device = input_device(model)
     spans: list[list[tuple[int, int]]] = [[]]
     with torch.inference_mode(), importance_hooks(ffns, spans) as store:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(seqs[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = 1
+        for batch in length_sorted_batches(seqs, batch_size):
+            ids, mask = right_padded([seqs[i] for i in batch], pad_id)
             spans[0] = [(1, len(seqs[i])) for i in batch]
             base_model(model)(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             imp = torch.stack([store[f.layer] for f in ffns], dim=1) * norms[None]

@@ -91,20 +91,15 @@ def language_sums(model: nn.Module, seqs: list[list[int]], batch_size: int, pad_
     """Token sums (:class:`Sums`) over the BOS-prefixed windows ``seqs`` (position 0 and padding not counted), in
     length-sorted right-padded batches through the decoder without its LM head."""
     from babelscope.models.arch import base_model
+    from babelscope.models.batches import length_sorted_batches, right_padded
+    from babelscope.models.placement import input_device
 
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    device = next(model.parameters()).device
+    device = input_device(model)
     weights: list[torch.Tensor] = [torch.zeros(0)]
     body = base_model(model)
     with torch.inference_mode(), summing(model, ffns, weights) as sums:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(seqs[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = 1
+        for batch in length_sorted_batches(seqs, batch_size):
+            ids, mask = right_padded([seqs[i] for i in batch], pad_id)
             w = mask.double().clone()
             w[:, 0] = 0  # the BOS every window starts with is not the language's
             weights[0] = w

@@ -69,23 +69,18 @@ def input_energy(model: nn.Module, weights: list[torch.Tensor]) -> Iterator[dict
 def ssu_scores(model: nn.Module, seqs: list[list[int]], batch_size: int, pad_id: int) -> dict[str, torch.Tensor]:
     """``{weight name: s (in,)}`` with ``s_j = ‖W[:, j]‖_2 · E[x_j²]`` over the real tokens after BOS of ``seqs``."""
     from babelscope.models.arch import base_model
+    from babelscope.models.batches import length_sorted_batches, right_padded
+    from babelscope.models.placement import input_device
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     weights: list[torch.Tensor] = [torch.zeros(0)]
     tokens = 0
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), input_energy(model, weights) as sums:
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                width = max(len(seqs[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[row, : len(seqs[i])] = 1
+            for batch in length_sorted_batches(seqs, batch_size):
+                ids, mask = right_padded([seqs[i] for i in batch], pad_id)
                 w = mask.float().clone()
                 w[:, 0] = 0
                 weights[0] = w
