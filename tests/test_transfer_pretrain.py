@@ -33,8 +33,13 @@ def _cfg(tiny: Path, **kw) -> PretrainConfig:
 
 def test_pack_and_mix():
     blocks = pack([[5, 6, 7], [8], [9, 10], [11]], seq_len=4, bos=2, eos=1)
-    # BOS/EOS at document boundaries; the tail [2, 11, 1] is dropped
-    assert blocks.tolist() == [[2, 5, 6, 7], [1, 2, 8, 1], [2, 9, 10, 1]]
+    # BOS/EOS at document boundaries, every block opened by BOS (an EOS that would open one is dropped); the
+    # tail [2, 11, 1] is dropped
+    assert blocks.tolist() == [[2, 5, 6, 7], [2, 8, 1, 2], [2, 9, 10, 1]]
+    # a document longer than a block: the blocks cut inside it get a BOS in front
+    assert pack([list(range(10, 17))], seq_len=4, bos=2, eos=1).tolist() == [[2, 10, 11, 12], [2, 13, 14, 15]]
+    # without BOS (Qwen, SmolLM2) plain cuts
+    assert pack([[5, 6, 7], [8]], seq_len=3, bos=None, eos=1).tolist() == [[5, 6, 7], [1, 8, 1]]
     assert parse_mix("vie:3,eng:1") == [("vie", 0.75), ("eng", 0.25)]
     assert allocate(10, parse_mix("a:1,b:1,c:1")) == {"a": 4, "b": 3, "c": 3}
 

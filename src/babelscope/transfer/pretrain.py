@@ -110,7 +110,12 @@ def allocate(samples: int, mix: Sequence[tuple[str, float]]) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------------------------- data
 def pack(token_lists: Sequence[Sequence[int]], seq_len: int, bos: int | None, eos: int | None) -> np.ndarray:
-    """Documents as ``[BOS] ids [EOS]``, concatenated and cut into ``(n, seq_len)`` blocks (the tail dropped)."""
+    """Documents as ``[BOS] ids [EOS]``, concatenated and cut into ``(n, seq_len)`` blocks (the tail dropped).
+
+    With a BOS (models that score after one, Gemma), every block starts with it: a block cut inside a document
+    gets one in front (and an EOS that would open a block is dropped). Gemma sinks attention on a first-position
+    BOS; without it the same 31 German tokens cost a loss of 10.4 nats instead of 6.0 (measured on the default
+    model), and training on such blocks teaches the model to do without its BOS."""
     stream: list[int] = []
     for ids in token_lists:
         if bos is not None:
@@ -118,8 +123,21 @@ def pack(token_lists: Sequence[Sequence[int]], seq_len: int, bos: int | None, eo
         stream.extend(ids)
         if eos is not None:
             stream.append(eos)
-    n = len(stream) // seq_len
-    return np.asarray(stream[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+    if bos is None:
+        n = len(stream) // seq_len
+        return np.asarray(stream[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+    rows, i = [], 0
+    while True:
+        if i < len(stream) and stream[i] == eos:
+            i += 1
+        if i < len(stream) and stream[i] == bos:
+            row, i = stream[i: i + seq_len], i + seq_len
+        else:
+            row, i = [bos, *stream[i: i + seq_len - 1]], i + seq_len - 1
+        if len(row) < seq_len:
+            break
+        rows.append(row)
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), seq_len)
 
 
 def sample_order(counts: dict[str, int], blocks: dict[str, int], epochs: int, seed: int) -> np.ndarray:
@@ -235,8 +253,10 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
 
 
 def data_fingerprint(data: dict[str, Any]) -> str:
-    """sha256 of the training text (per language) and the sample order: the data the weights are trained on."""
-    return digest([json.dumps(data["checksums"], sort_keys=True), np.ascontiguousarray(data["order"]).tobytes()])
+    """sha256 of the training text (per language), its packed blocks and the sample order: the data the weights
+    are trained on."""
+    return digest([json.dumps(data["checksums"], sort_keys=True), np.ascontiguousarray(data["order"]).tobytes(),
+                   *(np.ascontiguousarray(b).tobytes() for b in data["blocks"])])
 
 
 def resume_parts(cfg: PretrainConfig, model_checksum: str, tokenizer_sha: str, data: dict[str, Any],
