@@ -333,6 +333,29 @@ def test_experiment_checked_whole_before_anything_runs(tmp_path, steps, defaults
     assert not (tmp_path / "run").exists()  # nothing ran, nothing was written
 
 
+def test_set_overrides_the_defaults_of_every_step(tmp_path):
+    from babelscope.experiment import apply_overrides, load_experiment, plan
+
+    path = _experiment(tmp_path, "  - {command: ppl, step: a}\n  - {command: ppl, step: b, window: 16}\n")
+    doc = apply_overrides(path, load_experiment(path), ["model=other", "window=32"])
+    steps = plan(path, doc)
+    assert [s.cfg.model for s in steps] == ["other", "other"]
+    assert [s.cfg.window for s in steps] == [32, 16]  # read as YAML (a number); a step's own option still wins
+    with pytest.raises(BabelscopeError, match=r"--set 'model': give KEY=VALUE"):
+        apply_overrides(path, load_experiment(path), ["model"])
+    with pytest.raises(BabelscopeError, match=r"defaults \['modle'\]"):  # the spelling check of defaults
+        plan(path, apply_overrides(path, load_experiment(path), ["modle=x"]))
+
+
+def test_yaml_keys_stay_words(tmp_path):
+    """YAML 1.1 reads an ``off:`` key as False; `neurons deactivate --off` is an option."""
+    from babelscope.experiment import load_experiment
+
+    path = _experiment(tmp_path, "  - {command: neurons-deactivate, off: 'deu', random: no}\n")
+    step = load_experiment(path)["steps"][0]
+    assert step == {"command": "neurons-deactivate", "off": "deu", "random": False}  # values keep their types
+
+
 def test_experiment_with_bom_and_registry_without_cli(tmp_path):
     from babelscope.experiment import load_experiment, plan
 

@@ -53,10 +53,22 @@ class PlannedStep:
     fn: Any
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML whose mapping keys stay the words written: YAML 1.1 reads ``off:``, ``on:``, ``yes:`` and ``no:``
+    keys as booleans, and ``off`` is an option (`neurons deactivate --off`). Values keep YAML's types."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:bool":
+                    key.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_experiment(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        doc = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise BabelscopeError(f"{path}: no such experiment file") from None
     except UnicodeDecodeError as exc:
@@ -75,6 +87,23 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc.get("defaults") or {}, dict):
         raise BabelscopeError(f"{path}: 'defaults' must be a mapping of option: value")
     return doc
+
+
+def apply_overrides(path: str | Path, doc: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """``doc`` with ``KEY=VALUE`` overrides merged into its ``defaults:`` (VALUE read as YAML, so ``k=0.01`` is a
+    number): the same experiment on another model is ``--set model=qwen2.5-coder-0.5b -o runs/other``."""
+    if not overrides:
+        return doc
+    defaults = dict(doc.get("defaults") or {})
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise BabelscopeError(f"--set {item!r}: give KEY=VALUE, e.g. --set model=qwen2.5-coder-0.5b")
+        try:
+            defaults[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            raise BabelscopeError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+    return {**doc, "defaults": defaults}
 
 
 def experiment_run_dir(path: str | Path, doc: dict[str, Any], run_dir: str | Path | None = None) -> Path:
@@ -157,12 +186,13 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Pat
     return steps
 
 
-def run_file(path: str | Path, run_dir: str | Path | None = None) -> Path:
-    """Run every step of the experiment file; return the rendered report's path."""
+def run_file(path: str | Path, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> Path:
+    """Run every step of the experiment file (``overrides``: ``KEY=VALUE`` merged into its ``defaults:``, see
+    :func:`apply_overrides`); return the rendered report's path."""
     from babelscope.report import render_report
     from babelscope.runs import barrier, check_run_dir, is_main_process
 
-    doc = load_experiment(path)
+    doc = apply_overrides(path, load_experiment(path), overrides)
     out = experiment_run_dir(path, doc, run_dir)
     steps = plan(path, doc, out)
     out = check_run_dir(out)
