@@ -181,3 +181,25 @@ def test_document_separator_is_not_a_chat_turn_end():
     assert document_separator(tok) == tok.eos_token_id  # a plain EOS ends documents
     tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": ["<|endoftext|>"]})
     assert document_separator(tok) == tok.convert_tokens_to_ids("<|endoftext|>")  # ChatML: not <|im_end|>
+
+
+def test_hidden_states_never_come_from_the_attention_sink():
+    """A model whose tokenizer adds no BOS gets its document separator in front for hidden states (the first
+    position is the attention sink), dropped from the output; a BOS-adding tokenizer is left as it is."""
+    from babelscope.models.engine import Engine
+
+    text = "The quick brown fox"
+    for adds_bos in (False, True):
+        tok = _tokenizer(adds_bos)
+        model = tiny("qwen2", vocab=len(tok))
+        engine = Engine(model, tok, batch_size=2, progress=False)
+        got = engine.hidden_states([text], [1])[0]
+        plain = tok(text, return_offsets_mapping=True)
+        assert got["ids"].tolist() == plain["input_ids"]
+        assert got["offsets"].tolist() == [list(o) for o in plain["offset_mapping"]]
+        prefix = [] if adds_bos else [tok.eos_token_id]
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([prefix + plain["input_ids"]]), output_hidden_states=True)
+        # the same float32 forward on the same tokens: equal up to summation order (1e-5 of activations ~1)
+        torch.testing.assert_close(torch.from_numpy(got["hidden"][0]), ref.hidden_states[1][0, len(prefix):],
+                                   atol=1e-5, rtol=1e-5)

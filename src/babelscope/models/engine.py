@@ -521,8 +521,21 @@ class Engine:
 
         Only the requested layers are captured (copied to CPU as each batch finishes) and the forward stops
         after the deepest one, so the LM head and later blocks never run.
+
+        No vector comes from the attention sink: a model whose tokenizer adds no BOS (Qwen, SmolLM2) makes its
+        first token the sink, with massive activations (SmolLM2 layer 15: the first word's norm 6,000-25,000
+        against a median of 164), so its document separator is put in front here and dropped from the output.
         """
+        from babelscope.models.families import document_separator, scoring_prefix
+
         enc = self.tokenizer(list(texts), add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        sink = None
+        if add_special_tokens and scoring_prefix(self.model, self.tokenizer) is None:
+            sink = document_separator(self.tokenizer)
+        if sink is not None:
+            enc = {"input_ids": [[sink, *x] for x in enc["input_ids"]],
+                   "offset_mapping": [[(0, 0), *x] for x in enc["offset_mapping"]]}
+        skip = int(sink is not None)
         order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
         out: list[dict[str, Any] | None] = [None] * len(texts)
         layers = list(layers)
@@ -538,9 +551,9 @@ class Engine:
                 for row, i in enumerate(batch):
                     n = len(enc["input_ids"][i])
                     out[i] = {
-                        "hidden": stacked[row, :, :n].numpy(),
-                        "offsets": np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2),
-                        "ids": np.asarray(enc["input_ids"][i], dtype=np.int64),
+                        "hidden": stacked[row, :, skip:n].numpy(),
+                        "offsets": np.asarray(enc["offset_mapping"][i][skip:], dtype=np.int64).reshape(-1, 2),
+                        "ids": np.asarray(enc["input_ids"][i][skip:], dtype=np.int64),
                     }
                 bar.update(len(batch))
         return out  # type: ignore[return-value]
