@@ -42,6 +42,7 @@ from torch import nn
 from babelscope.caches import RequestCache
 from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, scoring_prefix
 from babelscope.models.hooks import capture_layers, run_until_stopped
+from babelscope.models.loss import head_nll
 from babelscope.models.placement import input_device
 from babelscope.processes import DistState, all_reduce_grads, gather_objects  # noqa: F401  (re-exported)
 from babelscope.processes import state as _dist_state
@@ -466,7 +467,7 @@ class Engine:
         Dividing by one global token count (not per batch) makes the accumulated gradient independent of the
         batch size and of the number of processes (Accelerate's token-count normalisation). Each rank takes
         its share of ``seqs``; call :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL.
-        The LM head and loss are one fused pass over chunks of positions (:func:`_chunk_nll`): the logits
+        The LM head and loss are one fused pass over chunks of positions (:func:`head_nll`): the logits
         are never all held, and their gradient is formed as they are computed. ``even`` (FSDP 2, whose every
         forward and backward is a collective): every rank runs as many batches as the busiest one, a rank with
         fewer repeating its first sequence with the loss weighted by 0 (nothing added to any gradient).
@@ -487,31 +488,12 @@ class Engine:
             ids, mask = self._batch_inputs(batch)
             hidden = self._final_hidden(ids, mask)
             rows, cols, targets = (t.to(hidden.device) for t in self._positions(batch))
-            loss = self._chunk_nll(hidden[rows, cols], targets) * weight
+            loss = head_nll(self.model, hidden[rows, cols], targets, self.logit_chunk)[0] * weight
             (loss / normalizer).backward()
             total += float(loss.detach())
             if on_batch and weight:
                 on_batch(len(batch))
         return total
-
-    def _chunk_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed NLL of ``targets`` from hidden vectors ``h``: the chunked fused linear cross-entropy
-        (:mod:`babelscope.models.loss`), or for a head it cannot take checkpointed chunks of the head."""
-        from babelscope.models.loss import fused_linear_cross_entropy, head_spec
-
-        head = head_spec(self.model)
-        if head is not None:
-            return fused_linear_cross_entropy(h, head, targets, self.logit_chunk)[0]
-        from torch.utils.checkpoint import checkpoint
-
-        def nll(hc: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
-            logits = logits_from_hidden(self.model, hc)
-            return (torch.logsumexp(logits, dim=-1) - logits.gather(1, tc[:, None])[:, 0]).sum()
-
-        chunk = self.logit_chunk
-        parts = [checkpoint(nll, h[c : c + chunk], targets[c : c + chunk], use_reentrant=False)
-                 for c in range(0, len(targets), chunk)]
-        return torch.stack(parts).sum() if parts else h.sum() * 0.0
 
     # ------------------------------------------------------------------------------------------ hidden states
     def hidden_states(

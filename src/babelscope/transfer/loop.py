@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
-from babelscope.models.loss import IGNORE, fused_linear_cross_entropy, head_spec
+from babelscope.models.loss import IGNORE, head_nll
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -189,18 +189,10 @@ class CausalLMLoss(nn.Module):
         self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's default wrap classes
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        from babelscope.models.arch import base_model, logits_from_hidden
+        from babelscope.models.arch import base_model
 
         hidden = base_model(self.model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = hidden.last_hidden_state[:, :-1]
-        targets = labels[:, 1:]
-        head = head_spec(self.model)
-        if head is not None:
-            return fused_linear_cross_entropy(hidden, head, targets, self.logit_chunk)
-        keep = targets != IGNORE  # an unusual head: materialise its logits at the scored positions only
-        logits = logits_from_hidden(self.model, hidden[keep])
-        nll = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return nll, int(keep.sum())
+        return head_nll(self.model, hidden.last_hidden_state[:, :-1], labels[:, 1:], self.logit_chunk)
 
 
 def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
