@@ -297,22 +297,11 @@ def train(
     while step < total_steps:
         micro = [collate([examples[i] for i in idx], pad_id)
                  for idx in _micro_indices(order, step, cfg, P, accelerator.process_index)]
-        local = torch.tensor([sum(target_count(x) for x in micro)], device=accelerator.device)
-        global_tokens = int(accelerator.reduce(local, reduction="sum").item())
-        denom = max(global_tokens, 1)
-        nll_sum = torch.zeros((), device=accelerator.device)
-        for batch in micro:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(wrapped), accelerator.autocast():
-                nll, _ = wrapped(**batch)
-                # accelerator.backward divides by grad_accum and DDP averages over P: undo both, then
-                # divide by the step's global token count.
-                accelerator.backward(nll * (cfg.grad_accum * P / denom))
-            nll_sum += nll.detach().float()
+        global_tokens, nll_sum = _backward(accelerator, wrapped, micro, cfg.grad_accum)
         lr = lr_at(step, total_steps, cfg)
         grad_norm = _optimizer_step(accelerator, wrapped, optimizer, frozen, lr, cfg)
 
-        step_loss = float(accelerator.reduce(nll_sum, reduction="sum").item()) / denom
+        step_loss = float(accelerator.reduce(nll_sum, reduction="sum").item()) / max(global_tokens, 1)
         last_loss = step_loss
         step += 1
         samples = min(step * G, len(order))
@@ -399,6 +388,26 @@ def _micro_indices(order: torch.Tensor, step: int, cfg: LoopConfig, processes: i
         lo = base + (m * processes + rank) * b
         out.append(order[lo : min(lo + b, len(order))].tolist())
     return out
+
+
+def _backward(accelerator, wrapped, micro: list[dict[str, torch.Tensor]], grad_accum: int
+              ) -> tuple[int, torch.Tensor]:
+    """Forward and backward of a step's micro-batches with the loss over the step's global target count ``T``
+    (all-reduced first); returns ``T`` and this process's summed NLL."""
+    P = accelerator.num_processes
+    local = torch.tensor([sum(target_count(x) for x in micro)], device=accelerator.device)
+    global_tokens = int(accelerator.reduce(local, reduction="sum").item())
+    denom = max(global_tokens, 1)
+    nll_sum = torch.zeros((), device=accelerator.device)
+    for batch in micro:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.accumulate(wrapped), accelerator.autocast():
+            nll, _ = wrapped(**batch)
+            # accelerator.backward divides by grad_accum and DDP averages over P: undo both, then
+            # divide by the step's global token count.
+            accelerator.backward(nll * (grad_accum * P / denom))
+        nll_sum += nll.detach().float()
+    return global_tokens, nll_sum
 
 
 def _optimizer_step(accelerator, wrapped, optimizer, frozen: RegionFreeze | None, lr: float, cfg: LoopConfig
