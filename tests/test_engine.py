@@ -339,6 +339,28 @@ def test_backward_equals_autograd_of_mean_loss():
             assert_close_scaled(ours[name], p.grad, TINY_BACKWARD)  # chunked head, batches: other order
 
 
+def test_backward_through_a_head_the_fused_pass_cannot_take():
+    """A head with a forward hook is not a plain linear map: ``backward`` runs it in checkpointed chunks
+    (:func:`babelscope.models.loss.head_nll`'s fallback) and gives the fused pass's gradients."""
+    model, tok = build_tiny("gemma3")
+    engine = Engine(model, tok, batch_size=2, logit_chunk=5, progress=False)
+    seqs = [s for t in SENTENCES[:3] for s in engine.windows(engine.encode([t])[0], 8)]
+    total = sum(n for _, n in seqs)
+    model.zero_grad()
+    fused = engine.backward(seqs, normalizer=total)
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    handle = model.get_output_embeddings().register_forward_hook(lambda *a: None)
+    try:
+        chunked = engine.backward(seqs, normalizer=total)
+    finally:
+        handle.remove()
+    assert chunked == pytest.approx(fused, rel=1e-5)  # float32 sums of ~60 NLLs in another order
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert_close_scaled(p.grad, ref[name], TINY_BACKWARD)
+
+
 def test_generate_is_greedy():
     model, tok = build_tiny("llama")
     engine = Engine(model, tok, batch_size=2, progress=False)

@@ -21,13 +21,15 @@ How (lm-evaluation-harness's Collator, nanoGPT's chunked loss):
   forwards into chunks of ``logit_chunk`` positions, so B x T x V float32 logits are never materialised;
 * a per-request cache (JSON lines, keyed by the model checksum and the request) lets a re-run skip finished work;
 * under ``accelerate launch`` requests are split across processes and the results gathered on every rank.
+
+The parts live beside it: requests and collation in :mod:`babelscope.models.prefixes`, the head and loss in
+:mod:`babelscope.models.loss`, gradients in :mod:`babelscope.models.gradients`, activation capture in
+:mod:`babelscope.models.capture`; the engine holds tokenization, scoring, generation and the request cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -35,14 +37,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from babelscope.caches import RequestCache
+from babelscope.models import capture, gradients
 from babelscope.models.arch import base_model, lm_head, logits_from_hidden, logsumexp_, scoring_prefix
-from babelscope.models.hooks import capture_layers, run_until_stopped
 from babelscope.models.placement import input_device
+from babelscope.models.prefixes import (  # noqa: F401  (PrefixGroup, prefix_groups: re-exported)
+    Hidden,
+    Prefixes,
+    PrefixGroup,
+    Request,
+    batch_inputs,
+    continue_rows,
+    forward_blocks,
+    prefix_groups,
+    rank_groups,
+    run_prefixes,
+    target_positions,
+)
 from babelscope.processes import DistState, all_reduce_grads, gather_objects  # noqa: F401  (re-exported)
 from babelscope.processes import state as _dist_state
 
@@ -228,7 +242,7 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     # ------------------------------------------------------------------------------------------ core
-    def score_sequences(self, seqs: Sequence[tuple[list[int], int]], desc: str = "scoring") -> list[Scored]:
+    def score_sequences(self, seqs: Sequence[Request], desc: str = "scoring") -> list[Scored]:
         """For each ``(tokens, n)``: log-probability of the last ``n`` tokens given those before them.
 
         Requests with the same input ``seq[:-1]`` share one row (the one-token answers of an item). The rows are
@@ -244,11 +258,11 @@ class Engine:
         keys = [RequestCache.key(self.identity, "seq", seq, n) for seq, n in seqs]
         groups = prefix_groups([i for i, k in enumerate(keys) if k not in self.cache], seqs)
         if self.state is not None:
-            groups = _rank_share(groups, self.state.process_index, self.state.num_processes, self.batch_size)
+            groups = rank_groups(groups, self.state.process_index, self.state.num_processes, self.batch_size)
         with self._bar(sum(len(r) for g in groups for r in g.requests), desc) as bar:
 
-            def score(batches: list[_Hidden]) -> None:
-                hidden = _Hidden.join(batches)
+            def score(batches: list[Hidden]) -> None:
+                hidden = Hidden.join(batches)
                 with torch.inference_mode():
                     scored = self._score_positions([[seqs[i] for i in hidden.served]], hidden)[0]
                 self.cache.put_many(
@@ -256,10 +270,10 @@ class Engine:
                 )
                 bar.update(len(hidden.served))
 
-            pending: list[_Hidden] = []  # forwards' scored hidden vectors, waiting for a full head chunk
+            pending: list[Hidden] = []  # forwards' scored hidden vectors, waiting for a full head chunk
             # a forward may hold as many tokens as batch_size of the longest rows (the plain path's first batch)
             budget = self.batch_size * max((len(g.rows[0]) for g in groups), default=0)
-            for block in _blocks(groups, self.batch_size, budget):
+            for block in forward_blocks(groups, self.batch_size, budget):
                 for hidden in self._run_block(block, seqs, budget):
                     pending.append(hidden)
                     if sum(len(b.h) for b in pending) >= self.logit_chunk:
@@ -277,30 +291,17 @@ class Engine:
         for k, v in _flatten(gather_objects(mine)):
             self.cache._data[k] = v
 
-    def _batch_inputs(self, seqs: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(len(seq) - 1 for seq, _ in seqs)
-        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for row, (seq, _) in enumerate(seqs):
-            ids[row, : len(seq) - 1] = torch.tensor(seq[:-1])
-            mask[row, : len(seq) - 1] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def _batch_inputs(self, seqs: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_inputs(seqs, self.pad_id, self.device)
 
-    def _positions(self, seqs: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _positions(self, seqs: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows, columns and target ids of every scored position in the batch."""
-        rows, cols, targets = [], [], []
-        for row, (seq, n) in enumerate(seqs):
-            first = len(seq) - 1 - n
-            rows += [row] * n
-            cols += range(first, len(seq) - 1)
-            targets += seq[len(seq) - n :]
-        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
-        return as_tensor(rows), as_tensor(cols), as_tensor(targets)
+        return target_positions(seqs, self.device)
 
     def _final_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return base_model(self.model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
-    def _score_batch(self, groups: list[list[tuple[list[int], int]]]) -> list[list[Scored]]:
+    def _score_batch(self, groups: list[list[Request]]) -> list[list[Scored]]:
         """Score groups of requests in one forward of whole rows (nothing shared but identical inputs, which
         share a row); per group, in order."""
         flat = [r for group in groups for r in group]
@@ -309,13 +310,14 @@ class Engine:
             rows.setdefault(tuple(seq[:-1]), []).append(i)
         block = [PrefixGroup(0, list(rows), list(rows.values()))]
         with torch.inference_mode():
-            hidden = self._continue(block, [(0, k) for k in range(len(rows))], None, flat)
+            hidden = continue_rows(base_model(self.model), block, [(0, k) for k in range(len(rows))], None, flat,
+                                   self.pad_id, self.device, self.stats)
             scored = dict(zip(hidden.served, self._score_positions([[flat[i] for i in hidden.served]], hidden)[0],
                               strict=True))
         order = iter(range(len(flat)))
         return [[scored[next(order)] for _ in group] for group in groups]
 
-    def _score_positions(self, groups, hidden: _Hidden) -> list[list[Scored]]:
+    def _score_positions(self, groups, hidden: Hidden) -> list[list[Scored]]:
         """Log-probabilities of ``hidden.targets`` from the vectors ``hidden.h[hidden.where]``, the LM head
         applied once per distinct position, ``logit_chunk`` positions at a time; per request, in group order.
 
@@ -347,14 +349,15 @@ class Engine:
         return out
 
     # ------------------------------------------------------------------------------------------ shared prefixes
-    def _run_block(self, block: list[PrefixGroup], seqs, budget: int) -> Iterator[_Hidden]:
+    def _run_block(self, block: list[PrefixGroup], seqs, budget: int) -> Iterator[Hidden]:
         """Run a block of groups: their prefixes once, in one left-padded forward whose KV cache (one row per
         group) is kept while the block runs; then the groups' rows, longest first, each on a copy of its group's
         cache, in forwards of ``batch_size`` rows or, when the rows are short, of as many as keep the forward
         within ``budget`` tokens (rows x (prefix width + longest continuation), the copied caches included).
         Rows that share nothing run ``batch_size`` at a time. Yields each forward's scored hidden vectors."""
+        body = base_model(self.model)
         with torch.inference_mode():
-            prefixes = self._run_prefixes(block) if block[0].prefix else None
+            prefixes = run_prefixes(body, block, self.pad_id, self.device, self.stats) if block[0].prefix else None
         rows = [(g, k) for g, group in enumerate(block) for k in range(len(group.rows))]
         rows.sort(key=lambda gk: len(block[gk[0]].prefix_free(gk[1])), reverse=True)
         width = prefixes.width if prefixes else 0
@@ -363,88 +366,9 @@ class Engine:
             per_row = width + len(block[rows[start][0]].prefix_free(rows[start][1]))  # the longest continuation
             take = self.batch_size if prefixes is None else max(self.batch_size, budget // max(per_row, 1))
             with torch.inference_mode():
-                yield self._continue(block, rows[start : start + take], prefixes, seqs)
+                yield continue_rows(body, block, rows[start : start + take], prefixes, seqs, self.pad_id, self.device,
+                                    self.stats)
             start += take
-
-    def _run_prefixes(self, block: list[PrefixGroup]) -> _Prefixes:
-        """The block's shared prefixes, left-padded so that each ends at the last column (the continuations
-        follow it with no gap, as the sliding-window layers need), with positions counted from each one's first
-        real token. The cache comes from the model's config: a sliding-window layer keeps the last
-        ``sliding_window - 1`` positions (all a continuation can attend to there), a global layer all of them."""
-        from transformers import DynamicCache
-
-        ctxs = [group.rows[0][: group.prefix] for group in block]
-        width = max(map(len, ctxs))
-        ids = torch.full((len(ctxs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ctxs), width), dtype=torch.long)
-        for row, ctx in enumerate(ctxs):
-            ids[row, width - len(ctx) :] = torch.tensor(ctx)
-            mask[row, width - len(ctx) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        body = base_model(self.model)
-        cache = DynamicCache(config=body.config)
-        hidden = body(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-            **{_cache_arg(body): cache},
-        ).last_hidden_state
-        self.stats["body_tokens"] += sum(map(len, ctxs))
-        return _Prefixes(hidden.reshape(-1, hidden.shape[-1]), cache, mask, width)
-
-    def _continue(
-        self, block: list[PrefixGroup], chunk: list[tuple[int, int]], prefixes: _Prefixes | None, seqs
-    ) -> _Hidden:
-        """One forward of the rows ``chunk`` (``(group, row)`` pairs of ``block``): what follows each row's
-        prefix, right-padded, on a copy of its group's prefix cache, positions continuing from the prefix's true
-        length (whole rows from position 0 when nothing is shared). Returns the distinct hidden vectors at the scored
-        positions (a prefix's last position may serve several rows), their row per target, the targets and the
-        requests served, in order."""
-        body = base_model(self.model)
-        width = prefixes.width if prefixes else 0
-        base = prefixes.table.shape[0] if prefixes else 0
-        rest = [block[g].prefix_free(k) for g, k in chunk]
-        longer = [c for c, x in enumerate(rest) if x]  # rows with tokens after their prefix
-        xrow = {c: r for r, c in enumerate(longer)}
-        xwidth = max((len(rest[c]) for c in longer), default=0)
-        tables = [prefixes.table] if prefixes else []
-        if longer:
-            xids = torch.full((len(longer), xwidth), self.pad_id, dtype=torch.long)
-            xmask = torch.zeros((len(longer), xwidth), dtype=torch.long)
-            for r, c in enumerate(longer):
-                xids[r, : len(rest[c])] = torch.tensor(rest[c])
-                xmask[r, : len(rest[c])] = 1
-            xids, xmask = xids.to(self.device), xmask.to(self.device)
-            if prefixes is None:
-                hidden = self._final_hidden(xids, xmask)
-            else:
-                owner = self._long([chunk[c][0] for c in longer])
-                hidden = body(
-                    input_ids=xids,
-                    attention_mask=torch.cat([prefixes.mask[owner], xmask], dim=1),
-                    position_ids=prefixes.mask.sum(-1)[owner, None] + torch.arange(xwidth, device=self.device),
-                    use_cache=True,
-                    **{_cache_arg(body): _copy_rows(prefixes.cache, owner)},
-                ).last_hidden_state
-            tables.append(hidden.reshape(-1, hidden.shape[-1]))
-            self.stats["body_tokens"] += sum(len(rest[c]) for c in longer)
-        index, targets, served = [], [], []
-        for c, (g, k) in enumerate(chunk):
-            p = block[g].prefix
-            self.stats["input_tokens"] += len(block[g].rows[k])
-            for i in block[g].requests[k]:
-                seq, n = seqs[i]
-                served.append(i)
-                targets += seq[len(seq) - n :]
-                for j in range(len(seq) - 1 - n, len(seq) - 1):  # the hidden at input position j predicts j + 1
-                    index.append(g * width + width - p + j if j < p else base + xrow[c] * xwidth + j - p)
-        pos, where = torch.unique(self._long(index), return_inverse=True)  # distinct positions
-        table = torch.cat(tables)  # on the last block's device, which may not be the inputs'
-        return _Hidden(table[pos.to(table.device)], where.to(table.device), self._long(targets), served)
-
-    def _long(self, values) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
 
     def _logit_buffer(self, h: torch.Tensor) -> torch.Tensor | None:
         """One ``logit_chunk x vocab`` float32 block reused by every chunk (inference only)."""
@@ -458,60 +382,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ gradients
     def backward(
-        self, seqs: Sequence[tuple[list[int], int]], normalizer: float, on_batch: Callable[[int], None] | None = None,
+        self, seqs: Sequence[Request], normalizer: float, on_batch: Callable[[int], None] | None = None,
         even: bool = False,
     ) -> float:
-        """Back-propagate ``sum of target-token NLL / normalizer`` into ``.grad`` (no optimizer step).
-
-        Dividing by one global token count (not per batch) makes the accumulated gradient independent of the
-        batch size and of the number of processes (Accelerate's token-count normalisation). Each rank takes
-        its share of ``seqs``; call :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL.
-        The LM head and loss are one fused pass over chunks of positions (:func:`_chunk_nll`): the logits
-        are never all held, and their gradient is formed as they are computed. ``even`` (FSDP 2, whose every
-        forward and backward is a collective): every rank runs as many batches as the busiest one, a rank with
-        fewer repeating its first sequence with the loss weighted by 0 (nothing added to any gradient).
-        """
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-        pad = 0
-        if self.state is not None:
-            world, rank = self.state.num_processes, self.state.process_index
-            if even:
-                most = math.ceil(len(order[0::world]) / self.batch_size) if order else 0
-                pad = most - math.ceil(len(order[rank::world]) / self.batch_size)
-            order = order[rank::world]
-        batches = [[seqs[i] for i in order[start : start + self.batch_size]]
-                   for start in range(0, len(order), self.batch_size)]
-        batches = [(b, 1.0) for b in batches] + [([seqs[0]], 0.0)] * pad
-        total = 0.0
-        for batch, weight in batches:
-            ids, mask = self._batch_inputs(batch)
-            hidden = self._final_hidden(ids, mask)
-            rows, cols, targets = (t.to(hidden.device) for t in self._positions(batch))
-            loss = self._chunk_nll(hidden[rows, cols], targets) * weight
-            (loss / normalizer).backward()
-            total += float(loss.detach())
-            if on_batch and weight:
-                on_batch(len(batch))
-        return total
-
-    def _chunk_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed NLL of ``targets`` from hidden vectors ``h``: the chunked fused linear cross-entropy
-        (:mod:`babelscope.models.loss`), or for a head it cannot take checkpointed chunks of the head."""
-        from babelscope.models.loss import fused_linear_cross_entropy, head_spec
-
-        head = head_spec(self.model)
-        if head is not None:
-            return fused_linear_cross_entropy(h, head, targets, self.logit_chunk)[0]
-        from torch.utils.checkpoint import checkpoint
-
-        def nll(hc: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
-            logits = logits_from_hidden(self.model, hc)
-            return (torch.logsumexp(logits, dim=-1) - logits.gather(1, tc[:, None])[:, 0]).sum()
-
-        chunk = self.logit_chunk
-        parts = [checkpoint(nll, h[c : c + chunk], targets[c : c + chunk], use_reentrant=False)
-                 for c in range(0, len(targets), chunk)]
-        return torch.stack(parts).sum() if parts else h.sum() * 0.0
+        """Back-propagate ``sum of target-token NLL / normalizer`` into ``.grad`` (no optimizer step), this rank's
+        share of ``seqs`` in batches of ``batch_size``, the head and loss ``logit_chunk`` positions at a time
+        (:func:`babelscope.models.gradients.backward`: token-count normalisation, ``even`` for FSDP 2). Call
+        :func:`all_reduce_grads` afterwards. Returns this rank's summed NLL."""
+        return gradients.backward(self.model, seqs, normalizer, batch_size=self.batch_size,
+                                  logit_chunk=self.logit_chunk, pad_id=self.pad_id, state=self.state,
+                                  on_batch=on_batch, even=even)
 
     # ------------------------------------------------------------------------------------------ hidden states
     def hidden_states(
@@ -520,43 +400,12 @@ class Engine:
         """Per text ``{"hidden": float32 (len(layers), T, H), "offsets": (T, 2), "ids": (T,)}``.
 
         Only the requested layers are captured (copied to CPU as each batch finishes) and the forward stops
-        after the deepest one, so the LM head and later blocks never run.
-
-        No vector comes from the attention sink: a model whose tokenizer adds no BOS (Qwen, SmolLM2) makes its
-        first token the sink, with massive activations (SmolLM2 layer 15: the first word's norm 6,000-25,000
-        against a median of 164), so its document separator is put in front here and dropped from the output.
+        after the deepest one, so the LM head and later blocks never run (:mod:`babelscope.models.capture`).
         """
-        from babelscope.models.families import document_separator, scoring_prefix
-
-        enc = self.tokenizer(list(texts), add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-        sink = None
-        if add_special_tokens and scoring_prefix(self.model, self.tokenizer) is None:
-            sink = document_separator(self.tokenizer)
-        if sink is not None:
-            enc = {"input_ids": [[sink, *x] for x in enc["input_ids"]],
-                   "offset_mapping": [[(0, 0), *x] for x in enc["offset_mapping"]]}
-        skip = int(sink is not None)
-        order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
-        out: list[dict[str, Any] | None] = [None] * len(texts)
-        layers = list(layers)
-        with self._bar(len(order), desc) as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                seqs = [(list(enc["input_ids"][i]) + [self.pad_id], 0) for i in batch]
-                ids, mask = self._batch_inputs(seqs)
-                with torch.inference_mode(), capture_layers(self.model, layers) as store:
-                    run_until_stopped(base_model(self.model), input_ids=ids, attention_mask=mask, use_cache=False)
-                    # each layer to the CPU first: consecutive blocks may sit on different devices
-                    stacked = torch.stack([store[layer].float().cpu() for layer in layers], dim=1)
-                for row, i in enumerate(batch):
-                    n = len(enc["input_ids"][i])
-                    out[i] = {
-                        "hidden": stacked[row, :, skip:n].numpy(),
-                        "offsets": np.asarray(enc["offset_mapping"][i][skip:], dtype=np.int64).reshape(-1, 2),
-                        "ids": np.asarray(enc["input_ids"][i][skip:], dtype=np.int64),
-                    }
-                bar.update(len(batch))
-        return out  # type: ignore[return-value]
+        with self._bar(len(texts), desc) as bar:
+            return capture.hidden_states(self.model, self.tokenizer, texts, layers, batch_size=self.batch_size,
+                                         pad_id=self.pad_id, add_special_tokens=add_special_tokens,
+                                         on_batch=bar.update)
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(
@@ -588,175 +437,6 @@ class Engine:
             self._share_cache(keys)
         return [self.cache[k] for k in keys]
 
-
-@dataclass
-class PrefixGroup:
-    """Distinct input rows (``seq[:-1]``) sharing their first ``prefix`` tokens; ``requests[k]`` are the indices
-    of the requests that row ``k`` serves. ``prefix == 0``: nothing is shared, every row runs whole."""
-
-    prefix: int
-    rows: list[tuple[int, ...]]
-    requests: list[list[int]]
-
-    def prefix_free(self, k: int) -> tuple[int, ...]:
-        """The tokens of row ``k`` after the shared prefix."""
-        return self.rows[k][self.prefix :]
-
-
-@dataclass
-class _Prefixes:
-    """A block's prefixes after their forward: hidden vectors (group-major, ``width`` per group), KV cache and
-    left-padded attention mask."""
-
-    table: torch.Tensor
-    cache: Any
-    mask: torch.Tensor
-    width: int
-
-
-@dataclass
-class _Hidden:
-    """The scored positions of one or more forwards: distinct hidden vectors ``h``, the row of ``h`` for every
-    target (``where``), the target ids, and the requests served, in order (each owns its ``n`` targets)."""
-
-    h: torch.Tensor
-    where: torch.Tensor
-    targets: torch.Tensor
-    served: list[int]
-
-    @staticmethod
-    def join(parts: list[_Hidden]) -> _Hidden:
-        """One :class:`_Hidden` of several, each part's ``where`` shifted past the vectors before it."""
-        where, offset = [], 0
-        for part in parts:
-            where.append(part.where + offset)
-            offset += len(part.h)
-        served = [i for part in parts for i in part.served]
-        return _Hidden(torch.cat([p.h for p in parts]), torch.cat(where), torch.cat([p.targets for p in parts]), served)
-
-
-MIN_PREFIX = 4  # tokens: a shorter shared prefix (BOS alone, for rolling windows) is not worth a forward of its own
-KEEP = 0.8  # share a prefix when it cuts the tokens run through the body by at least a fifth
-
-
-def prefix_groups(todo: list[int], seqs: Sequence[tuple[list[int], int]], min_prefix: int = MIN_PREFIX,
-                  keep: float = KEEP) -> list[PrefixGroup]:
-    """Requests ``todo`` (indices into ``seqs``) as rows grouped by shared token prefix, longest first.
-
-    Identical inputs ``seq[:-1]`` share a row. The distinct rows are sorted; the longest common prefixes of
-    neighbours (an LCP array) define the nodes of the rows' compressed trie, the LCP intervals, visited bottom-up
-    with a stack (Abouelhoda, Kurtz & Ohlebusch 2004, "Replacing suffix trees with enhanced suffix arrays",
-    Alg. 4.4). A node of depth ``l`` over ``k`` rows of ``S`` tokens costs ``l + S - k l`` tokens through the body
-    as a group (its prefix once, each row's rest); it is taken when ``l >= min_prefix`` and that is at most
-    ``keep`` times the best its children and lone rows can do; rows left over run whole (``prefix == 0``).
-    For a k-shot subject this picks the description and solved examples shared by every item (plus any words
-    all its questions start with); for 0-shot multiple choice, each item's context shared by its choices."""
-    requests_of: dict[tuple[int, ...], list[int]] = {}
-    for i in todo:
-        requests_of.setdefault(tuple(seqs[i][0][:-1]), []).append(i)
-    rows = sorted(requests_of)
-    cum = [0]
-    for row in rows:
-        cum.append(cum[-1] + len(row))
-    lcp = [0] + [_common_prefix(rows[i - 1], rows[i]) for i in range(1, len(rows))]
-
-    def finish(node: list, rb: int) -> tuple[float, int, list]:
-        depth, lb, child_cost, child_tokens, picked = node
-        tokens, k = cum[rb + 1] - cum[lb], rb - lb + 1
-        alone = child_cost + tokens - child_tokens  # children at their best, the other rows whole
-        shared = depth + tokens - k * depth
-        if depth >= min_prefix and shared <= keep * alone:
-            return shared, tokens, [(depth, lb, rb)]
-        return alone, tokens, picked
-
-    def adopt(parent: list, child: tuple[float, int, list]) -> None:
-        parent[2] += child[0]
-        parent[3] += child[1]
-        parent[4] += child[2]
-
-    stack: list[list] = [[0, 0, 0.0, 0, []]]  # [depth, left bound, children's cost, children's tokens, groups]
-    for i in range(1, len(rows) + 1):
-        depth = lcp[i] if i < len(rows) else 0
-        lb, done = i - 1, None
-        while depth < stack[-1][0]:
-            node = stack.pop()
-            done, lb = finish(node, i - 1), node[1]
-            if depth <= stack[-1][0]:
-                adopt(stack[-1], done)
-                done = None
-        if depth > stack[-1][0]:
-            stack.append([depth, lb, 0.0, 0, []])
-            if done is not None:
-                adopt(stack[-1], done)
-    picked = finish(stack[0], len(rows) - 1)[2] if rows else []
-    groups, covered = [], set()
-    for depth, lb, rb in picked:
-        groups.append(PrefixGroup(depth, rows[lb : rb + 1], [requests_of[r] for r in rows[lb : rb + 1]]))
-        covered.update(range(lb, rb + 1))
-    lone = [r for i, r in enumerate(rows) if i not in covered]
-    if lone:
-        groups.append(PrefixGroup(0, lone, [requests_of[r] for r in lone]))
-    for group in groups:  # longest rows first: little padding, an out-of-memory shows at the first batch
-        order = sorted(range(len(group.rows)), key=lambda k: -len(group.rows[k]))
-        group.rows, group.requests = [group.rows[k] for k in order], [group.requests[k] for k in order]
-    return sorted(groups, key=lambda g: -len(g.rows[0]))
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """Length of the longest common prefix of two token tuples (binary search over C-level slice compares)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _blocks(groups: list[PrefixGroup], batch_size: int, budget: int) -> list[list[PrefixGroup]]:
-    """Forward blocks: groups with a shared prefix, longest prefix first, ``batch_size`` at a time or as many as
-    keep their prefix forward (left-padded to the longest) within ``budget`` tokens; then the rows that share
-    nothing, alone."""
-    blocks: list[list[PrefixGroup]] = []
-    for group in sorted((g for g in groups if g.prefix), key=lambda g: -g.prefix):  # little left padding
-        block = blocks[-1] if blocks else None
-        if block and (len(block) < batch_size or (len(block) + 1) * block[0].prefix <= budget):  # [0]: the widest
-            block.append(group)
-        else:
-            blocks.append([group])
-    return blocks + [[g] for g in groups if not g.prefix]
-
-
-def _rank_share(groups: list[PrefixGroup], rank: int, world: int, batch_size: int) -> list[PrefixGroup]:
-    """This rank's part of the work: a group of more than ``batch_size`` rows (or the rows sharing nothing) is
-    split by rows, each rank running the prefix once; smaller groups go whole to the ranks in turn."""
-    mine, turn = [], 0
-    for group in groups:
-        if not group.prefix or len(group.rows) > batch_size:
-            part = PrefixGroup(group.prefix, group.rows[rank::world], group.requests[rank::world])
-            if part.rows:
-                mine.append(part)
-        else:
-            if turn % world == rank:
-                mine.append(group)
-            turn += 1
-    return mine
-
-
-def _copy_rows(cache, index: torch.Tensor):
-    """A new cache whose row ``b`` is a copy of row ``index[b]`` of ``cache``, which stays as it is (its layers
-    are copied shallowly, then ``reorder_cache`` replaces their tensors by ``index_select`` copies)."""
-    out = copy.copy(cache)
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    out.reorder_cache(index)
-    return out
-
-
-def _cache_arg(body: nn.Module) -> str:
-    """The name of the cache argument of the decoder's forward (``cache`` in transformers 5, else
-    ``past_key_values``)."""
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

@@ -12,6 +12,9 @@ Wijmans et al. 2025, here in plain PyTorch so it runs on CPUs). Only one ``chunk
 time; backward just scales the stored gradients by the incoming ``∂/∂L``. The exponentials are computed once
 per chunk, for the logsumexp and the softmax both (``torch.logsumexp`` then ``exp(z - lse)`` took two passes:
 61 ms of the 256 x 262k chunk's ~0.5 s on 2 CPU threads).
+
+:func:`head_nll` is the one head + loss of the package (the engine's gradients, the training loop): this fused
+pass for a plain linear head, else the model's own head in checkpointed chunks.
 """
 
 from __future__ import annotations
@@ -132,6 +135,43 @@ def fused_linear_cross_entropy(
         return hidden.sum() * 0.0 + head.weight.sum() * 0.0, 0
     loss = _FusedLinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, head.softcap, head.scale)
     return loss, count
+
+
+def head_nll(
+    model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 512, ignore_index: int = IGNORE
+) -> tuple[torch.Tensor, int]:
+    """``(summed NLL over the non-ignored targets, their count)`` of ``model``'s LM head on hidden vectors
+    ``(..., H)`` with aligned targets ``(...)`` (``targets[i]`` predicted from ``hidden[i]``), the head applied
+    ``chunk`` positions at a time.
+
+    A plain linear head (:func:`head_spec`) takes the fused linear cross-entropy above: the ``N x V`` logits
+    never exist and their gradient is formed as they are computed. Any other head (hooked, wrapped, sharded)
+    runs through :func:`babelscope.models.arch.logits_from_hidden` in activation-checkpointed chunks,
+    ``Σ_i logsumexp_v z_iv - z_{i y_i}``: one ``chunk x V`` block lives at a time, recomputed in backward."""
+    head = head_spec(model)
+    if head is not None:
+        return fused_linear_cross_entropy(hidden, head, targets, chunk, ignore_index)
+    from torch.utils.checkpoint import checkpoint
+
+    from babelscope.models.arch import logits_from_hidden
+
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    keep = targets != ignore_index
+    if not bool(keep.all()):
+        idx = keep.nonzero()[:, 0]
+        hidden, targets = hidden.index_select(0, idx), targets.index_select(0, idx)
+    count = int(targets.numel())
+    if count == 0:  # still a graph node through the head, so every parameter gets a (zero) gradient under DDP
+        return logits_from_hidden(model, hidden).sum() * 0.0, 0
+
+    def nll(hc: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
+        logits = logits_from_hidden(model, hc)
+        return (torch.logsumexp(logits, dim=-1) - logits.gather(1, tc[:, None])[:, 0]).sum()
+
+    parts = [checkpoint(nll, hidden[c : c + chunk], targets[c : c + chunk], use_reentrant=False)
+             for c in range(0, count, chunk)]
+    return torch.stack(parts).sum(), count
 
 
 def plain_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:

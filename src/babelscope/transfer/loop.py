@@ -21,8 +21,8 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
 * Loss of a step (Accelerate's token-count normalisation): ``L = Σ_tokens NLL / T`` with ``T`` the number of
   target tokens of the whole step over every micro-batch and process (all-reduced before the first backward),
   so the gradient does not depend on how the step is cut.
-* The LM head and the loss are one chunked fused linear cross-entropy (:mod:`babelscope.models.loss`): the
-  batch x sequence x vocabulary logits never exist.
+* The LM head and the loss are :func:`babelscope.models.loss.head_nll` (one chunked fused linear cross-entropy
+  for a plain linear head): the batch x sequence x vocabulary logits never exist.
 * AdamW (no decay on 1-D tensors), linear warmup over ``warmup`` steps then ``schedule`` cosine | linear |
   constant decay to ``min_lr_ratio x lr``; gradient clipping at ``max_grad_norm``; bf16 autocast on GPUs and
   fp32 on CPUs (``mixed_precision="auto"``); optional gradient checkpointing.
@@ -51,11 +51,13 @@ Interface (stable; :mod:`babelscope.transfer.pretrain` and :mod:`babelscope.tran
   ``babelscope.models.load_model`` loads (``save_model=False``: kept in memory only); once it is written the
   checkpoints are removed (``save_model=False``: the caller removes them with :func:`remove_checkpoints` once
   it has written what it keeps, so a finished run never leaves them behind).
+
+Freezing lives in :mod:`babelscope.transfer.freezing` and checkpoints in :mod:`babelscope.transfer.checkpoints`;
+their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -69,7 +71,17 @@ import torch
 from torch import nn
 
 from babelscope.errors import BabelscopeError
-from babelscope.models.loss import IGNORE, fused_linear_cross_entropy, head_spec
+from babelscope.models.loss import IGNORE, head_nll
+from babelscope.transfer.checkpoints import (  # noqa: F401  (re-exported: the loop's interface)
+    _save_checkpoint,
+    _truncate_metrics,
+    check_resumable,
+    last_checkpoint,
+    read_metrics,
+    remove_checkpoints,
+    resume_key,
+)
+from babelscope.transfer.freezing import RegionFreeze, local_mask, param_groups, unsharded  # noqa: F401
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -189,18 +201,10 @@ class CausalLMLoss(nn.Module):
         self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP's default wrap classes
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        from babelscope.models.arch import base_model, logits_from_hidden
+        from babelscope.models.arch import base_model
 
         hidden = base_model(self.model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = hidden.last_hidden_state[:, :-1]
-        targets = labels[:, 1:]
-        head = head_spec(self.model)
-        if head is not None:
-            return fused_linear_cross_entropy(hidden, head, targets, self.logit_chunk)
-        keep = targets != IGNORE  # an unusual head: materialise its logits at the scored positions only
-        logits = logits_from_hidden(self.model, hidden[keep])
-        nll = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return nll, int(keep.sum())
+        return head_nll(self.model, hidden.last_hidden_state[:, :-1], labels[:, 1:], self.logit_chunk)
 
 
 def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -224,159 +228,6 @@ def target_count(batch: Mapping[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-# ----------------------------------------------------------------------------------------------- freezing
-class RegionFreeze:
-    """Keep masked entries of parameters fixed: zero their gradients, exclude them from weight decay, restore
-    them after the optimizer step (Zhang et al. 2024, §5, with the moments and decay masked as well).
-
-    Under FSDP 2 a parameter is a DTensor sharded on dim 0: each process applies the rows of the mask that its
-    shard holds (:func:`local_mask`) to its local tensors, so nothing is gathered."""
-
-    def __init__(self, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor], norms: set[str]):
-        self.items: list[tuple[nn.Parameter, torch.Tensor]] = []
-        for name, mask in masks.items():
-            if name in norms or name not in params:
-                continue
-            p = params[name]
-            idx = local_mask(p, mask, name).reshape(-1).nonzero()[:, 0].to(_local(p).device)
-            if idx.numel():
-                self.items.append((p, idx))
-        self.ids = {id(p) for p, _ in self.items}
-        self.saved: list[torch.Tensor] = []
-        self.count = sum(int(i.numel()) for _, i in self.items)
-
-    def snapshot(self) -> None:
-        self.saved = [_local(p).detach().reshape(-1).index_select(0, idx) for p, idx in self.items]
-
-    def zero_grads(self) -> None:
-        for p, idx in self.items:
-            if p.grad is not None:
-                _local(p.grad).view(-1).index_fill_(0, idx, 0.0)
-
-    @torch.no_grad()
-    def decay(self, lr: float, weight_decay: float) -> None:
-        """AdamW's decoupled decay ``θ -= lr λ θ`` on the entries that are not frozen (their param group has
-        ``weight_decay=0``)."""
-        if not weight_decay:
-            return
-        for (p, idx), saved in zip(self.items, self.saved, strict=True):
-            if p.ndim >= 2:
-                local = _local(p)
-                local.mul_(1 - lr * weight_decay)
-                local.view(-1).index_copy_(0, idx, saved)
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for (p, idx), saved in zip(self.items, self.saved, strict=True):
-            _local(p).view(-1).index_copy_(0, idx, saved)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard (a view of its storage); any other tensor itself."""
-    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
-
-
-def local_mask(p: torch.Tensor, mask: torch.Tensor, name: str = "") -> torch.Tensor:
-    """The rows of a full-shape ``mask`` that this process holds of ``p``: all of it for a plain or replicated
-    tensor; for FSDP 2's ``Shard(0)`` the ``torch.chunk`` piece of this rank (ceil(rows / world) rows each)."""
-    placements = getattr(p, "placements", None)
-    if placements is None or all(type(x).__name__ == "Replicate" for x in placements):
-        return mask
-    if len(placements) != 1 or type(placements[0]).__name__ != "Shard" or placements[0].dim != 0:
-        raise BabelscopeError(f"{name}: parameter sharded as {placements}; region freezing supports FSDP 2's "
-                              "dim-0 sharding only (launch with examples/accelerate/fsdp.yaml or ddp.yaml)")
-    mesh = p.device_mesh
-    rows, world, rank = mask.shape[0], mesh.size(), mesh.get_local_rank()
-    per = math.ceil(rows / world)
-    piece = mask[min(rank * per, rows) : min((rank + 1) * per, rows)]
-    if tuple(piece.shape) != tuple(_local(p).shape):
-        raise BabelscopeError(f"{name}: local shard {tuple(_local(p).shape)} does not match mask rows "
-                              f"{tuple(piece.shape)}; freezing needs even dim-0 sharding (FSDP 2)")
-    return piece
-
-
-@contextlib.contextmanager
-def unsharded(module: nn.Module):
-    """Under FSDP 2, the root's own parameters (embedding, final norm) gathered for the duration, so the
-    evaluation can call the decoder and the head outside the root's forward; the blocks gather themselves."""
-    if not hasattr(module, "unshard") or not hasattr(module, "reshard"):
-        yield
-        return
-    module.unshard()
-    try:
-        yield
-    finally:
-        module.reshard()
-
-
-def param_groups(model: nn.Module, cfg: LoopConfig, frozen_ids: set[int]) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on 1-D tensors (norms, biases) and on partly frozen tensors (whose
-    decay :class:`RegionFreeze` applies itself)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and id(p) not in frozen_ids else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-def resume_key(cfg: LoopConfig, n_examples: int, processes: int, parts: Mapping[str, Any] | None = None
-               ) -> dict[str, Any]:
-    """The fingerprint of a run (:func:`babelscope.caches.fingerprint`): the loop settings that change the weights,
-    the number of examples and of processes, and the caller's ``parts`` (model and tokenizer checksums, data,
-    adapter options, freezing mask: each by the name of its option). A checkpoint of another key is refused."""
-    from babelscope.caches import fingerprint
-
-    return fingerprint({**cfg.fingerprint(), "examples": n_examples, "processes": processes, **(parts or {})})
-
-
-def last_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest complete checkpoint (one whose ``position.json`` exists) and its position."""
-    best = None
-    for path in (out_dir / "checkpoints").glob("step-*"):
-        pos = path / "position.json"
-        if path.is_dir() and pos.exists():
-            state = json.loads(pos.read_text())
-            if best is None or state["step"] > best[1]["step"]:
-                best = (path, state)
-    return best
-
-
-def check_resumable(out_dir: Path, key: dict[str, Any], restart: bool = False) -> dict[str, Any] | None:
-    """The position to resume from, or ``None``. A checkpoint of another key (:func:`resume_key`) is refused with
-    one line naming the options that differ; ``restart`` removes the checkpoints instead (every process calls
-    this at the same point: they all read before the main process deletes)."""
-    from babelscope.caches import fingerprint_changes
-    from babelscope.processes import barrier, is_main
-
-    found = last_checkpoint(out_dir)
-    if restart:
-        barrier()
-        if found is not None and is_main():
-            remove_checkpoints(out_dir)
-        barrier()
-        return None
-    if found is None:
-        return None
-    path, state = found
-    changes = fingerprint_changes(state.get("fingerprint"), key)
-    if changes:
-        raise BabelscopeError(
-            f"{path}: a checkpoint of another training configuration ({'; '.join(changes)}); re-run with its "
-            "options to resume it, or add --restart to discard it and start over"
-        )
-    return state
-
-
-def remove_checkpoints(out_dir: Path) -> None:
-    """Delete the run's checkpoints (a finished run keeps none, whatever it saved)."""
-    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------------------------- train
 def train(
     model: nn.Module,
@@ -392,24 +243,12 @@ def train(
     tracker_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``examples`` (see the module docstring); returns a :class:`TrainResult`."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from babelscope.runs import write_json
-
     check_config(cfg)
     out_dir = Path(out_dir)
-    gpu = next(model.parameters()).device.type != "cpu" or torch.cuda.is_available()
-    precision = ("bf16" if gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    trackers = [t.strip() for t in cfg.trackers.split(",") if t.strip()]
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        cpu=not gpu,
-        gradient_accumulation_steps=cfg.grad_accum,
-        log_with=trackers or None,
-        project_dir=str(out_dir),
-    )
+    accelerator, trackers = _accelerator(model, cfg, out_dir)
     P, b = accelerator.num_processes, cfg.micro_batch_size
     G = b * cfg.grad_accum * P
     order = sample_order(len(examples), cfg)
@@ -418,32 +257,7 @@ def train(
     position = check_resumable(out_dir, fp, cfg.restart)
     set_seed(cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    # Model, masks, optimizer.
-    named = dict(model.named_parameters())
-    frozen = None
-    if freeze:
-        from babelscope.models.params import norm_modules
-
-        norms = set() if cfg.freeze_norms else set(norm_modules(model))
-        frozen = RegionFreeze(named, freeze, norms)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.train()
-    wrapped = CausalLMLoss(model, cfg.logit_chunk)
-    groups = param_groups(model, cfg, frozen.ids if frozen else set())
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    kind = accelerator.distributed_type.value
-    fsdp2 = kind == "FSDP" and getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1) == 2
-    if frozen is not None and (kind == "DEEPSPEED" or (kind == "FSDP" and not fsdp2)):
-        raise BabelscopeError(
-            f"region freezing under {kind}{' (FSDP 1)' if kind == 'FSDP' else ''} is not supported (flat or "
-            "partitioned parameters); launch with FSDP 2 (examples/accelerate/fsdp.yaml) or DDP (ddp.yaml)"
-        )
-    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
-    if frozen is not None and fsdp2:  # the parameters are now DTensors: rebind and take each shard's rows
-        frozen = RegionFreeze(dict(accelerator.unwrap_model(wrapped).model.named_parameters()), freeze, norms)
+    wrapped, optimizer, frozen = _prepare(model, cfg, accelerator, freeze)
     if trackers:
         accelerator.init_trackers("babelscope", config={**asdict(cfg), **(tracker_config or {})})
 
@@ -481,42 +295,13 @@ def train(
     start_time = time.perf_counter()
     window_tokens, window_time = 0, time.perf_counter()
     while step < total_steps:
-        base = step * G
-        micro = []
-        for m in range(cfg.grad_accum):
-            lo = base + (m * P + accelerator.process_index) * b
-            idx = order[lo : min(lo + b, len(order))].tolist()
-            micro.append(collate([examples[i] for i in idx], pad_id))
-        local = torch.tensor([sum(target_count(x) for x in micro)], device=accelerator.device)
-        global_tokens = int(accelerator.reduce(local, reduction="sum").item())
-        denom = max(global_tokens, 1)
-        nll_sum = torch.zeros((), device=accelerator.device)
-        for batch in micro:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(wrapped), accelerator.autocast():
-                nll, _ = wrapped(**batch)
-                # accelerator.backward divides by grad_accum and DDP averages over P: undo both, then
-                # divide by the step's global token count.
-                accelerator.backward(nll * (cfg.grad_accum * P / denom))
-            nll_sum += nll.detach().float()
+        micro = [collate([examples[i] for i in idx], pad_id)
+                 for idx in _micro_indices(order, step, cfg, P, accelerator.process_index)]
+        global_tokens, nll_sum = _backward(accelerator, wrapped, micro, cfg.grad_accum)
         lr = lr_at(step, total_steps, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if frozen is not None:
-            frozen.snapshot()
-            frozen.zero_grads()
-        grad_norm = None
-        if cfg.max_grad_norm:
-            norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-            grad_norm = float(norm) if norm is not None else None  # DeepSpeed clips inside its step
-        if frozen is not None:
-            frozen.decay(lr, cfg.weight_decay)
-        optimizer.step()
-        if frozen is not None:
-            frozen.restore()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = _optimizer_step(accelerator, wrapped, optimizer, frozen, lr, cfg)
 
-        step_loss = float(accelerator.reduce(nll_sum, reduction="sum").item()) / denom
+        step_loss = float(accelerator.reduce(nll_sum, reduction="sum").item()) / max(global_tokens, 1)
         last_loss = step_loss
         step += 1
         samples = min(step * G, len(order))
@@ -530,36 +315,14 @@ def train(
             row = {"step": step, "samples": samples, "tokens": tokens, "loss": step_loss, "lr": lr,
                    "grad_norm": grad_norm, "tokens_per_s": tps, "seconds": now - start_time}
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
-            if accelerator.is_main_process:
-                with open(metrics_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            if trackers:
-                accelerator.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=step)
+            _log(accelerator, metrics_path, row, trackers)
         run_evals()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
             _save_checkpoint(accelerator, out_dir, step, samples, tokens, fp, cfg.keep_checkpoints)
     bar.close()
     run_evals()
 
-    model_dir = None
-    if cfg.save_model:
-        model_dir = out_dir / "model"
-        inner = accelerator.unwrap_model(wrapped).model
-        state = None
-        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # gather the shards
-            full = accelerator.get_state_dict(wrapped)
-            state = {k.removeprefix("model."): v for k, v in full.items()} if full is not None else None
-        if accelerator.is_main_process:
-            tmp = out_dir / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            inner.config.use_cache = True
-            inner.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            shutil.rmtree(model_dir, ignore_errors=True)
-            tmp.rename(model_dir)
-            write_json(out_dir / "trained.json", {"steps": step, "samples": samples, "tokens": tokens})
-            remove_checkpoints(out_dir)  # the finished model supersedes them
-        accelerator.wait_for_everyone()
+    model_dir = _save_model(accelerator, wrapped, tokenizer, out_dir, step, samples, tokens) if cfg.save_model else None
     if trackers:
         accelerator.end_training()
     model.eval()
@@ -567,46 +330,137 @@ def train(
                        time.perf_counter() - start_time)
 
 
-def _save_checkpoint(accelerator, out_dir: Path, step: int, samples: int, tokens: int, fp: dict[str, Any],
-                     keep: int) -> None:
-    """``save_state`` into ``step-N``; ``position.json`` last marks it complete; older ones beyond ``keep`` go."""
+def _accelerator(model: nn.Module, cfg: LoopConfig, out_dir: Path):
+    """The Accelerator of a run (bf16 autocast on GPUs, fp32 on CPUs for ``mixed_precision="auto"``) and the
+    names of its trackers."""
+    from accelerate import Accelerator
+
+    gpu = next(model.parameters()).device.type != "cpu" or torch.cuda.is_available()
+    precision = ("bf16" if gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    trackers = [t.strip() for t in cfg.trackers.split(",") if t.strip()]
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        cpu=not gpu,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=trackers or None,
+        project_dir=str(out_dir),
+    )
+    return accelerator, trackers
+
+
+def _prepare(model: nn.Module, cfg: LoopConfig, accelerator, freeze: Mapping[str, torch.Tensor] | None):
+    """The model wrapped with its loss (:class:`CausalLMLoss`), the AdamW optimizer and the region freeze (or
+    ``None``), prepared by Accelerate; freezing is refused under FSDP 1 and DeepSpeed."""
+    named = dict(model.named_parameters())
+    frozen = None
+    if freeze:
+        from babelscope.models.params import norm_modules
+
+        norms = set() if cfg.freeze_norms else set(norm_modules(model))
+        frozen = RegionFreeze(named, freeze, norms)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    wrapped = CausalLMLoss(model, cfg.logit_chunk)
+    groups = param_groups(model, cfg, frozen.ids if frozen else set())
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    kind = accelerator.distributed_type.value
+    fsdp2 = kind == "FSDP" and getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1) == 2
+    if frozen is not None and (kind == "DEEPSPEED" or (kind == "FSDP" and not fsdp2)):
+        raise BabelscopeError(
+            f"region freezing under {kind}{' (FSDP 1)' if kind == 'FSDP' else ''} is not supported (flat or "
+            "partitioned parameters); launch with FSDP 2 (examples/accelerate/fsdp.yaml) or DDP (ddp.yaml)"
+        )
+    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
+    if frozen is not None and fsdp2:  # the parameters are now DTensors: rebind and take each shard's rows
+        frozen = RegionFreeze(dict(accelerator.unwrap_model(wrapped).model.named_parameters()), freeze, norms)
+    return wrapped, optimizer, frozen
+
+
+def _micro_indices(order: torch.Tensor, step: int, cfg: LoopConfig, processes: int, rank: int) -> list[list[int]]:
+    """The sample indices of this process's micro-batches of optimizer step ``step``: micro-batch ``m`` takes
+    samples ``step G + (m P + rank) b ...`` (``G = b x grad_accum x P``)."""
+    b = cfg.micro_batch_size
+    base = step * b * cfg.grad_accum * processes
+    out = []
+    for m in range(cfg.grad_accum):
+        lo = base + (m * processes + rank) * b
+        out.append(order[lo : min(lo + b, len(order))].tolist())
+    return out
+
+
+def _backward(accelerator, wrapped, micro: list[dict[str, torch.Tensor]], grad_accum: int
+              ) -> tuple[int, torch.Tensor]:
+    """Forward and backward of a step's micro-batches with the loss over the step's global target count ``T``
+    (all-reduced first); returns ``T`` and this process's summed NLL."""
+    P = accelerator.num_processes
+    local = torch.tensor([sum(target_count(x) for x in micro)], device=accelerator.device)
+    global_tokens = int(accelerator.reduce(local, reduction="sum").item())
+    denom = max(global_tokens, 1)
+    nll_sum = torch.zeros((), device=accelerator.device)
+    for batch in micro:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.accumulate(wrapped), accelerator.autocast():
+            nll, _ = wrapped(**batch)
+            # accelerator.backward divides by grad_accum and DDP averages over P: undo both, then
+            # divide by the step's global token count.
+            accelerator.backward(nll * (grad_accum * P / denom))
+        nll_sum += nll.detach().float()
+    return global_tokens, nll_sum
+
+
+def _optimizer_step(accelerator, wrapped, optimizer, frozen: RegionFreeze | None, lr: float, cfg: LoopConfig
+                    ) -> float | None:
+    """One AdamW step at ``lr``: frozen entries saved and their gradients zeroed, gradients clipped, the frozen
+    tensors' decay applied to their other entries, frozen entries restored. Returns the gradient norm."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if frozen is not None:
+        frozen.snapshot()
+        frozen.zero_grads()
+    grad_norm = None
+    if cfg.max_grad_norm:
+        norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+        grad_norm = float(norm) if norm is not None else None  # DeepSpeed clips inside its step
+    if frozen is not None:
+        frozen.decay(lr, cfg.weight_decay)
+    optimizer.step()
+    if frozen is not None:
+        frozen.restore()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _log(accelerator, metrics_path: Path, row: dict[str, Any], trackers: list[str]) -> None:
+    """A line of ``metrics.jsonl`` (main process) and the trackers' log."""
+    if accelerator.is_main_process:
+        with open(metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+    if trackers:
+        accelerator.log({k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"])
+
+
+def _save_model(accelerator, wrapped, tokenizer, out_dir: Path, step: int, samples: int, tokens: int) -> Path:
+    """The trained model as a Hugging Face directory ``out_dir/model`` (shards gathered under FSDP and
+    DeepSpeed, written to a temporary folder and renamed), ``trained.json``; the checkpoints are removed."""
     from babelscope.runs import write_json
 
-    path = out_dir / "checkpoints" / f"step-{step}"
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
+    model_dir = out_dir / "model"
+    inner = accelerator.unwrap_model(wrapped).model
+    state = None
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # gather the shards
+        full = accelerator.get_state_dict(wrapped)
+        state = {k.removeprefix("model."): v for k, v in full.items()} if full is not None else None
     if accelerator.is_main_process:
-        write_json(path / "position.json", {"step": step, "samples": samples, "tokens": tokens, "fingerprint": fp})
-        done = sorted(
-            (p for p in (out_dir / "checkpoints").glob("step-*") if (p / "position.json").exists()),
-            key=lambda p: int(p.name.split("-")[1]),
-        )
-        for old in done[: -max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+        tmp = out_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        inner.config.use_cache = True
+        inner.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp.rename(model_dir)
+        write_json(out_dir / "trained.json", {"steps": step, "samples": samples, "tokens": tokens})
+        remove_checkpoints(out_dir)  # the finished model supersedes them
     accelerator.wait_for_everyone()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (a resumed run rewrites them); a torn last line is dropped too."""
-    from babelscope.runs import write_text
-
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-    write_text(path, "".join(line + "\n" for line in keep))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (a torn last line is skipped)."""
-    rows = []
-    path = Path(path)
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                rows.append(json.loads(line))
-    return rows
+    return model_dir
