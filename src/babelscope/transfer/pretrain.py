@@ -32,6 +32,7 @@ import numpy as np
 from babelscope.caches import digest
 from babelscope.errors import BabelscopeError
 from babelscope.numeric import median
+from babelscope.transfer import configs
 from babelscope.transfer.configs import PretrainConfig
 
 KIND = "transfer-pretrain"
@@ -418,16 +419,12 @@ def baseline_for(cfg: PretrainConfig, model, tokenizer, ssu_texts: dict[str, lis
 
 # ----------------------------------------------------------------------------------------------- step
 def loop_config(cfg: PretrainConfig):
-    from babelscope.transfer.loop import LoopConfig
-
-    return LoopConfig(
-        lr=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.micro_batch_size,
-        grad_accum=cfg.grad_accum, epochs=1, shuffle=False, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-        gradient_checkpointing=cfg.gradient_checkpointing, log_every=cfg.log_every, logit_chunk=cfg.logit_chunk,
-        trackers=cfg.trackers, freeze_norms=cfg.freeze_norms, save_model=cfg.save_model,
-        mixed_precision=cfg.mixed_precision, restart=cfg.restart,
-    )
+    """The loop's settings: the training block (:func:`babelscope.transfer.configs.loop_config`), the blocks in
+    their packed order once (the budget is the samples), and pretraining's own schedule floor, logging, LM-head
+    chunks, norm freezing and saving."""
+    return configs.loop_config(cfg, min_lr_ratio=cfg.min_lr_ratio, log_every=cfg.log_every,
+                               logit_chunk=cfg.logit_chunk, freeze_norms=cfg.freeze_norms, save_model=cfg.save_model,
+                               epochs=1, shuffle=False)
 
 
 def plan_check(cfg: PretrainConfig, run_dir: Path, earlier: Sequence[str] = ()) -> None:
