@@ -214,7 +214,6 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
             raise BabelscopeError(f"--method {cfg.method} with --fsdp: per-step scores need each batch's own "
                                   "gradient, which FSDP 2 sums across processes; use --method taylor")
     sr = StepRun(cfg, run_dir, step, loaded)
-    st = sr.st
     plan_check(cfg)
     corpus = open_text_corpus(cfg.corpus)
     codes = language_codes(corpus, cfg.langs)
@@ -236,7 +235,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     else:
         aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
     writes = cfg.fsdp or engine.is_main  # under FSDP 2 every process writes its rows
-    for stale in (st.path / "scores").glob(".*.tmp"):  # left by an interrupted run
+    for stale in (sr.path / "scores").glob(".*.tmp"):  # left by an interrupted run
         stale.unlink()
     rows: list[dict[str, Any]] = []
     saves: list[Future] = []
@@ -262,7 +261,7 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
                     "shard": [shard["rank"], shard["world"]] if shard else None,
                 }
             )
-            path = st.path / "scores" / f"{code}.safetensors"
+            path = sr.path / "scores" / f"{code}.safetensors"
             if shard:
                 path = shard_path(path, rank, world)
             meta = read_metadata(path) if path.exists() else {}
@@ -321,14 +320,14 @@ def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded
     if cfg.fsdp:  # every process its rows; the table's sums and maxima over all of them
         from babelscope.processes import all_reduce
 
-        save_tensors(shard_path(st.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
+        save_tensors(shard_path(sr.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
                                                                                                "shard": shard})
         all_reduce(sums)
         all_reduce(peaks, op="max")
     if not engine.is_main:
         return sr.wait()
     if not cfg.fsdp:
-        save_tensors(st.path / "importance.safetensors", aggregate, imp_meta)
+        save_tensors(sr.path / "importance.safetensors", aggregate, imp_meta)
     by_matrix = []
     for i, name in enumerate(aggregate):
         layer, kind = layer_and_kind(name)

@@ -263,7 +263,6 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
     from babelscope.steps import StepRun, results_sha256
 
     sr = StepRun(cfg, run_dir, step, loaded)
-    st = sr.st
     ks = parse_fractions(cfg.k)
     table_ks = parse_fractions(cfg.table_k, "--table-k")
     scopes = parse_choice(cfg.scope, SCOPES, "--scope")
@@ -295,7 +294,7 @@ def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -
         if save:
             row["file"] = mask_file(region, k, scope)
             meta = {**base_meta, "region": region, "k": k, "scope": scope, "skip_zeros": cfg.skip_zeros}
-            save_mask(st.path / row["file"], mask, meta)
+            save_mask(sr.path / row["file"], mask, meta)
         regions.append(row)
 
     with tqdm(total=len(ks) * len(scopes), desc="regions", unit="set", leave=False) as bar:

@@ -499,14 +499,13 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
         provenance,
         text_sha256,
         to_jsonable,
-        write_yaml,
     )
     from babelscope.steps import StepRun
     from babelscope.transfer.baselines import masks_sha256
     from babelscope.transfer.loop import check_config, check_resumable, lr_at, remove_checkpoints, resume_key, train
 
     sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
-    run_dir, st, config = sr.run_dir, sr.st, sr.config
+    run_dir, config = sr.run_dir, sr.config
     lcfg = loop_config(cfg)
     check_config(lcfg)
     # Options and data first: nothing is loaded or written before they pass.
@@ -551,18 +550,18 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
     # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
     key_parts = resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
     key = resume_key(lcfg, len(data["order"]), launched_world(), key_parts)
-    check_resumable(st.path, key, cfg.restart)
+    check_resumable(sr.path, key, cfg.restart)
     fingerprint = key["sha256"]
     main = is_main_process()
+    sr.write_config()
     if main:
-        st.write_config(config)
-        np.save(st.path / ".order.npy.tmp.npy", data["order"])
-        (st.path / ".order.npy.tmp.npy").replace(st.path / "order.npy")
+        np.save(sr.path / ".order.npy.tmp.npy", data["order"])
+        (sr.path / ".order.npy.tmp.npy").replace(sr.path / "order.npy")
 
     # The forgetting curve: measured points so far (a resumed run keeps them).
     curve: list[dict[str, Any]] = []
-    if st.results_path.exists() and (st.path / "checkpoints").exists():
-        old = load_results(st.results_path)
+    if sr.results_path.exists() and (sr.path / "checkpoints").exists():
+        old = load_results(sr.results_path)
         same = {k: v for k, v in to_jsonable(config).items() if k not in _NOT_CURVE}
         if ((old.get("provenance") or {}).get("data") or {}).get("fingerprint") == fingerprint and {
                 k: v for k, v in (old.get("config") or {}).items() if k not in _NOT_CURVE} == same \
@@ -626,13 +625,13 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
 
         tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"], r.get("text") or "")),
                   "data": data["data_rows"],
-                  "metrics": read_metrics(st.path / "metrics.jsonl")}
+                  "metrics": read_metrics(sr.path / "metrics.jsonl")}
         compare = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen) if complete else []
         if compare:
             tables["compare"] = compare
         prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
                           freeze=frozen)
-        st.write_results(KIND, config, results(complete, trained), tables, sr.timed(prov), inputs=sr.inputs)
+        sr.save(KIND, results(complete, trained), tables, prov)
 
     def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
         engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
@@ -657,11 +656,11 @@ def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=No
             write(False)
         return {"samples": samples, "rows": point}
 
-    trained = train(model, tokenizer, PackedBlocks(data["blocks"], data["order"]), lcfg, st.path,
+    trained = train(model, tokenizer, PackedBlocks(data["blocks"], data["order"]), lcfg, sr.path,
                     evaluate=evaluate, eval_at=data["eval_at"], freeze=masks, fingerprint=key_parts,
                     tracker_config={"model": cfg.model, "langs": cfg.langs})
     if main:
-        write_yaml(st.path / "config.yaml", config)
+        sr.write_config()
         write(True, trained)
-        remove_checkpoints(st.path)  # finished: the results (and the model, when saved) supersede them
+        remove_checkpoints(sr.path)  # finished: the results (and the model, when saved) supersede them
     return sr.wait()  # every rank: the next step reads what rank 0 wrote

@@ -158,11 +158,10 @@ def run_sft(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str
     # weights in place, so the step loads its own copy of the model (never the instance `loaded` shares).
     prepared = sft.prepare(cfg, _tokenizer(cfg.model))
     sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "trackers", "restart"))  # makes the run dir
-    st = sr.st
     heldout = text_sha256(f"{c.id}\t{c.lang}\t{c.instruction}\t{c.reference}" for c in prepared.heldout)
     inputs = {"data": sft.data_fingerprint(prepared), "heldout": heldout,
               "train_tokens": None if cfg.train_tokens in ("auto", "none") else model_files_stamp(cfg.train_tokens)}
-    if (doc := sr.done(inputs=inputs, when=lambda _: (st.path / "model").is_dir(), write_config=False)) is not None:
+    if (doc := sr.done(inputs=inputs, when=lambda _: (sr.path / "model").is_dir(), write_config=False)) is not None:
         return doc
     model, tokenizer, info = _load(cfg)
     if info.kind != "causal":
@@ -176,11 +175,11 @@ def run_sft(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str
     lcfg = sft.loop_config(cfg, n_train)
     # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
     key_parts = resume_parts(cfg, info, tokenizer, prepared, targets, token_ids)
-    check_resumable(st.path, resume_key(lcfg, n_train, int(os.environ.get("WORLD_SIZE", "1")), key_parts),
+    check_resumable(sr.path, resume_key(lcfg, n_train, int(os.environ.get("WORLD_SIZE", "1")), key_parts),
                     cfg.restart)
+    sr.write_config()
     if is_main_process():
-        st.write_config(sr.config)
-        _write_heldout(st.path / "heldout.jsonl", prepared)
+        _write_heldout(sr.path / "heldout.jsonl", prepared)
     if cfg.lora_r:
         import torch
 
@@ -191,23 +190,23 @@ def run_sft(cfg: SftConfig, run_dir, step: str = "sft", loaded=None) -> dict[str
     total = n_train * cfg.epochs
     every = cfg.eval_every or max(1, math.ceil(n_train / 4))
     eval_at = sorted({0, *range(every, total, every), total})
-    val_path = st.path / "validation.jsonl"
+    val_path = sr.path / "validation.jsonl"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if is_main_process() and not (st.path / "checkpoints").exists():
+    if is_main_process() and not (sr.path / "checkpoints").exists():
         val_path.unlink(missing_ok=True)  # a fresh run (no checkpoint to resume): a fresh curve
     examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.train]
-    result = train(trained, tokenizer, examples, lcfg, st.path, evaluate=_validation(prepared, cfg, pad_id, val_path),
+    result = train(trained, tokenizer, examples, lcfg, sr.path, evaluate=_validation(prepared, cfg, pad_id, val_path),
                    eval_at=eval_at, fingerprint=key_parts, tracker_config={"step": step, "data": cfg.data})
     trained.config.use_cache = True
     if not is_main_process():
         return sr.wait()
-    saved = sft.save_tuned(model, peft_model, tokenizer, cfg, prepared, info, st.path / "model")
-    remove_checkpoints(st.path)  # the saved model supersedes them
+    saved = sft.save_tuned(model, peft_model, tokenizer, cfg, prepared, info, sr.path / "model")
+    remove_checkpoints(sr.path)  # the saved model supersedes them
     curve = [{k: r.get(k) for k in ("step", "samples", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")}
              for r in read_metrics(result.metrics_path)]
     evals = sorted({r["step"]: r for r in read_metrics(val_path)}.values(), key=lambda r: r["step"])
     results = _sft_results(cfg, info, prepared, result, evals, lcfg, saved, trainable, targets, token_ids,
-                           st.path / "model", inputs["data"])
+                           sr.path / "model", inputs["data"])
     return sr.write(sft.KIND, results, {"train_curve": curve, "validation": evals},
                     provenance(model=info.to_dict(), loop=vars(lcfg)))
 

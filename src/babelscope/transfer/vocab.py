@@ -219,8 +219,7 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
         raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
                               "accelerate launch / torchrun")  # fmt: skip
     lang = resolve_language(cfg.lang).code
-    st = sr.st
-    out = Path(cfg.out) if cfg.out else st.path / "model"
+    out = Path(cfg.out) if cfg.out else sr.path / "model"
     # ---- inputs, all read before anything loads
     train_corpus, train = target_units(cfg.train, lang, "train")
     if cfg.held_out:
@@ -273,8 +272,8 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
     if not pieces:
         raise BabelscopeError(f"every piece of the {cfg.vocab_size}-piece {lang} model is already in the base "
                               "vocabulary; raise --vocab-size to add pieces")  # fmt: skip
-    st.write_config(sr.config)
-    work = tk.temporary_dir(st.path, ".tokenizer.")
+    sr.write_config()
+    work = tk.temporary_dir(sr.path, ".tokenizer.")
     # the text of every other language of the parallel corpus: its tokenization must not change (--keep-old)
     old_texts = [u.text for c in par.languages() if c != lang for u in par.units(c)] if cfg.keep_old else []
     try:
