@@ -23,7 +23,7 @@ EXPERIMENT_COMMANDS: dict[str, Command] = {}
 
 # ------------------------------------------------------------------------------------------- vocabulary (vocab)
 
-TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.vocab"))
+TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.steps", "run_vocab"))
 EXPERIMENT_COMMANDS[TRANSFER_VOCAB.name] = TRANSFER_VOCAB
 
 

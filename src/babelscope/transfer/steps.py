@@ -1,5 +1,5 @@
-"""The transfer steps apart from their methods: ``sft`` (instruction tuning, the method in :mod:`.sft`, the
-training loop in :mod:`.loop`).
+"""The transfer steps apart from their methods: ``vocab`` (vocabulary extension, the method in :mod:`.vocab`)
+and ``sft`` (instruction tuning, the method in :mod:`.sft`, the training loop in :mod:`.loop`).
 
 A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
 planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.transfer import sft
-from babelscope.transfer.configs import SftConfig
+from babelscope.transfer import sft, vocab
+from babelscope.transfer.configs import SftConfig, VocabConfig
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -56,7 +58,15 @@ def check_length(cfg: SftConfig, config) -> None:
         raise BabelscopeError(f"--max-length {cfg.max_length}: over the model's maximum {limit}")
 
 
-def plan_check(cfg: SftConfig, run_dir: Path, earlier=()) -> None:
+def plan_check(cfg: Any, run_dir: Path, earlier=()) -> None:
+    """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
+    if isinstance(cfg, VocabConfig):
+        vocab.plan_check(cfg, run_dir, earlier)
+    elif isinstance(cfg, SftConfig):
+        plan_check_sft(cfg, run_dir, earlier)
+
+
+def plan_check_sft(cfg: SftConfig, run_dir: Path, earlier=()) -> None:
     """The checks that need no model, run when an experiment is planned: the options, --max-length against the
     model's config.json and, when the model's tokenizer is there (not a model an earlier step writes), the data
     and the template."""
@@ -226,6 +236,165 @@ def _tokenizer(spec: str):
 
 
 def _load(cfg: SftConfig):
+    from babelscope.models import load_model
+
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+
+# ------------------------------------------------------------------------------------------------ vocab
+@dataclass
+class VocabInputs:
+    """The texts of a vocabulary step, all read before anything loads: the target's training and held-out units
+    (and their corpora), the parallel corpus, its units per checked language, and the init-quality languages."""
+
+    lang: str
+    train_corpus: Any
+    train: list
+    held_corpus: Any
+    held: list
+    par: Any
+    par_units: dict[str, list]
+    quality: list[str]
+
+
+def vocab_inputs(cfg: VocabConfig) -> VocabInputs:
+    """Read and check the texts of ``cfg`` (one-line errors: no target text, too few units to hold out)."""
+    from babelscope.data import open_corpus, parse_languages, resolve_language, split_units
+    from babelscope.evaluate.tokens import parallel_units
+
+    lang = resolve_language(cfg.lang).code
+    train_corpus, train = vocab.target_units(cfg.train, lang, "train")
+    if cfg.held_out:
+        held_corpus, held = vocab.target_units(cfg.held_out, lang, "held-out")
+    else:
+        train, held = split_units(train, test_fraction=0.1, seed=cfg.seed)
+        held_corpus = train_corpus
+        if not held or not train:
+            raise BabelscopeError(f"--train {cfg.train!r}: too few units to hold 10% out; give --held-out")
+    par = open_corpus(cfg.parallel)
+    others = "all" if cfg.check_langs == "all" else ",".join(
+        lang_.code for lang_ in parse_languages(cfg.check_langs) if lang_.code != lang)  # fmt: skip
+    par_units = parallel_units(par, others, "eng", None) if others else {}
+    if lang in par.languages() and lang not in par_units:
+        par_units = parallel_units(par, ",".join([lang, *par_units]), "eng", None)
+    quality = [lang] + [q.code for q in parse_languages(cfg.quality_langs)] if cfg.quality_langs else [lang]
+    quality = [q for q in dict.fromkeys(quality) if q in par_units]
+    return VocabInputs(lang, train_corpus, train, held_corpus, held, par, par_units, quality)
+
+
+def base_tokenizer(cfg: VocabConfig, texts: list[str], lang: str):
+    """``(base, base_sha256, model_type)``: the base tokenizer's kind (:func:`.tokenizers.detect`), its checksum
+    and the SentencePiece model type to train; refused when its normaliser would rewrite the target text."""
+    from babelscope.evaluate.tokens import load_backend
+    from babelscope.models.loader import resolve_spec
+    from babelscope.transfer import tokenizers as tk
+
+    source, _ = resolve_spec(cfg.model)
+    # the checks before the step runs read tokenizer.json with the tokenizers library (a second for a 262k
+    # vocabulary); the transformers tokenizer comes with the model, once the step runs
+    check_tok, base_sha = load_backend(cfg.model)
+    base = tk.detect(Path(source), check_tok)
+    model_type = base.model_type if cfg.model_type == "auto" else cfg.model_type
+    if base.model_type == "unigram" and model_type != "unigram":
+        raise BabelscopeError(f"{cfg.model}: a Unigram tokenizer scores pieces by log-probability; train unigram "
+                              "pieces (--model-type unigram or auto)")  # fmt: skip
+    rewritten, example = tk.normaliser_rewrites(base, texts)
+    if rewritten > 0.01 * len(texts):
+        raise BabelscopeError(
+            f"--train {cfg.train!r}: the base tokenizer's normaliser rewrites {rewritten} of {len(texts)} {lang} "
+            f"texts ({example}), so pieces learnt from them could not be reached; normalise the text the same way "
+            "first (e.g. NFKC) or extend a tokenizer whose normaliser keeps this script"
+        )
+    return base, base_sha, model_type
+
+
+def run_vocab(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str, Any]:
+    """The ``babelscope transfer vocab`` step; returns the results doc. The step resizes the model in place, so it
+    works on a copy of the model other steps share (``loaded``; a deep copy in memory, no reloading), or on one it
+    loads itself."""
+    from babelscope.processes import launched
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
+    from babelscope.transfer import tokenizers as tk
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    vocab.check(cfg)
+    if launched():
+        raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
+                              "accelerate launch / torchrun")  # fmt: skip
+    data = vocab_inputs(cfg)
+    lang, par, texts, held_texts = data.lang, data.par, [u.text for u in data.train], [u.text for u in data.held]
+    out = Path(cfg.out) if cfg.out else sr.path / "model"
+    base, base_sha, model_type = base_tokenizer(cfg, texts, lang)
+    inputs = {"train": text_sha256(texts), "held_out": text_sha256(held_texts),
+              "parallel": {c: text_sha256(u.text for u in us) for c, us in data.par_units.items()},
+              "tokenizer": base_sha}
+    # the config is written once SentencePiece trained and added pieces: a refused run leaves nothing
+    if (doc := sr.done(inputs=inputs, when=lambda _: (out / vocab.RECORD).is_file(), write_config=False)) is not None:
+        return doc
+    settings = tk.spm_settings(base)
+    trained = tk.train_sentencepiece(texts, cfg.vocab_size, model_type, cfg.character_coverage, settings,
+                                     cfg.split_by_whitespace, what=f"the {lang} training text")  # fmt: skip
+    pieces = tk.new_pieces(base, trained)
+    if not pieces:
+        raise BabelscopeError(f"every piece of the {cfg.vocab_size}-piece {lang} model is already in the base "
+                              "vocabulary; raise --vocab-size to add pieces")  # fmt: skip
+    sr.write_config()
+    new_tok, ids, extra, dropped = _extend_tokenizer(cfg, base, pieces, par, lang, sr.path)
+    model, base_tok, info = _own_copy(cfg, loaded)  # never the shared model itself: the step resizes it in place
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: vocabulary extension scores and saves a causal LM; this is an {info.kind}")
+    base = replace(base, tokenizer=base_tok)
+    sets = {f"{lang} held-out": held_texts, **{f"{c} {par.name}": [u.text for u in us]
+                                               for c, us in data.par_units.items()}}
+    trips = vocab.tokenization_checks(base_tok, new_tok, sets)
+    added = vocab.reachability(base, new_tok, ids, texts + held_texts)
+    eff, fert = vocab.efficiency_tables(base_tok, new_tok, lang, data.held, data.held_corpus, par, data.par_units)
+    score_sets = {f"{lang} held-out": held_texts[: cfg.max_units]}
+    score_sets.update({f"{q} {par.name}": [u.text for u in data.par_units[q]][: cfg.max_units] for q in data.quality})
+    quality, old_rows, rows = vocab.extend_and_score(model, base_tok, new_tok, ids, score_sets, cfg)
+    record = {
+        "base_model": info.to_dict(), "base_tokenizer_sha256": base_sha, "kind": base.kind, "lang": lang,
+        "train": cfg.train, "train_sha256": text_sha256(texts), "train_units": len(texts), "vocab_size": cfg.vocab_size,
+        "model_type": model_type, "character_coverage": cfg.character_coverage, "spm_settings": settings,
+        "split_by_whitespace": cfg.split_by_whitespace, "init": cfg.init, "seed": cfg.seed,
+        "added": len(ids), "first_new_id": min(ids.values()), "embedding_rows": [old_rows, rows],
+    }  # fmt: skip
+    vocab.save_extended(model, new_tok, extra, record, out)
+    unreachable = [r["piece"] for r in added if not r["reachable"]]
+    results = {"model": info.name, "lang": lang, "kind": base.kind, "out": str(out), "model_type": model_type,
+               "vocab_size": cfg.vocab_size, "init": cfg.init, "parallel": par.name,
+               "summary": vocab.summarize(ids, dropped, added, trips, eff, lang),
+               "unreachable_pieces": unreachable[:200], "record": record}  # fmt: skip
+    tables = {"efficiency": eff, "round_trip": trips, "init_quality": quality, "added_tokens": added}
+    if fert:
+        tables["fertility"] = fert
+    prov_data = {"train": cfg.train, "held_out": cfg.held_out or "10% of --train", "parallel": par.name}
+    return sr.write(vocab.KIND, results, tables, provenance(model=info.to_dict(), data=prov_data))
+
+
+def _extend_tokenizer(cfg: VocabConfig, base, pieces, par, lang: str, folder: Path):
+    """The extended tokenizer (:func:`.tokenizers.extend_keeping`, built in a temporary folder of the step):
+    ``(tokenizer, new ids, extra files, pieces dropped)``; with ``--keep-old`` the text of every other language
+    of the parallel corpus keeps its tokenization."""
+    from babelscope.transfer import tokenizers as tk
+
+    work = tk.temporary_dir(folder, ".tokenizer.")
+    old_texts = [u.text for c in par.languages() if c != lang for u in par.units(c)] if cfg.keep_old else []
+    try:
+        return tk.extend_keeping(base, pieces, work, old_texts)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _own_copy(cfg: VocabConfig, loaded=None):
+    """``(model, tokenizer, info)``: a deep copy of the experiment's shared model (its tokenizer is only read),
+    else the model loaded here."""
+    if loaded is not None:
+        import copy
+
+        shared, tokenizer, info = loaded()
+        return copy.deepcopy(shared), tokenizer, info
     from babelscope.models import load_model
 
     return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
