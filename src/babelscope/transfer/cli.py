@@ -41,7 +41,8 @@ step_command(app, "vocab", TRANSFER_VOCAB, step="vocab", required=("lang", "trai
              "directory.")
 
 # ------------------------------------------------------------------------------------- further pretraining (pretrain)
-TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig, StepFunction("babelscope.transfer.pretrain"))
+TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig,
+                            StepFunction("babelscope.transfer.steps", "run_pretrain"))
 EXPERIMENT_COMMANDS[TRANSFER_PRETRAIN.name] = TRANSFER_PRETRAIN
 
 

@@ -1,5 +1,6 @@
-"""The transfer steps apart from their methods: ``vocab`` (vocabulary extension, the method in :mod:`.vocab`)
-and ``sft`` (instruction tuning, the method in :mod:`.sft`, the training loop in :mod:`.loop`).
+"""The transfer steps apart from their methods: ``vocab`` (vocabulary extension, the method in :mod:`.vocab`),
+``pretrain`` (further pretraining, :mod:`.pretrain`) and ``sft`` (instruction tuning, :mod:`.sft`); the training
+loop of both is :mod:`.loop`.
 
 A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
 planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.transfer import sft, vocab
-from babelscope.transfer.configs import SftConfig, VocabConfig
+from babelscope.transfer import pretrain, sft, vocab
+from babelscope.transfer.configs import PretrainConfig, SftConfig, VocabConfig
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -62,6 +63,8 @@ def plan_check(cfg: Any, run_dir: Path, earlier=()) -> None:
     """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
     if isinstance(cfg, VocabConfig):
         vocab.plan_check(cfg, run_dir, earlier)
+    elif isinstance(cfg, PretrainConfig):
+        pretrain.plan_check(cfg, run_dir, earlier)
     elif isinstance(cfg, SftConfig):
         plan_check_sft(cfg, run_dir, earlier)
 
@@ -398,3 +401,184 @@ def _own_copy(cfg: VocabConfig, loaded=None):
     from babelscope.models import load_model
 
     return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+
+# --------------------------------------------------------------------------------------------- pretrain
+def run_pretrain(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=None) -> dict[str, Any]:
+    """The ``babelscope transfer pretrain`` step (resumable). The model is always loaded afresh from
+    ``cfg.model`` (training changes it; a shared ``loaded`` model is not used)."""
+    import numpy as np
+
+    from babelscope.models import load_model
+    from babelscope.models.engine import tokenizer_sha256
+    from babelscope.processes import launched_world
+    from babelscope.runs import is_main_process
+    from babelscope.steps import StepRun
+    from babelscope.transfer.loop import check_config, check_resumable, remove_checkpoints, resume_key, train
+
+    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
+    lcfg = pretrain.loop_config(cfg)
+    check_config(lcfg)
+    # Options and data first: nothing is loaded or written before they pass.
+    pretrain.check_options(cfg)
+    pretrain.check_seq_len(cfg)
+    ssu_texts = pretrain.check_baseline(cfg)
+    mask_file = pretrain.mask_path(cfg.freeze_region, sr.run_dir) if cfg.freeze_region else None
+    if mask_file is not None:
+        pretrain.check_mask_model(mask_file, cfg.model)
+    data = pretrain.prepare_data(cfg, _pretrain_tokenizer(cfg.model))
+    inputs = _pretrain_inputs(data, mask_file, ssu_texts)
+    # finished = complete (a killed run left partial results); the config is written once the model passed
+    if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
+        return doc
+    model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    if info.kind != "causal":
+        raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
+    masks, mask_meta, mask_sum = _freeze_masks(cfg, model, tokenizer, info, mask_file, ssu_texts, inputs["mask"])
+    # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
+    key_parts = pretrain.resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
+    key = resume_key(lcfg, len(data.order), launched_world(), key_parts)
+    check_resumable(sr.path, key, cfg.restart)
+    sr.write_config()
+    if is_main_process():
+        np.save(sr.path / ".order.npy.tmp.npy", data.order)
+        (sr.path / ".order.npy.tmp.npy").replace(sr.path / "order.npy")
+    curve = _resumed_curve(sr, key["sha256"])  # the forgetting curve's points so far (a resumed run keeps them)
+    frozen = pretrain.freeze_summary(model, masks, mask_file, mask_meta, cfg.freeze_norms)
+    per_step = cfg.micro_batch_size * cfg.grad_accum * launched_world()
+    steps = (math.ceil(data.samples / per_step), per_step)
+    write = _pretrain_writer(sr, cfg, info, data, curve, frozen, key["sha256"], steps)
+    trained = train(model, tokenizer, pretrain.PackedBlocks(data.blocks, data.order), lcfg, sr.path,
+                    evaluate=_curve_evaluator(cfg, tokenizer, info, data, curve, lcfg, steps[0], write),
+                    eval_at=data.eval_at, freeze=masks, fingerprint=key_parts,
+                    tracker_config={"model": cfg.model, "langs": cfg.langs})
+    if is_main_process():
+        sr.write_config()
+        write(True, trained)
+        remove_checkpoints(sr.path)  # finished: the results (and the model, when saved) supersede them
+    return sr.wait()  # every rank: the next step reads what rank 0 wrote
+
+
+def _pretrain_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    from babelscope.models.loader import resolve_spec
+
+    source, _ = resolve_spec(spec)
+    return AutoTokenizer.from_pretrained(str(source))
+
+
+def _pretrain_inputs(data: pretrain.PretrainData, mask_file: Path | None, ssu_texts: dict) -> dict[str, Any]:
+    """The checksums of what the step reads: the training text, the evaluation text, the mask file, the SSU
+    source text and the training languages' own held-out text."""
+    from babelscope.runs import file_sha256, text_sha256
+
+    evals = {code: text_sha256(u.text for u in data.eval_view.units(code)) for code in data.eval_codes}
+    inputs = {"train": data.checksums, "eval": evals, "mask": file_sha256(mask_file) if mask_file is not None else ""}
+    if ssu_texts:
+        inputs["ssu"] = {code: text_sha256(texts) for code, texts in ssu_texts.items()}
+    if data.target_view is not None:
+        tv = data.target_view
+        inputs["target_eval"] = {c: text_sha256(u.text for u in tv.units(tv.match_language(c)))
+                                 for c in data.train_codes}
+    return inputs
+
+
+def _freeze_masks(cfg: PretrainConfig, model, tokenizer, info, mask_file: Path | None, ssu_texts: dict,
+                  mask_sum: str) -> tuple[dict | None, dict[str, Any], str]:
+    """``(masks, their metadata, their checksum)``: the region mask of ``--freeze-region`` (refused when made from
+    another model's weights), or the baseline rule's masks computed on this model; ``None`` without either."""
+    masks, mask_meta = None, {}
+    if mask_file is not None:
+        from babelscope.models.params import scored_parameters
+        from babelscope.regions.select import load_mask
+
+        masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
+        if mask_meta.get("other_model"):
+            raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
+                                  "the region from this model's importance scores")
+    if cfg.freeze_baseline:
+        from babelscope.transfer.baselines import masks_sha256
+
+        masks = pretrain.baseline_for(cfg, model, tokenizer, ssu_texts)
+        mask_sum = masks_sha256(masks)
+        mask_meta = {"baseline": cfg.freeze_baseline, "k": cfg.freeze_fraction}
+    return masks, mask_meta, mask_sum
+
+
+def _resumed_curve(sr, fingerprint: str) -> list[dict[str, Any]]:
+    """The curve points of an interrupted run of this step (its checkpoints still there) on the same data, with
+    the same config (but for the options that do not change the curve) and inputs; else none."""
+    from babelscope.runs import inputs_sha256, load_results, to_jsonable
+
+    if not (sr.results_path.exists() and (sr.path / "checkpoints").exists()):
+        return []
+    old = load_results(sr.results_path)
+    same = {k: v for k, v in to_jsonable(sr.config).items() if k not in pretrain._NOT_CURVE}
+    if ((old.get("provenance") or {}).get("data") or {}).get("fingerprint") == fingerprint and {
+            k: v for k, v in (old.get("config") or {}).items() if k not in pretrain._NOT_CURVE} == same \
+            and old.get("inputs") == inputs_sha256(sr.inputs):
+        return list(old["tables"].get("curve", {}).get("rows", []))
+    return []
+
+
+def _pretrain_writer(sr, cfg: PretrainConfig, info, data: pretrain.PretrainData, curve: list[dict],
+                     frozen: dict, fingerprint: str, steps: tuple[int, int]):
+    """``write(complete, trained=None)``: the results so far (rank 0; partial at each curve point, complete with
+    the comparison to the run's other pretraining steps at the end). ``steps``: the optimizer steps and the
+    samples per step."""
+    from babelscope.runs import provenance
+
+    def write(complete: bool, trained=None) -> None:
+        from babelscope.transfer.loop import read_metrics
+
+        tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"], r.get("text") or "")),
+                  "data": data.data_rows, "metrics": read_metrics(sr.path / "metrics.jsonl")}
+        compare = pretrain.compare_rows(sr.run_dir, sr.step, info.checksum, tables["curve"], frozen) if complete \
+            else []
+        if compare:
+            tables["compare"] = compare
+        prov = provenance(model=info.to_dict(), data={"sha256": data.checksums, "fingerprint": fingerprint},
+                          freeze=frozen)
+        sr.save(pretrain.KIND, _pretrain_results(cfg, info, data, curve, frozen, complete, trained, steps),
+                tables, prov)
+
+    return write
+
+
+def _curve_evaluator(cfg: PretrainConfig, tokenizer, info, data: pretrain.PretrainData, curve: list[dict], lcfg,
+                     total_steps: int, write):
+    """The loop's ``evaluate(model, samples, at_step)``: a curve point (:func:`.pretrain.curve_point`) put in
+    ``curve`` (replacing a resumed run's point at the same samples) and written as partial results."""
+    from babelscope.runs import is_main_process
+    from babelscope.transfer.loop import lr_at
+
+    def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
+        lr = lr_at(at_step - 1, total_steps, lcfg) if at_step else 0.0
+        point = pretrain.curve_point(m, tokenizer, data, cfg, info.checksum, samples, at_step, lr)
+        curve[:] = [r for r in curve if r["samples"] != samples] + point
+        if is_main_process():
+            write(False)
+        return {"samples": samples, "rows": point}
+
+    return evaluate
+
+
+def _pretrain_results(cfg: PretrainConfig, info, data: pretrain.PretrainData, curve: list[dict], frozen: dict,
+                      complete: bool, trained, steps: tuple[int, int]) -> dict[str, Any]:
+    """The results document of a pretraining step (partial, or ``complete`` with the ``trained`` loop's result)."""
+    total_steps, per_step = steps
+    return {
+        "model": info.name, "model_checksum": info.checksum, "corpus": data.eval_corpus.name
+        if data.held_out_split else cfg.corpus, "train_corpus": cfg.corpus,
+        "eval_corpus": data.eval_corpus.name, "held_out_split": data.held_out_split,
+        "target_eval": data.target_name,
+        "targets": data.train_codes, "eval_langs": data.eval_codes, "seq_len": cfg.seq_len,
+        "samples": data.samples, "tokens": data.samples * cfg.seq_len, "steps": total_steps,
+        "samples_per_step": per_step, "lr": cfg.lr,
+        "schedule": cfg.schedule, "eval_at": data.eval_at,
+        "freeze": frozen, "complete": complete, "summary": pretrain.curve_summary(curve, set(data.train_codes)),
+        "model_dir": str(trained.model_dir) if trained is not None and trained.model_dir else None,
+        "train_seconds": trained.seconds if trained is not None else None,
+        "final_loss": trained.loss if trained is not None else None,
+    }
