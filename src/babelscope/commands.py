@@ -4,7 +4,8 @@ line (:func:`babelscope.options.step_command`), experiment files (:mod:`babelsco
 
 A run function is named by its module and imported when first called, so reading the table loads no torch::
 
-    IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.importance"))
+    IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.steps",
+                                                                              "run_importance"))
 """
 
 from __future__ import annotations
