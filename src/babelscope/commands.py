@@ -24,7 +24,10 @@ class StepFunction:
     name: str = "run"
 
     def load(self) -> Callable[..., Any]:
-        return getattr(importlib.import_module(self.module), self.name)
+        """The function; an older name that is itself a ``StepFunction`` (``importance.run``) is followed to the
+        step it names, so the planner finds the ``plan_check`` beside it."""
+        fn = getattr(importlib.import_module(self.module), self.name)
+        return fn.load() if isinstance(fn, StepFunction) else fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.load()(*args, **kwargs)
