@@ -26,7 +26,9 @@ that of the language with the largest padded batches.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from babelscope.caches import json_sha256
 from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import ImportanceConfig
+from babelscope.tensorfiles import commit_file, write_temporary
 
 KIND = "regions-importance"
 METHODS = ("taylor", "per-step")
@@ -200,6 +203,24 @@ def fold_scores(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tens
         aggregate[name].add_(magnitude)
         abs_sum += float(magnitude.sum(dtype=torch.float64))
     return abs_sum
+
+
+def save_scores(scores: dict[str, torch.Tensor], path: Path, meta: dict,
+                dropped: threading.Event | None = None) -> None:
+    """Save one language's signed scores (a writer thread's work: file I/O only, no tensor arithmetic to compete
+    with the scoring). Stream them into a temporary file, drop them (``dropped`` is set then, also on an error),
+    then make the file durable and give it its name."""
+    from babelscope.memory import release_freed_memory
+
+    try:
+        tmp = write_temporary(path, scores, meta)
+        scores.clear()
+        release_freed_memory()
+    finally:
+        scores.clear()
+        if dropped is not None:
+            dropped.set()
+    commit_file(tmp, path)
 
 
 #: the step (:func:`babelscope.regions.steps.run_importance`), under its older name

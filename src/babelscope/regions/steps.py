@@ -171,7 +171,7 @@ def _language_scores(sr, cfg: ImportanceConfig, engine, model, params: dict, tex
                     rows.append(_language_row(code, meta, abs_sum))
                 if save is not None:
                     dropped.append(threading.Event())
-                    saves.append(writer.submit(_save, scores, save, meta, dropped[-1]))
+                    saves.append(writer.submit(importance.save_scores, scores, save, meta, dropped[-1]))
                 _raise_failed(saves)
             del scores
             release_freed_memory()  # flat in the number of languages (see babelscope.memory)
@@ -220,24 +220,6 @@ def _on_every_rank(flag: bool, collective: bool) -> bool:
     t = torch.tensor([int(flag)])
     all_reduce(t, op="min")
     return bool(t[0])
-
-
-def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict, dropped: threading.Event | None = None) -> None:
-    """(Writer thread: file I/O only, no tensor arithmetic to compete with the scoring.) Stream the signed scores
-    into a temporary file, drop them (``dropped`` is set then, also on an error), then make the file durable and
-    give it its name."""
-    from babelscope.memory import release_freed_memory
-    from babelscope.tensorfiles import commit_file, write_temporary
-
-    try:
-        tmp = write_temporary(path, scores, meta)
-        scores.clear()
-        release_freed_memory()
-    finally:
-        scores.clear()
-        if dropped is not None:
-            dropped.set()
-    commit_file(tmp, path)
 
 
 def _wait_dropped(dropped: list[threading.Event]) -> None:
