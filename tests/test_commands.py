@@ -24,7 +24,7 @@ def test_every_command_is_an_object_whose_step_loads():
 
 
 def test_the_older_string_form_reads_as_the_same_command():
-    old = Command.parse("regions-importance", "babelscope.regions.importance:ImportanceConfig:run")
+    old = Command.parse("regions-importance", "babelscope.regions.steps:ImportanceConfig:run_importance")
     assert old == registry.all_commands()["regions-importance"]
     assert StepFunction.parse("babelscope.syntax.steps:run_otdd") == StepFunction("babelscope.syntax.steps",
                                                                                    "run_otdd")

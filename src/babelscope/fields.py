@@ -51,6 +51,16 @@ def opt(default: Any, help: str, *flags: str, cli: bool = True, minimum: float |
                                                         "choices": choices})
 
 
+def variant(owner: type, name: str, help: str | None = None, default: Any = dataclasses.MISSING) -> Any:
+    """The field ``name`` of the dataclass ``owner`` (a block of options that several configs include), with
+    its flags and constraints, and this config's own ``help`` text or ``default``."""
+    f = owner.__dataclass_fields__[name]
+    meta = f.metadata
+    return opt(f.default if default is dataclasses.MISSING else default, meta["help"] if help is None else help,
+               *meta["flags"], cli=meta["cli"], minimum=meta["minimum"], may_be_empty=meta["may_be_empty"],
+               choices=meta["choices"])
+
+
 @dataclass(frozen=True)
 class Limits:
     """What :func:`babelscope.steps.check_config` allows in one field."""

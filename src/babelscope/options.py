@@ -11,7 +11,8 @@ experiment file's ``command: regions-importance`` accept the same options with t
         model: str = "gemma-3-270m"                  # model, dtype and device take the shared help below
         max_tokens: int = opt(2048, "Token budget per language (importance text).")
 
-    REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.importance"))
+    REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
+                                 StepFunction("babelscope.regions.steps", "run_importance"))
     step_command(app, "importance", REGIONS_IMPORTANCE, help="...", show=results_table("per_language", [...], "..."))
 """
 

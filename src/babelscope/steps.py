@@ -190,6 +190,16 @@ class StepRun:
     def cache_dir(self) -> Path:
         return self.st.cache_dir
 
+    @property
+    def results_path(self) -> Path:
+        return self.st.results_path
+
+    def write_config(self) -> None:
+        """Rank 0 writes the step's ``config.yaml`` (for a step whose :meth:`done` said ``write_config=False``:
+        once the checks that need the model passed, so that a refused run leaves nothing behind)."""
+        if is_main_process():
+            self.st.write_config(self.config)
+
     def done(self, inputs: Any = None, when: Callable[[dict], bool] | None = None,
              write_config: bool = True) -> dict[str, Any] | None:
         """The finished results when this step already ran with the same config and ``inputs`` (texts'
@@ -208,8 +218,8 @@ class StepRun:
         if doc is not None and when is not None and not when(doc):
             doc = None
         barrier()
-        if doc is None and write_config and is_main_process():
-            self.st.write_config(self.config)
+        if doc is None and write_config:
+            self.write_config()
         return doc
 
     def model(self, kind: str | None = None, what: str | None = None) -> tuple[Any, Any, Any]:
@@ -248,9 +258,15 @@ class StepRun:
               prov: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rank 0 writes the results (tables as CSV, then ``results.json``, each atomically) with the inputs'
         checksum; every rank waits for it. Returns the results document (``{}`` on the other ranks)."""
+        self.save(kind, results, tables, prov)
+        return self.wait()
+
+    def save(self, kind: str, results: dict[str, Any], tables: dict[str, list[dict]] | None = None,
+             prov: dict[str, Any] | None = None) -> None:
+        """Rank 0 writes the results as :meth:`write` does, without waiting for it: partial results that a long
+        step rewrites as it goes (the last write of the step is :meth:`write`, or this and then :meth:`wait`)."""
         if is_main_process():
             self.st.write_results(kind, self.config, results, tables, self.timed(prov), inputs=self.inputs)
-        return self.wait()
 
     def timed(self, prov: dict[str, Any] | None) -> dict[str, Any]:
         """``prov`` (default :func:`~babelscope.runs.provenance`) with ``seconds``: the wall time of this run of

@@ -96,7 +96,7 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
 
     from babelscope.evaluate.judge import CRITERIA, JudgeError, average, judge_all, judgment_key, make_judge
     from babelscope.models.engine import Engine
-    from babelscope.runs import RequestCache, is_main_process, provenance, text_sha256
+    from babelscope.runs import RequestCache, provenance, text_sha256
     from babelscope.steps import StepRun
 
     sr = StepRun(cfg, run_dir, step, loaded)
@@ -130,8 +130,7 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
     if (doc := sr.done(inputs=inputs, when=judged_all, write_config=False)) is not None:
         return doc
     model, tokenizer, info = sr.model()  # a model refused here (an adapter for another base) leaves no step folder
-    if is_main_process():
-        sr.st.write_config(sr.config)
+    sr.write_config()
     engine = sr.engine(batch_size=cfg.batch_size)
     prompts = [response_prompt(tokenizer, it["instruction"], it["lang"]) for it in items]
     stop = ["\n"] if not getattr(tokenizer, "chat_template", None) else []  # a base model goes on with Q/A

@@ -50,7 +50,7 @@ def run_translate(cfg: LensTranslateConfig, run_dir, step: str = "lens-translate
     layers = parse_layers(cfg.layers, len(block_list(model)[1]))
     if not is_main_process():
         return sr.wait()
-    sr.st.write_config(sr.config)
+    sr.write_config()
     per_layer, per_item, summary = [], [], []
     for target in targets:
         items, dropped = translate.make_items(wl, tokenizer, source, target, cfg.shots, cfg.seed, cfg.max_items)
@@ -93,7 +93,7 @@ def run_script(cfg: LensScriptConfig, run_dir, step: str = "lens-script", loaded
     layers = parse_layers(cfg.layers, len(block_list(model)[1]))
     if not is_main_process():
         return sr.wait()
-    sr.st.write_config(sr.config)
+    sr.write_config()
     engine = sr.engine(cache=False, progress=False)
     scripts = script.vocab_scripts(tokenizer, lm_head(model).weight.shape[0])
     per_layer, summary, shas = [], [], {}

@@ -45,11 +45,10 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
     from babelscope.models.engine import Engine
     from babelscope.neurons.ffn import deactivated, ffn_modules
     from babelscope.neurons.lape import load_neurons, neuron_indices
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import Step, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256
 
     sr = StepRun(cfg, run_dir, step, loaded)
-    st, config = sr.st, sr.config
     src = Step(sr.run_dir, cfg.neurons_step)
     if not src.results_path.exists():
         named = "" if cfg.neurons_step == "neurons" else f" --step {cfg.neurons_step}"
@@ -86,8 +85,7 @@ def run(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded
             f"`babelscope neurons find` with --model {cfg.model} first"
         )
     ffns = ffn_modules(model)
-    if is_main_process():
-        st.write_config(config)
+    sr.write_config()
     mask_sha = {c: digest([m.numpy().tobytes()], 16) for c, m in masks.items()}
 
     def engine_for(*change: Any) -> Engine:

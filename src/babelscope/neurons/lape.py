@@ -160,13 +160,13 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     from babelscope.data.views import open_text_corpus, split_side
     from babelscope.neurons.ffn import check_site, ffn_modules
     from babelscope.processes import barrier
-    from babelscope.runs import is_main_process, provenance, text_sha256
+    from babelscope.runs import provenance, text_sha256
     from babelscope.steps import StepRun
     from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
 
     sr = StepRun(cfg, run_dir, step, loaded)
     codes = plan_check(cfg)
-    st, config = sr.st, sr.config
+    config = sr.config
     corpus = open_text_corpus(cfg.corpus)
     texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
     inputs = {code: text_sha256(u.text for u in texts[code]) for code in codes}
@@ -175,8 +175,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
     model, tokenizer, info = sr.model("causal", "neurons")
     ffns = ffn_modules(model)
     check_site(ffns, cfg.site, model)
-    if is_main_process():
-        st.write_config(config)
+    sr.write_config()
     engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
     counts, tokens, rows = [], [], []
     bar = tqdm(total=len(codes), desc="activations", unit="lang", disable=not engine.is_main, leave=False)
@@ -186,7 +185,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
             key = _key({"model": info.checksum, "lang": code, "text": sha, "window": cfg.window,
                         "max_tokens": cfg.max_tokens, "site": cfg.site, "batch_size": cfg.batch_size,
                         "dtype": cfg.dtype, "device": engine.device.type, "width": ffns[0].width})
-            path = st.path / "counts" / f"{code}.safetensors"
+            path = sr.path / "counts" / f"{code}.safetensors"
             meta = read_metadata(path) if path.exists() else {}
             if meta.get("key") == key:  # finished in an earlier run
                 over_zero, n = load_tensors(path)["over_zero"], int(meta["tokens"])
@@ -227,7 +226,7 @@ def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict
                         **{f"p_{c}": float(probs[layer, j, li]) for li, c in enumerate(codes)}})
     tensors = {"probs": probs.float(), "entropy": entropy.float(),
                **{f"mask/{c}": masks[li] for li, c in enumerate(codes)}}
-    save_tensors(st.path / "neurons.safetensors", tensors,
+    save_tensors(sr.path / "neurons.safetensors", tensors,
                  {"format": "babelscope.neurons/1", "model": info.checksum, "model_name": info.name,
                   "languages": codes, "tokens": {c: int(n) for c, n in zip(codes, tokens, strict=True)},
                   "dtype": cfg.dtype,

@@ -151,7 +151,7 @@ def run(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) -> di
     from babelscope.neurons.ffn import ffn_modules
     from babelscope.neurons.lape import load_neurons
     from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
+    from babelscope.runs import Step, load_results, provenance, text_sha256
     from babelscope.steps import StepRun, results_sha256
     from babelscope.tensorfiles import load_tensors, save_tensors
 
@@ -173,8 +173,7 @@ def run(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) -> di
         return doc
     model, tokenizer, info = sr.model("causal", "PLND")
     ffns = ffn_modules(model)
-    if is_main_process():
-        sr.st.write_config(sr.config)
+    sr.write_config()
     engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
     important, documents, mean_imp, rows = [], [], [], []
     for code in tqdm(codes, desc="PLND", unit="lang", leave=False, disable=not engine.is_main):

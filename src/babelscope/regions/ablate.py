@@ -79,7 +79,6 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
     from babelscope.steps import StepRun, results_sha256
 
     sr = StepRun(cfg, run_dir, step, loaded)
-    st = sr.st
     ks = parse_fractions(cfg.k)
     scopes = parse_choice(cfg.scope, SCOPES, "--scope")
     which = parse_choice(cfg.regions, WHICH, "--regions")
@@ -130,7 +129,7 @@ def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -
         for scope in scopes:
             for k in ks:
                 for region in which:
-                    path = st.run_dir / cfg.select_step / mask_file(region, k, scope)
+                    path = sr.run_dir / cfg.select_step / mask_file(region, k, scope)
                     if not path.exists():
                         raise BabelscopeError(
                             f"{path}: no such region; run `babelscope regions select` with "

@@ -18,8 +18,9 @@ app = typer.Typer(
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
 REGIONS = Command("regions", RegionsConfig, StepFunction("babelscope.regions.pipeline"))
-REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig, StepFunction("babelscope.regions.importance"))
-REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.select"))
+REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
+                             StepFunction("babelscope.regions.steps", "run_importance"))
+REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"))
 REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.ablate"))
 REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"))
 EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)

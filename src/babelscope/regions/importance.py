@@ -26,10 +26,8 @@ that of the language with the largest padded batches.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +35,10 @@ import torch
 from torch import nn
 
 from babelscope.caches import json_sha256
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import ImportanceConfig
-from babelscope.tensorfiles import commit_file, load_tensors, read_metadata, save_tensors, write_temporary
+from babelscope.tensorfiles import commit_file, write_temporary
 
 KIND = "regions-importance"
 METHODS = ("taylor", "per-step")
@@ -180,201 +179,22 @@ def aggregate_importance(per_language: list[dict[str, torch.Tensor]]) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _key(obj: Any) -> str:
+def score_key(obj: Any) -> str:
+    """The key of a score file (16 hex digits of the JSON sha256 of what changes the scores)."""
     return json_sha256(obj, 16)
 
 
 # ------------------------------------------------------------------------------------------------ step
 def plan_check(cfg: ImportanceConfig, run_dir=None, earlier=()) -> None:
-    """The option checks (method, window, token budget), run when an experiment is planned and again by
-    :func:`run`."""
+    """The option checks (method, window, token budget), run when an experiment is planned and again by the
+    step."""
     if cfg.method not in METHODS:
         raise BabelscopeError(f"--method {cfg.method!r}: use one of {', '.join(METHODS)}")
     if cfg.window < 2 or cfg.max_tokens < 1:
         raise BabelscopeError(f"--window {cfg.window} / --max-tokens {cfg.max_tokens}: both must be positive")
 
 
-def run(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded=None) -> dict[str, Any]:
-    """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
-    from tqdm.auto import tqdm
-
-    from babelscope.data.views import language_codes, open_text_corpus, split_side, token_windows
-    from babelscope.memory import release_freed_memory
-    from babelscope.models.families import describe_architecture, qkv_bias_names
-    from babelscope.models.params import layer_and_kind, scored_parameters
-    from babelscope.processes import sum_across
-    from babelscope.runs import provenance, text_sha256
-    from babelscope.steps import StepRun
-
-    if cfg.fsdp:  # before anything is written
-        from babelscope.regions.shards import check_fsdp
-
-        rank, world = check_fsdp()
-        if cfg.method != "taylor":
-            raise BabelscopeError(f"--method {cfg.method} with --fsdp: per-step scores need each batch's own "
-                                  "gradient, which FSDP 2 sums across processes; use --method taylor")
-    sr = StepRun(cfg, run_dir, step, loaded)
-    st = sr.st
-    plan_check(cfg)
-    corpus = open_text_corpus(cfg.corpus)
-    codes = language_codes(corpus, cfg.langs)
-    texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
-    if (doc := sr.done(inputs={c: text_sha256(u.text for u in us) for c, us in texts.items()})) is not None:
-        return doc
-    model, tokenizer, info = sr.model("causal", "importance")
-    shard: dict[str, Any] = {}
-    if cfg.fsdp:
-        from babelscope.regions.shards import local, shard_blocks, shard_path, shard_rows
-
-        shard_blocks(model)  # in place: the model of an experiment stays sharded for its later steps
-    params = scored_parameters(model, cfg.include, cfg.exclude)
-    engine = sr.engine(batch_size=cfg.batch_size, cache=False, progress=False)
-    shapes = {name: list(p.shape) for name, p in params.items()}
-    if cfg.fsdp:
-        shard = {"rank": rank, "world": world, "rows": {name: shard_rows(p) for name, p in params.items()}}
-        aggregate = {name: torch.zeros(local(p).shape, dtype=torch.float32) for name, p in params.items()}
-    else:
-        aggregate = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in params.items()}
-    writes = cfg.fsdp or engine.is_main  # under FSDP 2 every process writes its rows
-    for stale in (st.path / "scores").glob(".*.tmp"):  # left by an interrupted run
-        stale.unlink()
-    rows: list[dict[str, Any]] = []
-    saves: list[Future] = []
-    dropped: list[threading.Event] = []  # set when the writer has dropped a language's scores
-    bar = tqdm(total=len(codes), desc="importance", unit="lang", disable=not engine.is_main, leave=False)
-    # One writer thread saves each language's scores while the next language runs (past the page cache, see
-    # babelscope.tensorfiles); it drops them as soon as they are written, before the fsync.
-    with bar, grads_only_for(model, params), checkpointed(model, cfg.gradient_checkpointing), \
-            ThreadPoolExecutor(1, thread_name_prefix="scores") as writer:
-        for code in codes:
-            units = texts[code]
-            sha = text_sha256(u.text for u in units)
-            key = _key(
-                {
-                    "model": info.checksum,
-                    "lang": code,
-                    "text": sha,
-                    "window": cfg.window,
-                    "max_tokens": cfg.max_tokens,
-                    "method": cfg.method,
-                    "shapes": shapes,
-                    "batch_size": cfg.batch_size if cfg.method == "per-step" else None,
-                    "shard": [shard["rank"], shard["world"]] if shard else None,
-                }
-            )
-            path = st.path / "scores" / f"{code}.safetensors"
-            if shard:
-                path = shard_path(path, rank, world)
-            meta = read_metadata(path) if path.exists() else {}
-            if _on_every_rank(meta.get("key") == key, cfg.fsdp):  # finished in an earlier run
-                scores, save = load_tensors(path), None
-            else:
-                seqs = token_windows(engine, [u.text for u in units], cfg.window, cfg.max_tokens)
-                # unsharded: the next language's gradients wait until the writer dropped the previous scores
-                gate = None if cfg.fsdp else (lambda: _wait_dropped(dropped))
-                scores, nll, tokens = language_scores(engine, params, seqs, cfg.method, fsdp=cfg.fsdp,
-                                                      before_grads=gate)
-                if not math.isfinite(nll):  # never saved: a re-run at another dtype starts clean
-                    raise BabelscopeError(f"{code}: the loss came out {nll} (the model overflows in --dtype "
-                                          f"{cfg.dtype}); nothing was saved: re-run with --dtype float32")
-                meta = {
-                    "format": "babelscope.importance-language/1",
-                    "key": key,
-                    "lang": code,
-                    "model": info.checksum,
-                    "dtype": cfg.dtype,
-                    "method": cfg.method,
-                    "tokens": tokens,
-                    "nll": nll,
-                    "units": [u.id for u in units],
-                    "text_sha256": sha,
-                    **({"shard": shard, "shapes": shapes} if shard else {}),
-                }
-                save = path
-            if writes:
-                abs_sum = _fold(scores, aggregate)
-                if cfg.fsdp:
-                    abs_sum = sum_across(abs_sum)
-                if engine.is_main:
-                    rows.append(_language_row(code, meta, abs_sum))
-                if save is not None:
-                    dropped.append(threading.Event())
-                    saves.append(writer.submit(_save, scores, save, meta, dropped[-1]))
-                _raise_failed(saves)
-            del scores
-            release_freed_memory()  # flat in the number of languages (see babelscope.memory)
-            bar.update(1)
-        for f in saves:
-            f.result()
-    imp_meta = {
-        "format": "babelscope.importance/1",
-        "model": info.checksum,
-        "model_name": info.name,
-        "languages": codes,
-        "tokens": {r["lang"]: r["tokens"] for r in rows},
-        "dtype": cfg.dtype,
-        "method": cfg.method,
-        "shapes": shapes,
-    }
-    sums = torch.tensor([float(t.sum(dtype=torch.float64)) for t in aggregate.values()], dtype=torch.float64)
-    peaks = torch.tensor([float(t.max()) if t.numel() else 0.0 for t in aggregate.values()], dtype=torch.float64)
-    if cfg.fsdp:  # every process its rows; the table's sums and maxima over all of them
-        from babelscope.processes import all_reduce
-
-        save_tensors(shard_path(st.path / "importance.safetensors", rank, world), aggregate, {**imp_meta,
-                                                                                               "shard": shard})
-        all_reduce(sums)
-        all_reduce(peaks, op="max")
-    if not engine.is_main:
-        return sr.wait()
-    if not cfg.fsdp:
-        save_tensors(st.path / "importance.safetensors", aggregate, imp_meta)
-    by_matrix = []
-    for i, name in enumerate(aggregate):
-        layer, kind = layer_and_kind(name)
-        size = math.prod(shapes[name])
-        by_matrix.append(
-            {
-                "layer": layer,
-                "kind": kind,
-                "parameters": size,
-                "mean_importance": float(sums[i]) / size,
-                "max_importance": float(peaks[i]),
-            }
-        )
-    results = {
-        "model": info.name,
-        "corpus": corpus.name,
-        "languages": codes,
-        "method": cfg.method,
-        "scored_parameters": sum(p.numel() for p in params.values()),
-        # the blocks' QKV biases (Qwen2, GPT-2, BERT) are scored with the matrices; the LM head, tied or untied,
-        # is outside the blocks and never scored (Zhang et al. 2024, §2)
-        "scored_qkv_bias_parameters": sum(params[n].numel() for n in qkv_bias_names(model) if n in params),
-        "architecture": describe_architecture(model),
-        "scored_tensors": len(params),
-        "importance_file": "importance.safetensors",
-        "score_files": {code: f"scores/{code}.safetensors" for code in codes},
-    }
-    prov = provenance(
-        model=info.to_dict(), data={"corpus": corpus.name, "units": {r["lang"]: r["units"] for r in rows}}
-    )
-    return sr.write(KIND, results, {"per_language": rows, "by_matrix": by_matrix}, prov)
-
-
-def _on_every_rank(flag: bool, collective: bool) -> bool:
-    """``flag`` held on every process (under FSDP 2 all of them must take the same branch: each forward is a
-    collective); ``flag`` itself otherwise."""
-    if not collective:
-        return flag
-    from babelscope.processes import all_reduce
-
-    t = torch.tensor([int(flag)])
-    all_reduce(t, op="min")
-    return bool(t[0])
-
-
-def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -> float:
+def fold_scores(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -> float:
     """Add |S_l| into ``aggregate`` (Eq. 3), one tensor at a time (the signed scores stay intact for the file);
     returns Σ|S_l|."""
     abs_sum = 0.0
@@ -385,10 +205,11 @@ def _fold(scores: dict[str, torch.Tensor], aggregate: dict[str, torch.Tensor]) -
     return abs_sum
 
 
-def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict, dropped: threading.Event | None = None) -> None:
-    """(Writer thread: file I/O only, no tensor arithmetic to compete with the scoring.) Stream the signed scores
-    into a temporary file, drop them (``dropped`` is set then, also on an error), then make the file durable and
-    give it its name."""
+def save_scores(scores: dict[str, torch.Tensor], path: Path, meta: dict,
+                dropped: threading.Event | None = None) -> None:
+    """Save one language's signed scores (a writer thread's work: file I/O only, no tensor arithmetic to compete
+    with the scoring). Stream them into a temporary file, drop them (``dropped`` is set then, also on an error),
+    then make the file durable and give it its name."""
     from babelscope.memory import release_freed_memory
 
     try:
@@ -402,31 +223,5 @@ def _save(scores: dict[str, torch.Tensor], path: Path, meta: dict, dropped: thre
     commit_file(tmp, path)
 
 
-def _wait_dropped(dropped: list[threading.Event]) -> None:
-    """Wait until the writer has dropped the previous language's scores (its file is written; fsync and rename
-    may still run): the next language's gradients then take their place instead of coming on top."""
-    if dropped:
-        dropped[-1].wait()
-
-
-def _raise_failed(futures: list) -> None:
-    """Surface a writer-thread error (disk full, permissions) at once rather than after every language."""
-    for f in futures:
-        if f.done() and f.exception() is not None:
-            raise f.exception()
-
-
-def _language_row(code: str, meta: dict[str, Any], abs_sum: float) -> dict[str, Any]:
-    from babelscope.data.languages import resolve_language
-
-    tokens, nll = meta["tokens"], meta["nll"]
-    return {
-        "lang": code,
-        "name": resolve_language(code).name,
-        "units": ",".join(meta["units"]),
-        "tokens": tokens,
-        "loss": nll / tokens,
-        "ppl": math.exp(nll / tokens),
-        "sum_abs_score": abs_sum,
-    }
-
+#: the step (:func:`babelscope.regions.steps.run_importance`), under its older name
+run = StepFunction("babelscope.regions.steps", "run_importance")

@@ -12,7 +12,7 @@ from babelscope.regions.configs import RegionsConfig
 
 
 def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict[str, Any]:
-    from babelscope.regions import ablate, importance, scan, select
+    from babelscope.regions import ablate, importance, scan, select, steps
     from babelscope.runs import check_step_name
     from babelscope.steps import check_config
 
@@ -26,13 +26,13 @@ def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict
         "batch_size": cfg.batch_size,
         "corpus": cfg.corpus,
     }
-    importance.run(
+    steps.run_importance(
         importance.ImportanceConfig(langs=cfg.langs, max_tokens=cfg.max_tokens, **shared),
         run_dir,
         f"{step}-importance",
         loaded,
     )
-    select.run(
+    steps.run_select(
         select.SelectConfig(
             importance_step=f"{step}-importance",
             k=cfg.k,

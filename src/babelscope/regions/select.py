@@ -20,14 +20,15 @@ Masks are ``{parameter name: bool tensor}`` (True = in the region) saved as safe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.regions.configs import SelectConfig
+from babelscope.regions.configs import SelectConfig  # noqa: F401  (re-exported: the older import path)
 
 KIND = "regions-select"
 WHICH = ("top", "bottom", "random")
@@ -252,140 +253,48 @@ def mask_file(region: str, k: float, scope: str) -> str:
     return f"masks/{region}-k{k:g}-{scope}.safetensors"
 
 
-# ------------------------------------------------------------------------------------------------ step
-def run(cfg: SelectConfig, run_dir, step: str = "regions-select", loaded=None) -> dict[str, Any]:
-    """The ``babelscope regions select`` step: masks and tables from an importance step (no model needed)."""
-    from tqdm.auto import tqdm
-
+# ------------------------------------------------------------------------------------------------ tables
+def kept_rows(region: str, k: float, scope: str, mask: Masks) -> list[dict[str, Any]]:
+    """The per-matrix table's rows of one region: the share of each matrix it keeps."""
     from babelscope.models.params import layer_and_kind
-    from babelscope.regions.shards import open_scores, scores_metadata
-    from babelscope.runs import Step, is_main_process, load_results, provenance
-    from babelscope.steps import StepRun, results_sha256
 
-    sr = StepRun(cfg, run_dir, step, loaded)
-    st = sr.st
-    ks = parse_fractions(cfg.k)
-    table_ks = parse_fractions(cfg.table_k, "--table-k")
-    scopes = parse_choice(cfg.scope, SCOPES, "--scope")
-    if (doc := sr.done(inputs={"importance": results_sha256(run_dir, cfg.importance_step)})) is not None:
-        return doc
-    if not is_main_process():
-        return sr.wait()
-    src = Step(sr.run_dir, cfg.importance_step)
-    imp_doc = load_results(src.results_path)
-    imp_path = src.path / imp_doc["results"]["importance_file"]
-    imp_meta = scores_metadata(imp_path)
-    imp = open_scores(imp_path)  # written by several processes (FSDP 2): assembled one matrix at a time
-    langs = imp_doc["results"]["languages"]
-    base_meta = {
-        "format": "babelscope.region-mask/1",
-        "model": imp_meta["model"],
-        "model_name": imp_meta.get("model_name"),
-        "importance": str(imp_path),
-        "method": imp_meta["method"],
-        "languages": langs,
-        "tokens": imp_meta.get("tokens"),  # per language, behind the importance (files before it: None)
-        "dtype": imp_meta.get("dtype"),  # of the model the importance was computed in
-    }
-    regions, per_matrix = [], []
-    norms = norm_names(imp, {n: t.shape for n, t in imp.items()})
+    rows = []
+    for name, kept in kept_fraction(mask).items():
+        layer, kind = layer_and_kind(name)
+        rows.append({"region": region, "k": k, "layer": layer, "kind": kind, "kept": kept, "scope": scope})
+    return rows
 
-    def record(region: str, k: float, scope: str, mask: Masks, save: bool) -> None:
-        row = {"region": region, "k": k, "scope": scope, **region_counts(mask, imp, norms), "file": None}
-        if save:
-            row["file"] = mask_file(region, k, scope)
-            meta = {**base_meta, "region": region, "k": k, "scope": scope, "skip_zeros": cfg.skip_zeros}
-            save_mask(st.path / row["file"], mask, meta)
-        regions.append(row)
 
-    with tqdm(total=len(ks) * len(scopes), desc="regions", unit="set", leave=False) as bar:
-        for scope in scopes:
-            for k in ks:
-                for which in WHICH:
-                    mask = region_mask(imp, k, which, scope, cfg.seed, cfg.skip_zeros)
-                    record(which, k, scope, mask, save=True)
-                    del mask
-                bar.update(1)
-    # Per-matrix table (global selection, core region and monolingual regions) for table_k.
-    for k in table_ks:
-        core = region_mask(imp, k, "top", "global")
-        for name, kept in kept_fraction(core).items():
-            layer, kind = layer_and_kind(name)
-            per_matrix.append(
-                {"region": "core", "k": k, "layer": layer, "kind": kind, "kept": kept, "scope": "global"}
-            )
-        if k not in ks or "global" not in scopes:
-            record("top", k, "global", core, save=False)
-        del core
-    # Monolingual regions and overlaps: each language's Top-k of |S_l| (loaded one language at a time).
-    overlap, overlap_matrix = [], []
-    if cfg.monolingual and len(langs) > 1:
-        k_mono = ks[0]
-        for scope in scopes:
-            tops = {}
-            for lang in langs:
-                scores = open_scores(src.path / imp_doc["results"]["score_files"][lang])
-                tops[lang] = region_mask({n: s.abs() for n, s in scores.items()}, k_mono, "top", scope)
-                del scores
-            mono = monolingual_masks(tops)
-            for lang, mask in mono.items():
-                record(f"mono-{lang}", k_mono, scope, mask, save=True)
-                if scope == "global" or len(scopes) == 1:
-                    for name, kept in kept_fraction(mask).items():
-                        layer, kind = layer_and_kind(name)
-                        per_matrix.append(
-                            {
-                                "region": f"mono-{lang}",
-                                "k": k_mono,
-                                "layer": layer,
-                                "kind": kind,
-                                "kept": kept,
-                                "scope": scope,
-                            }
-                        )
-            if scope == scopes[0]:
-                pairs = [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
-                sums: dict[str, list[float]] = {}
-                for a, b in pairs:
-                    overlap.append(
-                        {"a": a, "b": b, "k": k_mono, "scope": scope, "jaccard": jaccard(tops[a], tops[b])}
-                    )
-                    for name, j in jaccard_by_matrix(tops[a], tops[b]).items():
-                        sums.setdefault(name, []).append(j)
-                for name, js in sums.items():
-                    layer, kind = layer_and_kind(name)
-                    overlap_matrix.append(
-                        {
-                            "layer": layer,
-                            "kind": kind,
-                            "k": k_mono,
-                            "scope": scope,
-                            "mean_jaccard": sum(js) / len(js),
-                            "min_jaccard": min(js),
-                            "max_jaccard": max(js),
-                        }
-                    )
-            del tops, mono
-    results = {
-        "importance_step": cfg.importance_step,
-        "model": imp_meta["model"],
-        "languages": langs,
-        "k": ks,
-        "scope": scopes,
-        "table_k": table_ks,
-        "masks": {f"{r['region']}@{r['k']:g}/{r['scope']}": r["file"] for r in regions if r["file"]},
-    }
-    prov = provenance(
-        model={"checksum": imp_meta["model"], "name": imp_meta.get("model_name")}, importance=str(imp_path)
-    )
-    return sr.write(
-        KIND,
-        results,
-        {
-            "regions": regions,
-            "per_matrix": per_matrix,
-            "overlap": overlap,
-            "overlap_by_matrix": overlap_matrix,
-        },
-        prov,
-    )
+def language_tops(scores_of: Callable[[str], Mapping[str, torch.Tensor]], langs: Iterable[str], k: float,
+                  scope: str) -> dict[str, Masks]:
+    """Each language's Top-k of ``|S_l|`` (``scores_of(lang)``: its signed scores, read one language at a time)."""
+    tops = {}
+    for lang in langs:
+        scores = scores_of(lang)
+        tops[lang] = region_mask({n: s.abs() for n, s in scores.items()}, k, "top", scope)
+        del scores
+    return tops
+
+
+def overlap_rows(tops: Mapping[str, Masks], k: float, scope: str) -> tuple[list[dict], list[dict]]:
+    """Jaccard overlaps of every pair of languages' regions ``tops``: overall, and per matrix (mean, min, max over
+    the pairs)."""
+    from babelscope.models.params import layer_and_kind
+
+    langs = list(tops)
+    overlap, by_matrix = [], []
+    sums: dict[str, list[float]] = {}
+    for i, a in enumerate(langs):
+        for b in langs[i + 1:]:
+            overlap.append({"a": a, "b": b, "k": k, "scope": scope, "jaccard": jaccard(tops[a], tops[b])})
+            for name, j in jaccard_by_matrix(tops[a], tops[b]).items():
+                sums.setdefault(name, []).append(j)
+    for name, js in sums.items():
+        layer, kind = layer_and_kind(name)
+        by_matrix.append({"layer": layer, "kind": kind, "k": k, "scope": scope, "mean_jaccard": sum(js) / len(js),
+                          "min_jaccard": min(js), "max_jaccard": max(js)})
+    return overlap, by_matrix
+
+
+#: the step (:func:`babelscope.regions.steps.run_select`), under its older name
+run = StepFunction("babelscope.regions.steps", "run_select")

@@ -98,7 +98,6 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
     from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
 
     sr = StepRun(cfg, run_dir, step, loaded)
-    st, config = sr.st, sr.config
     alphas = parse_floats(cfg.alphas, "--alphas")
     lape_alphas = parse_floats(cfg.lape_alphas, "--lape-alphas")
     corpus = open_text_corpus(cfg.corpus)
@@ -143,8 +142,7 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
                               f"with --model {cfg.model} first, or pass --neurons-step none")
     ffns = ffn_modules(model)
     main = is_main_process()
-    if main:
-        st.write_config(config)
+    sr.write_config()
     engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
 
     # 1. per-language sums over the train side: residual stream of every layer and the FFN down inputs
@@ -154,7 +152,7 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
     for code in tqdm(codes, desc="means", unit="lang", leave=False, disable=not engine.is_main):
         key = _key({"model": info.checksum, "lang": code, "text": inputs["train"][code], "window": cfg.window,
                     "max_tokens": cfg.max_tokens, "dtype": cfg.dtype, "device": engine.device.type})
-        path = st.path / "sums" / f"{code}.safetensors"
+        path = sr.path / "sums" / f"{code}.safetensors"
         meta = read_metadata(path) if path.exists() else {}
         if meta.get("key") == key:
             t = load_tensors(path)
@@ -175,7 +173,7 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
     ffn_means = {c: (sums[c][2] / sums[c][3]).float() for c in codes}
     dir_sha = hashlib.sha256(directions.numpy().tobytes()).hexdigest()[:16]
     if main:
-        save_tensors(st.path / "directions.safetensors",
+        save_tensors(sr.path / "directions.safetensors",
                      {f"layer.{i}": directions[:, i] for i in range(n_layers + 1)},
                      {"model": info.checksum, "model_name": info.name, "languages": codes,
                       "tokens": {c: sums[c][3] for c in codes}, "normalised": cfg.normalise,

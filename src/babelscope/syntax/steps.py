@@ -102,7 +102,6 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
     from babelscope.syntax import represent
 
     sr = StepRun(cfg, run_dir, step, loaded)
-    st = sr.st
     sentences = load_treebanks(cfg.treebank, cfg.langs, cfg.max_sentences)
     data = {"treebank": cfg.treebank, "sha256": {lang: text_sha256(s.text for s in sents)
                                                  for lang, sents in sentences.items()}}
@@ -121,7 +120,7 @@ def run_extract(cfg: ExtractConfig, run_dir, step: str = "syntax-extract", loade
     layers = parse_layers(cfg.layers, info.layers)
     engine = sr.engine(model=model, checksum=checksum, cache=False, batch_size=cfg.batch_size, progress=False)
     max_tokens = getattr(model.config, "max_position_embeddings", None)
-    store = st.path / "store"
+    store = sr.path / "store"
     meta = {"model": info.name, "checksum": checksum, "random_init": cfg.random_init, "treebank": cfg.treebank}
     records = {}
     with _bar(sum(len(s) for s in sentences.values()), "extract", "sent") as bar:
@@ -664,6 +663,6 @@ def run_meta(cfg: MetaConfig, run_dir, step: str = "syntax-meta", loaded=None) -
     layer_rows = [r for o in out.values() for r in o.layer_rows]
     if layer_rows:
         tables["layers"] = layer_rows
-    sr.st.write_config(sr.config)  # config and results only now: a bad input above leaves nothing behind
+    sr.write_config()  # config and results only now: a bad input above leaves nothing behind
     return sr.write(KIND_META, results, tables, provenance(store=str(store.path), test_store=str(tstore.path),
                                                            model=model_id))

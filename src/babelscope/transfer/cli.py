@@ -23,7 +23,7 @@ EXPERIMENT_COMMANDS: dict[str, Command] = {}
 
 # ------------------------------------------------------------------------------------------- vocabulary (vocab)
 
-TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.vocab"))
+TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.steps", "run_vocab"))
 EXPERIMENT_COMMANDS[TRANSFER_VOCAB.name] = TRANSFER_VOCAB
 
 
@@ -41,7 +41,8 @@ step_command(app, "vocab", TRANSFER_VOCAB, step="vocab", required=("lang", "trai
              "directory.")
 
 # ------------------------------------------------------------------------------------- further pretraining (pretrain)
-TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig, StepFunction("babelscope.transfer.pretrain"))
+TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig,
+                            StepFunction("babelscope.transfer.steps", "run_pretrain"))
 EXPERIMENT_COMMANDS[TRANSFER_PRETRAIN.name] = TRANSFER_PRETRAIN
 
 

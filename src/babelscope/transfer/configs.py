@@ -1,12 +1,23 @@
 """The configs of the transfer steps: one dataclass per step, the single source of its command-line options
-(:func:`babelscope.options.step_command`) and experiment-file keys. Import-light (no torch, no numpy)."""
+(:func:`babelscope.options.step_command`) and experiment-file keys. Import-light (no torch, no numpy).
+
+The two training steps share one block of training options, :class:`TrainOptions`, and one conversion into the
+loop's settings, :func:`loop_config`. A config includes the block as a base class after its own inputs, so its
+options read inputs first, then training::
+
+    @dataclass
+    class SftConfig(TrainOptions, SftInputs):   # fields: SftInputs's, then TrainOptions's, then its own
+        ...
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.fields import opt
+from babelscope.fields import opt, variant
 
 
 @dataclass
@@ -42,7 +53,40 @@ class VocabConfig:
 
 
 @dataclass
-class PretrainConfig:
+class TrainOptions:
+    """The training loop's options that pretraining and instruction tuning share (:class:`PretrainConfig`,
+    :class:`SftConfig`), each with its constraint; :func:`loop_config` turns them into the loop's settings. A
+    config that words an option its own way says so with :func:`babelscope.fields.variant`."""
+
+    lr: float = opt(5e-5, "Peak learning rate (AdamW).")
+    warmup: int = opt(0, "Optimizer steps of linear warmup.")
+    schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")
+    weight_decay: float = opt(0.0, "AdamW decoupled weight decay (matrices only).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # named like a count
+    micro_batch_size: int = opt(4, "Blocks per forward/backward on each process.")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    seed: int = opt(0, "Seed of the sample order and the id split.")
+    checkpoint_every: int = opt(0, "Save a resumable checkpoint every N steps (0 = none).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory).")
+    trackers: str = opt("", "Accelerate trackers to log to: tensorboard, wandb, mlflow (off).")
+    mixed_precision: str = opt("auto", "auto (bf16 on GPUs, fp32 on CPUs), no, bf16 or fp16.")
+    restart: bool = opt(False, "Discard this step's checkpoint (of any configuration) and train from the start.")
+
+
+def loop_config(options: TrainOptions, **settings: Any):
+    """The loop's settings (:class:`babelscope.transfer.loop.LoopConfig`): every option of the training block as
+    the config holds it, then ``settings``, what the step sets itself (pretraining: no shuffling, its own
+    ``--min-lr-ratio``; instruction tuning: ``--epochs``, its default ``--lr``)."""
+    from babelscope.transfer.loop import LoopConfig
+
+    shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(TrainOptions)}
+    return LoopConfig(**{**shared, **settings})
+
+
+@dataclass
+class PretrainInputs:
+    """The data, budget, evaluation and freezing options of ``transfer pretrain``."""
+
     model: str = opt("gemma-3-270m", "Start model: gemma-3-270m, a directory (e.g. a vocabulary-extended model), a "
                      ".gguf or a hub id.")
     corpus: str = opt("udhr", "Training text: udhr, udhr-sample, pud, pud-sample (embedded), ud:PATH (e.g. "
@@ -74,29 +118,24 @@ class PretrainConfig:
     ssu_corpus: str = opt("udhr-sample", "SSU: the source-language text that scores the columns.")
     ssu_langs: str = opt("eng", "SSU: source languages (comma-separated).")
     ssu_max_tokens: int = opt(1024, "SSU: tokens per source language.")
-    lr: float = opt(5e-5, "Peak learning rate (AdamW).")
-    warmup: int = opt(0, "Optimizer steps of linear warmup.")
-    schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")
+
+
+@dataclass
+class PretrainConfig(TrainOptions, PretrainInputs):
+    """``transfer pretrain``: its inputs, the training block, and the loop options only pretraining has."""
+
     min_lr_ratio: float = opt(0.1, "Final learning rate as a fraction of --lr.")
-    weight_decay: float = opt(0.0, "AdamW decoupled weight decay (matrices only).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # named like a count
-    micro_batch_size: int = opt(4, "Blocks per forward/backward on each process.")
-    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
-    seed: int = opt(0, "Seed of the sample order and the id split.")
-    checkpoint_every: int = opt(0, "Save a resumable checkpoint every N steps (0 = none).")
-    gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory).")
     log_every: int = opt(1, "Steps per metrics line (metrics.jsonl, trackers).")
     logit_chunk: int = opt(512, "Rows per chunk of the fused LM head + loss.")
-    trackers: str = opt("", "Accelerate trackers to log to: tensorboard, wandb, mlflow (off).")
-    mixed_precision: str = opt("auto", "auto (bf16 on GPUs, fp32 on CPUs), no, bf16 or fp16.")
     save_model: bool = opt(True, "Save the trained model as a Hugging Face directory in the step.")
-    restart: bool = opt(False, "Discard this step's checkpoint (of any configuration) and train from the start.")
     dtype: str = "float32"
     device: str | None = None
 
 
 @dataclass
-class SftConfig:
+class SftInputs:
+    """The data options of ``transfer sft``."""
+
     model: str = "gemma-3-270m"
     data: str = opt("embedded", "Instructions: embedded (ours, for the demo), belle (BELLE eval set, rows with "
                     "answers), belle-seeds, alpaca-seeds (research-only, read from the shared data folder), or "
@@ -108,17 +147,28 @@ class SftConfig:
     max_length: int = opt(512, "Tokens per conversation; longer ones are cut (counted).")
     val_fraction: float = opt(0.1, "Held-out share (by a seeded hash of each row).")
     val_max: int | None = opt(200, "Validation conversations scored per evaluation.")
-    seed: int = opt(0, "Seed of the split, the subset and the order.")
     samples: int | None = opt(None, "Training conversations (the paper's 1K/5K/950K; default all).")
     epochs: int = opt(1, "Passes over the training conversations.")
     eval_every: int | None = opt(None, "Samples between validation losses (default 4 per epoch).")
-    lr: float | None = opt(None, "Peak learning rate, positive (default 2e-5, or 2e-4 with LoRA).")
-    warmup: int = opt(0, "Optimizer steps of linear warmup.")
-    schedule: str = opt("cosine", "cosine, linear or constant after warmup.")
-    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # named like a count
-    micro_batch_size: int = opt(4, "Conversations per forward pass.")
-    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+
+
+@dataclass
+class SftConfig(TrainOptions, SftInputs):
+    """``transfer sft``: its data options, the training block (worded for conversations), and LoRA and saving."""
+
+    lr: float | None = variant(TrainOptions, "lr", "Peak learning rate, positive (default 2e-5, or 2e-4 with "
+                               "LoRA).", default=None)
+    schedule: str = variant(TrainOptions, "schedule", "cosine, linear or constant after warmup.")
+    weight_decay: float = variant(TrainOptions, "weight_decay", "AdamW weight decay (matrices only).")
+    micro_batch_size: int = variant(TrainOptions, "micro_batch_size", "Conversations per forward pass.")
+    seed: int = variant(TrainOptions, "seed", "Seed of the split, the subset and the order.")
+    checkpoint_every: int = variant(TrainOptions, "checkpoint_every", "Optimizer steps between checkpoints "
+                                    "(0 = none).")
+    gradient_checkpointing: bool = variant(TrainOptions, "gradient_checkpointing", "Recompute activations in "
+                                           "backward.")
+    trackers: str = variant(TrainOptions, "trackers", "Accelerate trackers: tensorboard, wandb, mlflow.")
+    mixed_precision: str = variant(TrainOptions, "mixed_precision", "auto (bf16 on GPUs, fp32 on CPUs), no, bf16, "
+                                   "fp16.")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning).")
     lora_alpha: float | None = opt(None, "LoRA alpha (default 2 x rank; must be positive).")
     lora_dropout: float = opt(0.0, "LoRA dropout.")
@@ -128,11 +178,6 @@ class SftConfig:
                             "none, or START:END.")
     save: str = opt("merged", "merged (a full Hugging Face directory) or adapter (LoRA only; `load_model` merges it "
                     "onto its base).")
-    checkpoint_every: int = opt(0, "Optimizer steps between checkpoints (0 = none).")
-    gradient_checkpointing: bool = opt(False, "Recompute activations in backward.")
-    mixed_precision: str = opt("auto", "auto (bf16 on GPUs, fp32 on CPUs), no, bf16, fp16.")
-    trackers: str = opt("", "Accelerate trackers: tensorboard, wandb, mlflow.")
-    restart: bool = opt(False, "Discard this step's checkpoint (of any configuration) and train from the start.")
     dtype: str = "float32"
     device: str | None = None
 

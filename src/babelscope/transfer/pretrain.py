@@ -24,14 +24,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from babelscope.caches import digest
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.numeric import median
+from babelscope.transfer import configs
 from babelscope.transfer.configs import PretrainConfig
 
 KIND = "transfer-pretrain"
@@ -170,7 +173,33 @@ class PackedBlocks:
         return {"input_ids": ids, "labels": ids}
 
 
-def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
+@dataclass
+class PretrainData:
+    """What :func:`prepare_data` prepares: the budget (``samples``) and the evaluation points, the training
+    languages' packed blocks, the sample order, one row per language (documents, tokens, blocks, samples) and
+    the training text's checksums; the held-out evaluation units (``eval_view`` of ``eval_corpus``, in
+    ``eval_codes``; ``held_out_split``: split from the training corpus by unit id), and the training languages'
+    own held-out text (``target_view``, named ``target_name``; ``None`` when not measured)."""
+
+    samples: int
+    eval_at: list[int]
+    train_codes: list[str]
+    blocks: list[np.ndarray]
+    order: np.ndarray
+    data_rows: list[dict[str, Any]]
+    checksums: dict[str, str]
+    eval_view: Any
+    eval_codes: list[str]
+    eval_corpus: Any
+    held_out_split: bool
+    target_view: Any
+    target_name: str | None
+
+    def __getitem__(self, key: str) -> Any:  # the older ``data["eval_view"]``
+        return getattr(self, key)
+
+
+def prepare_data(cfg: PretrainConfig, tokenizer) -> PretrainData:
     """Training blocks, order and held-out evaluation units; every budget check happens here (no model)."""
     from babelscope.data import open_corpus
     from babelscope.data.base import split_units
@@ -246,27 +275,27 @@ def prepare_data(cfg: PretrainConfig, tokenizer) -> dict[str, Any]:
         if not eval_view.units(code):
             raise BabelscopeError(f"corpus {eval_corpus.name!r} has no held-out text for {code}; drop it from "
                                   "--eval-langs or give --eval-corpus")
-    return {"samples": samples, "eval_at": eval_at, "train_codes": train_codes, "blocks": blocks,
-            "order": order, "data_rows": doc_rows, "checksums": checksums, "eval_view": eval_view,
-            "eval_codes": eval_codes, "eval_corpus": eval_corpus, "held_out_split": same,
-            "target_view": target_view, "target_name": target_name}
+    return PretrainData(samples=samples, eval_at=eval_at, train_codes=train_codes, blocks=blocks, order=order,
+                        data_rows=doc_rows, checksums=checksums, eval_view=eval_view, eval_codes=eval_codes,
+                        eval_corpus=eval_corpus, held_out_split=same, target_view=target_view,
+                        target_name=target_name)
 
 
-def data_fingerprint(data: dict[str, Any]) -> str:
+def data_fingerprint(data: PretrainData) -> str:
     """sha256 of the training text (per language), its packed blocks and the sample order: the data the weights
     are trained on."""
-    return digest([json.dumps(data["checksums"], sort_keys=True), np.ascontiguousarray(data["order"]).tobytes(),
-                   *(np.ascontiguousarray(b).tobytes() for b in data["blocks"])])
+    return digest([json.dumps(data.checksums, sort_keys=True), np.ascontiguousarray(data.order).tobytes(),
+                   *(np.ascontiguousarray(b).tobytes() for b in data.blocks)])
 
 
-def resume_parts(cfg: PretrainConfig, model_checksum: str, tokenizer_sha: str, data: dict[str, Any],
+def resume_parts(cfg: PretrainConfig, model_checksum: str, tokenizer_sha: str, data: PretrainData,
                  mask_checksum: str) -> dict[str, Any]:
     """What changes the trained weights besides the loop's settings (:func:`babelscope.transfer.loop.resume_key`):
     the start model and tokenizer, the dtype, the options that choose the training data and the data itself,
     and the freezing mask. Never --log-every, --checkpoint-every, --trackers or the evaluation options."""
     return {"model": model_checksum, "tokenizer": tokenizer_sha, "dtype": cfg.dtype, "corpus": cfg.corpus,
-            "langs": cfg.langs, "seq_len": cfg.seq_len, "samples": data["samples"], "epochs": cfg.epochs,
-            "held_out": cfg.held_out if data["held_out_split"] else None, "training_data": data_fingerprint(data),
+            "langs": cfg.langs, "seq_len": cfg.seq_len, "samples": data.samples, "epochs": cfg.epochs,
+            "held_out": cfg.held_out if data.held_out_split else None, "training_data": data_fingerprint(data),
             "freeze_region": mask_checksum or None}
 
 
@@ -418,16 +447,12 @@ def baseline_for(cfg: PretrainConfig, model, tokenizer, ssu_texts: dict[str, lis
 
 # ----------------------------------------------------------------------------------------------- step
 def loop_config(cfg: PretrainConfig):
-    from babelscope.transfer.loop import LoopConfig
-
-    return LoopConfig(
-        lr=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.micro_batch_size,
-        grad_accum=cfg.grad_accum, epochs=1, shuffle=False, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-        gradient_checkpointing=cfg.gradient_checkpointing, log_every=cfg.log_every, logit_chunk=cfg.logit_chunk,
-        trackers=cfg.trackers, freeze_norms=cfg.freeze_norms, save_model=cfg.save_model,
-        mixed_precision=cfg.mixed_precision, restart=cfg.restart,
-    )
+    """The loop's settings: the training block (:func:`babelscope.transfer.configs.loop_config`), the blocks in
+    their packed order once (the budget is the samples), and pretraining's own schedule floor, logging, LM-head
+    chunks, norm freezing and saving."""
+    return configs.loop_config(cfg, min_lr_ratio=cfg.min_lr_ratio, log_every=cfg.log_every,
+                               logit_chunk=cfg.logit_chunk, freeze_norms=cfg.freeze_norms, save_model=cfg.save_model,
+                               epochs=1, shuffle=False)
 
 
 def plan_check(cfg: PretrainConfig, run_dir: Path, earlier: Sequence[str] = ()) -> None:
@@ -484,187 +509,74 @@ def compare_rows(run_dir: Path, step: str, checksum: str, curve: list[dict], fro
     return rows if others else []
 
 
-def run(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", loaded=None) -> dict[str, Any]:
-    """The ``babelscope transfer pretrain`` step (resumable). The model is always loaded afresh from
-    ``cfg.model`` (training changes it; a shared ``loaded`` model is not used)."""
-    from transformers import AutoTokenizer
-
-    from babelscope.evaluate.perplexity import PplConfig, language_rows
-    from babelscope.models import load_model
-    from babelscope.models.engine import Engine, tokenizer_sha256
-    from babelscope.models.loader import resolve_spec
-    from babelscope.processes import launched_world
-    from babelscope.runs import (
-        file_sha256,
-        inputs_sha256,
-        is_main_process,
-        load_results,
-        provenance,
-        text_sha256,
-        to_jsonable,
-        write_yaml,
-    )
-    from babelscope.steps import StepRun
-    from babelscope.transfer.baselines import masks_sha256
-    from babelscope.transfer.loop import check_config, check_resumable, lr_at, remove_checkpoints, resume_key, train
-
-    sr = StepRun(cfg, run_dir, step, loaded, not_result=("device", "restart"))
-    run_dir, st, config = sr.run_dir, sr.st, sr.config
-    lcfg = loop_config(cfg)
-    check_config(lcfg)
-    # Options and data first: nothing is loaded or written before they pass.
-    check_options(cfg)
-    check_seq_len(cfg)
-    ssu_texts = check_baseline(cfg)
-    mask_file = mask_path(cfg.freeze_region, run_dir) if cfg.freeze_region else None
-    if mask_file is not None:
-        check_mask_model(mask_file, cfg.model)
-    source, _ = resolve_spec(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    data = prepare_data(cfg, tokenizer)
-    mask_sum = file_sha256(mask_file) if mask_file is not None else ""
-    evals = {code: text_sha256(u.text for u in data["eval_view"].units(code)) for code in data["eval_codes"]}
-    inputs = {"train": data["checksums"], "eval": evals, "mask": mask_sum}
-    if ssu_texts:
-        inputs["ssu"] = {code: text_sha256(texts) for code, texts in ssu_texts.items()}
-    if data["target_view"] is not None:
-        tv = data["target_view"]
-        inputs["target_eval"] = {c: text_sha256(u.text for u in tv.units(tv.match_language(c)))
-                                 for c in data["train_codes"]}
-    # finished = complete (a killed run left partial results); the config is written once the model passed
-    if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
-        return doc
-
-    model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
-    masks, mask_meta = None, {}
-    if mask_file is not None:
-        from babelscope.models.params import scored_parameters
-        from babelscope.regions.select import load_mask
-
-        masks, mask_meta = load_mask(mask_file, scored_parameters(model), info.checksum)
-        if mask_meta.get("other_model"):
-            raise BabelscopeError(f"{mask_file}: mask for another model (weights differ from {cfg.model}); select "
-                                  "the region from this model's importance scores")
-    if cfg.freeze_baseline:
-        masks = baseline_for(cfg, model, tokenizer, ssu_texts)
-        mask_sum = masks_sha256(masks)
-        mask_meta = {"baseline": cfg.freeze_baseline, "k": cfg.freeze_fraction}
-    # A checkpoint of another configuration is refused (or discarded with --restart) before anything is written.
-    key_parts = resume_parts(cfg, info.checksum, tokenizer_sha256(tokenizer), data, mask_sum)
-    key = resume_key(lcfg, len(data["order"]), launched_world(), key_parts)
-    check_resumable(st.path, key, cfg.restart)
-    fingerprint = key["sha256"]
-    main = is_main_process()
-    if main:
-        st.write_config(config)
-        np.save(st.path / ".order.npy.tmp.npy", data["order"])
-        (st.path / ".order.npy.tmp.npy").replace(st.path / "order.npy")
-
-    # The forgetting curve: measured points so far (a resumed run keeps them).
-    curve: list[dict[str, Any]] = []
-    if st.results_path.exists() and (st.path / "checkpoints").exists():
-        old = load_results(st.results_path)
-        same = {k: v for k, v in to_jsonable(config).items() if k not in _NOT_CURVE}
-        if ((old.get("provenance") or {}).get("data") or {}).get("fingerprint") == fingerprint and {
-                k: v for k, v in (old.get("config") or {}).items() if k not in _NOT_CURVE} == same \
-                and old.get("inputs") == inputs_sha256(sr.inputs):
-            curve = list(old["tables"].get("curve", {}).get("rows", []))
-    ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
-    processes = launched_world()
-    per_step = cfg.micro_batch_size * cfg.grad_accum * processes
-    total_steps = math.ceil(data["samples"] / per_step)
-    targets = set(data["train_codes"])
+def freeze_summary(model, masks: dict | None, mask_file: Path | None, mask_meta: dict[str, Any],
+                   freeze_norms: bool) -> dict[str, Any]:
+    """What is frozen: the mask file, region, k, scope or baseline rule; with a mask, the frozen parameters, their
+    share of the blocks, the QKV-bias entries among them, and how the LM head trains."""
     frozen = {"file": str(mask_file) if mask_file else None, "region": mask_meta.get("region"),
               "k": mask_meta.get("k"), "scope": mask_meta.get("scope"), "baseline": mask_meta.get("baseline")}
     if masks is not None:
+        from babelscope.models.families import head_is_tied, qkv_bias_names
         from babelscope.models.params import norm_modules
 
-        norms = set() if cfg.freeze_norms else set(norm_modules(model))
+        norms = set() if freeze_norms else set(norm_modules(model))
         frozen["parameters"] = sum(int(m.sum()) for n, m in masks.items() if n not in norms)
         frozen["fraction_of_blocks"] = frozen["parameters"] / sum(m.numel() for m in masks.values())
-        from babelscope.models.families import head_is_tied, qkv_bias_names
-
         # what the mask covers beyond the matrices: the attention's QKV biases (Qwen2) are block parameters and
         # freeze with it; the LM head is outside the blocks and trains (tied: as the embedding; untied: its own)
         frozen["qkv_bias_entries"] = sum(int(masks[n].sum()) for n in qkv_bias_names(model) if n in masks)
         frozen["lm_head"] = "tied to the embedding, trains" if head_is_tied(model) else "untied, trains"
+    return frozen
 
-    def results(complete: bool, trained=None) -> dict[str, Any]:
-        last = max((r["samples"] for r in curve), default=None)
-        final = [r for r in curve if r["samples"] == last]
-        start = [r for r in curve if r["samples"] == 0]
-        summary = {}
-        if final and start:
-            base = {(r["lang"], r.get("text")): r["ppl"] for r in start}
-            ratio = {(r["lang"], r.get("text")): r["ppl"] / base[r["lang"], r.get("text")] for r in final
-                     if base.get((r["lang"], r.get("text")))}
-            held = {k: v for k, v in ratio.items() if k[1] == "held-out"}
-            on_eval = {k: v for k, v in ratio.items() if k[1] != "held-out"}
-            summary = {
-                # the target on its own held-out text when measured there (Table 2), else on the eval corpus
-                "target_ppl_ratio": median(list(held.values()) or [v for k, v in on_eval.items()
-                                                                   if k[0] in targets]),
-                "target_eval_corpus_ppl_ratio": median([v for k, v in on_eval.items() if k[0] in targets]),
-                "others_median_ppl_ratio": median([v for k, v in on_eval.items() if k[0] not in targets]) if any(
-                    k[0] not in targets for k in on_eval) else None,
-            }
-        return {
-            "model": info.name, "model_checksum": info.checksum, "corpus": data["eval_corpus"].name
-            if data["held_out_split"] else cfg.corpus, "train_corpus": cfg.corpus,
-            "eval_corpus": data["eval_corpus"].name, "held_out_split": data["held_out_split"],
-            "target_eval": data["target_name"],
-            "targets": data["train_codes"], "eval_langs": data["eval_codes"], "seq_len": cfg.seq_len,
-            "samples": data["samples"], "tokens": data["samples"] * cfg.seq_len, "steps": total_steps,
-            "samples_per_step": per_step, "lr": cfg.lr, "schedule": cfg.schedule, "eval_at": data["eval_at"],
-            "freeze": frozen, "complete": complete, "summary": summary,
-            "model_dir": str(trained.model_dir) if trained is not None and trained.model_dir else None,
-            "train_seconds": trained.seconds if trained is not None else None,
-            "final_loss": trained.loss if trained is not None else None,
-        }
 
-    def write(complete: bool, trained=None) -> None:
-        from babelscope.transfer.loop import read_metrics
+def curve_point(model, tokenizer, data: PretrainData, cfg: PretrainConfig, checksum: str, samples: int,
+                at_step: int, lr: float) -> list[dict[str, Any]]:
+    """One point of the forgetting curve: the perplexity of ``model`` after ``samples`` training samples on the
+    held-out text of every evaluation language, and of the training languages on their own held-out text."""
+    from babelscope.evaluate.perplexity import PplConfig, language_rows
+    from babelscope.models.engine import Engine
 
-        tables = {"curve": sorted(curve, key=lambda r: (r["samples"], r["lang"], r.get("text") or "")),
-                  "data": data["data_rows"],
-                  "metrics": read_metrics(st.path / "metrics.jsonl")}
-        compare = compare_rows(run_dir, step, info.checksum, tables["curve"], frozen) if complete else []
-        if compare:
-            tables["compare"] = compare
-        prov = provenance(model=info.to_dict(), data={"sha256": data["checksums"], "fingerprint": fingerprint},
-                          freeze=frozen)
-        st.write_results(KIND, config, results(complete, trained), tables, sr.timed(prov), inputs=sr.inputs)
+    ppl_cfg = PplConfig(window=cfg.eval_window, max_tokens=cfg.eval_max_tokens)
+    engine = Engine(model, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{checksum}@{samples}")
+    if any(hasattr(p, "placements") for p in model.parameters()):  # FSDP 2: every rank runs every forward
+        engine.state = None  # (sharded blocks gather their weights collectively: no split of requests)
+    rows, _, _ = language_rows(engine, data.eval_view, data.eval_codes, ppl_cfg)
+    texts = [data.eval_corpus.name] * len(rows)
+    if data.target_view is not None:  # the training languages on their own held-out text
+        tv = data.target_view
+        held, _, _ = language_rows(engine, tv, [tv.match_language(c) for c in data.train_codes], ppl_cfg)
+        for r, code in zip(held, data.train_codes, strict=True):
+            r["lang"] = code
+        rows, texts = rows + held, texts + ["held-out"] * len(held)
+    targets = set(data.train_codes)
+    return [{"samples": samples, "step": at_step, "tokens": samples * cfg.seq_len, "lr": lr,
+             "lang": r["lang"], "name": r["name"], "text": text, "target": r["lang"] in targets,
+             "ppl": r["ppl"], "bits_per_unit": r["bits_per_unit"], "bits_per_byte": r["bits_per_byte"],
+             "nll": r["nll"], "eval_tokens": r["tokens"], "units": r["units"]}
+            for r, text in zip(rows, texts, strict=True)]
 
-    def evaluate(m, samples: int, at_step: int) -> dict[str, Any]:
-        engine = Engine(m, tokenizer, batch_size=cfg.eval_batch_size, checksum=f"{info.checksum}@{samples}")
-        if any(hasattr(p, "placements") for p in m.parameters()):  # FSDP 2: every rank runs every forward
-            engine.state = None  # (sharded blocks gather their weights collectively: no split of requests)
-        rows, _, _ = language_rows(engine, data["eval_view"], data["eval_codes"], ppl_cfg)
-        texts = [data["eval_corpus"].name] * len(rows)
-        if data["target_view"] is not None:  # the training languages on their own held-out text
-            tv = data["target_view"]
-            held, _, _ = language_rows(engine, tv, [tv.match_language(c) for c in data["train_codes"]], ppl_cfg)
-            for r, code in zip(held, data["train_codes"], strict=True):
-                r["lang"] = code
-            rows, texts = rows + held, texts + ["held-out"] * len(held)
-        lr = lr_at(at_step - 1, total_steps, lcfg) if at_step else 0.0
-        point = [{"samples": samples, "step": at_step, "tokens": samples * cfg.seq_len, "lr": lr,
-                  "lang": r["lang"], "name": r["name"], "text": text, "target": r["lang"] in targets,
-                  "ppl": r["ppl"], "bits_per_unit": r["bits_per_unit"], "bits_per_byte": r["bits_per_byte"],
-                  "nll": r["nll"], "eval_tokens": r["tokens"], "units": r["units"]}
-                 for r, text in zip(rows, texts, strict=True)]
-        curve[:] = [r for r in curve if r["samples"] != samples] + point
-        if main:
-            write(False)
-        return {"samples": samples, "rows": point}
 
-    trained = train(model, tokenizer, PackedBlocks(data["blocks"], data["order"]), lcfg, st.path,
-                    evaluate=evaluate, eval_at=data["eval_at"], freeze=masks, fingerprint=key_parts,
-                    tracker_config={"model": cfg.model, "langs": cfg.langs})
-    if main:
-        write_yaml(st.path / "config.yaml", config)
-        write(True, trained)
-        remove_checkpoints(st.path)  # finished: the results (and the model, when saved) supersede them
-    return sr.wait()  # every rank: the next step reads what rank 0 wrote
+def curve_summary(curve: list[dict[str, Any]], targets: set[str]) -> dict[str, Any]:
+    """Perplexity ratios last point / start (medians): the training languages on their own held-out text when
+    measured there (Zhao et al. 2024, Table 2), else on the evaluation corpus; and the other languages."""
+    last = max((r["samples"] for r in curve), default=None)
+    final = [r for r in curve if r["samples"] == last]
+    start = [r for r in curve if r["samples"] == 0]
+    if not (final and start):
+        return {}
+    base = {(r["lang"], r.get("text")): r["ppl"] for r in start}
+    ratio = {(r["lang"], r.get("text")): r["ppl"] / base[r["lang"], r.get("text")] for r in final
+             if base.get((r["lang"], r.get("text")))}
+    held = {k: v for k, v in ratio.items() if k[1] == "held-out"}
+    on_eval = {k: v for k, v in ratio.items() if k[1] != "held-out"}
+    return {
+        # the target on its own held-out text when measured there (Table 2), else on the eval corpus
+        "target_ppl_ratio": median(list(held.values()) or [v for k, v in on_eval.items() if k[0] in targets]),
+        "target_eval_corpus_ppl_ratio": median([v for k, v in on_eval.items() if k[0] in targets]),
+        "others_median_ppl_ratio": median([v for k, v in on_eval.items() if k[0] not in targets]) if any(
+            k[0] not in targets for k in on_eval) else None,
+    }
+
+
+#: the step (:func:`babelscope.transfer.steps.run_pretrain`), under its older name
+run = StepFunction("babelscope.transfer.steps", "run_pretrain")

@@ -33,6 +33,7 @@ from typing import Any
 
 from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
+from babelscope.transfer import configs
 from babelscope.transfer.configs import SftConfig
 
 KIND = "sft"
@@ -53,14 +54,9 @@ def lora_alpha(cfg: SftConfig) -> float:
 
 
 def loop_config(cfg: SftConfig, n_train: int):
-    from babelscope.transfer.loop import LoopConfig
-
-    return LoopConfig(lr=default_lr(cfg), warmup=cfg.warmup, schedule=cfg.schedule,
-                      weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                      micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
-                      seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                      gradient_checkpointing=cfg.gradient_checkpointing, mixed_precision=cfg.mixed_precision,
-                      trackers=cfg.trackers, save_model=False, restart=cfg.restart)
+    """The loop's settings: the training block (:func:`babelscope.transfer.configs.loop_config`) with the default
+    ``--lr``, ``--epochs`` passes, and no model saved by the loop (:func:`save_tuned` saves it)."""
+    return configs.loop_config(cfg, lr=default_lr(cfg), epochs=cfg.epochs, save_model=False)
 
 
 def _parse_range(text: str) -> range | None:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.transfer.configs import VocabConfig
 
@@ -51,10 +51,10 @@ def target_units(spec: str, lang: str, what: str) -> tuple[Any, list]:
 def plan_check(cfg: VocabConfig, run_dir: Path, earlier=()) -> None:
     """The option checks, run when an experiment is planned (the data and SentencePiece are checked when the
     step runs)."""
-    _check(cfg)
+    check(cfg)
 
 
-def _check(cfg: VocabConfig) -> None:
+def check(cfg: VocabConfig) -> None:
     if not cfg.lang or not cfg.train:
         raise BabelscopeError("transfer vocab needs --lang (the target language) and --train (its training text)")
     if cfg.init not in INITS:
@@ -176,7 +176,7 @@ def bits_per_unit(engine, sets: dict[str, list[str]], window: int, desc: str) ->
     return out
 
 
-def _save(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) -> None:
+def save_extended(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) -> None:
     """Write the model directory next to ``out`` and rename it into place (never half-written)."""
     from babelscope.runs import write_json
     from babelscope.transfer.tokenizers import temporary_dir
@@ -199,98 +199,10 @@ def _save(model, tokenizer, extra: dict[str, bytes], record: dict, out: Path) ->
         raise
 
 
-# ---------------------------------------------------------------------------------------------- the step
-def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str, Any]:
-    """The ``babelscope transfer vocab`` step; returns the results doc. The step resizes the model in place, so it
-    works on a copy of the model other steps share (``loaded``; a deep copy in memory, no reloading), or on one it
-    loads itself."""
-    from babelscope.data import parse_languages, resolve_language
-    from babelscope.evaluate.tokens import efficiency_rows, fertility_rows, load_backend, parallel_units
-    from babelscope.models.engine import Engine
-    from babelscope.models.loader import resolve_spec
-    from babelscope.processes import launched
-    from babelscope.runs import provenance, text_sha256
-    from babelscope.steps import StepRun
-    from babelscope.transfer import tokenizers as tk
-
-    sr = StepRun(cfg, run_dir, step, loaded)
-    _check(cfg)
-    if launched():
-        raise BabelscopeError("transfer vocab writes one model directory from one process; run it without "
-                              "accelerate launch / torchrun")  # fmt: skip
-    lang = resolve_language(cfg.lang).code
-    st = sr.st
-    out = Path(cfg.out) if cfg.out else st.path / "model"
-    # ---- inputs, all read before anything loads
-    train_corpus, train = target_units(cfg.train, lang, "train")
-    if cfg.held_out:
-        held_corpus, held = target_units(cfg.held_out, lang, "held-out")
-    else:
-        from babelscope.data import split_units
-
-        train, held = split_units(train, test_fraction=0.1, seed=cfg.seed)
-        held_corpus = train_corpus
-        if not held or not train:
-            raise BabelscopeError(f"--train {cfg.train!r}: too few units to hold 10% out; give --held-out")
-    from babelscope.data import open_corpus
-
-    par = open_corpus(cfg.parallel)
-    others = "all" if cfg.check_langs == "all" else ",".join(
-        lang_.code for lang_ in parse_languages(cfg.check_langs) if lang_.code != lang)  # fmt: skip
-    par_units = parallel_units(par, others, "eng", None) if others else {}
-    if lang in par.languages() and lang not in par_units:
-        par_units = parallel_units(par, ",".join([lang, *par_units]), "eng", None)
-    quality = [lang] + [q.code for q in parse_languages(cfg.quality_langs)] if cfg.quality_langs else [lang]
-    quality = [q for q in dict.fromkeys(quality) if q in par_units]
-
-    # ---- base tokenizer, kind, normaliser, SentencePiece, merge
-    source, _ = resolve_spec(cfg.model)
-    # the checks before the step runs read tokenizer.json with the tokenizers library (a second for a 262k
-    # vocabulary); the transformers tokenizer comes with the model, once the step runs
-    check_tok, base_sha = load_backend(cfg.model)
-    base = tk.detect(Path(source), check_tok)
-    model_type = base.model_type if cfg.model_type == "auto" else cfg.model_type
-    if base.model_type == "unigram" and model_type != "unigram":
-        raise BabelscopeError(f"{cfg.model}: a Unigram tokenizer scores pieces by log-probability; train unigram "
-                              "pieces (--model-type unigram or auto)")  # fmt: skip
-    texts = [u.text for u in train]
-    rewritten, example = tk.normaliser_rewrites(base, texts)
-    if rewritten > 0.01 * len(texts):
-        raise BabelscopeError(
-            f"--train {cfg.train!r}: the base tokenizer's normaliser rewrites {rewritten} of {len(texts)} {lang} "
-            f"texts ({example}), so pieces learnt from them could not be reached; normalise the text the same way "
-            "first (e.g. NFKC) or extend a tokenizer whose normaliser keeps this script"
-        )
-    inputs = {"train": text_sha256(texts), "held_out": text_sha256(u.text for u in held),
-              "parallel": {c: text_sha256(u.text for u in us) for c, us in par_units.items()}, "tokenizer": base_sha}
-    # the config is written once SentencePiece trained and added pieces: a refused run leaves nothing
-    if (doc := sr.done(inputs=inputs, when=lambda _: (out / RECORD).is_file(), write_config=False)) is not None:
-        return doc
-    settings = tk.spm_settings(base)
-    trained = tk.train_sentencepiece(texts, cfg.vocab_size, model_type, cfg.character_coverage, settings,
-                                     cfg.split_by_whitespace, what=f"the {lang} training text")  # fmt: skip
-    pieces = tk.new_pieces(base, trained)
-    if not pieces:
-        raise BabelscopeError(f"every piece of the {cfg.vocab_size}-piece {lang} model is already in the base "
-                              "vocabulary; raise --vocab-size to add pieces")  # fmt: skip
-    st.write_config(sr.config)
-    work = tk.temporary_dir(st.path, ".tokenizer.")
-    # the text of every other language of the parallel corpus: its tokenization must not change (--keep-old)
-    old_texts = [u.text for c in par.languages() if c != lang for u in par.units(c)] if cfg.keep_old else []
-    try:
-        new_tok, ids, extra, dropped = tk.extend_keeping(base, pieces, work, old_texts)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    # ---- the model and its tokenizer (a copy of the shared model, or loaded here)
-    model, base_tok, info = _own_copy(cfg, loaded)  # never the shared model itself: the step resizes it in place
-    if info.kind != "causal":
-        raise BabelscopeError(f"{cfg.model}: vocabulary extension scores and saves a causal LM; this is an {info.kind}")
-    base = replace(base, tokenizer=base_tok)
-
-    # ---- checks and efficiency (no forward pass)
-    held_texts = [u.text for u in held]
-    sets = {f"{lang} held-out": held_texts, **{f"{c} {par.name}": [u.text for u in us] for c, us in par_units.items()}}
+# ---------------------------------------------------------------------------------------------- checks
+def tokenization_checks(base_tok, new_tok, sets: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Per text set: round-trip failures of the extended and the base tokenizer, those new to the extension, and
+    the share of texts whose tokenization changed."""
     trips = []
     for name, tx in sets.items():
         ok_new, ok_old = round_trip(new_tok, tx), round_trip(base_tok, tx)
@@ -299,8 +211,15 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
                       "base_failures": ok_old.count(False), "new_failures": len(broken),
                       "changed_share": changed_share(base_tok, new_tok, tx),
                       "first_new_failure": broken[0][:80] if broken else None})  # fmt: skip
-    added = reachability(base, new_tok, ids, texts + held_texts)
-    unreachable = [r["piece"] for r in added if not r["reachable"]]
+    return trips
+
+
+def efficiency_tables(base_tok, new_tok, lang: str, held: list, held_corpus, par, par_units: dict) -> tuple[list, list]:
+    """Tokenizer efficiency of the base and the extended tokenizer (premium over English on the parallel text,
+    tokens on the held-out target text; no forward pass), and fertility on held-out UD sentences when the
+    held-out text has them."""
+    from babelscope.evaluate.tokens import efficiency_rows, fertility_rows
+
     eff = []
     for model_name, tok in (("base", base_tok), ("extended", new_tok)):
         eff += [{"model": model_name, **r} for r in efficiency_rows(tok, par_units, "eng", par.parallel)]
@@ -311,16 +230,21 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
         sents = [s for s in held_corpus.sentences(lang) if s.id in {u.id for u in held}]
         for model_name, tok in (("base", base_tok), ("extended", new_tok)):
             fert += [{"model": model_name, **r} for r in fertility_rows(tok, {lang: sents})]
+    return eff, fert
 
-    # ---- base scores, resize, inits, scores, save
-    score_sets = {f"{lang} held-out": held_texts[: cfg.max_units]}
-    score_sets.update({f"{q} {par.name}": [u.text for u in par_units[q]][: cfg.max_units] for q in quality})
+
+def extend_and_score(model, base_tok, new_tok, ids: dict[str, int], score_sets: dict[str, list[str]],
+                     cfg: VocabConfig) -> tuple[list[dict[str, Any]], int, int]:
+    """Score ``score_sets`` with the base model (bits per unit), resize the embeddings for the new ``ids``,
+    score each initialisation (``--compare-inits``: all three) and leave ``--init``'s rows in the model. Returns
+    the init-quality rows and the embedding rows before and after."""
+    from babelscope.models.engine import Engine
+
     engine = Engine(model, base_tok, batch_size=cfg.batch_size, checksum="base")
     qual = {name: {"texts": name, "units": len(tx)} for name, tx in score_sets.items()}
     for name, (bits, tokens) in bits_per_unit(engine, score_sets, cfg.window, "base").items():
         qual[name]["base"], qual[name]["base_tokens"] = bits, tokens
     old_rows = model.get_input_embeddings().weight.shape[0]
-    start = min(ids.values())
     rows = max(old_rows, max(ids.values()) + 1)
     init_ids = sorted(set(ids.values()) | set(range(old_rows, rows)))  # new tokens, and rows no token had
     resize(model, rows, cfg.seed)
@@ -331,16 +255,15 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
         for name, (bits, tokens) in bits_per_unit(engine, score_sets, cfg.window, init).items():
             qual[name][init], qual[name][f"{init}_tokens"] = bits, tokens
     set_rows(model, init_ids, inits[cfg.init])
-    record = {
-        "base_model": info.to_dict(), "base_tokenizer_sha256": base_sha, "kind": base.kind, "lang": lang,
-        "train": cfg.train, "train_sha256": text_sha256(texts), "train_units": len(texts), "vocab_size": cfg.vocab_size,
-        "model_type": model_type, "character_coverage": cfg.character_coverage, "spm_settings": settings,
-        "split_by_whitespace": cfg.split_by_whitespace, "init": cfg.init, "seed": cfg.seed,
-        "added": len(ids), "first_new_id": start, "embedding_rows": [old_rows, rows],
-    }  # fmt: skip
-    _save(model, new_tok, extra, record, out)
-    summary = {
-        "added": len(ids), "dropped_to_keep_old": len(dropped), "unreachable": len(unreachable),
+    return list(qual.values()), old_rows, rows
+
+
+def summarize(ids: dict, dropped: list, added: list[dict], trips: list[dict], eff: list[dict], lang: str) -> dict:
+    """The results' summary: tokens added, dropped to keep the old tokenizations, unreachable and seen; round-trip
+    failures; the changed share of English; the premium and held-out tokens before and after."""
+    return {
+        "added": len(ids), "dropped_to_keep_old": len(dropped),
+        "unreachable": sum(not r["reachable"] for r in added),
         "seen_on_target": sum(r["seen"] > 0 for r in added),
         "round_trip_failures": sum(t["round_trip_failures"] for t in trips),
         "base_round_trip_failures": sum(t["base_failures"] for t in trips),
@@ -349,14 +272,6 @@ def run(cfg: VocabConfig, run_dir, step: str = "vocab", loaded=None) -> dict[str
         "premium_before": _premium(eff, "base", lang), "premium_after": _premium(eff, "extended", lang),
         "held_out_tokens_before": _tokens(eff, "base"), "held_out_tokens_after": _tokens(eff, "extended"),
     }  # fmt: skip
-    results = {"model": info.name, "lang": lang, "kind": base.kind, "out": str(out), "model_type": model_type,
-               "vocab_size": cfg.vocab_size, "init": cfg.init, "parallel": par.name, "summary": summary,
-               "unreachable_pieces": unreachable[:200], "record": record}  # fmt: skip
-    tables = {"efficiency": eff, "round_trip": trips, "init_quality": list(qual.values()), "added_tokens": added}
-    if fert:
-        tables["fertility"] = fert
-    data = {"train": cfg.train, "held_out": cfg.held_out or "10% of --train", "parallel": par.name}
-    return sr.write(KIND, results, tables, provenance(model=info.to_dict(), data=data))
 
 
 def _premium(rows: list[dict], model: str, lang: str) -> float | None:
@@ -365,19 +280,6 @@ def _premium(rows: list[dict], model: str, lang: str) -> float | None:
 
 def _tokens(rows: list[dict], model: str) -> int | None:
     return next((r["tokens"] for r in rows if r["model"] == model and r.get("set") == "held-out"), None)
-
-
-def _own_copy(cfg: VocabConfig, loaded=None):
-    """``(model, tokenizer, info)``: a deep copy of the experiment's shared model (its tokenizer is only read),
-    else the model loaded here."""
-    if loaded is not None:
-        import copy
-
-        shared, tokenizer, info = loaded()
-        return copy.deepcopy(shared), tokenizer, info
-    from babelscope.models import load_model
-
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
 
 
 def print_summary(doc: dict[str, Any]) -> None:
@@ -393,3 +295,7 @@ def print_summary(doc: dict[str, Any]) -> None:
     for r in tables["init_quality"]["rows"]:
         table.add_row(r["texts"], str(r["units"]), *[f"{r[k]:.1f}" for k in ("base", *INITS) if k in r])
     console.print(table)
+
+
+#: the step (:func:`babelscope.transfer.steps.run_vocab`), under its older name
+run = StepFunction("babelscope.transfer.steps", "run_vocab")
