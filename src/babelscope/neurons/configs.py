@@ -58,7 +58,7 @@ class OverlapConfig:
     scope: str = opt("tensor", "tensor or global (as saved by select).")
     regions: str = opt("lang,mono,core", "lang (the language's own Top-k of |S|), mono (monolingual), core (Top-k "
                        "of Imp).")
-    draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
+    draws: int = count(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
     seed: int = opt(0, "Seed of the random sets.")
 
 
