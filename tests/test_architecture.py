@@ -28,8 +28,8 @@ FLOORS = [
     {"data", "models"},                                                  # 1 model and corpus
     {"steps", "options", "commands"},                                    # 2 the step runner, options, commands
     {"evaluate", "export", "lens", "neurons", "regions", "steer", "syntax", "transfer"},  # 3 capabilities
-    {"report", "compare", "locate"},                                     # 4 reads results files only
-    {"registry", "experiment", "cli", "babelscope"},                     # 5 wiring and the command line
+    {"compare", "locate"},                                               # 4 reads results files only
+    {"registry", "experiment", "report", "cli", "babelscope"},           # 5 the command table and its readers
 ]
 
 #: The only capability -> capability imports: (importing room, imported module prefix, why).

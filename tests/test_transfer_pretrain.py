@@ -327,3 +327,35 @@ def test_mask_checked_before_the_model_loads(tiny, tmp_path, monkeypatch):
     with pytest.raises(BabelscopeError, match="^--epochs 0: must be at least 1$"):
         run(_cfg(tiny, epochs=0), tmp_path / "r")
     assert not (tmp_path / "r" / "transfer-pretrain").exists()
+
+
+def test_model_spec_resolved_and_tokenizer_loaded_once(tiny, tmp_path, monkeypatch):
+    """One step resolves its model spec once, loads the tokenizer once and names the model once (the options'
+    checks, the training data and the model share them); a finished rerun resolves it once and loads nothing."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    import babelscope.models.loader as loader
+    import babelscope.models.specs as specs
+
+    counts: Counter = Counter()
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    resolve = counting("resolve_spec", specs.resolve_spec)
+    monkeypatch.setattr(specs, "resolve_spec", resolve)
+    monkeypatch.setattr(loader, "resolve_spec", resolve)
+    monkeypatch.setattr(loader, "model_name", counting("model_name", loader.model_name))
+    real = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: counting("tokenizer", real)(cls, *a, **k)))
+    run(_cfg(tiny), tmp_path)
+    assert dict(counts) == {"resolve_spec": 1, "tokenizer": 1, "model_name": 1}
+    counts.clear()
+    assert run(_cfg(tiny), tmp_path)["results"]["complete"]  # done: read back, no model
+    assert dict(counts) == {"resolve_spec": 1, "tokenizer": 1}

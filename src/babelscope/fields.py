@@ -2,16 +2,17 @@
 
 :func:`opt` gives a field its help text, its flags, and its constraints: ``minimum`` (counts: 1, or 0 where 0
 means "none"), ``may_be_empty`` (a language list where "" means "none besides"), ``choices`` (the values allowed).
+:func:`count` is :func:`opt` with ``minimum=1``, :func:`languages` with ``may_be_empty=False``.
 :func:`babelscope.steps.check_config` checks them before anything is read or loaded, and
 :func:`babelscope.options.step_command` turns the same fields into command-line options::
 
     @dataclass
-    class OverlapConfig:
-        draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)   # 0 = no control
+    class ExampleConfig:
+        langs: str = languages("eng,fra", "Languages, comma-separated.")                  # not empty
+        window: int = count(512, "Tokens per window.")                                    # 1 or more
+        draws: int = count(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no control
 
-A field that declares no minimum gets the default of its name (:func:`limits`): counts of things (``max_*``,
-``*_max_*``, ``*batch_size``, ``window``, ``samples`` ...) must be positive, ``shots`` and ``retries`` may be 0; a
-language list (``langs``, ``*_langs``) may not be empty.
+A field checks what it declares and nothing else: its name gives it no constraint.
 """
 
 from __future__ import annotations
@@ -34,21 +35,28 @@ COMMON = {
 }
 #: the config fields of a forward-only command that may spread its model over devices (``--device-map``)
 PLACEMENT_FIELDS = ("device_map", "max_memory", "offload_dir")
-#: count fields that may be 0 by default (zero-shot prompts, no retries)
-MAY_BE_ZERO = {"shots", "retries"}
-_COUNT_NAMES = {"window", "limit", "samples", "draws", "queries", "runs", "top_n", "n_perm", "mantel_perm",
-                "min_count", "min_words", "min_letters"}
 
 
 def opt(default: Any, help: str, *flags: str, cli: bool = True, minimum: float | None = None,
-        may_be_empty: bool | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+        may_be_empty: bool = True, choices: tuple[Any, ...] | None = None) -> Any:
     """A config field with its command-line help; ``flags`` replace ``--field-name`` (``"--C"``), ``cli=False``
-    keeps a field that only experiment files set off the command line; ``minimum``, ``may_be_empty`` and
-    ``choices`` are checked by :func:`babelscope.steps.check_config` (``None``: the default of the field's
-    name, see :func:`limits`)."""
+    keeps a field that only experiment files set off the command line; ``minimum`` (``None``: no minimum),
+    ``may_be_empty`` (``False``: a language list that must name one) and ``choices`` (``None``: any value) are
+    checked by :func:`babelscope.steps.check_config`."""
     return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "cli": cli,
                                                         "minimum": minimum, "may_be_empty": may_be_empty,
                                                         "choices": choices})
+
+
+def count(default: Any, help: str, *flags: str, minimum: float = 1, **kwargs: Any) -> Any:
+    """A count of things (tokens, units, items, batches, permutations): :func:`opt` with ``minimum=1``, or the
+    ``minimum`` given (0 where 0 means "none": zero-shot prompts, no retries, no random control)."""
+    return opt(default, help, *flags, minimum=minimum, **kwargs)
+
+
+def languages(default: Any, help: str, *flags: str, **kwargs: Any) -> Any:
+    """A language list (``eng,fra`` or ``all``): :func:`opt` with ``may_be_empty=False``."""
+    return opt(default, help, *flags, may_be_empty=False, **kwargs)
 
 
 def variant(owner: type, name: str, help: str | None = None, default: Any = dataclasses.MISSING) -> Any:
@@ -65,28 +73,15 @@ def variant(owner: type, name: str, help: str | None = None, default: Any = data
 class Limits:
     """What :func:`babelscope.steps.check_config` allows in one field."""
 
-    minimum: float | None  # None: not a count
-    may_be_empty: bool  # for language lists
+    minimum: float | None  # None: no minimum
+    may_be_empty: bool  # False: a language list that must name one
     choices: tuple[Any, ...] | None
 
 
-def _is_count(name: str) -> bool:
-    """Options named as counts of things (tokens, units, items, batches, permutations): ``max_*``, ``*_max_*``,
-    ``*batch_size``, ``*_top_n`` and the names in ``_COUNT_NAMES``."""
-    return (name.startswith("max_") or "_max_" in name or name.endswith("batch_size") or name in _COUNT_NAMES
-            or name.split("_", 1)[-1] in _COUNT_NAMES or name in MAY_BE_ZERO)
-
-
 def limits(f: dataclasses.Field) -> Limits:
-    """A field's constraints: those it declares through :func:`opt`, else the default of its name."""
+    """A field's constraints, as it declares them through :func:`opt` (a plain dataclass field has none)."""
     meta = f.metadata
-    minimum = meta.get("minimum")
-    if minimum is None and _is_count(f.name):
-        minimum = 0 if f.name in MAY_BE_ZERO else 1
-    may_be_empty = meta.get("may_be_empty")
-    if may_be_empty is None:
-        may_be_empty = not (f.name == "langs" or f.name.endswith("_langs"))
-    return Limits(minimum, may_be_empty, meta.get("choices"))
+    return Limits(meta.get("minimum"), meta.get("may_be_empty", True), meta.get("choices"))
 
 
 def cli_fields(cls: type) -> list[dataclasses.Field]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from babelscope.options import opt
+from babelscope.fields import count, opt
 
 KIND = "locate"
 
@@ -51,7 +51,7 @@ class LocateConfig:
     plnd_deactivate_step: str = opt("plnd-deactivate", "PLND deactivation step (neurons deactivate "
                                     "--neurons-step neurons-plnd).")
     pretrain_steps: str = opt("all", "Further-pretraining steps to compare (comma-separated; all: every one).")
-    draws: int = opt(200, "Random neuron sets for the region baselines.")
+    draws: int = count(200, "Random neuron sets for the region baselines.")
     seed: int = opt(0, "Seed of the random sets.")
 
 

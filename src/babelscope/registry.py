@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from babelscope.commands import Command, StepFunction, command_table
+from babelscope.commands import GENERIC_SECTION, Command, Results, StepFunction, command_table
 from babelscope.compare import CompareConfig
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.perplexity import PplConfig
@@ -18,11 +18,16 @@ from babelscope.evaluate.tokens import TokensConfig
 from babelscope.locate import LocateConfig
 from babelscope.steer.configs import SteerConfig
 
-PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.steps", "run_ppl"))
-TOKENS = Command("tokens", TokensConfig, StepFunction("babelscope.evaluate.tokens"))
-STEER = Command("steer", SteerConfig, StepFunction("babelscope.steer.steps"))
-LOCATE = Command("locate", LocateConfig, StepFunction("babelscope.locate"))
-COMPARE = Command("compare", CompareConfig, StepFunction("babelscope.compare"))
+PPL = Command("ppl", PplConfig, StepFunction("babelscope.evaluate.steps", "run_ppl"),
+              (Results("perplexity", "perplexity:perplexity_section"),))
+TOKENS = Command("tokens", TokensConfig, StepFunction("babelscope.evaluate.tokens"),
+                 (Results("tokens", "tokens:tokens_section"),))
+STEER = Command("steer", SteerConfig, StepFunction("babelscope.steer.steps"),
+                (Results("steer", "steer:steer_section"),))
+LOCATE = Command("locate", LocateConfig, StepFunction("babelscope.locate"),
+                 (Results("locate", "locate:locate_section"),))
+COMPARE = Command("compare", CompareConfig, StepFunction("babelscope.compare"),
+                  (Results("compare", GENERIC_SECTION),))  # its tables are the view
 #: the built-in commands (mounted at the top of the command line; compare has its own, for several run folders)
 COMMANDS: dict[str, Command] = command_table(PPL, TOKENS, STEER, LOCATE, COMPARE)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from babelscope.commands import Command, StepFunction, command_table
+from babelscope.commands import Command, Results, StepFunction, command_table
 from babelscope.evaluate.codeswitch import CodeSwitchConfig
 from babelscope.evaluate.knowledge import BenchConfig
 from babelscope.evaluate.pos import PosConfig
@@ -20,10 +20,14 @@ app = typer.Typer(help="Evaluate: knowledge benchmarks (MC by log-likelihood, MG
                   "code-switching rate, in-context POS tagging.", no_args_is_help=True)
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-BENCH = Command("bench", BenchConfig, StepFunction("babelscope.evaluate.knowledge"))
-RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.respond"))
-CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.steps", "run_codeswitch"))
-POS = Command("pos", PosConfig, StepFunction("babelscope.evaluate.steps", "run_pos"))
+BENCH = Command("bench", BenchConfig, StepFunction("babelscope.evaluate.knowledge"),
+                (Results("knowledge", "evaluate:knowledge_section"),))
+RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.respond"),
+                  (Results("responses", "evaluate:responses_section"),))
+CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.steps", "run_codeswitch"),
+                     (Results("codeswitch", "evaluate:codeswitch_section"),))
+POS = Command("pos", PosConfig, StepFunction("babelscope.evaluate.steps", "run_pos"),
+              (Results("pos", "evaluate:pos_section"),))
 EXPERIMENT_COMMANDS = command_table(BENCH, RESPOND, CODESWITCH, POS)
 
 

@@ -24,7 +24,7 @@ from functools import cache
 from typing import Any
 
 from babelscope.commands import StepFunction
-from babelscope.fields import opt
+from babelscope.fields import count, opt
 
 KIND = "codeswitch"
 
@@ -45,8 +45,8 @@ class CodeSwitchConfig:
     model: str = "gemma-3-270m"  # only recorded when ``responses`` is a JSONL file (else the responding step's)
     responses: str = opt("respond", "A finished step in the run directory (e.g. respond) or a JSONL of "
                          "id/lang/response.")
-    min_letters: int = opt(2, "Letters a run in a foreign script needs to count.")
-    min_words: int = opt(5, "Words a clause needs before language identification.")
+    min_letters: int = count(2, "Letters a run in a foreign script needs to count.")
+    min_words: int = count(5, "Words a clause needs before language identification.")
     threshold: float = opt(0.95, "Language-identification probability for a switch.")
     candidates: str = opt(CANDIDATES, "Languages the identifier chooses among (ISO 639-1, comma-separated; the "
                           "response's own is added).")

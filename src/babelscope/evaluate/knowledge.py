@@ -22,7 +22,7 @@ from typing import Any
 
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.benchmarks import GenItem, MCItem, build_items, load_task, parse_number, subsets
-from babelscope.fields import opt
+from babelscope.fields import count, opt
 from babelscope.runs import text_sha256
 
 KIND = "knowledge"
@@ -33,13 +33,13 @@ class BenchConfig:
     model: str = "gemma-3-270m"
     benchmark: str = opt("xcopa", "xcopa, xwinograd, mmlu, ceval, agieval, gaokao, mgsm, or a task YAML path.")
     subsets: str = opt("all", "Languages or subjects, comma-separated, or 'all'.")
-    shots: int | None = opt(None, "Solved examples in each prompt (default: the task's: 5 for MMLU/C-Eval, 4 for "
-                            "MGSM, else 0).")
-    limit: int | None = opt(None, "First N items per subset.")
+    shots: int | None = count(None, "Solved examples in each prompt (default: the task's: 5 for MMLU/C-Eval, 4 for "
+                              "MGSM, else 0).", minimum=0)
+    limit: int | None = count(None, "First N items per subset.")
     path: str | None = opt(None, "Override the task's data path pattern ({lang}, {subject}, {split}); "
                            "'embedded/xcopa-sample.jsonl' is the embedded sample.")
-    max_new_tokens: int | None = opt(None, "Generation tasks: answer length cap.")
-    batch_size: int = opt(8, "Sequences per forward pass.")
+    max_new_tokens: int | None = count(None, "Generation tasks: answer length cap.")
+    batch_size: int = count(8, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None

@@ -24,7 +24,7 @@ from typing import Any
 
 from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.fields import opt
+from babelscope.fields import count, languages, opt
 from babelscope.numeric import median
 
 KIND = "perplexity"
@@ -34,11 +34,11 @@ KIND = "perplexity"
 class PplConfig:
     model: str = "gemma-3-270m"
     corpus: str = opt("udhr-sample", "udhr-sample (embedded), udhr, pud, a .conllu/.txt/.jsonl path, hf:NAME.")
-    langs: str = opt("all", "Comma-separated languages, or 'all' (every language in the corpus).")
-    window: int = opt(512, "Tokens per scoring window; each starts with BOS.")
-    batch_size: int = opt(8, "Windows per forward pass.")
-    max_units: int | None = opt(None, "Score only the first N units (same ids in every language).")
-    max_tokens: int | None = opt(None, "Per-language cap in tokens (whole units).")
+    langs: str = languages("all", "Comma-separated languages, or 'all' (every language in the corpus).")
+    window: int = count(512, "Tokens per scoring window; each starts with BOS.")
+    batch_size: int = count(8, "Windows per forward pass.")
+    max_units: int | None = count(None, "Score only the first N units (same ids in every language).")
+    max_tokens: int | None = count(None, "Per-language cap in tokens (whole units).")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None

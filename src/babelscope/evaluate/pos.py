@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.fields import opt
+from babelscope.fields import count, languages, opt
 
 KIND = "pos"
 UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
@@ -35,15 +35,15 @@ UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART
 @dataclass
 class PosConfig:
     model: str = "gemma-3-270m"
-    langs: str = opt("de,fr,ru", "Languages with a UD treebank (comma-separated).")
+    langs: str = languages("de,fr,ru", "Languages with a UD treebank (comma-separated).")
     treebanks: str = opt("ud", "ud (the shared UD folder) or embedded (small PUD samples).")
     settings: str = opt("MONO,EN", "Demonstrations from the target language (MONO), English (EN) or both.")
-    shots: int = opt(3, "Demonstrations per prompt.")
-    runs: int = opt(10, "Runs with different demonstration samples (mean and std).")
-    queries: int = opt(20, "Query sentences per language.")
-    max_words: int = opt(12, "Only sentences with at most this many words.")
+    shots: int = count(3, "Demonstrations per prompt.", minimum=0)
+    runs: int = count(10, "Runs with different demonstration samples (mean and std).")
+    queries: int = count(20, "Query sentences per language.")
+    max_words: int = count(12, "Only sentences with at most this many words.")
     seed: int = opt(0, "Seed of the demonstration samples.")
-    batch_size: int = opt(4, "Prompts per generation batch.")
+    batch_size: int = count(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None

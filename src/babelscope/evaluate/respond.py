@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.fields import opt
+from babelscope.fields import count, languages, opt
 
 KIND = "responses"
 
@@ -23,9 +23,9 @@ class RespondConfig:
     model: str = "gemma-3-270m"
     instructions: str = opt("embedded", "'embedded' (a few of ours), 'belle' (BELLE eval set, research-only) or a "
                             "JSONL of instruction/reference/lang.")
-    langs: str = opt("all", "Only these languages (comma-separated) or 'all'.")
-    limit: int | None = opt(None, "First N instructions.")
-    max_new_tokens: int = opt(64, "Response length cap in tokens.")
+    langs: str = languages("all", "Only these languages (comma-separated) or 'all'.")
+    limit: int | None = count(None, "First N instructions.")
+    max_new_tokens: int = count(64, "Response length cap in tokens.")
     judge: str = opt("local", "local (a Hugging Face model, --judge-model), a named model run locally (e.g. "
                      "qwen2.5-coder-1.5b), openai (an OpenAI-compatible server) or none.")
     judge_model: str | None = opt(None, "Local judge model spec (default: --model).")
@@ -34,12 +34,12 @@ class RespondConfig:
     api_key_env: str = opt("OPENAI_API_KEY", "Environment variable with the endpoint's API key (the key itself is "
                            "never stored).")
     timeout: float = opt(60.0, "Seconds per judge request.")
-    retries: int = opt(4, "Retries on timeouts, connection errors, 429 and 5xx.")
-    judge_max_tokens: int = opt(64, "Judge reply length cap in tokens.")
+    retries: int = count(4, "Retries on timeouts, connection errors, 429 and 5xx.", minimum=0)
+    judge_max_tokens: int = count(64, "Judge reply length cap in tokens.")
     judge_scoring: str = opt("generate", "Local judge: generate (parse its reply) or choice (each criterion the "
                              "most likely of 0-3; for small or base judges that ignore the reply format).")
     pipeline_check: bool = opt(False, "Label results as a pipeline check.")
-    batch_size: int = opt(4, "Prompts per generation batch.")
+    batch_size: int = count(4, "Prompts per generation batch.")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None

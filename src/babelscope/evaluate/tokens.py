@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.fields import opt
+from babelscope.fields import count, languages, opt
 
 KIND = "tokens"
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -43,12 +43,12 @@ BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 class TokensConfig:
     model: str = opt("gemma-3-270m", "Model or tokenizer specs, comma-separated (a,b): measured side by side.")
     corpus: str = opt("udhr-sample", "Parallel corpus for the premium: udhr-sample, udhr, pud, ...")
-    langs: str = opt("all", "Comma-separated languages, or 'all'.")
+    langs: str = languages("all", "Comma-separated languages, or 'all'.")
     reference: str = opt("eng", "Premium denominator language (Petrov et al. 2023).")
     ud: str | None = opt("pud-sample", "Treebanks for fertility: pud-sample (embedded), pud, a UD path, none.")
-    ud_langs: str = opt("all", "Languages of the treebanks, or 'all'.")
-    max_units: int | None = opt(None, "First N parallel units per language.")
-    max_sentences: int | None = opt(200, "First N UD sentences per language.")
+    ud_langs: str = languages("all", "Languages of the treebanks, or 'all'.")
+    max_units: int | None = count(None, "First N parallel units per language.")
+    max_sentences: int | None = count(200, "First N UD sentences per language.")
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers

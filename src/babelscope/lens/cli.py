@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from babelscope.commands import Command, StepFunction, command_table
+from babelscope.commands import Command, Results, StepFunction, command_table
 from babelscope.lens.configs import LensScriptConfig, LensTranslateConfig
 from babelscope.options import results_table, step_command
 
@@ -17,8 +17,10 @@ app = typer.Typer(
 )
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-LENS_TRANSLATE = Command("lens-translate", LensTranslateConfig, StepFunction("babelscope.lens.steps", "run_translate"))
-LENS_SCRIPT = Command("lens-script", LensScriptConfig, StepFunction("babelscope.lens.steps", "run_script"))
+LENS_TRANSLATE = Command("lens-translate", LensTranslateConfig, StepFunction("babelscope.lens.steps", "run_translate"),
+                         (Results("lens-translation", "lens:translation_section"),))
+LENS_SCRIPT = Command("lens-script", LensScriptConfig, StepFunction("babelscope.lens.steps", "run_script"),
+                      (Results("lens-script", "lens:script_section"),))
 EXPERIMENT_COMMANDS = command_table(LENS_TRANSLATE, LENS_SCRIPT)
 
 step_command(app, "translate", LENS_TRANSLATE, step="lens-translate",

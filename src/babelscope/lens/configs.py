@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.fields import opt
+from babelscope.fields import count, languages, opt
 
 
 @dataclass
@@ -14,12 +14,12 @@ class LensTranslateConfig:
     words: str = opt("embedded", "TSV word list (concept + one column per language), or 'embedded' (52 nouns).")
     source: str = opt("fra", "Language of the words in the prompt.")
     targets: str = opt("cmn-Hans,jpn,kor,rus,arb,hin", "Comma-separated target languages (columns of the word list).")
-    shots: int = opt(4, "Demonstrations before the query.")
+    shots: int = count(4, "Demonstrations before the query.", minimum=0)
     layers: str = opt("all", "all, middle, or layers like 3,6,9, 4-8 and -1 (0 = embeddings, i = output of block i, "
                             "-1 = the last).")
-    max_items: int | None = opt(None, "At most this many concepts per target.")
+    max_items: int | None = count(None, "At most this many concepts per target.")
     seed: int = opt(0, "Seed of the demonstrations' choice.")
-    batch_size: int = opt(16, "Sequences per forward pass.")
+    batch_size: int = count(16, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None
@@ -31,12 +31,12 @@ class LensTranslateConfig:
 class LensScriptConfig:
     model: str = "gemma-3-270m"
     corpus: str = opt("udhr-sample", "udhr-sample (embedded), udhr, pud or a text file.")
-    langs: str = opt("cmn-Hans,jpn,kor,rus,arb,hin", "Comma-separated (non-Latin-script) languages to read.")
-    max_tokens: int = opt(256, "Positions decoded per language.")
-    window: int = opt(256, "Tokens per window; each starts with BOS.")
+    langs: str = languages("cmn-Hans,jpn,kor,rus,arb,hin", "Comma-separated (non-Latin-script) languages to read.")
+    max_tokens: int = count(256, "Positions decoded per language.")
+    window: int = count(256, "Tokens per window; each starts with BOS.")
     layers: str = opt("all", "all, middle, or layers like 3,6,9, 4-8 and -1 (0 = embeddings, i = output of block i, "
                             "-1 = the last).")
-    batch_size: int = opt(4, "Sequences per forward pass.")
+    batch_size: int = count(4, "Sequences per forward pass.")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None

@@ -205,6 +205,9 @@ def load_model(
     device_map: str | None = None,
     max_memory: str | None = None,
     offload_dir: str | None = None,
+    *,
+    source: Path | str | None = None,
+    tokenizer=None,
 ):
     """Load ``spec`` and return ``(model, tokenizer, info)``; the model is in eval mode.
 
@@ -214,6 +217,8 @@ def load_model(
     or a hub id (online; offline it fails with a message saying how to pass a local path).
     ``device_map`` (``auto``, ``balanced``, ``sequential``) with ``max_memory`` and ``offload_dir`` spreads the
     model over devices, the CPU and the disk instead of ``device`` (:mod:`babelscope.models.placement`).
+    ``source``: ``spec`` already resolved (:func:`resolve_spec`), and ``tokenizer``: one already loaded from it, so
+    that a step that read them before the model (to check its options) resolves and loads each once.
     """
     import torch
     from transformers import AutoTokenizer
@@ -223,7 +228,8 @@ def load_model(
             raise BabelscopeError(f"--device-map {device_map}: {spec} is a LoRA adapter, merged into its base on "
                                   "load; merge it into a model directory first, or leave --device-map out")
         return load_adapter(Path(spec).expanduser(), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    source, _ = resolve_spec(spec)
+    if source is None:
+        source, _ = resolve_spec(spec)
     config = _load_config(source, trust_remote_code)
     kind = model_kind(config)
     try:
@@ -247,7 +253,8 @@ def load_model(
         model = cls.from_pretrained(
             str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **placed
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise BabelscopeError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     model.eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from babelscope.commands import Command, StepFunction, command_table
+from babelscope.commands import Command, Results, StepFunction, command_table
 from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig, PlndConfig
 from babelscope.options import results_table, step_command
 
@@ -20,10 +20,14 @@ app = typer.Typer(
 )
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"))
-NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig, StepFunction("babelscope.neurons.deactivate"))
-NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))
-NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.plnd"))
+NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"),
+                  (Results("neurons", "neurons:neurons_section"),))
+NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig, StepFunction("babelscope.neurons.deactivate"),
+                             (Results("neurons-deactivation", "neurons:deactivation_section"),))
+NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"),
+                          (Results("neurons-overlap", "neurons:overlap_section"),))
+NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.plnd"),
+                       (Results("neurons-plnd", "neurons:plnd_section"),))
 EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP, NEURONS_PLND)
 
 step_command(app, "find", NEURONS, step="neurons",

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from babelscope.fields import opt
+from babelscope.fields import count, languages, opt
 
 
 @dataclass
 class NeuronsConfig:
     model: str = "gemma-3-270m"
     corpus: str = opt("udhr-sample", "udhr-sample (embedded), udhr, pud or a .conllu/.txt/.jsonl path.")
-    langs: str = opt("eng,fra,deu,spa,rus,cmn-Hans,jpn,arb", "Comma-separated languages (at least two).")
-    max_tokens: int = opt(2048, "Token budget per language (the counting text).")
-    window: int = opt(512, "Tokens per window; each starts with BOS.")
-    batch_size: int = opt(4, "Windows per forward pass.")
+    langs: str = languages("eng,fra,deu,spa,rus,cmn-Hans,jpn,arb", "Comma-separated languages (at least two).")
+    max_tokens: int = count(2048, "Token budget per language (the counting text).")
+    window: int = count(512, "Tokens per window; each starts with BOS.")
+    batch_size: int = count(4, "Windows per forward pass.")
     site: str = opt("act", "act: act(gate) > 0, the paper's; down-input: the down projection's input > 0.")
     filter_rate: float = opt(0.95, "Candidates: probability in some language above this quantile of all.")
     top_rate: float = opt(0.01, "Keep this share of all neurons (lowest LAPE).")
@@ -34,15 +34,15 @@ class DeactivateConfig:
     model: str = "gemma-3-270m"
     neurons_step: str = opt("neurons", "The neurons step folder to read.")
     corpus: str | None = opt(None, "Evaluation corpus (default: the neurons step's).")
-    langs: str | None = opt(None, "Evaluation languages (default: the neurons step's).")
+    langs: str | None = languages(None, "Evaluation languages (default: the neurons step's).")
     off: str | None = opt(None, "Languages whose neurons are switched off, one row each (default: all).")
-    max_tokens: int | None = opt(512, "Per-language cap on evaluation tokens.")
-    window: int = opt(512, "Tokens per window; each starts with BOS.")
-    batch_size: int = opt(8, "Windows per forward pass.")
+    max_tokens: int | None = count(512, "Per-language cap on evaluation tokens.")
+    window: int = count(512, "Tokens per window; each starts with BOS.")
+    batch_size: int = count(8, "Windows per forward pass.")
     random: bool = opt(True, "Also random neurons, same count per layer (control).")
     seed: int = opt(0, "Seed of the random neurons.")
     generate: bool = opt(True, "Greedy generations with each language's neurons off.")
-    max_new_tokens: int = opt(16, "Tokens generated per prompt.")
+    max_new_tokens: int = count(16, "Tokens generated per prompt.")
     dtype: str = "float32"
     device: str | None = None
     device_map: str | None = None
@@ -58,7 +58,7 @@ class OverlapConfig:
     scope: str = opt("tensor", "tensor or global (as saved by select).")
     regions: str = opt("lang,mono,core", "lang (the language's own Top-k of |S|), mono (monolingual), core (Top-k "
                        "of Imp).")
-    draws: int = opt(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
+    draws: int = count(1000, "Random neuron sets drawn for the baselines.", minimum=0)  # 0 = no random control
     seed: int = opt(0, "Seed of the random sets.")
 
 
@@ -66,10 +66,10 @@ class OverlapConfig:
 class PlndConfig:
     model: str = "gemma-3-270m"
     corpus: str = opt("udhr-sample", "udhr-sample (embedded), udhr, pud or a .conllu/.txt/.jsonl path.")
-    langs: str = opt("eng,fra,deu,spa,rus,cmn-Hans,jpn,arb", "Comma-separated languages (at least two).")
-    max_tokens: int = opt(2048, "Token budget per language; each window is one document.")
-    window: int = opt(256, "Tokens per window (document); each starts with BOS.")
-    batch_size: int = opt(4, "Windows per forward pass.")
+    langs: str = languages("eng,fra,deu,spa,rus,cmn-Hans,jpn,arb", "Comma-separated languages (at least two).")
+    max_tokens: int = count(2048, "Token budget per language; each window is one document.")
+    window: int = count(256, "Tokens per window (document); each starts with BOS.")
+    batch_size: int = count(4, "Windows per forward pass.")
     top_rate: float = opt(0.01, "A neuron is important for a document when its importance is in this top share of "
                           "all FFN neurons'.")
     consistency: float = opt(1.0, "A language's neuron: important in at least this share of its documents.")
@@ -79,6 +79,6 @@ class PlndConfig:
     select_step: str = opt("regions-select", "Regions select step to overlap with (skipped when absent; none: off).")
     k: float = opt(0.01, "Region fraction (a k the select step saved).")
     scope: str = opt("tensor", "tensor or global (as saved by select).")
-    draws: int = opt(200, "Random neuron sets drawn for the region baselines.")
+    draws: int = count(200, "Random neuron sets drawn for the region baselines.")
     dtype: str = "float32"
     device: str | None = None

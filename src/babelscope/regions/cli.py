@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from babelscope.commands import Command, StepFunction, command_table
+from babelscope.commands import Command, Results, StepFunction, command_table
 from babelscope.options import print_results, results_table, step_command
 from babelscope.regions.configs import AblateConfig, ImportanceConfig, RegionsConfig, ScanConfig, SelectConfig
 
@@ -17,12 +17,19 @@ app = typer.Typer(
 )
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-REGIONS = Command("regions", RegionsConfig, StepFunction("babelscope.regions.pipeline"))
+IMPORTANCE_RESULTS = Results("regions-importance", "regions:importance_section")
+SELECT_RESULTS = Results("regions-select", "regions:select_section")
+ABLATION_RESULTS = Results("regions-ablation", "regions:ablation_section")
+SCAN_RESULTS = Results("regions-scan", "regions:scan_section")
+REGIONS = Command("regions", RegionsConfig, StepFunction("babelscope.regions.pipeline"),
+                  (IMPORTANCE_RESULTS, SELECT_RESULTS, ABLATION_RESULTS, SCAN_RESULTS))  # one step folder each
 REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
-                             StepFunction("babelscope.regions.steps", "run_importance"))
-REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"))
-REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.ablate"))
-REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"))
+                             StepFunction("babelscope.regions.steps", "run_importance"), (IMPORTANCE_RESULTS,))
+REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"),
+                         (SELECT_RESULTS,))
+REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.ablate"),
+                         (ABLATION_RESULTS,))
+REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"), (SCAN_RESULTS,))
 EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)
 
 step_command(app, "importance", REGIONS_IMPORTANCE, step="regions-importance",

@@ -6,8 +6,9 @@ findings (one line per step: its headline figure next to the paper's, and whethe
 models, data and software versions folded below them, a table of contents and, per step, its section plus
 collapsible configuration and provenance blocks.
 
-Each results ``kind`` is drawn by a section function registered with :func:`register_section`; one module
-per kind lives in :mod:`babelscope.report.sections`. Kinds without one get a generic section.
+Each results ``kind`` is drawn by the section function that the command writing it names in the command table
+(:class:`babelscope.commands.Results`; the functions live in :mod:`babelscope.report.sections`), else by one
+registered with :func:`register_section` (kinds of commands outside the table), else by a generic section.
 Importing this package is cheap: matplotlib loads only when a figure is drawn.
 """
 

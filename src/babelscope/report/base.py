@@ -1,4 +1,6 @@
-"""Sections of the report and the registry that maps a results ``kind`` to the function that renders it."""
+"""Sections of the report, and how a results ``kind`` finds the function that renders it: the command table
+first (each :class:`~babelscope.commands.Command` names the kinds it writes and their sections), then the
+sections registered with :func:`register_section` (kinds of commands outside the table), else the generic one."""
 
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ log = logging.getLogger(__name__)
 SectionFn = Callable[[dict[str, Any]], Section]
 
 _SECTIONS: dict[str, SectionFn] = {}
+#: the sections the command table names, by kind (filled by :func:`load_sections`)
+_TABLE: dict[str, SectionFn] = {}
 _LOADED = False
 #: Section modules that failed to import: ``{module: "ErrorType: message"}`` (shown in the report and on stderr).
 IMPORT_ERRORS: dict[str, str] = {}
@@ -73,7 +77,8 @@ def warn(message: str) -> None:
 
 
 def register_section(kind: str, *, replace: bool = False) -> Callable[[SectionFn], SectionFn]:
-    """Decorator: render results of ``kind`` with the decorated ``(doc) -> Section`` function.
+    """Decorator: render results of ``kind`` with the decorated ``(doc) -> Section`` function (for a kind that no
+    command of the table names a section for; the table's own section comes first).
 
     ``doc`` is the step's results document (see :mod:`babelscope.runs`) plus ``doc["report"]``, the
     report options (e.g. ``{"group_by": "family"}``).
@@ -94,7 +99,8 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 
 def load_sections() -> None:
-    """Import every module in :mod:`babelscope.report.sections` so their sections register themselves."""
+    """Import every module in :mod:`babelscope.report.sections` (so a module that fails to import is named, and
+    any section registered there counts), then the sections of the command table."""
     global _LOADED
     if _LOADED:
         return
@@ -110,18 +116,55 @@ def load_sections() -> None:
             warn(f"section module {info.name!r} failed to import ({IMPORT_ERRORS[info.name]}); the kinds it "
                  "draws fall back to the generic view")
             log.debug("section module %r failed to import", info.name, exc_info=True)
+    _TABLE.clear()
+    _TABLE.update(table_sections())
     _LOADED = True
 
 
+def table_sections() -> dict[str, SectionFn]:
+    """``{kind: section}`` of every command in the table that names a section of its own (not the generic one);
+    a section whose module fails to import is left out (its kinds get the generic view) and named."""
+    from babelscope.commands import GENERIC_SECTION
+    from babelscope.registry import all_commands
+
+    try:
+        commands = all_commands()
+    except Exception as exc:  # a broken capability must not cost the whole report
+        warn(f"the command table failed to load ({type(exc).__name__}: {exc}); every kind falls back to a "
+             "registered or the generic view")
+        return {}
+    out: dict[str, SectionFn] = {}
+    named: dict[str, str] = {}
+    for cmd in commands.values():
+        for res in cmd.results:
+            if res.section == GENERIC_SECTION:
+                continue
+            if named.setdefault(res.kind, res.section) != res.section:
+                raise ValueError(f"results kind {res.kind!r} has two sections in the command table: "
+                                 f"{named[res.kind]} and {res.section}")
+            if res.kind in out:
+                continue
+            try:
+                out[res.kind] = res.load_section()
+            except Exception as exc:
+                name = res.module.rpartition(".")[2]
+                if name not in IMPORT_ERRORS:
+                    IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}"
+                    warn(f"section module {name!r} failed to import ({IMPORT_ERRORS[name]}); the kinds it draws "
+                         "fall back to the generic view")
+    return out
+
+
 def section_for(kind: str) -> SectionFn:
-    """The section function for ``kind``; the generic section for kinds without one."""
+    """The section function for ``kind``: the command table's, else a registered one, else the generic
+    section."""
     load_sections()
     from babelscope.report.sections._generic import generic_section
 
-    return _SECTIONS.get(kind, generic_section)
+    return _TABLE.get(kind) or _SECTIONS.get(kind, generic_section)
 
 
 def section_kinds() -> list[str]:
-    """Kinds that have a custom section."""
+    """Kinds that have a custom section (in the command table or registered)."""
     load_sections()
-    return sorted(_SECTIONS)
+    return sorted(set(_TABLE) | set(_SECTIONS))

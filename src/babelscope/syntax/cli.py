@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from babelscope.commands import Command, StepFunction, command_table
+from babelscope.commands import Command, Results, StepFunction, command_table
 from babelscope.options import step_command
 from babelscope.syntax.configs import ExtractConfig, MetaConfig, OtddConfig, ProbeConfig, RsaConfig
 
@@ -17,11 +17,16 @@ app = typer.Typer(help="Syntax and structural concepts: relation vectors, OTDD s
                        "alignability, probes (Xu et al. 2022; 2023).", no_args_is_help=True)
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-SYNTAX_EXTRACT = Command("syntax-extract", ExtractConfig, StepFunction("babelscope.syntax.steps", "run_extract"))
-SYNTAX_OTDD = Command("syntax-otdd", OtddConfig, StepFunction("babelscope.syntax.steps", "run_otdd"))
-SYNTAX_RSA = Command("syntax-rsa", RsaConfig, StepFunction("babelscope.syntax.steps", "run_rsa"))
-SYNTAX_PROBE = Command("syntax-probe", ProbeConfig, StepFunction("babelscope.syntax.steps", "run_probe"))
-SYNTAX_META = Command("syntax-meta", MetaConfig, StepFunction("babelscope.syntax.steps", "run_meta"))
+SYNTAX_EXTRACT = Command("syntax-extract", ExtractConfig, StepFunction("babelscope.syntax.steps", "run_extract"),
+                         (Results("syntax-extract", "syntax:extract_section"),))
+SYNTAX_OTDD = Command("syntax-otdd", OtddConfig, StepFunction("babelscope.syntax.steps", "run_otdd"),
+                      (Results("syntax-otdd", "syntax:otdd_section"),))
+SYNTAX_RSA = Command("syntax-rsa", RsaConfig, StepFunction("babelscope.syntax.steps", "run_rsa"),
+                     (Results("syntax-rsa", "syntax:rsa_section"),))
+SYNTAX_PROBE = Command("syntax-probe", ProbeConfig, StepFunction("babelscope.syntax.steps", "run_probe"),
+                       (Results("syntax-probe", "syntax:probe_section"),))
+SYNTAX_META = Command("syntax-meta", MetaConfig, StepFunction("babelscope.syntax.steps", "run_meta"),
+                      (Results("syntax-meta", "syntax_meta:meta_section"),))
 EXPERIMENT_COMMANDS = command_table(SYNTAX_EXTRACT, SYNTAX_OTDD, SYNTAX_RSA, SYNTAX_PROBE, SYNTAX_META)
 
 RUN_DIR = Path("runs/syntax")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from babelscope.commands import Command, StepFunction
+from babelscope.commands import Command, Results, StepFunction
 from babelscope.options import step_command
 from babelscope.transfer.configs import PretrainConfig, SftConfig, StudyTableConfig, VocabConfig
 
@@ -23,7 +23,8 @@ EXPERIMENT_COMMANDS: dict[str, Command] = {}
 
 # ------------------------------------------------------------------------------------------- vocabulary (vocab)
 
-TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.steps", "run_vocab"))
+TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.steps", "run_vocab"),
+                         (Results("vocab", "tokens:vocab_section"),))
 EXPERIMENT_COMMANDS[TRANSFER_VOCAB.name] = TRANSFER_VOCAB
 
 
@@ -42,7 +43,8 @@ step_command(app, "vocab", TRANSFER_VOCAB, step="vocab", required=("lang", "trai
 
 # ------------------------------------------------------------------------------------- further pretraining (pretrain)
 TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig,
-                            StepFunction("babelscope.transfer.steps", "run_pretrain"))
+                            StepFunction("babelscope.transfer.steps", "run_pretrain"),
+                            (Results("transfer-pretrain", "transfer_pretrain:transfer_pretrain_section"),))
 EXPERIMENT_COMMANDS[TRANSFER_PRETRAIN.name] = TRANSFER_PRETRAIN
 
 
@@ -73,9 +75,11 @@ step_command(app, "pretrain", TRANSFER_PRETRAIN, step="transfer-pretrain",
              "perplexity (Zhao et al. 2024, Table 2) and optional region freezing (Zhang et al. 2024, §5). Resumable.")
 
 # --------------------------------------------------------------------------------------- instruction tuning (sft)
-TRANSFER_SFT = Command("transfer-sft", SftConfig, StepFunction("babelscope.transfer.steps", "run_sft"))
+TRANSFER_SFT = Command("transfer-sft", SftConfig, StepFunction("babelscope.transfer.steps", "run_sft"),
+                       (Results("sft", "transfer_sft:sft_section"),))
 EXPERIMENT_COMMANDS[TRANSFER_SFT.name] = TRANSFER_SFT
-TRANSFER_TABLE = Command("transfer-table", StudyTableConfig, StepFunction("babelscope.transfer.study"))
+TRANSFER_TABLE = Command("transfer-table", StudyTableConfig, StepFunction("babelscope.transfer.study"),
+                         (Results("transfer_table", "transfer_sft:table_section"),))
 EXPERIMENT_COMMANDS[TRANSFER_TABLE.name] = TRANSFER_TABLE
 
 

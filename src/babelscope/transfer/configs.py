@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from babelscope.errors import BabelscopeError
-from babelscope.fields import opt, variant
+from babelscope.fields import count, languages, opt, variant
 
 
 @dataclass
@@ -29,8 +29,8 @@ class VocabConfig:
     held_out: str | None = opt(None, "Held-out target text (corpus spec, '#split=test'); default 10% of --train "
                                "units by id.")
     parallel: str = opt("udhr-sample", "Parallel corpus for premium, round trip and bits per unit.")
-    check_langs: str = opt("eng,cmn-Hans,fra,deu,rus,arb,hin,jpn", "Other languages checked (round trip, changed "
-                           "tokenization, premium), comma-separated or 'all'.")
+    check_langs: str = languages("eng,cmn-Hans,fra,deu,rus,arb,hin,jpn", "Other languages checked (round trip, changed "
+                                 "tokenization, premium), comma-separated or 'all'.")
     quality_langs: str = opt("eng", "Other languages in the init-quality table (each costs forward passes of every "
                              "init).", may_be_empty=True)  # "": the table scores the target language alone
     keep_old: bool = opt(True, "Leave out new pieces whose merges would change the tokenization of any other "
@@ -43,9 +43,9 @@ class VocabConfig:
     init: str = opt("subword-mean", "New rows: subword-mean (FVT, Gee et al. 2022), mean (transformers' "
                     "mean_resizing) or random (the model's init).")
     compare_inits: bool = opt(True, "Score all three inits in the quality table.")
-    max_units: int | None = opt(200, "Units per text set in the quality table.")
-    window: int = opt(512, "Tokens per scoring window; each starts with BOS.")
-    batch_size: int = opt(8, "Windows per forward pass.")
+    max_units: int | None = count(200, "Units per text set in the quality table.")
+    window: int = count(512, "Tokens per scoring window; each starts with BOS.")
+    batch_size: int = count(8, "Windows per forward pass.")
     seed: int = opt(0, "Seed of the held-out split and the random/mean inits.")
     out: str | None = opt(None, "Directory of the extended model (default RUN_DIR/STEP/model).")
     dtype: str = "float32"
@@ -62,8 +62,8 @@ class TrainOptions:
     warmup: int = opt(0, "Optimizer steps of linear warmup.")
     schedule: str = opt("cosine", "Decay after warmup: cosine, linear or constant.")
     weight_decay: float = opt(0.0, "AdamW decoupled weight decay (matrices only).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # named like a count
-    micro_batch_size: int = opt(4, "Blocks per forward/backward on each process.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).", minimum=0)  # 0 = no clipping
+    micro_batch_size: int = count(4, "Blocks per forward/backward on each process.")
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
     seed: int = opt(0, "Seed of the sample order and the id split.")
     checkpoint_every: int = opt(0, "Save a resumable checkpoint every N steps (0 = none).")
@@ -91,23 +91,23 @@ class PretrainInputs:
                      ".gguf or a hub id.")
     corpus: str = opt("udhr", "Training text: udhr, udhr-sample, pud, pud-sample (embedded), ud:PATH (e.g. "
                       "ud:UD_Vietnamese-VTB), a .txt/.jsonl file or a folder.")
-    langs: str = opt("vie", "Training languages with optional proportions of the samples: vie, or vie:0.9,eng:0.1 "
-                     "(the multilingual mix).")
+    langs: str = languages("vie", "Training languages with optional proportions of the samples: vie, or "
+                           "vie:0.9,eng:0.1 (the multilingual mix).")
     seq_len: int = opt(256, "Tokens per training block (documents packed with BOS/EOS).")
-    samples: int | None = opt(None, "Budget in blocks (the paper's 10K / 100K / 1M).")
+    samples: int | None = count(None, "Budget in blocks (the paper's 10K / 100K / 1M).")
     tokens: int | None = opt(None, "Budget in tokens (instead of --samples).")
     epochs: int = opt(1, "Passes over a language's blocks allowed when the budget exceeds them.")
     eval_corpus: str = opt("", "Held-out text (default: the training corpus, split by unit id).")
     target_eval: str = opt("split", "When --eval-corpus is another corpus, the training languages are also scored on "
                            "held-out text of the training corpus's own kind: 'split' (--held-out of its unit ids, "
                            "never trained on), a corpus spec (e.g. ud:UD_Vietnamese-VTB#split=test), or 'none'.")
-    eval_langs: str = opt("eng,fra,deu,rus,cmn-Hans,jpn", "Languages of the forgetting curve (training languages "
-                          "are added).")
+    eval_langs: str = languages("eng,fra,deu,rus,cmn-Hans,jpn", "Languages of the forgetting curve (training languages "
+                                "are added).")
     eval_at: str = opt("", "Sample counts to measure at, e.g. 0,100,1000 (default 0, 1/4, 1/2, all).")
     held_out: float = opt(0.3, "Fraction of unit ids held out when evaluating on the training corpus.")
-    eval_max_tokens: int | None = opt(1024, "Evaluation tokens per language (whole units).")
-    eval_window: int = opt(256, "Scoring window of the evaluation (tokens, BOS first).")
-    eval_batch_size: int = opt(8, "Windows per evaluation forward.")
+    eval_max_tokens: int | None = count(1024, "Evaluation tokens per language (whole units).")
+    eval_window: int = count(256, "Scoring window of the evaluation (tokens, BOS first).")
+    eval_batch_size: int = count(8, "Windows per evaluation forward.")
     freeze_region: str | None = opt(None, "Mask file of `babelscope regions select` (e.g. "
                                     "regions-select/masks/top-k0.01-global.safetensors): those weights never change.")
     freeze_norms: bool = opt(False, "Also freeze masked entries of norm vectors.")
@@ -116,8 +116,8 @@ class PretrainInputs:
                                       "random share of the matrices), magnitude (largest |W|) or random entries.")
     freeze_fraction: float = opt(0.5, "Share of each block matrix (of the matrices, for half) the baseline freezes.")
     ssu_corpus: str = opt("udhr-sample", "SSU: the source-language text that scores the columns.")
-    ssu_langs: str = opt("eng", "SSU: source languages (comma-separated).")
-    ssu_max_tokens: int = opt(1024, "SSU: tokens per source language.")
+    ssu_langs: str = languages("eng", "SSU: source languages (comma-separated).")
+    ssu_max_tokens: int = count(1024, "SSU: tokens per source language.")
 
 
 @dataclass
@@ -144,10 +144,10 @@ class SftInputs:
     lang: str | None = opt(None, "Language of rows without a 'lang' field.")
     template: str = opt("auto", "auto (the tokenizer's chat template, else Gemma's turn format when it has those "
                         "tokens, else plain), chat, gemma, plain, or a .jinja file.")
-    max_length: int = opt(512, "Tokens per conversation; longer ones are cut (counted).")
+    max_length: int = count(512, "Tokens per conversation; longer ones are cut (counted).")
     val_fraction: float = opt(0.1, "Held-out share (by a seeded hash of each row).")
     val_max: int | None = opt(200, "Validation conversations scored per evaluation.")
-    samples: int | None = opt(None, "Training conversations (the paper's 1K/5K/950K; default all).")
+    samples: int | None = count(None, "Training conversations (the paper's 1K/5K/950K; default all).")
     epochs: int = opt(1, "Passes over the training conversations.")
     eval_every: int | None = opt(None, "Samples between validation losses (default 4 per epoch).")
 

@@ -309,14 +309,15 @@ def mask_path(spec: str, run_dir: Path) -> Path:
                           "masks/*.safetensors file of `babelscope regions select`")
 
 
-def check_mask_model(path: Path, model_spec: str) -> None:
+def check_mask_model(path: Path, model_spec: str, source: Path | str | None = None) -> None:
     """Refuse, before loading the model, a file that is not a mask of ``regions select`` and a mask made for
     another model: by the weight checksum in its metadata, and by its tensors' names and shapes against the
-    model's safetensors headers (nothing but the headers is read)."""
+    model's safetensors headers (nothing but the headers is read). ``source``: ``model_spec`` already resolved."""
     from babelscope.models.loader import _weights_checksum, resolve_spec
 
     meta, shapes = _mask_header(path)
-    source, _ = resolve_spec(model_spec)
+    if source is None:
+        source, _ = resolve_spec(model_spec)
     if not (isinstance(source, Path) and list(source.glob("*.safetensors"))):
         return  # a hub id: checked once the model is loaded
     checksum = _weights_checksum(source, None)
@@ -368,25 +369,28 @@ def _weight_shapes(source: Path) -> dict[str, list[int]]:
     return out
 
 
-def model_text_config(spec: str, planning: bool = False):
+def model_text_config(spec: str, planning: bool = False, source: Path | str | None = None):
     """The model's (text) config from its ``config.json``, without the weights; ``planning``: ``None`` when the
-    model is not there yet (a directory an earlier step writes) or a hub id (nothing is fetched to plan)."""
+    model is not there yet (a directory an earlier step writes) or a hub id (nothing is fetched to plan);
+    ``source``: ``spec`` already resolved."""
     from babelscope.models.loader import _load_config, resolve_spec
 
     if planning:
         path = Path(spec).expanduser()
         if spec != "gemma-3-270m" and not (path / "config.json").is_file() and path.suffix != ".gguf":
             return None
-    source, _ = resolve_spec(spec)
+    if source is None:
+        source, _ = resolve_spec(spec)
     if planning and not isinstance(source, Path):
         return None
     config = _load_config(source, False)
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def check_seq_len(cfg: PretrainConfig, planning: bool = False) -> None:
-    """``--seq-len`` against the model's maximum positions, read from its config (no weights)."""
-    text = model_text_config(cfg.model, planning)
+def check_seq_len(cfg: PretrainConfig, planning: bool = False, source: Path | str | None = None) -> None:
+    """``--seq-len`` against the model's maximum positions, read from its config (no weights); ``source``:
+    ``cfg.model`` already resolved."""
+    text = model_text_config(cfg.model, planning, source)
     limit = getattr(text, "max_position_embeddings", None) if text is not None else None
     if cfg.seq_len < 2:
         raise BabelscopeError(f"--seq-len {cfg.seq_len}: a block needs at least 2 tokens")

@@ -411,6 +411,7 @@ def run_pretrain(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", 
 
     from babelscope.models import load_model
     from babelscope.models.engine import tokenizer_sha256
+    from babelscope.models.loader import resolve_spec
     from babelscope.processes import launched_world
     from babelscope.runs import is_main_process
     from babelscope.steps import StepRun
@@ -421,17 +422,20 @@ def run_pretrain(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", 
     check_config(lcfg)
     # Options and data first: nothing is loaded or written before they pass.
     pretrain.check_options(cfg)
-    pretrain.check_seq_len(cfg)
+    source, _ = resolve_spec(cfg.model)  # once: the checks, the tokenizer and the model all read it
+    pretrain.check_seq_len(cfg, source=source)
     ssu_texts = pretrain.check_baseline(cfg)
     mask_file = pretrain.mask_path(cfg.freeze_region, sr.run_dir) if cfg.freeze_region else None
     if mask_file is not None:
-        pretrain.check_mask_model(mask_file, cfg.model)
-    data = pretrain.prepare_data(cfg, _pretrain_tokenizer(cfg.model))
+        pretrain.check_mask_model(mask_file, cfg.model, source)
+    tokenizer = _pretrain_tokenizer(source)  # the data's and, once the step runs, the model's
+    data = pretrain.prepare_data(cfg, tokenizer)
     inputs = _pretrain_inputs(data, mask_file, ssu_texts)
     # finished = complete (a killed run left partial results); the config is written once the model passed
     if (doc := sr.done(inputs=inputs, when=lambda d: d["results"].get("complete"), write_config=False)) is not None:
         return doc
-    model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, source=source,
+                                        tokenizer=tokenizer)
     if info.kind != "causal":
         raise BabelscopeError(f"{cfg.model}: further pretraining needs a causal LM, this is an {info.kind}")
     masks, mask_meta, mask_sum = _freeze_masks(cfg, model, tokenizer, info, mask_file, ssu_texts, inputs["mask"])
@@ -459,12 +463,10 @@ def run_pretrain(cfg: PretrainConfig, run_dir, step: str = "transfer-pretrain", 
     return sr.wait()  # every rank: the next step reads what rank 0 wrote
 
 
-def _pretrain_tokenizer(spec: str):
+def _pretrain_tokenizer(source: Path | str):
+    """The tokenizer of the resolved model ``source`` (read before the model, for the training data)."""
     from transformers import AutoTokenizer
 
-    from babelscope.models.loader import resolve_spec
-
-    source, _ = resolve_spec(spec)
     return AutoTokenizer.from_pretrained(str(source))
 
 

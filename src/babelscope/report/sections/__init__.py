@@ -1,6 +1,7 @@
-"""Report sections, one module per results ``kind``.
+"""Report sections: the functions that draw a results ``kind``, grouped by capability.
 
-Every public module here is imported when a report is rendered; a module registers its section with
-``@register_section("kind")`` (see :mod:`babelscope.report.base`). Kinds without a module get the generic
-section from ``_generic.py`` (results summary and every table).
+The command table names the section of each kind a command writes (``Results(kind, "module:function")`` in
+:mod:`babelscope.commands`); the report imports it from here when it draws that kind. A kind no command names
+is drawn by a section registered with ``@register_section("kind")`` (see :mod:`babelscope.report.base`), else by
+the generic section from ``_generic.py`` (results summary and every table).
 """

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, stats
 
 
@@ -45,7 +45,6 @@ def _chance(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> float | 
     return 1.0 / (sum(counts) / len(counts)) if counts else None
 
 
-@register_section("knowledge")
 def knowledge_section(doc: dict[str, Any]) -> Section:
     """Accuracy bars per subset (language or subject) with standard errors, and the per-subset table."""
     res = doc.get("results") or {}
@@ -73,7 +72,6 @@ def knowledge_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("responses")
 def responses_section(doc: dict[str, Any]) -> Section:
     """The judged response-quality table (the paper's Tables 1 and 3): five criteria 0-3 and their mean."""
     res = doc.get("results") or {}
@@ -97,7 +95,6 @@ def responses_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("codeswitch")
 def codeswitch_section(doc: dict[str, Any]) -> Section:
     """Code-switching rate per language (the paper's Figure 4)."""
     res = doc.get("results") or {}
@@ -120,7 +117,6 @@ def codeswitch_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("pos")
 def pos_section(doc: dict[str, Any]) -> Section:
     """In-context POS accuracy per language, MONO vs EN demonstrations, mean and std over runs (Xu et al. Fig. 17)."""
     res = doc.get("results") or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 
 
 def _band_chart(rows: list[dict[str, Any]], series: list[tuple[str, str, str]], ylabel: str, title: str):
@@ -29,7 +29,6 @@ def _band_chart(rows: list[dict[str, Any]], series: list[tuple[str, str, str]], 
     return fig, ax
 
 
-@register_section("lens-translation")
 def translation_section(doc: dict[str, Any]) -> Section:
     res = doc.get("results") or {}
     sec = Section(f"Latent language: word translation through the logit lens ({res.get('model', '?')})")
@@ -51,7 +50,6 @@ def translation_section(doc: dict[str, Any]) -> Section:
     return sec
 
 
-@register_section("lens-script")
 def script_section(doc: dict[str, Any]) -> Section:
     res = doc.get("results") or {}
     sec = Section(f"Latent language: script of the logit-lens prediction ({res.get('model', '?')})")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, table_file, table_rows
 
 
-@register_section("locate")
 def locate_section(doc: dict[str, Any]) -> Section:
     """Causal effects per localizer (with its paper), pairwise overlaps, and the localizers by layer and matrix."""
     from babelscope.report.figures import heatmap

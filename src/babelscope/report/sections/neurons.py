@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, table_file, table_rows
 from babelscope.report.markup import stats
 
 
-@register_section("neurons")
 def neurons_section(doc: dict[str, Any]) -> Section:
     """Language-specific neurons per language and per layer."""
     from babelscope.report.figures import heatmap
@@ -43,7 +42,6 @@ def neurons_section(doc: dict[str, Any]) -> Section:
     return sec
 
 
-@register_section("neurons-deactivation")
 def deactivation_section(doc: dict[str, Any]) -> Section:
     """The perplexity-ratio matrix and the generations with a language's neurons off."""
     from babelscope.report.figures import heatmap
@@ -77,7 +75,6 @@ def deactivation_section(doc: dict[str, Any]) -> Section:
     return sec
 
 
-@register_section("neurons-overlap")
 def overlap_section(doc: dict[str, Any]) -> Section:
     """Share of the regions' FFN weights on the LAPE neurons against random neuron sets."""
     from babelscope.report.figures import new_figure
@@ -116,7 +113,6 @@ def overlap_section(doc: dict[str, Any]) -> Section:
     return sec
 
 
-@register_section("neurons-plnd")
 def plnd_section(doc: dict[str, Any]) -> Section:
     """PLND neurons per language and layer, and their overlap with LAPE neurons and regions."""
     from babelscope.report.figures import heatmap

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, is_number, stats
 
 COLUMNS = [
@@ -75,7 +75,6 @@ def explanation(unit: str, parallel: bool) -> str:
     return f'<dl class="measures">{body}</dl>'
 
 
-@register_section("perplexity")
 def perplexity_section(doc: dict[str, Any]) -> Section:
     """Bits-per-unit and perplexity charts per language, and the per-language table."""
     from babelscope.report.figures import group_colors, grouped_bar

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, table_file, table_rows
 from babelscope.report.markup import esc, format_value, is_number, stats
 
 WHICH_COLORS = {"base": "#7f7f7f", "top": "#d62728", "bottom": "#2ca02c", "random": "#1f77b4"}
 
 
-@register_section("regions-importance")
 def importance_section(doc: dict[str, Any]) -> Section:
     """Per-language loss and score mass, and the mean importance per layer and matrix type."""
     from babelscope.report.figures import layer_lines
@@ -58,7 +57,6 @@ def importance_section(doc: dict[str, Any]) -> Section:
     return sec
 
 
-@register_section("regions-select")
 def select_section(doc: dict[str, Any]) -> Section:
     """Saved regions, the per-matrix kept-percentage table and the overlap heatmap."""
     from babelscope.report.figures import heatmap
@@ -125,7 +123,6 @@ def _per_matrix_heatmaps(sec: Section, per: list[dict[str, Any]], kinds: list[st
         sec.text(f"{len(groups) - limit} more regions are in the table above.")
 
 
-@register_section("regions-ablation")
 def ablation_section(doc: dict[str, Any]) -> Section:
     """Perplexity per language for Base / Top / Bottom / Random, the median ratios and the generations."""
     from babelscope.report.figures import log_axis, new_figure
@@ -197,7 +194,6 @@ def ablation_section(doc: dict[str, Any]) -> Section:
     return sec
 
 
-@register_section("regions-scan")
 def scan_section(doc: dict[str, Any]) -> Section:
     """Perplexity after perturbing each dimension against its activation magnitude."""
     from babelscope.report.figures import labeled_scatter

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 from babelscope.report.markup import stats
 
 
-@register_section("steer")
 def steer_section(doc: dict[str, Any]) -> Section:
     """Best steering per language and method, the harmonic mean over layers and α, and the perplexity cost."""
     from babelscope.report.figures import heatmap

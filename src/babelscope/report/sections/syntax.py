@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, matrix_of, register_section, table_file, table_rows
+from babelscope.report.base import Section, matrix_of, table_file, table_rows
 from babelscope.report.markup import esc, stats
 
 
@@ -36,7 +36,6 @@ def _links(section: Section, links: dict[str, Any]) -> None:
         section.table(rows)
 
 
-@register_section("syntax-extract")
 def extract_section(doc: dict[str, Any]) -> Section:
     res = doc["results"]
     section = Section(f"Syntax: word representations ({res.get('model')})")
@@ -57,7 +56,6 @@ def extract_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("syntax-otdd")
 def otdd_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import heatmap, labeled_scatter
 
@@ -94,7 +92,6 @@ def otdd_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("syntax-rsa")
 def rsa_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import heatmap, layer_lines
 
@@ -133,7 +130,6 @@ def rsa_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("syntax-probe")
 def probe_section(doc: dict[str, Any]) -> Section:
     from babelscope.report.figures import heatmap, layer_lines
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_rows
+from babelscope.report.base import Section, table_rows
 from babelscope.report.markup import stats
 
 
@@ -47,7 +47,6 @@ def fig17(summary: list[dict[str, Any]], langs: list[str], marks: dict[str, str]
     return fig, ax
 
 
-@register_section("syntax-meta")
 def meta_section(doc: dict[str, Any]) -> Section:
     res = doc["results"]
     langs = res.get("test_langs", [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, stats
 
 LABELS = {
@@ -75,7 +75,6 @@ def premium_chart(rows: list[dict[str, Any]], models: list[str], key: str = "pre
     return fig, ax
 
 
-@register_section("tokens")
 def tokens_section(doc: dict[str, Any]) -> Section:
     """Premium per language (chart grouped by script), the per-language table and fertility on UD."""
     res = doc.get("results") or {}
@@ -106,7 +105,6 @@ def tokens_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("vocab")
 def vocab_section(doc: dict[str, Any]) -> Section:
     """Premium before/after, fertility, added tokens used, the checks and the init-quality table."""
     res = doc.get("results") or {}

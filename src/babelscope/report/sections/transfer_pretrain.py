@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from babelscope.numeric import median
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 from babelscope.report.markup import esc, format_value, is_number, stats
 
 
@@ -121,7 +121,6 @@ def _freeze_text(freeze: dict[str, Any]) -> str:
             f"frozen ({esc(format_value(freeze.get('parameters')))} weights{share})")
 
 
-@register_section("transfer-pretrain")
 def transfer_pretrain_section(doc: dict[str, Any]) -> Section:
     """Forgetting curve chart and table, training loss, the data used, and the overlay of several trainings."""
     res = doc.get("results") or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from babelscope.report.base import Section, register_section, table_file, table_rows
+from babelscope.report.base import Section, table_file, table_rows
 from babelscope.report.markup import stats
 
 
@@ -32,7 +32,6 @@ def loss_curves(train: list[dict[str, Any]], val: list[dict[str, Any]], per_epoc
     return fig, ax
 
 
-@register_section("sft")
 def sft_section(doc: dict[str, Any]) -> Section:
     """Loss curves, where the validation loss turns, data counts (truncation included)."""
     res = doc.get("results") or {}
@@ -69,7 +68,6 @@ def sft_section(doc: dict[str, Any]) -> Section:
     return section
 
 
-@register_section("transfer_table")
 def table_section(doc: dict[str, Any]) -> Section:
     """Zhao et al. 2024 Table 1 analog: one row per model variant."""
     res = doc.get("results") or {}
