@@ -134,10 +134,6 @@ def baseline_masks(model: nn.Module, baseline: str, fraction: float, seed: int =
 
 def masks_sha256(masks: dict[str, torch.Tensor]) -> str:
     """Checksum of a set of masks (names and bits), part of the training fingerprint."""
-    import hashlib
+    from babelscope.caches import digest
 
-    digest = hashlib.sha256()
-    for name in sorted(masks):
-        digest.update(name.encode())
-        digest.update(masks[name].numpy().tobytes())
-    return digest.hexdigest()
+    return digest(part for name in sorted(masks) for part in (name, masks[name].numpy().tobytes()))
