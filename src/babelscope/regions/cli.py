@@ -21,7 +21,7 @@ REGIONS = Command("regions", RegionsConfig, StepFunction("babelscope.regions.pip
 REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
                              StepFunction("babelscope.regions.steps", "run_importance"))
 REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"))
-REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.ablate"))
+REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.steps", "run_ablate"))
 REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"))
 EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)
 
