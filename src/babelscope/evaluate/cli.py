@@ -21,7 +21,7 @@ app = typer.Typer(help="Evaluate: knowledge benchmarks (MC by log-likelihood, MG
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
 BENCH = Command("bench", BenchConfig, StepFunction("babelscope.evaluate.knowledge"))
-RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.respond"))
+RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.steps", "run_respond"))
 CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.steps", "run_codeswitch"))
 POS = Command("pos", PosConfig, StepFunction("babelscope.evaluate.steps", "run_pos"))
 EXPERIMENT_COMMANDS = command_table(BENCH, RESPOND, CODESWITCH, POS)
