@@ -23,7 +23,7 @@ app = typer.Typer(
 NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"))
 NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig, StepFunction("babelscope.neurons.deactivate"))
 NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))
-NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.plnd"))
+NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.steps", "run_plnd"))
 EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP, NEURONS_PLND)
 
 step_command(app, "find", NEURONS, step="neurons",

@@ -1,0 +1,148 @@
+"""The neurons steps apart from their methods: ``neurons plnd`` (the method in :mod:`.plnd`).
+
+A step checks its options and data before any model loads, calls the method and returns its tables;
+:class:`babelscope.steps.StepRun` does the rest (the done check, provenance, atomic writes, barriers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from babelscope.errors import BabelscopeError
+from babelscope.neurons import plnd
+from babelscope.neurons.configs import PlndConfig
+
+
+# ------------------------------------------------------------------------------------------------- plnd
+def plnd_inputs(sr) -> tuple[Any, list[str], dict[str, list], dict[str, str]]:
+    """The corpus, languages and train side of each of a PLND step, checked with a one-line error; and the
+    checksums of the LAPE and select steps it compares with, when they ran."""
+    from babelscope.data.views import language_codes, open_text_corpus, split_side
+    from babelscope.runs import Step
+    from babelscope.steps import results_sha256
+
+    cfg = sr.cfg
+    if not 0 < cfg.top_rate < 1 or not 0 < cfg.consistency <= 1:
+        raise BabelscopeError(f"--top-rate {cfg.top_rate} / --consistency {cfg.consistency}: top rate in (0, 1), "
+                              "consistency in (0, 1]")
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    if len(codes) < 2:
+        raise BabelscopeError(f"--langs {cfg.langs!r}: PLND separates languages; give at least two")
+    texts = {c: split_side(corpus, c, "train", cfg.test_fraction, cfg.seed) for c in codes}
+    reads = {}
+    for name in (cfg.neurons_step, cfg.select_step):
+        if name not in ("", "none") and Step(sr.run_dir, name).results_path.exists():
+            reads[name] = results_sha256(sr.run_dir, name)
+    return corpus, codes, texts, reads
+
+
+def plnd_scores(sr, engine, ffns, codes: list[str], texts: dict[str, list]
+                ) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[dict]]:
+    """Per language: the important-window counts, the number of windows, the mean importance and a table row."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.data.views import language_windows
+
+    cfg = sr.cfg
+    important, documents, mean_imp, rows = [], [], [], []
+    for code in tqdm(codes, desc="PLND", unit="lang", leave=False, disable=not engine.is_main):
+        seqs = [s for s in language_windows(engine, [u.text for u in texts[code]], cfg.window, cfg.max_tokens)
+                if len(s) > 1]
+        if not seqs:
+            raise BabelscopeError(f"language {code}: no tokens; raise --max-tokens or --window")
+        counts, mean = plnd.language_plnd(sr.model()[0], ffns, seqs, cfg.batch_size, engine.pad_id, cfg.top_rate)
+        important.append(counts)
+        documents.append(len(seqs))
+        mean_imp.append(mean)
+        rows.append({"lang": code, "name": resolve_language(code).name, "documents": len(seqs),
+                     "tokens": sum(len(s) - 1 for s in seqs)})
+    return important, documents, mean_imp, rows
+
+
+def plnd_overlap(sr, codes: list[str], masks: dict[str, torch.Tensor], weights: list, width: int,
+                 checksum: str, reads: dict) -> list[dict[str, Any]]:
+    """The PLND neurons against the LAPE neurons (same model) and the region (each language's own Top-k of its
+    scores, else the core region), when those steps ran."""
+    from babelscope.neurons.lape import load_neurons
+    from babelscope.neurons.overlap import neuron_region_counts
+    from babelscope.runs import Step, load_results
+    from babelscope.tensorfiles import load_tensors
+
+    cfg = sr.cfg
+    overlap, lape = [], {}
+    if cfg.neurons_step in reads:
+        nsrc = Step(sr.run_dir, cfg.neurons_step)
+        lape, lmeta = load_neurons(nsrc.path / load_results(nsrc.results_path)["results"]["neurons_file"])
+        if lmeta.get("model") == checksum:
+            overlap += [{"lang": code, "pair": "plnd-lape", **plnd.set_overlap(masks[code], lape[code])}
+                        for code in codes if code in lape]
+    if cfg.select_step not in reads:
+        return overlap
+    from babelscope.regions.select import mask_file, region_mask
+
+    ssrc = Step(sr.run_dir, cfg.select_step)
+    isrc = Step(sr.run_dir, load_results(ssrc.results_path)["results"]["importance_step"])
+    score_files = load_results(isrc.results_path)["results"].get("score_files", {})
+    core_path = ssrc.path / mask_file("top", cfg.k, cfg.scope)
+    core = neuron_region_counts(load_tensors(core_path), weights, width) if core_path.exists() else None
+    with_lape = {r["lang"] for r in overlap}
+    for code in codes:
+        if code in score_files:
+            scores = load_tensors(isrc.path / score_files[code])
+            counts = neuron_region_counts(region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top",
+                                                      cfg.scope), weights, width)
+            region = "lang"
+        elif core is not None:
+            counts, region = core, "core"
+        else:
+            continue
+        sets = [("plnd-region", masks[code])] + ([("lape-region", lape[code])] if code in with_lape else [])
+        overlap += plnd.region_overlap_rows(code, region, counts, sets, cfg.draws, cfg.seed)
+    return overlap
+
+
+def run_plnd(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons plnd`` step: importances per document and language, the PLND neurons, and their
+    overlap with the LAPE neurons and the regions when those steps are in the run directory."""
+    from babelscope.neurons.ffn import ffn_modules
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
+    from babelscope.tensorfiles import save_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    corpus, codes, texts, reads = plnd_inputs(sr)
+    inputs = {"texts": {c: text_sha256(u.text for u in texts[c]) for c in codes}, **reads}
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "PLND")
+    ffns = ffn_modules(model)
+    sr.write_config()
+    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
+    important, documents, mean_imp, rows = plnd_scores(sr, engine, ffns, codes, texts)
+    if not engine.is_main:
+        return sr.wait()
+    masks, agnostic = plnd.select_plnd(torch.stack(important), torch.tensor(documents), cfg.consistency)
+    n_layers, width = masks.shape[1:]
+    per_language, per_layer = plnd.neuron_rows(codes, masks)
+    for row, counts in zip(rows, per_language, strict=True):
+        row.update(counts)
+    weights = [f.weight_names for f in ffns]
+    save_tensors(sr.path / "neurons.safetensors",
+                 {**{f"mask/{c}": masks[i] for i, c in enumerate(codes)},
+                  **{f"importance/{c}": mean_imp[i] for i, c in enumerate(codes)}, "agnostic": agnostic},
+                 {"model": info.checksum, "model_name": info.name, "languages": codes, "method": "plnd",
+                  "ffn": [f.prefix for f in ffns], "weights": weights, "top_rate": cfg.top_rate,
+                  "consistency": cfg.consistency})
+    overlap = plnd_overlap(sr, codes, dict(zip(codes, masks, strict=True)), weights, width, info.checksum, reads)
+    results = {"model": info.name, "corpus": corpus.name, "languages": codes, "layers": n_layers,
+               "neurons_per_layer": width, "total_neurons": n_layers * width, "selected": int(masks.any(0).sum()),
+               "agnostic": int(agnostic.sum()), "neurons_file": "neurons.safetensors", "top_rate": cfg.top_rate,
+               "consistency": cfg.consistency, "neurons_step": cfg.neurons_step if cfg.neurons_step in reads
+               else None, "select_step": cfg.select_step if cfg.select_step in reads else None}
+    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
+                                                  "units": {c: [u.id for u in texts[c]] for c in codes}})
+    return sr.write(plnd.KIND, results, {"per_language": rows, "per_layer": per_layer, "overlap": overlap}, prov)
