@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from babelscope.numeric import median
 from babelscope.options import opt
 
 KIND = "locate"
@@ -65,6 +64,7 @@ def _doc(run_dir, name: str) -> dict | None:
 
 def causal_rows(run_dir, cfg: LocateConfig) -> list[dict[str, Any]]:
     """One row per localizer and causal test found in the run directory."""
+    from babelscope.numeric import median
     from babelscope.runs import iter_results
 
     rows: list[dict[str, Any]] = []
