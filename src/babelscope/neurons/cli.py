@@ -21,7 +21,8 @@ app = typer.Typer(
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
 NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"))
-NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig, StepFunction("babelscope.neurons.deactivate"))
+NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig,
+                             StepFunction("babelscope.neurons.steps", "run_deactivate"))
 NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))
 NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.steps", "run_plnd"))
 EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP, NEURONS_PLND)

@@ -1,4 +1,5 @@
-"""The neurons steps apart from their methods: ``neurons plnd`` (the method in :mod:`.plnd`).
+"""The neurons steps apart from their methods: ``neurons plnd`` (the method in :mod:`.plnd`) and ``neurons
+deactivate`` (:mod:`.deactivate`).
 
 A step checks its options and data before any model loads, calls the method and returns its tables;
 :class:`babelscope.steps.StepRun` does the rest (the done check, provenance, atomic writes, barriers).
@@ -6,13 +7,14 @@ A step checks its options and data before any model loads, calls the method and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
-from babelscope.neurons import plnd
-from babelscope.neurons.configs import PlndConfig
+from babelscope.neurons import deactivate, plnd
+from babelscope.neurons.configs import DeactivateConfig, PlndConfig
 
 
 # ------------------------------------------------------------------------------------------------- plnd
@@ -146,3 +148,121 @@ def run_plnd(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) 
     prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
                                                   "units": {c: [u.id for u in texts[c]] for c in codes}})
     return sr.write(plnd.KIND, results, {"per_language": rows, "per_layer": per_layer, "overlap": overlap}, prov)
+
+
+# ------------------------------------------------------------------------------------------- deactivate
+@dataclass
+class DeactivateInputs:
+    """What the deactivate step reads and checks before its model loads."""
+
+    source: Any  # the neurons step (a :class:`~babelscope.runs.Step`)
+    masks: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    codes: list[str]
+    view: Any
+    inputs: dict[str, Any]
+
+
+def deactivate_inputs(sr) -> DeactivateInputs:
+    """The neurons step's masks (those of ``--off``), the evaluation languages and their held-out text (the test
+    side of the neurons step's split), each checked with a one-line error; and their checksums."""
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus
+    from babelscope.neurons.lape import load_neurons
+    from babelscope.runs import Step, load_results, text_sha256
+    from babelscope.steps import results_sha256
+
+    cfg = sr.cfg
+    src = Step(sr.run_dir, cfg.neurons_step)
+    if not src.results_path.exists():
+        named = "" if cfg.neurons_step == "neurons" else f" --step {cfg.neurons_step}"
+        raise BabelscopeError(
+            f"{src.path}: no finished neurons step; run `babelscope neurons find --model {cfg.model} --run-dir "
+            f"{sr.run_dir}{named}` first (or name the folder it wrote with --neurons-step)"
+        )
+    src_doc = load_results(src.results_path)
+    src_cfg = src_doc["config"]
+    masks, meta = load_neurons(src.path / src_doc["results"]["neurons_file"])
+    if cfg.off:
+        from babelscope.data.languages import resolve_language
+
+        wanted = [resolve_language(x.strip()).code for x in cfg.off.split(",") if x.strip()]
+        unknown = [c for c in wanted if c not in masks]
+        if unknown:
+            raise BabelscopeError(
+                f"--off {cfg.off}: no neurons for {', '.join(unknown)} in {src.path} (it has {', '.join(masks)})"
+            )
+        masks = {c: masks[c] for c in wanted}
+    corpus = open_text_corpus(cfg.corpus or src_cfg["corpus"])
+    codes = language_codes(corpus, cfg.langs or src_cfg["langs"])
+    view = SplitView(corpus, "test", src_cfg["test_fraction"], src_cfg["seed"])
+    for code in codes:
+        view.units(code)  # a language without held-out text fails here, before the model loads
+    inputs = {"neurons": results_sha256(sr.run_dir, cfg.neurons_step),
+              "texts": {code: text_sha256(u.text for u in view.units(code)) for code in codes}}
+    return DeactivateInputs(src, masks, meta, codes, view, inputs)
+
+
+def run_deactivate(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactivate", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons deactivate`` step: perplexity per language with each language's neurons (and as
+    many random ones) switched off, and generations."""
+    from tqdm.auto import tqdm
+
+    from babelscope.caches import digest
+    from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities
+    from babelscope.neurons.ffn import deactivated, ffn_modules
+    from babelscope.runs import provenance
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    inp = deactivate_inputs(sr)
+    if (doc := sr.done(inputs=inp.inputs, write_config=False)) is not None:  # config: once the model passed
+        return doc
+    model, tokenizer, info = sr.model()
+    if inp.meta.get("model") != info.checksum:
+        raise BabelscopeError(
+            f"{inp.source.path}: neurons found on another model ({str(inp.meta.get('model'))[:12]}…); run "
+            f"`babelscope neurons find` with --model {cfg.model} first"
+        )
+    ffns = ffn_modules(model)
+    sr.write_config()
+    masks, codes = inp.masks, inp.codes
+    mask_sha = {c: digest([m.numpy().tobytes()], 16) for c, m in masks.items()}
+
+    def engine_for(*change: Any):  # the request cache knows the changed model by what was changed and how
+        checksum = condition_checksum(info.checksum, *change) if change else info.checksum
+        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)  # every rank, in step
+
+    def prompts_for(lang: str) -> list[str]:
+        return [c for c in dict.fromkeys([lang, "eng"]) if c in PROMPTS]
+
+    base_engine = engine_for()
+    base = perplexities(base_engine, inp.view, codes, cfg.window, cfg.max_tokens)
+    conditions = [(lang, "lape") for lang in masks] + ([(lang, "random") for lang in masks] if cfg.random else [])
+    rows, generations = [], []
+    if cfg.generate:
+        gen_codes = list(dict.fromkeys(c for lang in masks for c in prompts_for(lang)))
+        outs = base_engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens)
+        generations += deactivate.generation_rows("base", "-", gen_codes, PROMPTS, outs)
+    with tqdm(total=len(conditions), desc="deactivate", unit="set", leave=False,
+              disable=not base_engine.is_main) as bar:
+        for lang, which in conditions:
+            off = deactivate.switched_off(masks[lang], which, cfg.seed)
+            engine = engine_for("neurons-off", lang, which, mask_sha[lang], cfg.seed if which == "random" else None)
+            gen = prompts_for(lang) if cfg.generate and which == "lape" else []
+            with deactivated(ffns, off) as n:
+                after = perplexities(engine, inp.view, codes, cfg.window, cfg.max_tokens)
+                if gen:
+                    outs = engine.generate([PROMPTS[c] for c in gen], cfg.max_new_tokens)
+                    generations += deactivate.generation_rows(lang, n, gen, PROMPTS, outs)
+            rows += deactivate.ratio_rows(lang, which, n, codes, after, base)
+            bar.update(1)
+    if not base_engine.is_main:
+        return sr.wait()
+    matrix = deactivate.ratio_matrix(rows, masks, codes)
+    results = {"model": info.name, "corpus": inp.view.name, "deactivated": list(masks),
+               "evaluation_languages": codes, "neurons_step": cfg.neurons_step,
+               "summary": deactivate.summarize(matrix, rows, codes)}
+    prov = provenance(model=info.to_dict(), data={"corpus": inp.view.name,
+                                                  "units": {c: [u.id for u in inp.view.units(c)] for c in codes}})
+    return sr.write(deactivate.KIND, results, {"matrix": matrix, "per_language": rows, "generations": generations},
+                    prov)
