@@ -22,7 +22,7 @@ REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
                              StepFunction("babelscope.regions.steps", "run_importance"))
 REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"))
 REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.steps", "run_ablate"))
-REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"))
+REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.steps", "run_scan"))
 EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)
 
 step_command(app, "importance", REGIONS_IMPORTANCE, step="regions-importance",

@@ -1,5 +1,5 @@
 """The regions steps apart from their methods: ``regions importance`` (the method in :mod:`.importance`),
-``regions select`` (:mod:`.select`) and ``regions ablate`` (:mod:`.ablate`).
+``regions select`` (:mod:`.select`), ``regions ablate`` (:mod:`.ablate`) and ``regions scan-dims`` (:mod:`.scan`).
 
 A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
 planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from babelscope.errors import BabelscopeError
-from babelscope.regions import ablate, importance, select
-from babelscope.regions.configs import AblateConfig, ImportanceConfig, SelectConfig
+from babelscope.regions import ablate, importance, scan, select
+from babelscope.regions.configs import AblateConfig, ImportanceConfig, ScanConfig, SelectConfig
 
 
 # ------------------------------------------------------------------------------------------- importance
@@ -467,3 +467,60 @@ def run_ablate(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=
                                                             for code in codes}})
     return sr.write(ablate.KIND, results, {"per_language": rows, "summary": summary, "generations": generations},
                     prov)
+
+
+# ------------------------------------------------------------------------------------------- scan-dims
+def run_scan(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> dict[str, Any]:
+    """The ``babelscope regions scan-dims`` step: the pooled perplexity with each chosen dimension of a norm's
+    scale perturbed, and the dimensions that break the model."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus, token_windows
+    from babelscope.evaluate.intervention import condition_checksum, perplexities
+    from babelscope.models.params import find_norm, gamma_offset
+    from babelscope.models.placement import writable_weights
+    from babelscope.regions.apply import DIM_MODES, perturbed_dimension
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    if cfg.mode not in DIM_MODES:
+        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(DIM_MODES)}")
+    if cfg.top_n < 1 or cfg.threshold <= 1:
+        raise BabelscopeError(f"--top-n {cfg.top_n} / --threshold {cfg.threshold}: need top_n >= 1 and threshold > 1")
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    view = SplitView(corpus, "test", cfg.test_fraction, cfg.seed)
+    if (doc := sr.done(inputs={c: text_sha256(u.text for u in view.units(c)) for c in codes})) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "scan-dims")
+    name, norm = find_norm(model, cfg.layer, cfg.norm)
+    offset = gamma_offset(norm, model)  # the table's: 1 for Gemma's (1 + w), 0 for w
+    engine = sr.engine(checksum=info.checksum, batch_size=cfg.batch_size, progress=False)  # windows, then the base
+    seqs = [s for code in codes
+            for s, _ in token_windows(engine, [u.text for u in view.units(code)], cfg.window, cfg.max_tokens)]
+    peak, mean, where = scan.activation_magnitudes(model, norm, cfg.layer, seqs)
+    dims, top = scan.choose_dims(cfg.dims, peak, cfg.top_n, cfg.seed)
+    base_rows = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
+    base = scan.pooled_ppl(base_rows)
+    rank = scan.activation_ranks(peak)
+    rows = []
+    with writable_weights(model, [name]) as writable:  # the norm's own weight, or an offloaded one's copy
+        weight = writable[name]
+        for d in tqdm(dims, desc="scan-dims", unit="dim", leave=False, disable=not engine.is_main):
+            checksum = condition_checksum(info.checksum, "dim", name, d, cfg.mode, cfg.factor)
+            eng = sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
+            with perturbed_dimension(norm, d, cfg.mode, cfg.factor, offset, weight=weight) as gamma:
+                after = perplexities(eng, view, codes, cfg.window, cfg.max_tokens)
+            rows.append(scan.dimension_row(d, float(weight[d]) + offset, gamma, peak, mean, rank, top, after, base,
+                                           cfg.threshold))
+    if not engine.is_main:
+        return sr.wait()
+    rows.sort(key=lambda r: -r["ratio"])
+    results = {"model": info.name, "norm": name, "layer": cfg.layer, "gamma_offset": offset,
+               "norm_scale": "1 + w" if offset else "w", "mode": cfg.mode, "factor": cfg.factor, "base_ppl": base,
+               "threshold": cfg.threshold, "base_ppl_per_language": {c: r["ppl"] for c, r in base_rows.items()},
+               "broken_dims": [r["dim"] for r in rows if r["broken"]],
+               "top_activation_dims": [int(d) for d in torch.argsort(peak, descending=True)[: cfg.top_n]],
+               "median_act_mean": float(mean.median()), "activation": where, "scanned": len(rows)}
+    return sr.write(scan.KIND, results, {"dims": rows}, provenance(model=info.to_dict(), data={"corpus": view.name}))
