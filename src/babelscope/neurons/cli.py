@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
-NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.lape"))
+NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.steps", "run_find"))
 NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig,
                              StepFunction("babelscope.neurons.steps", "run_deactivate"))
 NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))

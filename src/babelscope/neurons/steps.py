@@ -1,5 +1,5 @@
-"""The neurons steps apart from their methods: ``neurons plnd`` (the method in :mod:`.plnd`) and ``neurons
-deactivate`` (:mod:`.deactivate`).
+"""The neurons steps apart from their methods: ``neurons find`` (the method in :mod:`.lape`), ``neurons plnd``
+(:mod:`.plnd`) and ``neurons deactivate`` (:mod:`.deactivate`).
 
 A step checks its options and data before any model loads, calls the method and returns its tables;
 :class:`babelscope.steps.StepRun` does the rest (the done check, provenance, atomic writes, barriers).
@@ -13,8 +13,102 @@ from typing import Any
 import torch
 
 from babelscope.errors import BabelscopeError
-from babelscope.neurons import deactivate, plnd
-from babelscope.neurons.configs import DeactivateConfig, PlndConfig
+from babelscope.neurons import deactivate, lape, plnd
+from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, PlndConfig
+
+
+def plan_check(cfg: Any, run_dir=None, earlier=()) -> list[str] | None:
+    """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
+    if isinstance(cfg, NeuronsConfig):
+        return lape.plan_check(cfg, run_dir, earlier)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- find
+def language_counts(sr, engine, ffns, codes: list[str], texts: dict[str, list]
+                    ) -> tuple[list[torch.Tensor], list[int], list[dict]]:
+    """Per language: how often each FFN neuron fired over its train side, the tokens counted and a table row;
+    each language's counts saved as ``counts/<lang>.safetensors`` (rank 0) and re-read by a re-run with the
+    same key."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.data.views import language_windows
+    from babelscope.processes import barrier
+    from babelscope.runs import text_sha256
+    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
+
+    cfg, info = sr.cfg, sr.model()[2]
+    counts, tokens, rows = [], [], []
+    for code in tqdm(codes, desc="activations", unit="lang", disable=not engine.is_main, leave=False):
+        sha = text_sha256(u.text for u in texts[code])
+        key = lape._key({"model": info.checksum, "lang": code, "text": sha, "window": cfg.window,
+                         "max_tokens": cfg.max_tokens, "site": cfg.site, "batch_size": cfg.batch_size,
+                         "dtype": cfg.dtype, "device": engine.device.type, "width": ffns[0].width})
+        path = sr.path / "counts" / f"{code}.safetensors"
+        meta = read_metadata(path) if path.exists() else {}
+        if meta.get("key") == key:  # finished in an earlier run
+            over_zero, n = load_tensors(path)["over_zero"], int(meta["tokens"])
+        else:
+            seqs = language_windows(engine, [u.text for u in texts[code]], cfg.window, cfg.max_tokens)
+            over_zero, n = lape.count_activations(sr.model()[0], ffns, seqs, cfg.batch_size, cfg.site, engine.pad_id)
+            if n == 0:
+                raise BabelscopeError(f"language {code}: no tokens counted; raise --max-tokens or --window")
+            if engine.is_main:
+                save_tensors(path, {"over_zero": over_zero},
+                             {"key": key, "lang": code, "tokens": n, "model": info.checksum,
+                              "units": [u.id for u in texts[code]], "text_sha256": sha})
+            barrier()
+        counts.append(over_zero)
+        tokens.append(n)
+        rows.append({"lang": code, "name": resolve_language(code).name, "tokens": n})
+    return counts, tokens, rows
+
+
+def run_find(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
+    from babelscope.data.views import open_text_corpus, split_side
+    from babelscope.neurons.ffn import check_site, ffn_modules
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
+    from babelscope.tensorfiles import save_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    codes = lape.plan_check(cfg)
+    corpus = open_text_corpus(cfg.corpus)
+    texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
+    inputs = {code: text_sha256(u.text for u in texts[code]) for code in codes}
+    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the model passed
+        return doc
+    model, tokenizer, info = sr.model("causal", "neurons")
+    ffns = ffn_modules(model)
+    check_site(ffns, cfg.site, model)
+    sr.write_config()
+    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
+    counts, tokens, rows = language_counts(sr, engine, ffns, codes, texts)
+    if not engine.is_main:
+        return sr.wait()
+    probs = lape.activation_probabilities(torch.stack(counts), torch.tensor(tokens))
+    masks, entropy, thresholds = lape.select_neurons(probs, cfg.filter_rate, cfg.top_rate, cfg.bar_rate)
+    n_layers, width = entropy.shape
+    per_language, per_layer, neurons = lape.neuron_tables(codes, probs, masks, entropy)
+    for row, extra in zip(rows, per_language, strict=True):
+        row.update(extra)
+    save_tensors(sr.path / "neurons.safetensors",
+                 {"probs": probs.float(), "entropy": entropy.float(),
+                  **{f"mask/{c}": masks[li] for li, c in enumerate(codes)}},
+                 {"format": "babelscope.neurons/1", "model": info.checksum, "model_name": info.name,
+                  "languages": codes, "tokens": {c: int(n) for c, n in zip(codes, tokens, strict=True)},
+                  "dtype": cfg.dtype, "filter_rate": cfg.filter_rate, "top_rate": cfg.top_rate,
+                  "bar_rate": cfg.bar_rate, "site": cfg.site, "ffn": [f.prefix for f in ffns],
+                  "weights": [f.weight_names for f in ffns], "key": lape._key(sr.config)})
+    results = {"model": info.name, "corpus": corpus.name, "languages": codes, "site": cfg.site, "layers": n_layers,
+               "neurons_per_layer": width, "total_neurons": n_layers * width, "selected": int(masks.any(dim=0).sum()),
+               "thresholds": thresholds, "neurons_file": "neurons.safetensors",
+               "ffn_modules": [f.prefix for f in ffns]}
+    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
+                                                  "units": {c: [u.id for u in texts[c]] for c in codes}})
+    return sr.write(lape.KIND, results, {"per_language": rows, "per_layer": per_layer, "neurons": neurons}, prov)
 
 
 # ------------------------------------------------------------------------------------------------- plnd
