@@ -23,7 +23,8 @@ app = typer.Typer(
 NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.steps", "run_find"))
 NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig,
                              StepFunction("babelscope.neurons.steps", "run_deactivate"))
-NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.overlap"))
+NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig,
+                          StepFunction("babelscope.neurons.steps", "run_overlap"))
 NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.steps", "run_plnd"))
 EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP, NEURONS_PLND)
 

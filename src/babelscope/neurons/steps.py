@@ -1,5 +1,5 @@
 """The neurons steps apart from their methods: ``neurons find`` (the method in :mod:`.lape`), ``neurons plnd``
-(:mod:`.plnd`) and ``neurons deactivate`` (:mod:`.deactivate`).
+(:mod:`.plnd`), ``neurons deactivate`` (:mod:`.deactivate`) and ``neurons overlap`` (:mod:`.overlap`).
 
 A step checks its options and data before any model loads, calls the method and returns its tables;
 :class:`babelscope.steps.StepRun` does the rest (the done check, provenance, atomic writes, barriers).
@@ -13,14 +13,16 @@ from typing import Any
 import torch
 
 from babelscope.errors import BabelscopeError
-from babelscope.neurons import deactivate, lape, plnd
-from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, PlndConfig
+from babelscope.neurons import deactivate, lape, overlap, plnd
+from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig, PlndConfig
 
 
 def plan_check(cfg: Any, run_dir=None, earlier=()) -> list[str] | None:
     """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
     if isinstance(cfg, NeuronsConfig):
         return lape.plan_check(cfg, run_dir, earlier)
+    if isinstance(cfg, OverlapConfig):
+        return overlap.plan_check(cfg, run_dir, earlier)
     return None
 
 
@@ -360,3 +362,94 @@ def run_deactivate(cfg: DeactivateConfig, run_dir, step: str = "neurons-deactiva
                                                   "units": {c: [u.id for u in inp.view.units(c)] for c in codes}})
     return sr.write(deactivate.KIND, results, {"matrix": matrix, "per_language": rows, "generations": generations},
                     prov)
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+@dataclass
+class OverlapSources:
+    """The steps an overlap step reads (each a :class:`~babelscope.runs.Step`) and their results."""
+
+    neurons: Any
+    neurons_doc: dict
+    select: Any
+    select_doc: dict
+    importance: Any
+    importance_doc: dict
+
+
+def overlap_sources(sr) -> OverlapSources:
+    """The neurons, select and importance steps' results (a one-line error for one that has not run)."""
+    from babelscope.runs import Step, load_results
+
+    nsrc = Step(sr.run_dir, sr.cfg.neurons_step)
+    ndoc = load_results(nsrc.results_path)
+    ssrc = Step(sr.run_dir, sr.cfg.select_step)
+    sdoc = load_results(ssrc.results_path)
+    isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
+    return OverlapSources(nsrc, ndoc, ssrc, sdoc, isrc, load_results(isrc.results_path))
+
+
+def region_counts(sr, src: OverlapSources, kind: str, lang: str, weights: list, width: int) -> torch.Tensor:
+    """The region's weights on each FFN neuron: the Top-k of ``lang``'s own scores (``lang``), its monolingual
+    region (``mono``) or the core region (``core``)."""
+    from babelscope.regions.select import mask_file, region_mask
+    from babelscope.regions.shards import open_scores
+    from babelscope.tensorfiles import load_tensors
+
+    cfg = sr.cfg
+    if kind == "lang":
+        scores = open_scores(src.importance.path / src.importance_doc["results"]["score_files"][lang])
+        return overlap.neuron_region_counts(region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top",
+                                                        cfg.scope), weights, width)
+    path = src.select.path / mask_file("top" if kind == "core" else f"mono-{lang}", cfg.k, cfg.scope)
+    if not path.exists():
+        raise BabelscopeError(
+            f"{path}: no such region; run `babelscope regions select` with --k {cfg.k:g} --scope {cfg.scope}"
+        )
+    return overlap.neuron_region_counts(load_tensors(path), weights, width)
+
+
+def run_overlap(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None) -> dict[str, Any]:
+    """The ``babelscope neurons overlap`` step (reads two steps' files; no model needed)."""
+    from babelscope.neurons.lape import load_neurons
+    from babelscope.regions.shards import scores_metadata
+    from babelscope.runs import is_main_process, provenance
+    from babelscope.steps import StepRun, results_sha256
+    from babelscope.tensorfiles import load_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    kinds = overlap.plan_check(cfg)
+    src = overlap_sources(sr)
+    reads = (cfg.neurons_step, cfg.select_step, src.importance.name)  # their results name the tensors they wrote
+    if (doc := sr.done(inputs={name: results_sha256(sr.run_dir, name) for name in reads})) is not None:
+        return doc
+    if not is_main_process():  # one process computes (nothing here is split over ranks)
+        return sr.wait()
+    neurons_file = src.neurons.path / src.neurons_doc["results"]["neurons_file"]
+    masks, meta = load_neurons(neurons_file)
+    imp_meta = scores_metadata(src.importance.path / src.importance_doc["results"]["importance_file"])
+    if imp_meta.get("model") != meta.get("model"):
+        raise BabelscopeError(f"{src.select.path}: regions of another model than the neurons of "
+                              f"{src.neurons.path}; run both on the same model")
+    region_langs = src.select_doc["results"]["languages"]
+    langs = [c for c in masks if c in region_langs]
+    if not langs:
+        raise BabelscopeError(f"the neurons' languages ({', '.join(masks)}) and the regions' "
+                              f"({', '.join(region_langs)}) share none; run regions importance on some of the "
+                              "neuron languages")
+    weights, width = meta["weights"], next(iter(masks.values())).shape[1]
+    active = overlap.often_active(load_tensors(neurons_file)["probs"], masks,
+                                  src.neurons_doc["results"]["thresholds"]["filter"])
+    rows, per_layer = [], []
+    core = region_counts(sr, src, "core", "", weights, width) if "core" in kinds else None
+    for lang in langs:
+        for kind in kinds:
+            counts = core if kind == "core" else region_counts(sr, src, kind, lang, weights, width)
+            stats = overlap.overlap_stats(masks[lang], counts, cfg.draws, cfg.seed, pool=active)
+            rows.append({"lang": lang, "region": kind, "k": cfg.k, "scope": cfg.scope, **stats})
+            per_layer += overlap.layer_rows(lang, kind, masks[lang], counts)
+    results = {"languages": langs, "k": cfg.k, "scope": cfg.scope, "regions": kinds,
+               "neurons_step": cfg.neurons_step, "select_step": cfg.select_step,
+               "model": src.neurons_doc["results"]["model"]}
+    prov = provenance(model={"checksum": meta.get("model")}, importance=str(src.importance.path))
+    return sr.write(overlap.KIND, results, {"overlap": rows, "per_layer": per_layer}, prov)
