@@ -62,16 +62,9 @@ def _doc(run_dir, name: str) -> dict | None:
     return load_results(path) if path is not None and path.exists() else None
 
 
-def _median(values: list[float]) -> float | None:
-    vals = sorted(v for v in values if v is not None)
-    if not vals:
-        return None
-    mid = len(vals) // 2
-    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
-
-
 def causal_rows(run_dir, cfg: LocateConfig) -> list[dict[str, Any]]:
     """One row per localizer and causal test found in the run directory."""
+    from babelscope.numeric import median
     from babelscope.runs import iter_results
 
     rows: list[dict[str, Any]] = []
@@ -104,7 +97,7 @@ def causal_rows(run_dir, cfg: LocateConfig) -> list[dict[str, Any]]:
                 rows.append({"localizer": label, "test": f"steer ({len(mine)} languages, best layer and α)",
                              "effect": "forcing / relevance / H", "own": mean["harmonic"],
                              "forcing": mean["forcing"], "relevance": mean["relevance"],
-                             "others": _median([r.get("others_median_ppl_ratio") for r in mine]),
+                             "others": median([r.get("others_median_ppl_ratio") for r in mine]),
                              "random": base.get("forcing"), "paper": PAPERS[method]})
     wanted = None if cfg.pretrain_steps in ("all", "") else {s.strip() for s in cfg.pretrain_steps.split(",")}
     for doc in iter_results(run_dir):
@@ -129,20 +122,84 @@ def causal_rows(run_dir, cfg: LocateConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def run(cfg: LocateConfig, run_dir, step: str = "locate", loaded=None) -> dict[str, Any]:
-    """The ``babelscope locate`` step (reads other steps' files; no model needed)."""
+# ----------------------------------------------------------------- per-language overlap rows (no files read)
+def region_rows(lang: str, region: dict) -> tuple[list[dict], list[dict]]:
+    """A language's region (``{matrix name: bool mask}``): its weights by matrix type (count, share) and its
+    share per layer."""
+    from babelscope.models.params import layer_and_kind
+
+    per_kind: dict[str, int] = {}
+    per_layer: dict[int, int] = {}
+    for name, m in region.items():
+        layer, kind = layer_and_kind(name)
+        per_kind[kind] = per_kind.get(kind, 0) + int(m.sum())
+        per_layer[layer] = per_layer.get(layer, 0) + int(m.sum())
+    total = sum(per_kind.values()) or 1
+    by_matrix = [{"lang": lang, "localizer": "region", "matrix": kind.removesuffix(".weight"), "count": n,
+                  "share": n / total} for kind, n in sorted(per_kind.items())]
+    by_layer = [{"lang": lang, "localizer": "region", "layer": layer, "value": n / total}
+                for layer, n in sorted(per_layer.items())]
+    return by_matrix, by_layer
+
+
+def neuron_layer_rows(lang: str, label: str, mask) -> list[dict]:
+    """The share of a language's neuron set (``(layers, neurons)`` bool) in each layer."""
+    return [{"lang": lang, "localizer": label, "layer": layer, "value": float(mask[layer].sum()) / float(mask.sum())}
+            for layer in range(mask.shape[0])]
+
+
+def direction_layer_rows(lang: str, dmeta: dict, directions) -> list[dict]:
+    """A language's DiffMean direction per layer: its norm over the layer's mean residual norm (``None`` for
+    normalised directions, whose norm is that by construction)."""
     import torch
 
-    from babelscope.errors import BabelscopeError
-    from babelscope.models.params import layer_and_kind
-    from babelscope.neurons.lape import load_neurons
-    from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
-    from babelscope.neurons.plnd import set_overlap
-    from babelscope.runs import Step, file_sha256, is_main_process, iter_results, provenance
-    from babelscope.steps import StepRun
-    from babelscope.tensorfiles import load_tensors, read_metadata
+    vec = directions[dmeta["languages"].index(lang)]
+    norms = torch.tensor(dmeta["mean_residual_norm"])
+    return [{"lang": lang, "localizer": "diffmean", "layer": layer,
+             "value": float(vec[layer].norm() / norms[layer]) if not dmeta["normalised"] else None}
+            for layer in range(vec.shape[0])]
 
-    sr = StepRun(cfg, run_dir, step, loaded)
+
+def region_neuron_pairs(lang: str, region: dict, weights, sets: dict[str, dict], draws: int, seed: int
+                        ) -> list[dict]:
+    """Each neuron set's (``sets``: ``{label: {lang: mask}}``) share of the region's FFN weights against random
+    sets with the same count per layer (:func:`~babelscope.neurons.overlap.overlap_stats`)."""
+    from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
+
+    width = next(iter(next(s for s in sets.values() if s).values())).shape[1]
+    counts = neuron_region_counts(region, weights, width)
+    rows = []
+    for label, by_lang in sets.items():
+        if by_lang and lang in by_lang:
+            s = overlap_stats(by_lang[lang], counts, draws, seed)
+            rows.append({"lang": lang, "pair": f"{label} ∩ region", "a": s["neurons"],
+                         "weight_share": s.get("weight_share"), "expected_random": s.get("weight_random_layer_matched"),
+                         "enrichment": s.get("weight_enrichment_layer_matched"),
+                         "p_layer_matched": s.get("weight_p_layer_matched")})
+    return rows
+
+
+def core_rows(core: dict) -> list[dict]:
+    """The core region's (Top-k shared by the languages) weights by matrix type."""
+    from babelscope.models.params import layer_and_kind
+
+    per_kind: dict[str, int] = {}
+    for name, m in core.items():
+        kind = layer_and_kind(name)[1].removesuffix(".weight")
+        per_kind[kind] = per_kind.get(kind, 0) + int(m.sum())
+    total = sum(per_kind.values()) or 1
+    return [{"lang": "(core)", "localizer": "core region", "matrix": k, "count": n, "share": n / total}
+            for k, n in sorted(per_kind.items())]
+
+
+# ----------------------------------------------------------------------------------------- the step
+def found_steps(sr) -> tuple[dict[str, str], dict[str, str]]:
+    """The checksums of the localizer steps' results files that are there, and of every further-pretraining
+    step's; a one-line error when there is none."""
+    from babelscope.errors import BabelscopeError
+    from babelscope.runs import Step, file_sha256, iter_results
+
+    cfg = sr.cfg
     names = [cfg.neurons_step, cfg.plnd_step, cfg.select_step, cfg.steer_step, cfg.ablate_step,
              cfg.lape_deactivate_step, cfg.plnd_deactivate_step]
     found = {n: file_sha256(Step(sr.run_dir, n).results_path) for n in names
@@ -153,10 +210,17 @@ def run(cfg: LocateConfig, run_dir, step: str = "locate", loaded=None) -> dict[s
     if not found and not pretrain:
         raise BabelscopeError(f"{sr.run_dir}: none of the localizer steps ({', '.join(names)}) or further "
                               "pretraining runs is there; run some of them first")
-    if (doc := sr.done(inputs={**found, **pretrain})) is not None:
-        return doc
-    if not is_main_process():
-        return sr.wait()
+    return found, pretrain
+
+
+def neuron_sets(sr, found) -> tuple[dict | None, dict | None, dict[str, Any]]:
+    """The LAPE and PLND neuron sets (``{lang: mask}``, ``None`` when that step is missing) and their metadata;
+    a one-line error when they are of different models."""
+    from babelscope.errors import BabelscopeError
+    from babelscope.neurons.lape import load_neurons
+    from babelscope.runs import Step
+
+    cfg = sr.cfg
     lape = plnd = None
     meta: dict[str, Any] = {}
     if cfg.neurons_step in found:
@@ -168,86 +232,87 @@ def run(cfg: LocateConfig, run_dir, step: str = "locate", loaded=None) -> dict[s
         if meta and pmeta.get("model") != meta.get("model"):
             raise BabelscopeError(f"{cfg.plnd_step} and {cfg.neurons_step}: neurons of different models")
         meta = meta or pmeta
-    region_scores: dict[str, str] = {}
-    core = None
-    if cfg.select_step in found:
-        from babelscope.regions.select import mask_file
+    return lape, plnd, meta
 
-        sdoc = _doc(sr.run_dir, cfg.select_step)
-        isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
-        idoc = _doc(sr.run_dir, sdoc["results"]["importance_step"])
-        region_scores = {c: str(isrc.path / f) for c, f in idoc["results"]["score_files"].items()}
-        core_path = Step(sr.run_dir, cfg.select_step).path / mask_file("top", cfg.k, cfg.scope)
-        core = load_tensors(core_path) if core_path.exists() else None
-    langs = list(dict.fromkeys([*(lape or {}), *(plnd or {}), *region_scores]))
-    weights = meta.get("weights")
-    by_layer, by_matrix, pairs = [], [], []
-    directions = None
+
+def region_files(sr, found) -> tuple[dict[str, str], dict | None]:
+    """Each language's importance score file (of the select step's importance step) and the core region's mask
+    at ``--k`` and ``--scope`` (``None`` when not saved)."""
+    from babelscope.regions.select import mask_file
+    from babelscope.runs import Step
+    from babelscope.tensorfiles import load_tensors
+
+    cfg = sr.cfg
+    if cfg.select_step not in found:
+        return {}, None
+    sdoc = _doc(sr.run_dir, cfg.select_step)
+    isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
+    idoc = _doc(sr.run_dir, sdoc["results"]["importance_step"])
+    region_scores = {c: str(isrc.path / f) for c, f in idoc["results"]["score_files"].items()}
+    core_path = Step(sr.run_dir, cfg.select_step).path / mask_file("top", cfg.k, cfg.scope)
+    return region_scores, load_tensors(core_path) if core_path.exists() else None
+
+
+def steer_directions(sr, found) -> tuple[dict | None, tuple | None]:
+    """The steer step's results and its DiffMean directions (metadata, ``(languages, layers, H)``), if it ran."""
+    import torch
+
+    from babelscope.runs import Step
+    from babelscope.tensorfiles import load_tensors, read_metadata
+
+    cfg = sr.cfg
     steer = _doc(sr.run_dir, cfg.steer_step) if cfg.steer_step in found else None
-    if steer:
-        path = Step(sr.run_dir, cfg.steer_step).path / steer["results"]["directions_file"]
-        dmeta = read_metadata(path)
-        dt = load_tensors(path)
-        directions = (dmeta, torch.stack([dt[f"layer.{i}"] for i in range(dmeta["layers"])], dim=1))
-        langs = list(dict.fromkeys([*langs, *dmeta["languages"]]))
+    if not steer:
+        return steer, None
+    path = Step(sr.run_dir, cfg.steer_step).path / steer["results"]["directions_file"]
+    dmeta = read_metadata(path)
+    dt = load_tensors(path)
+    return steer, (dmeta, torch.stack([dt[f"layer.{i}"] for i in range(dmeta["layers"])], dim=1))
+
+
+def run(cfg: LocateConfig, run_dir, step: str = "locate", loaded=None) -> dict[str, Any]:
+    """The ``babelscope locate`` step (reads other steps' files; no model needed)."""
+    from babelscope.neurons.plnd import set_overlap
+    from babelscope.regions.select import region_mask
+    from babelscope.runs import is_main_process, provenance
+    from babelscope.steps import StepRun
+    from babelscope.tensorfiles import load_tensors
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    found, pretrain = found_steps(sr)
+    if (doc := sr.done(inputs={**found, **pretrain})) is not None:
+        return doc
+    if not is_main_process():
+        return sr.wait()
+    lape, plnd, meta = neuron_sets(sr, found)
+    region_scores, core = region_files(sr, found)
+    steer, directions = steer_directions(sr, found)
+    langs = list(dict.fromkeys([*(lape or {}), *(plnd or {}), *region_scores,
+                                *(directions[0]["languages"] if directions else [])]))
+    by_layer, by_matrix, pairs = [], [], []
     for lang in langs:
         region = None
         if lang in region_scores:
-            from babelscope.regions.select import region_mask
-
             scores = load_tensors(region_scores[lang])
             region = region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top", cfg.scope)
             del scores
-            per_kind: dict[str, int] = {}
-            per_layer_region: dict[int, int] = {}
-            for name, m in region.items():
-                layer, kind = layer_and_kind(name)
-                per_kind[kind] = per_kind.get(kind, 0) + int(m.sum())
-                per_layer_region[layer] = per_layer_region.get(layer, 0) + int(m.sum())
-            total = sum(per_kind.values()) or 1
-            for kind, n in sorted(per_kind.items()):
-                by_matrix.append({"lang": lang, "localizer": "region", "matrix": kind.removesuffix(".weight"),
-                                  "count": n, "share": n / total})
-            for layer, n in sorted(per_layer_region.items()):
-                by_layer.append({"lang": lang, "localizer": "region", "layer": layer, "value": n / total})
+            matrix_rows, layer_rows = region_rows(lang, region)
+            by_matrix += matrix_rows
+            by_layer += layer_rows
         for label, sets in (("lape", lape), ("plnd", plnd)):
             if sets and lang in sets and int(sets[lang].sum()):
-                m = sets[lang]
-                for layer in range(m.shape[0]):
-                    by_layer.append({"lang": lang, "localizer": label, "layer": layer,
-                                     "value": float(m[layer].sum()) / float(m.sum())})
+                by_layer += neuron_layer_rows(lang, label, sets[lang])
         if directions is not None and lang in directions[0]["languages"]:
-            dmeta, d = directions
-            vec = d[dmeta["languages"].index(lang)]
-            norms = torch.tensor(dmeta["mean_residual_norm"])
-            for layer in range(vec.shape[0]):
-                by_layer.append({"lang": lang, "localizer": "diffmean", "layer": layer,
-                                 "value": float(vec[layer].norm() / norms[layer]) if not dmeta["normalised"]
-                                 else None})
+            by_layer += direction_layer_rows(lang, *directions)
         if lape and plnd and lang in lape and lang in plnd:
             pairs.append({"lang": lang, "pair": "plnd ∩ lape", **set_overlap(plnd[lang], lape[lang])})
-        if region is not None and weights:
-            width = next(iter((lape or plnd).values())).shape[1]
-            counts = neuron_region_counts(region, weights, width)
-            for label, sets in (("lape", lape), ("plnd", plnd)):
-                if sets and lang in sets:
-                    s = overlap_stats(sets[lang], counts, cfg.draws, cfg.seed)
-                    pairs.append({"lang": lang, "pair": f"{label} ∩ region", "a": s["neurons"],
-                                  "weight_share": s.get("weight_share"),
-                                  "expected_random": s.get("weight_random_layer_matched"),
-                                  "enrichment": s.get("weight_enrichment_layer_matched"),
-                                  "p_layer_matched": s.get("weight_p_layer_matched")})
+        if region is not None and meta.get("weights"):
+            pairs += region_neuron_pairs(lang, region, meta["weights"], {"lape": lape, "plnd": plnd}, cfg.draws,
+                                         cfg.seed)
         if core is not None and lang == langs[0]:
-            per_kind = {}
-            for name, m in core.items():
-                kind = layer_and_kind(name)[1].removesuffix(".weight")
-                per_kind[kind] = per_kind.get(kind, 0) + int(m.sum())
-            total = sum(per_kind.values()) or 1
-            by_matrix += [{"lang": "(core)", "localizer": "core region", "matrix": k, "count": n, "share": n / total}
-                          for k, n in sorted(per_kind.items())]
-    causal = causal_rows(sr.run_dir, cfg)
+            by_matrix += core_rows(core)
     results = {"languages": langs, "steps": sorted(found), "pretrain_steps": sorted(pretrain), "k": cfg.k,
                "scope": cfg.scope, "model": (steer or {}).get("results", {}).get("model") or meta.get("model_name"),
                "papers": PAPERS}
-    return sr.write(KIND, results, {"causal": causal, "pairs": pairs, "by_layer": by_layer, "by_matrix": by_matrix},
-                    provenance(model={"checksum": meta.get("model")}))
+    return sr.write(KIND, results, {"causal": causal_rows(sr.run_dir, cfg), "pairs": pairs, "by_layer": by_layer,
+                                    "by_matrix": by_matrix}, provenance(model={"checksum": meta.get("model")}))

@@ -22,7 +22,7 @@ app = typer.Typer(help="Evaluate: knowledge benchmarks (MC by log-likelihood, MG
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
 BENCH = Command("bench", BenchConfig, StepFunction("babelscope.evaluate.knowledge"),
                 (Results("knowledge", "evaluate:knowledge_section"),))
-RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.respond"),
+RESPOND = Command("respond", RespondConfig, StepFunction("babelscope.evaluate.steps", "run_respond"),
                   (Results("responses", "evaluate:responses_section"),))
 CODESWITCH = Command("codeswitch", CodeSwitchConfig, StepFunction("babelscope.evaluate.steps", "run_codeswitch"),
                      (Results("codeswitch", "evaluate:codeswitch_section"),))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.fields import count, languages, opt
 
@@ -90,89 +91,27 @@ def _language_key(lang: str) -> str:
         return lang
 
 
-def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict[str, Any]:
-    """The ``babelscope eval respond`` step: generate, judge, write per-item judgments and per-language means."""
-    import json
-
-    from babelscope.evaluate.judge import CRITERIA, JudgeError, average, judge_all, judgment_key, make_judge
-    from babelscope.models.engine import Engine
-    from babelscope.runs import RequestCache, provenance, text_sha256
-    from babelscope.steps import StepRun
-
-    sr = StepRun(cfg, run_dir, step, loaded)
-    from babelscope.models.named import NAMED_MODELS
-
-    kind = "local" if cfg.judge in NAMED_MODELS else cfg.judge  # `judge: qwen2.5-coder-1.5b`: that model, locally
-    if kind not in ("local", "openai", "none"):
-        raise BabelscopeError(f"--judge {cfg.judge!r}: use local, openai, none or a named model "
-                              f"({', '.join(NAMED_MODELS)})")
-    if cfg.judge in NAMED_MODELS and cfg.judge_model not in (None, cfg.judge):
-        raise BabelscopeError(f"--judge {cfg.judge} and --judge-model {cfg.judge_model}: give one judge model")
-    if cfg.judge_scoring not in ("generate", "choice") or (cfg.judge_scoring == "choice" and kind != "local"):
-        raise BabelscopeError(f"--judge-scoring {cfg.judge_scoring!r}: use generate, or choice with --judge local")
-    if cfg.retries < 0 or cfg.timeout <= 0:
-        raise BabelscopeError(f"--retries {cfg.retries} / --timeout {cfg.timeout}: need retries >= 0, timeout > 0")
-    items = read_instructions(cfg.instructions)
-    if cfg.langs != "all":
-        wanted = {_language_key(x.strip()) for x in cfg.langs.split(",") if x.strip()}
+def select_items(items: list[dict[str, Any]], langs: str, limit: int | None) -> list[dict[str, Any]]:
+    """The items in ``langs`` (comma-separated, any spelling of a language, or ``all``), the first ``limit``."""
+    if langs != "all":
+        wanted = {_language_key(x.strip()) for x in langs.split(",") if x.strip()}
         items = [it for it in items if _language_key(it["lang"]) in wanted]
-    items = items[: cfg.limit] if cfg.limit else items
-    if not items:
-        raise BabelscopeError(f"--instructions {cfg.instructions}: no items for --langs {cfg.langs}")
-    if cfg.judge == "openai":
-        make_judge("openai", url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
-                   timeout=cfg.timeout, retries=cfg.retries)  # raises the one-line error before any loading
+    return items[:limit] if limit else items
 
-    def judged_all(doc: dict) -> bool:  # a run with failed judgments is not finished: retry them
-        return not any(str(r.get("status", "ok")).startswith("failed") for r in doc["tables"]["per_item"]["rows"])
 
-    inputs = text_sha256(json.dumps(it, sort_keys=True, ensure_ascii=False) for it in items)
-    if (doc := sr.done(inputs=inputs, when=judged_all, write_config=False)) is not None:
-        return doc
-    model, tokenizer, info = sr.model()  # a model refused here (an adapter for another base) leaves no step folder
-    sr.write_config()
-    engine = sr.engine(batch_size=cfg.batch_size)
+def generate_responses(engine, tokenizer, items: list[dict[str, Any]], max_new_tokens: int) -> None:
+    """Each item's ``response``: greedy, at most ``max_new_tokens``, from :func:`response_prompt` (a base model
+    stops at the end of its line, where it would go on with the next question)."""
     prompts = [response_prompt(tokenizer, it["instruction"], it["lang"]) for it in items]
-    stop = ["\n"] if not getattr(tokenizer, "chat_template", None) else []  # a base model goes on with Q/A
-    for it, text in zip(items, engine.generate(prompts, cfg.max_new_tokens, stop, desc="responses"), strict=True):
+    stop = ["\n"] if not getattr(tokenizer, "chat_template", None) else []
+    for it, text in zip(items, engine.generate(prompts, max_new_tokens, stop, desc="responses"), strict=True):
         it["response"] = text.strip()
-    if not engine.is_main:
-        return sr.wait()
-    judge_name = "none"
-    if kind != "none":
-        if kind == "local":
-            spec = cfg.judge if cfg.judge in NAMED_MODELS else cfg.judge_model or cfg.model
 
-            def factory():
-                if spec == cfg.model:
-                    judge_engine = Engine(model, tokenizer, batch_size=1, progress=False, checksum=info.checksum)
-                else:
-                    from babelscope.models import load_model
 
-                    m, t, judge_info = load_model(spec, dtype=cfg.dtype, device=cfg.device)
-                    judge_engine = Engine(m, t, batch_size=1, progress=False, checksum=judge_info.checksum)
-                judge_engine.state = None  # rank 0 judges alone: no work split over (or gathered from) other ranks
-                return judge_engine
+def response_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per item: its response, each criterion's score, their average and the judgment's status."""
+    from babelscope.evaluate.judge import CRITERIA, average
 
-            from babelscope.models.loader import model_name
-
-            judge_name = f"{info.name if spec == cfg.model else model_name(spec)} (local" + (
-                ", choice scoring)" if cfg.judge_scoring == "choice" else ")")
-        else:
-            factory = None
-            judge_name = f"{cfg.judge_api_model} @ {cfg.judge_url}"
-        judge = make_judge(kind, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
-                           timeout=cfg.timeout, retries=cfg.retries, engine_factory=factory,
-                           scoring=cfg.judge_scoring)
-        judge.max_tokens = cfg.judge_max_tokens
-        cache = RequestCache(sr.cache_dir / "judgments.jsonl")
-        fatal = None
-        if hasattr(judge, "check"):  # a server that does not answer: every response is kept, none is judged
-            try:
-                judge.check()
-            except JudgeError as exc:
-                fatal = exc
-        items = judge_all(items, judge, cache, lambda it: judgment_key(judge, it), fatal=fatal)
     rows = []
     for it in items:
         scores = it.get("scores") or {}
@@ -180,6 +119,13 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
                      "reference": it.get("reference", ""), **{c: scores.get(c) for c in CRITERIA},
                      "AVG": average(scores) if scores else None, "status": it.get("status", "not judged"),
                      "judge_raw": it.get("raw", "")})
+    return rows
+
+
+def language_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per language: responses, judged responses and the mean of each criterion and of the average."""
+    from babelscope.evaluate.judge import CRITERIA
+
     per_language = []
     for lang in dict.fromkeys(r["lang"] for r in rows):
         scored = [r for r in rows if r["lang"] == lang and r["AVG"] is not None]
@@ -188,19 +134,17 @@ def run(cfg: RespondConfig, run_dir, step: str = "respond", loaded=None) -> dict
         for c in [*CRITERIA, "AVG"]:
             entry[c] = sum(r[c] for r in scored) / len(scored) if scored else None
         per_language.append(entry)
+    return per_language
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Responses, judged, failed and unparsed judgments, and the mean average score."""
     judged = [r for r in rows if r["AVG"] is not None]
-    summary = {"responses": len(rows), "judged": len(judged),
-               "failed": sum(str(r["status"]).startswith("failed") for r in rows),
-               "unparsed": sum(r["status"] == "unparsed" for r in rows),
-               "AVG": sum(r["AVG"] for r in judged) / len(judged) if judged else None}
-    results = {"model": info.name, "judge": judge_name, "instructions": cfg.instructions,
-               "pipeline_check": cfg.pipeline_check, "summary": summary}
-    doc = sr.write(KIND, results, {"per_language": per_language, "per_item": rows},
-                   provenance(model=info.to_dict(), judge=judge_name))
-    failed = [r for r in rows if str(r["status"]).startswith("failed")]
-    if failed:
-        raise BabelscopeError(
-            f"{len(failed)}/{len(rows)} judgments failed ({failed[0]['status'][len('failed: '):]}); the responses "
-            f"are kept in {sr.path}: fix the judge and re-run the same command to judge them"
-        )
-    return doc
+    return {"responses": len(rows), "judged": len(judged),
+            "failed": sum(str(r["status"]).startswith("failed") for r in rows),
+            "unparsed": sum(r["status"] == "unparsed" for r in rows),
+            "AVG": sum(r["AVG"] for r in judged) / len(judged) if judged else None}
+
+
+#: the step moved to :func:`babelscope.evaluate.steps.run_respond`; this name still runs it
+run = StepFunction("babelscope.evaluate.steps", "run_respond")

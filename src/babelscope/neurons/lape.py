@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from babelscope.caches import json_sha256
+from babelscope.commands import StepFunction
 from babelscope.data.views import language_windows  # noqa: F401  (re-exported: older imports)
 from babelscope.errors import BabelscopeError
-from babelscope.neurons.configs import NeuronsConfig
+from babelscope.neurons.configs import NeuronsConfig  # noqa: F401  (re-exported: the older import path)
 
 KIND = "neurons"
 
@@ -152,103 +153,25 @@ def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
     return codes
 
 
-def run(cfg: NeuronsConfig, run_dir, step: str = "neurons", loaded=None) -> dict[str, Any]:
-    """The ``babelscope neurons find`` step: counts per language, LAPE and the selected neurons."""
-    from tqdm.auto import tqdm
-
-    from babelscope.data.languages import resolve_language
-    from babelscope.data.views import open_text_corpus, split_side
-    from babelscope.neurons.ffn import check_site, ffn_modules
-    from babelscope.processes import barrier
-    from babelscope.runs import provenance, text_sha256
-    from babelscope.steps import StepRun
-    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
-
-    sr = StepRun(cfg, run_dir, step, loaded)
-    codes = plan_check(cfg)
-    config = sr.config
-    corpus = open_text_corpus(cfg.corpus)
-    texts = {code: split_side(corpus, code, "train", cfg.test_fraction, cfg.seed) for code in codes}
-    inputs = {code: text_sha256(u.text for u in texts[code]) for code in codes}
-    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:  # config: once the model passed
-        return doc
-    model, tokenizer, info = sr.model("causal", "neurons")
-    ffns = ffn_modules(model)
-    check_site(ffns, cfg.site, model)
-    sr.write_config()
-    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
-    counts, tokens, rows = [], [], []
-    bar = tqdm(total=len(codes), desc="activations", unit="lang", disable=not engine.is_main, leave=False)
-    with bar:
-        for code in codes:
-            sha = text_sha256(u.text for u in texts[code])
-            key = _key({"model": info.checksum, "lang": code, "text": sha, "window": cfg.window,
-                        "max_tokens": cfg.max_tokens, "site": cfg.site, "batch_size": cfg.batch_size,
-                        "dtype": cfg.dtype, "device": engine.device.type, "width": ffns[0].width})
-            path = sr.path / "counts" / f"{code}.safetensors"
-            meta = read_metadata(path) if path.exists() else {}
-            if meta.get("key") == key:  # finished in an earlier run
-                over_zero, n = load_tensors(path)["over_zero"], int(meta["tokens"])
-            else:
-                seqs = language_windows(engine, [u.text for u in texts[code]], cfg.window, cfg.max_tokens)
-                over_zero, n = count_activations(model, ffns, seqs, cfg.batch_size, cfg.site, engine.pad_id)
-                if n == 0:
-                    raise BabelscopeError(f"language {code}: no tokens counted; raise --max-tokens or --window")
-                if engine.is_main:
-                    save_tensors(path, {"over_zero": over_zero},
-                                 {"key": key, "lang": code, "tokens": n, "model": info.checksum,
-                                  "units": [u.id for u in texts[code]], "text_sha256": sha})
-                barrier()
-            counts.append(over_zero)
-            tokens.append(n)
-            rows.append({"lang": code, "name": resolve_language(code).name, "tokens": n})
-            bar.update(1)
-    if not engine.is_main:
-        return sr.wait()
-    probs = activation_probabilities(torch.stack(counts), torch.tensor(tokens))
-    masks, entropy, thresholds = select_neurons(probs, cfg.filter_rate, cfg.top_rate, cfg.bar_rate)
-    n_layers, width = entropy.shape
-    per_layer, neurons = [], []
+def neuron_tables(codes: list[str], probs: torch.Tensor, masks: torch.Tensor, entropy: torch.Tensor
+                  ) -> tuple[list[dict], list[dict], list[dict]]:
+    """The tables of a LAPE selection (``probs`` (layers, W, languages), ``masks`` (languages, layers, W),
+    ``entropy`` (layers, W)): per language its neurons, those of no other language and its mean activation
+    probability; per layer and language the neurons; and one row per selected neuron with its LAPE, languages
+    and activation probabilities."""
+    per_language, per_layer, neurons = [], [], []
     for li, code in enumerate(codes):
         only = masks[li] & (masks.sum(dim=0) == 1)
-        rows[li].update(
-            neurons=int(masks[li].sum()),
-            only_this_language=int(only.sum()),
-            mean_activation_probability=float(probs[..., li].mean()),
-        )
-        for layer in range(n_layers):
+        per_language.append({"neurons": int(masks[li].sum()), "only_this_language": int(only.sum()),
+                             "mean_activation_probability": float(probs[..., li].mean())})
+        for layer in range(entropy.shape[0]):
             per_layer.append({"layer": layer, "lang": code, "neurons": int(masks[li, layer].sum())})
-    chosen = masks.any(dim=0)
-    for layer, j in torch.nonzero(chosen).tolist():
+    for layer, j in torch.nonzero(masks.any(dim=0)).tolist():
         langs = [codes[li] for li in range(len(codes)) if masks[li, layer, j]]
         neurons.append({"layer": layer, "neuron": j, "langs": ",".join(langs),
                         "lape": float(entropy[layer, j]),
                         **{f"p_{c}": float(probs[layer, j, li]) for li, c in enumerate(codes)}})
-    tensors = {"probs": probs.float(), "entropy": entropy.float(),
-               **{f"mask/{c}": masks[li] for li, c in enumerate(codes)}}
-    save_tensors(sr.path / "neurons.safetensors", tensors,
-                 {"format": "babelscope.neurons/1", "model": info.checksum, "model_name": info.name,
-                  "languages": codes, "tokens": {c: int(n) for c, n in zip(codes, tokens, strict=True)},
-                  "dtype": cfg.dtype,
-                  "filter_rate": cfg.filter_rate, "top_rate": cfg.top_rate, "bar_rate": cfg.bar_rate,
-                  "site": cfg.site,
-                  "ffn": [f.prefix for f in ffns], "weights": [f.weight_names for f in ffns], "key": _key(config)})
-    results = {
-        "model": info.name,
-        "corpus": corpus.name,
-        "languages": codes,
-        "site": cfg.site,
-        "layers": n_layers,
-        "neurons_per_layer": width,
-        "total_neurons": n_layers * width,
-        "selected": int(chosen.sum()),
-        "thresholds": thresholds,
-        "neurons_file": "neurons.safetensors",
-        "ffn_modules": [f.prefix for f in ffns],
-    }
-    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
-                                                  "units": {c: [u.id for u in texts[c]] for c in codes}})
-    return sr.write(KIND, results, {"per_language": rows, "per_layer": per_layer, "neurons": neurons}, prov)
+    return per_language, per_layer, neurons
 
 
 def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -259,3 +182,6 @@ def load_neurons(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = load_tensors(path)
     return {c: tensors[f"mask/{c}"] for c in meta["languages"]}, meta
 
+
+#: the step moved to :func:`babelscope.neurons.steps.run_find`; this name still runs it
+run = StepFunction("babelscope.neurons.steps", "run_find")

@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.neurons.configs import OverlapConfig
+from babelscope.neurons.configs import OverlapConfig  # noqa: F401  (re-exported: the older import path)
 
 KIND = "neurons-overlap"
 REGIONS = ("lang", "mono", "core")
@@ -122,8 +123,8 @@ def _p(values: list[float], observed: float) -> float | None:
 
 
 def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
-    """The option checks (regions, scope, k, draws), run when an experiment is planned and again by :func:`run`;
-    returns the region kinds."""
+    """The option checks (regions, scope, k, draws), run when an experiment is planned and again by the step
+    (:func:`babelscope.neurons.steps.run_overlap`); returns the region kinds."""
     from babelscope.regions.select import SCOPES, parse_choice
 
     kinds = parse_choice(cfg.regions, REGIONS, "--regions")
@@ -134,80 +135,20 @@ def plan_check(cfg, run_dir=None, earlier=()) -> list[str]:
     return kinds
 
 
-def run(cfg: OverlapConfig, run_dir, step: str = "neurons-overlap", loaded=None) -> dict[str, Any]:
-    """The ``babelscope neurons overlap`` step (reads two steps' files; no model needed)."""
-    from babelscope.neurons.lape import load_neurons
-    from babelscope.regions.select import mask_file, region_mask
-    from babelscope.regions.shards import open_scores, scores_metadata
-    from babelscope.runs import Step, is_main_process, load_results, provenance
-    from babelscope.steps import StepRun, results_sha256
-    from babelscope.tensorfiles import load_tensors
-
-    sr = StepRun(cfg, run_dir, step, loaded)
-    kinds = plan_check(cfg)
-    nsrc = Step(sr.run_dir, cfg.neurons_step)
-    ndoc = load_results(nsrc.results_path)
-    ssrc = Step(sr.run_dir, cfg.select_step)
-    sdoc = load_results(ssrc.results_path)
-    isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
-    idoc = load_results(isrc.results_path)
-    reads = (cfg.neurons_step, cfg.select_step, isrc.name)  # their results files name the tensors they wrote
-    if (doc := sr.done(inputs={name: results_sha256(sr.run_dir, name) for name in reads})) is not None:
-        return doc
-    if not is_main_process():  # one process computes (nothing here is split over ranks)
-        return sr.wait()
-    masks, meta = load_neurons(nsrc.path / ndoc["results"]["neurons_file"])
-    imp_meta = scores_metadata(isrc.path / idoc["results"]["importance_file"])
-    if imp_meta.get("model") != meta.get("model"):
-        raise BabelscopeError(
-            f"{ssrc.path}: regions of another model than the neurons of {nsrc.path}; run both on the same model"
-        )
-    langs = [c for c in masks if c in sdoc["results"]["languages"]]
-    if not langs:
-        raise BabelscopeError(
-            f"the neurons' languages ({', '.join(masks)}) and the regions' ({', '.join(sdoc['results']['languages'])})"
-            " share none; run regions importance on some of the neuron languages"
-        )
-    weights = meta["weights"]
-    # the control for "language-specific" vs merely "often active": the candidates of the LAPE filter (some
-    # probability above its threshold) that were not selected
-    from babelscope.tensorfiles import load_tensors as _load
-
-    probs = _load(nsrc.path / ndoc["results"]["neurons_file"])["probs"]
+def often_active(probs: torch.Tensor, masks: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+    """The control for "language-specific" against merely "often active": the candidates of the LAPE filter (an
+    activation probability above its ``threshold`` in some language) that were not selected, ``(layers, W)``."""
     selected = torch.stack(list(masks.values())).any(dim=0)
-    active = (probs > ndoc["results"]["thresholds"]["filter"]).any(dim=-1) & ~selected
-    width = next(iter(masks.values())).shape[1]
+    return (probs > threshold).any(dim=-1) & ~selected
 
-    def mask_at(region: str) -> dict[str, torch.Tensor]:
-        path = ssrc.path / mask_file(region, cfg.k, cfg.scope)
-        if not path.exists():
-            raise BabelscopeError(
-                f"{path}: no such region; run `babelscope regions select` with --k {cfg.k:g} --scope {cfg.scope}"
-            )
-        return load_tensors(path)
 
-    rows, per_layer = [], []
-    core = neuron_region_counts(mask_at("top"), weights, width) if "core" in kinds else None
-    for lang in langs:
-        for kind in kinds:
-            if kind == "core":
-                counts = core
-            elif kind == "mono":
-                counts = neuron_region_counts(mask_at(f"mono-{lang}"), weights, width)
-            else:
-                scores = open_scores(isrc.path / idoc["results"]["score_files"][lang])
-                counts = neuron_region_counts(
-                    region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top", cfg.scope), weights, width
-                )
-                del scores
-            stats = overlap_stats(masks[lang], counts, cfg.draws, cfg.seed, pool=active)
-            rows.append({"lang": lang, "region": kind, "k": cfg.k, "scope": cfg.scope, **stats})
-            for layer in range(counts.shape[0]):
-                per_layer.append({"lang": lang, "region": kind, "layer": layer,
-                                  "neurons": int(masks[lang][layer].sum()),
-                                  "region_weights": int(counts[layer].sum()),
-                                  "region_weights_on_neurons": int(counts[layer][masks[lang][layer]].sum())})
-    results = {"languages": langs, "k": cfg.k, "scope": cfg.scope, "regions": kinds,
-               "neurons_step": cfg.neurons_step, "select_step": cfg.select_step, "model": ndoc["results"]["model"]}
-    prov = provenance(model={"checksum": meta.get("model")}, importance=str(isrc.path))
-    return sr.write(KIND, results, {"overlap": rows, "per_layer": per_layer}, prov)
+def layer_rows(lang: str, kind: str, mask: torch.Tensor, counts: torch.Tensor) -> list[dict[str, Any]]:
+    """Per layer: a language's neurons, the region's FFN weights, and those of them on the neurons."""
+    return [{"lang": lang, "region": kind, "layer": layer, "neurons": int(mask[layer].sum()),
+             "region_weights": int(counts[layer].sum()),
+             "region_weights_on_neurons": int(counts[layer][mask[layer]].sum())}
+            for layer in range(counts.shape[0])]
+
+
+#: the step moved to :func:`babelscope.neurons.steps.run_overlap`; this name still runs it
+run = StepFunction("babelscope.neurons.steps", "run_overlap")

@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.neurons.configs import PlndConfig
+from babelscope.neurons.configs import PlndConfig  # noqa: F401  (re-exported: the older import path)
 
 KIND = "neurons-plnd"
 
@@ -140,114 +141,43 @@ def set_overlap(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
             "p_hypergeom": float(hypergeom.sf(both - 1, n, na, nb)) if na and nb else None}
 
 
-# ------------------------------------------------------------------------------------------------ step
-def run(cfg: PlndConfig, run_dir, step: str = "neurons-plnd", loaded=None) -> dict[str, Any]:
-    """The ``babelscope neurons plnd`` step: importances per document and language, the PLND neurons, and their
-    overlap with the LAPE neurons and the regions when those steps are in the run directory."""
-    from tqdm.auto import tqdm
+def language_plnd(model, ffns, seqs: list[list[int]], batch_size: int, pad_id: int, top_rate: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One language's windows ``seqs``: per neuron, the number of windows in which it is important
+    (:func:`important_counts`), and its mean importance over the windows ``(layers, W)``."""
+    imp = document_importance(model, ffns, seqs, batch_size, pad_id)
+    return important_counts(imp, top_rate), imp.mean(dim=0)
 
-    from babelscope.data.languages import resolve_language
-    from babelscope.data.views import language_codes, language_windows, open_text_corpus, split_side
-    from babelscope.neurons.ffn import ffn_modules
-    from babelscope.neurons.lape import load_neurons
-    from babelscope.neurons.overlap import neuron_region_counts, overlap_stats
-    from babelscope.runs import Step, load_results, provenance, text_sha256
-    from babelscope.steps import StepRun, results_sha256
-    from babelscope.tensorfiles import load_tensors, save_tensors
 
-    sr = StepRun(cfg, run_dir, step, loaded)
-    if not 0 < cfg.top_rate < 1 or not 0 < cfg.consistency <= 1:
-        raise BabelscopeError(f"--top-rate {cfg.top_rate} / --consistency {cfg.consistency}: top rate in (0, 1), "
-                              "consistency in (0, 1]")
-    corpus = open_text_corpus(cfg.corpus)
-    codes = language_codes(corpus, cfg.langs)
-    if len(codes) < 2:
-        raise BabelscopeError(f"--langs {cfg.langs!r}: PLND separates languages; give at least two")
-    texts = {c: split_side(corpus, c, "train", cfg.test_fraction, cfg.seed) for c in codes}
-    reads = {}
-    for name in (cfg.neurons_step, cfg.select_step):
-        if name not in ("", "none") and Step(sr.run_dir, name).results_path.exists():
-            reads[name] = results_sha256(sr.run_dir, name)
-    inputs = {"texts": {c: text_sha256(u.text for u in texts[c]) for c in codes}, **reads}
-    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:
-        return doc
-    model, tokenizer, info = sr.model("causal", "PLND")
-    ffns = ffn_modules(model)
-    sr.write_config()
-    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
-    important, documents, mean_imp, rows = [], [], [], []
-    for code in tqdm(codes, desc="PLND", unit="lang", leave=False, disable=not engine.is_main):
-        seqs = [s for s in language_windows(engine, [u.text for u in texts[code]], cfg.window, cfg.max_tokens)
-                if len(s) > 1]
-        if not seqs:
-            raise BabelscopeError(f"language {code}: no tokens; raise --max-tokens or --window")
-        imp = document_importance(model, ffns, seqs, cfg.batch_size, engine.pad_id)
-        important.append(important_counts(imp, cfg.top_rate))
-        documents.append(len(seqs))
-        mean_imp.append(imp.mean(dim=0))
-        rows.append({"lang": code, "name": resolve_language(code).name, "documents": len(seqs),
-                     "tokens": sum(len(s) - 1 for s in seqs)})
-    if not engine.is_main:
-        return sr.wait()
-    masks, agnostic = select_plnd(torch.stack(important), torch.tensor(documents), cfg.consistency)
-    n_layers, width = masks.shape[1:]
-    per_layer = []
+def neuron_rows(codes: list[str], masks: torch.Tensor) -> tuple[list[dict], list[dict]]:
+    """Per language (``masks`` (languages, layers, W)): its neurons, those of no other language and their share;
+    and per layer and language, the neurons."""
+    per_language, per_layer = [], []
     for li, code in enumerate(codes):
-        rows[li].update(neurons=int(masks[li].sum()),
-                        only_this_language=int((masks[li] & (masks.sum(dim=0) == 1)).sum()),
-                        share=float(masks[li].double().mean()))
+        per_language.append({"neurons": int(masks[li].sum()),
+                             "only_this_language": int((masks[li] & (masks.sum(dim=0) == 1)).sum()),
+                             "share": float(masks[li].double().mean())})
         per_layer += [{"layer": layer, "lang": code, "neurons": int(masks[li, layer].sum())}
-                      for layer in range(n_layers)]
-    weights = [f.weight_names for f in ffns]
-    save_tensors(sr.path / "neurons.safetensors",
-                 {**{f"mask/{c}": masks[i] for i, c in enumerate(codes)},
-                  **{f"importance/{c}": mean_imp[i] for i, c in enumerate(codes)}, "agnostic": agnostic},
-                 {"model": info.checksum, "model_name": info.name, "languages": codes, "method": "plnd",
-                  "ffn": [f.prefix for f in ffns], "weights": weights, "top_rate": cfg.top_rate,
-                  "consistency": cfg.consistency})
-    overlap = []
-    plnd = dict(zip(codes, masks, strict=True))
-    if cfg.neurons_step in reads:
-        nsrc = Step(sr.run_dir, cfg.neurons_step)
-        lape, lmeta = load_neurons(nsrc.path / load_results(nsrc.results_path)["results"]["neurons_file"])
-        if lmeta.get("model") == info.checksum:
-            for code in codes:
-                if code in lape:
-                    overlap.append({"lang": code, "pair": "plnd-lape", **set_overlap(plnd[code], lape[code])})
-    if cfg.select_step in reads:
-        from babelscope.regions.select import mask_file, region_mask
+                      for layer in range(masks.shape[1])]
+    return per_language, per_layer
 
-        ssrc = Step(sr.run_dir, cfg.select_step)
-        sdoc = load_results(ssrc.results_path)
-        isrc = Step(sr.run_dir, sdoc["results"]["importance_step"])
-        idoc = load_results(isrc.results_path)
-        core_path = ssrc.path / mask_file("top", cfg.k, cfg.scope)
-        core = neuron_region_counts(load_tensors(core_path), weights, width) if core_path.exists() else None
-        for code in codes:
-            if code in idoc["results"].get("score_files", {}):
-                scores = load_tensors(isrc.path / idoc["results"]["score_files"][code])
-                counts = neuron_region_counts(region_mask({n: s.abs() for n, s in scores.items()}, cfg.k, "top",
-                                                          cfg.scope), weights, width)
-                region = "lang"
-            elif core is not None:
-                counts, region = core, "core"
-            else:
-                continue
-            sets = [("plnd-region", plnd[code])]
-            if overlap and any(r["lang"] == code for r in overlap):
-                sets.append(("lape-region", lape[code]))
-            for pair, neurons in sets:
-                s = overlap_stats(neurons, counts, cfg.draws, cfg.seed)
-                overlap.append({"lang": code, "pair": pair, "region": region, "a": s["neurons"],
-                                "weight_share": s.get("weight_share"),
-                                "weight_random_layer_matched": s.get("weight_random_layer_matched"),
-                                "enrichment": s.get("weight_enrichment_layer_matched"),
-                                "p_layer_matched": s.get("weight_p_layer_matched")})
-    results = {"model": info.name, "corpus": corpus.name, "languages": codes, "layers": n_layers,
-               "neurons_per_layer": width, "total_neurons": n_layers * width, "selected": int(masks.any(0).sum()),
-               "agnostic": int(agnostic.sum()), "neurons_file": "neurons.safetensors", "top_rate": cfg.top_rate,
-               "consistency": cfg.consistency, "neurons_step": cfg.neurons_step if cfg.neurons_step in reads
-               else None, "select_step": cfg.select_step if cfg.select_step in reads else None}
-    prov = provenance(model=info.to_dict(), data={"corpus": corpus.name,
-                                                  "units": {c: [u.id for u in texts[c]] for c in codes}})
-    return sr.write(KIND, results, {"per_language": rows, "per_layer": per_layer, "overlap": overlap}, prov)
+
+def region_overlap_rows(code: str, region: str, counts, sets: list[tuple[str, torch.Tensor]], draws: int,
+                        seed: int) -> list[dict[str, Any]]:
+    """Each neuron set's share of a region's FFN weights (``counts``: :func:`~babelscope.neurons.overlap.
+    neuron_region_counts`) against random sets with the same count per layer."""
+    from babelscope.neurons.overlap import overlap_stats
+
+    rows = []
+    for pair, neurons in sets:
+        s = overlap_stats(neurons, counts, draws, seed)
+        rows.append({"lang": code, "pair": pair, "region": region, "a": s["neurons"],
+                     "weight_share": s.get("weight_share"),
+                     "weight_random_layer_matched": s.get("weight_random_layer_matched"),
+                     "enrichment": s.get("weight_enrichment_layer_matched"),
+                     "p_layer_matched": s.get("weight_p_layer_matched")})
+    return rows
+
+
+#: the step moved to :func:`babelscope.neurons.steps.run_plnd`; this name still runs it
+run = StepFunction("babelscope.neurons.steps", "run_plnd")

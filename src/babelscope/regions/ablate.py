@@ -14,15 +14,19 @@ change (zeroing a weight that is already 0 changes nothing), so conditions can b
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from babelscope.caches import file_sha256
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities  # noqa: F401  (re-exported)
 from babelscope.numeric import median
-from babelscope.regions.configs import AblateConfig
+from babelscope.regions.configs import AblateConfig  # noqa: F401  (re-exported: the older import path)
 
 KIND = "regions-ablation"
+T = TypeVar("T")
+
 
 def ratio_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median PPL ratio per condition over all, held-out and importance languages."""
@@ -68,128 +72,31 @@ def load_initial(path: str) -> dict:
     return out
 
 
-def run(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -> dict[str, Any]:
-    """The ``babelscope regions ablate`` step."""
-    from babelscope.data.views import SplitView, language_codes, open_text_corpus
-    from babelscope.models.engine import Engine
-    from babelscope.models.params import norm_modules, scored_parameters
-    from babelscope.regions.apply import REGION_MODES, applied_region
-    from babelscope.regions.select import SCOPES, WHICH, load_mask, mask_file, parse_choice, parse_fractions
-    from babelscope.runs import Step, load_results, provenance, text_sha256
-    from babelscope.steps import StepRun, results_sha256
+def ablated(model, params: dict, mask, mode: str, factor: float, initial: dict | None, include_norms: bool,
+            norms: set, measure: Callable[[], T]) -> tuple[T, Any]:
+    """``measure()`` of the model with the region ``mask`` of ``params`` changed (:func:`~babelscope.regions.apply.
+    applied_region`: ``mode`` zero, reset to ``initial``, scale by or add noise of ``factor``; norm vectors only
+    with ``include_norms``), the weights restored afterwards; and the change's counts (selected, norm entries,
+    changed values)."""
+    from babelscope.regions.apply import applied_region
 
-    sr = StepRun(cfg, run_dir, step, loaded)
-    ks = parse_fractions(cfg.k)
-    scopes = parse_choice(cfg.scope, SCOPES, "--scope")
-    which = parse_choice(cfg.regions, WHICH, "--regions")
-    if cfg.mode not in REGION_MODES:
-        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(REGION_MODES)}")
-    sel_doc = load_results(Step(sr.run_dir, cfg.select_step).results_path)
-    imp_doc = load_results(Step(sr.run_dir, sel_doc["results"]["importance_step"]).results_path)
-    imp_cfg = imp_doc["config"]
-    imp_langs = set(imp_doc["results"]["languages"])
-    corpus = open_text_corpus(cfg.corpus)
-    codes = language_codes(corpus, cfg.langs)
-    view = SplitView(corpus, "test", imp_cfg["test_fraction"], imp_cfg["seed"])
-    texts = {code: text_sha256(u.text for u in view.units(code)) for code in codes}  # none: fails here
-    inputs = {"select": results_sha256(run_dir, cfg.select_step), "texts": texts,
-              "importance": results_sha256(run_dir, sel_doc["results"]["importance_step"])}
-    if (doc := sr.done(inputs=inputs)) is not None:
-        return doc
-    model, tokenizer, info = sr.model("causal", "ablate")
-    params = scored_parameters(model, imp_cfg.get("include", ""), imp_cfg.get("exclude", ""))
-    norms = set(norm_modules(model))
-    initial = load_initial(cfg.initial) if cfg.mode == "reset" and cfg.initial else None
-    gen_codes = [c for c in language_codes(corpus, cfg.gen_langs) if c in PROMPTS] if cfg.generate else []
+    with applied_region(params, mask, mode, factor, initial, include_norms, norms, model=model) as counts:
+        out = measure()
+    return out, counts
 
-    def engine_for(*change: Any) -> Engine:
-        checksum = condition_checksum(info.checksum, *change) if change else info.checksum
-        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
 
-    base_engine = engine_for()
-    base = perplexities(base_engine, view, codes, cfg.window, cfg.max_tokens)
-    rows = [_row("base", None, None, code, base[code], base[code], code in imp_langs) for code in codes]
-    generations = []
-    if gen_codes:
-        outs = base_engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens, desc="generate")
-        generations += [
-            {"region": "base", "k": None, "scope": None, "lang": c, "prompt": PROMPTS[c], "output": o}
-            for c, o in zip(gen_codes, outs, strict=True)
-        ]
-    from tqdm.auto import tqdm
+def condition_rows(region: str, k: float | None, scope: str | None, codes: list[str], after: dict[str, dict],
+                   base: dict[str, dict], in_importance: set[str], counts=None) -> list[dict[str, Any]]:
+    """One row per language (``after``, ``base``: ``{lang: perplexity row}``): the perplexity under one condition
+    over the unchanged model's, and ``counts`` (:func:`ablated`)."""
+    return [_row(region, k, scope, code, after[code], base[code], code in in_importance, counts) for code in codes]
 
-    bar = tqdm(
-        total=len(scopes) * len(ks) * len(which),
-        desc="ablate",
-        unit="region",
-        leave=False,
-        disable=not base_engine.is_main,
-    )
-    with bar:
-        for scope in scopes:
-            for k in ks:
-                for region in which:
-                    path = sr.run_dir / cfg.select_step / mask_file(region, k, scope)
-                    if not path.exists():
-                        raise BabelscopeError(
-                            f"{path}: no such region; run `babelscope regions select` with "
-                            f"--k {k} --scope {scope}"
-                        )
-                    mask, meta = load_mask(path, params, info.checksum)
-                    change = (
-                        region,
-                        k,
-                        scope,
-                        cfg.mode,
-                        cfg.factor,
-                        cfg.include_norms,
-                        cfg.initial,
-                        meta.get("size"),
-                        meta.get("importance"),
-                        file_digest(path),  # the selection itself (e.g. with or without --skip-zeros)
-                    )
-                    engine = engine_for(*change)
-                    with applied_region(
-                        params, mask, cfg.mode, cfg.factor, initial, cfg.include_norms, norms, model=model
-                    ) as counts:
-                        after = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
-                        if gen_codes and k == ks[0] and scope == scopes[0]:
-                            outs = engine.generate([PROMPTS[c] for c in gen_codes], cfg.max_new_tokens)
-                            generations += [
-                                {
-                                    "region": region,
-                                    "k": k,
-                                    "scope": scope,
-                                    "lang": c,
-                                    "prompt": PROMPTS[c],
-                                    "output": o,
-                                }
-                                for c, o in zip(gen_codes, outs, strict=True)
-                            ]
-                    rows += [
-                        _row(region, k, scope, code, after[code], base[code], code in imp_langs, counts)
-                        for code in codes
-                    ]
-                    del mask
-                    bar.update(1)
-    if not base_engine.is_main:
-        return sr.wait()
-    summary = ratio_summary(rows)
-    results = {
-        "model": info.name,
-        "corpus": view.name,
-        "mode": cfg.mode,
-        "factor": cfg.factor,
-        "importance_languages": sorted(imp_langs),
-        "evaluation_languages": codes,
-        "heldout_languages": [c for c in codes if c not in imp_langs],
-        "summary": summary,
-    }
-    prov = provenance(
-        model=info.to_dict(),
-        data={"corpus": view.name, "units": {code: [u.id for u in view.units(code)] for code in codes}},
-    )
-    return sr.write(KIND, results, {"per_language": rows, "summary": summary, "generations": generations}, prov)
+
+def generation_rows(region: str, k: float | None, scope: str | None, codes: list[str], outs: list[str]
+                    ) -> list[dict[str, Any]]:
+    """The generation of each language's probe prompt (:data:`PROMPTS`) under one condition."""
+    return [{"region": region, "k": k, "scope": scope, "lang": c, "prompt": PROMPTS[c], "output": o}
+            for c, o in zip(codes, outs, strict=True)]
 
 
 def file_digest(path) -> str:
@@ -217,3 +124,6 @@ def _row(region, k, scope, code, row, base_row, in_importance, counts=None) -> d
         "changed": counts.changed if counts else 0,
     }
 
+
+#: the step moved to :func:`babelscope.regions.steps.run_ablate`; this name still runs it
+run = StepFunction("babelscope.regions.steps", "run_ablate")

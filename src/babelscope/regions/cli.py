@@ -27,9 +27,10 @@ REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
                              StepFunction("babelscope.regions.steps", "run_importance"), (IMPORTANCE_RESULTS,))
 REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"),
                          (SELECT_RESULTS,))
-REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.ablate"),
+REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.steps", "run_ablate"),
                          (ABLATION_RESULTS,))
-REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.scan"), (SCAN_RESULTS,))
+REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.steps", "run_scan"),
+                       (SCAN_RESULTS,))
 EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)
 
 step_command(app, "importance", REGIONS_IMPORTANCE, step="regions-importance",

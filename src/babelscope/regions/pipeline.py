@@ -44,7 +44,7 @@ def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict
         f"{step}-select",
         loaded,
     )
-    ablate.run(
+    steps.run_ablate(
         ablate.AblateConfig(
             select_step=f"{step}-select",
             langs=cfg.eval_langs,
@@ -60,7 +60,7 @@ def run(cfg: RegionsConfig, run_dir, step: str = "regions", loaded=None) -> dict
         f"{step}-ablate",
         loaded,
     )
-    return scan.run(
+    return steps.run_scan(
         scan.ScanConfig(
             langs=cfg.scan_langs,
             layer=cfg.scan_layer,

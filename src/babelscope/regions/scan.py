@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
-from babelscope.regions.configs import ScanConfig
+from babelscope.regions.configs import ScanConfig  # noqa: F401  (re-exported: the older import path)
 
 KIND = "regions-scan"
 
@@ -88,94 +89,31 @@ def pooled_ppl(rows: dict[str, dict]) -> float:
     return math.exp(nll / tokens) if tokens else math.nan
 
 
-def run(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> dict[str, Any]:
-    """The ``babelscope regions scan-dims`` step."""
-    from tqdm.auto import tqdm
+def activation_ranks(peak: torch.Tensor) -> dict[int, int]:
+    """Each dimension's rank by peak activation magnitude (0: the largest)."""
+    return {int(d): i for i, d in enumerate(torch.argsort(peak, descending=True))}
 
-    from babelscope.data.views import SplitView, language_codes, open_text_corpus, token_windows
-    from babelscope.evaluate.intervention import condition_checksum, perplexities
-    from babelscope.models.engine import Engine
-    from babelscope.models.params import find_norm, gamma_offset
-    from babelscope.models.placement import writable_weights
-    from babelscope.regions.apply import DIM_MODES, perturbed_dimension
-    from babelscope.runs import provenance, text_sha256
-    from babelscope.steps import StepRun
 
-    sr = StepRun(cfg, run_dir, step, loaded)
-
-    if cfg.mode not in DIM_MODES:
-        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(DIM_MODES)}")
-    if cfg.top_n < 1 or cfg.threshold <= 1:
-        raise BabelscopeError(
-            f"--top-n {cfg.top_n} / --threshold {cfg.threshold}: need top_n >= 1 and threshold > 1"
-        )
-    corpus = open_text_corpus(cfg.corpus)
-    codes = language_codes(corpus, cfg.langs)
-    view = SplitView(corpus, "test", cfg.test_fraction, cfg.seed)
-    if (doc := sr.done(inputs={c: text_sha256(u.text for u in view.units(c)) for c in codes})) is not None:
-        return doc
-    model, tokenizer, info = sr.model("causal", "scan-dims")
-    name, norm = find_norm(model, cfg.layer, cfg.norm)
-    offset = gamma_offset(norm, model)  # the table's: 1 for Gemma's (1 + w), 0 for w
-
-    def engine_for(checksum: str) -> Engine:
-        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
-
-    engine = engine_for(info.checksum)  # tokenizes the windows, then scores the base
-    seqs = [
-        s
-        for code in codes
-        for s, _ in token_windows(engine, [u.text for u in view.units(code)], cfg.window, cfg.max_tokens)
-    ]
-    peak, mean, where = activation_magnitudes(model, norm, cfg.layer, seqs)
-    dims, top = choose_dims(cfg.dims, peak, cfg.top_n, cfg.seed)
-    base_rows = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
-    base = pooled_ppl(base_rows)
-    rank = {int(d): i for i, d in enumerate(torch.argsort(peak, descending=True))}
-    rows = []
-    with writable_weights(model, [name]) as writable:  # the norm's own weight, or an offloaded one's copy
-        weight = writable[name]
-        for d in tqdm(dims, desc="scan-dims", unit="dim", leave=False, disable=not engine.is_main):
-            checksum = condition_checksum(info.checksum, "dim", name, d, cfg.mode, cfg.factor)
-            eng = engine_for(checksum)
-            with perturbed_dimension(norm, d, cfg.mode, cfg.factor, offset, weight=weight) as gamma:
-                after = perplexities(eng, view, codes, cfg.window, cfg.max_tokens)
-            ppl = pooled_ppl(after)
-            rows.append(
-                {
-                    "dim": d,
-                    "gamma_before": float(weight[d]) + offset,
-                    "gamma_after": gamma,
-                    "act_max": float(peak[d]),
-                    "act_mean": float(mean[d]),
-                    "act_rank": rank[d],
-                    "top_activation": d in top,
-                    "ppl": ppl,
-                    "ratio": ppl / base,
-                    "broken": ppl >= cfg.threshold * base,
-                    **{f"ppl_{code}": after[code]["ppl"] for code in codes},
-                }
-            )
-    if not engine.is_main:
-        return sr.wait()
-    rows.sort(key=lambda r: -r["ratio"])
-    median_act = float(mean.median())
-    results = {
-        "model": info.name,
-        "norm": name,
-        "layer": cfg.layer,
-        "gamma_offset": offset,
-        "norm_scale": "1 + w" if offset else "w",
-        "mode": cfg.mode,
-        "factor": cfg.factor,
-        "base_ppl": base,
-        "threshold": cfg.threshold,
-        "base_ppl_per_language": {c: r["ppl"] for c, r in base_rows.items()},
-        "broken_dims": [r["dim"] for r in rows if r["broken"]],
-        "top_activation_dims": [int(d) for d in torch.argsort(peak, descending=True)[: cfg.top_n]],
-        "median_act_mean": median_act, "activation": where,
-        "scanned": len(rows),
+def dimension_row(d: int, gamma_before: float, gamma_after: float, peak: torch.Tensor, mean: torch.Tensor,
+                  rank: dict[int, int], top: set[int], after: dict[str, dict], base: float, threshold: float
+                  ) -> dict[str, Any]:
+    """One scanned dimension: its scale before and after, its activation, and the pooled perplexity over the
+    base one (``broken`` at ``threshold`` times the base or more), with each language's perplexity."""
+    ppl = pooled_ppl(after)
+    return {
+        "dim": d,
+        "gamma_before": gamma_before,
+        "gamma_after": gamma_after,
+        "act_max": float(peak[d]),
+        "act_mean": float(mean[d]),
+        "act_rank": rank[d],
+        "top_activation": d in top,
+        "ppl": ppl,
+        "ratio": ppl / base,
+        "broken": ppl >= threshold * base,
+        **{f"ppl_{code}": row["ppl"] for code, row in after.items()},
     }
-    prov = provenance(model=info.to_dict(), data={"corpus": view.name})
-    return sr.write(KIND, results, {"dims": rows}, prov)
 
+
+#: the step moved to :func:`babelscope.regions.steps.run_scan`; this name still runs it
+run = StepFunction("babelscope.regions.steps", "run_scan")

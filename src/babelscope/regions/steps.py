@@ -1,5 +1,5 @@
-"""The regions steps apart from their methods: ``regions importance`` (the method in :mod:`.importance`) and
-``regions select`` (:mod:`.select`).
+"""The regions steps apart from their methods: ``regions importance`` (the method in :mod:`.importance`),
+``regions select`` (:mod:`.select`), ``regions ablate`` (:mod:`.ablate`) and ``regions scan-dims`` (:mod:`.scan`).
 
 A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
 planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from babelscope.errors import BabelscopeError
-from babelscope.regions import importance, select
-from babelscope.regions.configs import ImportanceConfig, SelectConfig
+from babelscope.regions import ablate, importance, scan, select
+from babelscope.regions.configs import AblateConfig, ImportanceConfig, ScanConfig, SelectConfig
 
 
 # ------------------------------------------------------------------------------------------- importance
@@ -349,3 +350,177 @@ def _monolingual(scores_of, langs: list[str], k: float, scopes: list[str], recor
             overlap, overlap_matrix = select.overlap_rows(tops, k, scope)
         del tops
     return overlap, overlap_matrix
+
+
+# ------------------------------------------------------------------------------------------- ablate
+@dataclass
+class AblateInputs:
+    """What the ablate step reads and checks before its model loads."""
+
+    ks: list[float]
+    scopes: list[str]
+    which: list[str]
+    imp_cfg: dict[str, Any]
+    imp_langs: set[str]
+    corpus: Any
+    codes: list[str]
+    view: Any
+    inputs: dict[str, Any]
+
+
+def ablate_inputs(sr) -> AblateInputs:
+    """The options, the select and importance steps' results and the held-out text of each evaluation language
+    (the test side of the importance step's split), each checked with a one-line error; and their checksums."""
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus
+    from babelscope.regions.apply import REGION_MODES
+    from babelscope.runs import Step, load_results, text_sha256
+    from babelscope.steps import results_sha256
+
+    cfg = sr.cfg
+    ks = select.parse_fractions(cfg.k)
+    scopes = select.parse_choice(cfg.scope, select.SCOPES, "--scope")
+    which = select.parse_choice(cfg.regions, select.WHICH, "--regions")
+    if cfg.mode not in REGION_MODES:
+        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(REGION_MODES)}")
+    imp_step = load_results(Step(sr.run_dir, cfg.select_step).results_path)["results"]["importance_step"]
+    imp_doc = load_results(Step(sr.run_dir, imp_step).results_path)
+    imp_cfg = imp_doc["config"]
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    view = SplitView(corpus, "test", imp_cfg["test_fraction"], imp_cfg["seed"])
+    texts = {code: text_sha256(u.text for u in view.units(code)) for code in codes}  # none: fails here
+    inputs = {"select": results_sha256(sr.run_dir, cfg.select_step), "texts": texts,
+              "importance": results_sha256(sr.run_dir, imp_step)}
+    return AblateInputs(ks, scopes, which, imp_cfg, set(imp_doc["results"]["languages"]), corpus, codes, view,
+                        inputs)
+
+
+def region_change(sr, region: str, k: float, scope: str, params: dict, checksum: str) -> tuple[Any, tuple]:
+    """The mask of one region saved by the select step, and the change's name (what the changed model's request
+    cache is keyed by): the region, the mode and its settings, and the mask file's own checksum."""
+    cfg = sr.cfg
+    path = sr.run_dir / cfg.select_step / select.mask_file(region, k, scope)
+    if not path.exists():
+        raise BabelscopeError(f"{path}: no such region; run `babelscope regions select` with --k {k} --scope {scope}")
+    mask, meta = select.load_mask(path, params, checksum)
+    return mask, (region, k, scope, cfg.mode, cfg.factor, cfg.include_norms, cfg.initial, meta.get("size"),
+                  meta.get("importance"), ablate.file_digest(path))  # the selection itself (e.g. --skip-zeros)
+
+
+def run_ablate(cfg: AblateConfig, run_dir, step: str = "regions-ablate", loaded=None) -> dict[str, Any]:
+    """The ``babelscope regions ablate`` step: perplexity per language with each region changed, and generations."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.views import language_codes
+    from babelscope.evaluate.intervention import PROMPTS, condition_checksum, perplexities
+    from babelscope.models.params import norm_modules, scored_parameters
+    from babelscope.runs import provenance
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    inp = ablate_inputs(sr)
+    if (doc := sr.done(inputs=inp.inputs)) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "ablate")
+    params = scored_parameters(model, inp.imp_cfg.get("include", ""), inp.imp_cfg.get("exclude", ""))
+    norms = set(norm_modules(model))
+    initial = ablate.load_initial(cfg.initial) if cfg.mode == "reset" and cfg.initial else None
+    codes = inp.codes
+    gen_codes = [c for c in language_codes(inp.corpus, cfg.gen_langs) if c in PROMPTS] if cfg.generate else []
+    prompts = [PROMPTS[c] for c in gen_codes]
+
+    def engine_for(*change: Any):  # the request cache knows the changed model by what was changed and how
+        checksum = condition_checksum(info.checksum, *change) if change else info.checksum
+        return sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
+
+    base_engine = engine_for()
+    base = perplexities(base_engine, inp.view, codes, cfg.window, cfg.max_tokens)
+    rows = ablate.condition_rows("base", None, None, codes, base, base, inp.imp_langs)
+    generations = []
+    if gen_codes:
+        outs = base_engine.generate(prompts, cfg.max_new_tokens, desc="generate")
+        generations += ablate.generation_rows("base", None, None, gen_codes, outs)
+    total = len(inp.scopes) * len(inp.ks) * len(inp.which)
+    with tqdm(total=total, desc="ablate", unit="region", leave=False, disable=not base_engine.is_main) as bar:
+        for scope in inp.scopes:
+            for k in inp.ks:
+                for region in inp.which:
+                    mask, change = region_change(sr, region, k, scope, params, info.checksum)
+                    engine = engine_for(*change)
+                    show = bool(gen_codes) and k == inp.ks[0] and scope == inp.scopes[0]
+                    (after, outs), counts = ablate.ablated(
+                        model, params, mask, cfg.mode, cfg.factor, initial, cfg.include_norms, norms,
+                        lambda: (perplexities(engine, inp.view, codes, cfg.window, cfg.max_tokens),  # noqa: B023
+                                 engine.generate(prompts, cfg.max_new_tokens) if show else None))  # noqa: B023
+                    rows += ablate.condition_rows(region, k, scope, codes, after, base, inp.imp_langs, counts)
+                    generations += ablate.generation_rows(region, k, scope, gen_codes, outs) if show else []
+                    del mask
+                    bar.update(1)
+    if not base_engine.is_main:
+        return sr.wait()
+    summary = ablate.ratio_summary(rows)
+    results = {"model": info.name, "corpus": inp.view.name, "mode": cfg.mode, "factor": cfg.factor,
+               "importance_languages": sorted(inp.imp_langs), "evaluation_languages": codes,
+               "heldout_languages": [c for c in codes if c not in inp.imp_langs], "summary": summary}
+    prov = provenance(model=info.to_dict(), data={"corpus": inp.view.name,
+                                                  "units": {code: [u.id for u in inp.view.units(code)]
+                                                            for code in codes}})
+    return sr.write(ablate.KIND, results, {"per_language": rows, "summary": summary, "generations": generations},
+                    prov)
+
+
+# ------------------------------------------------------------------------------------------- scan-dims
+def run_scan(cfg: ScanConfig, run_dir, step: str = "regions-scan", loaded=None) -> dict[str, Any]:
+    """The ``babelscope regions scan-dims`` step: the pooled perplexity with each chosen dimension of a norm's
+    scale perturbed, and the dimensions that break the model."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.views import SplitView, language_codes, open_text_corpus, token_windows
+    from babelscope.evaluate.intervention import condition_checksum, perplexities
+    from babelscope.models.params import find_norm, gamma_offset
+    from babelscope.models.placement import writable_weights
+    from babelscope.regions.apply import DIM_MODES, perturbed_dimension
+    from babelscope.runs import provenance, text_sha256
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    if cfg.mode not in DIM_MODES:
+        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(DIM_MODES)}")
+    if cfg.top_n < 1 or cfg.threshold <= 1:
+        raise BabelscopeError(f"--top-n {cfg.top_n} / --threshold {cfg.threshold}: need top_n >= 1 and threshold > 1")
+    corpus = open_text_corpus(cfg.corpus)
+    codes = language_codes(corpus, cfg.langs)
+    view = SplitView(corpus, "test", cfg.test_fraction, cfg.seed)
+    if (doc := sr.done(inputs={c: text_sha256(u.text for u in view.units(c)) for c in codes})) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "scan-dims")
+    name, norm = find_norm(model, cfg.layer, cfg.norm)
+    offset = gamma_offset(norm, model)  # the table's: 1 for Gemma's (1 + w), 0 for w
+    engine = sr.engine(checksum=info.checksum, batch_size=cfg.batch_size, progress=False)  # windows, then the base
+    seqs = [s for code in codes
+            for s, _ in token_windows(engine, [u.text for u in view.units(code)], cfg.window, cfg.max_tokens)]
+    peak, mean, where = scan.activation_magnitudes(model, norm, cfg.layer, seqs)
+    dims, top = scan.choose_dims(cfg.dims, peak, cfg.top_n, cfg.seed)
+    base_rows = perplexities(engine, view, codes, cfg.window, cfg.max_tokens)
+    base = scan.pooled_ppl(base_rows)
+    rank = scan.activation_ranks(peak)
+    rows = []
+    with writable_weights(model, [name]) as writable:  # the norm's own weight, or an offloaded one's copy
+        weight = writable[name]
+        for d in tqdm(dims, desc="scan-dims", unit="dim", leave=False, disable=not engine.is_main):
+            checksum = condition_checksum(info.checksum, "dim", name, d, cfg.mode, cfg.factor)
+            eng = sr.engine(checksum=checksum, batch_size=cfg.batch_size, progress=False)
+            with perturbed_dimension(norm, d, cfg.mode, cfg.factor, offset, weight=weight) as gamma:
+                after = perplexities(eng, view, codes, cfg.window, cfg.max_tokens)
+            rows.append(scan.dimension_row(d, float(weight[d]) + offset, gamma, peak, mean, rank, top, after, base,
+                                           cfg.threshold))
+    if not engine.is_main:
+        return sr.wait()
+    rows.sort(key=lambda r: -r["ratio"])
+    results = {"model": info.name, "norm": name, "layer": cfg.layer, "gamma_offset": offset,
+               "norm_scale": "1 + w" if offset else "w", "mode": cfg.mode, "factor": cfg.factor, "base_ppl": base,
+               "threshold": cfg.threshold, "base_ppl_per_language": {c: r["ppl"] for c, r in base_rows.items()},
+               "broken_dims": [r["dim"] for r in rows if r["broken"]],
+               "top_activation_dims": [int(d) for d in torch.argsort(peak, descending=True)[: cfg.top_n]],
+               "median_act_mean": float(mean.median()), "activation": where, "scanned": len(rows)}
+    return sr.write(scan.KIND, results, {"dims": rows}, provenance(model=info.to_dict(), data={"corpus": view.name}))

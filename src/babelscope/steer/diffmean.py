@@ -124,3 +124,13 @@ def normalise(directions: torch.Tensor, mean_norms: torch.Tensor) -> torch.Tenso
     """``d / ‖d‖ · r̄`` per language and layer (``mean_norms``: (layers + 1,) mean residual norm)."""
     length = directions.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return directions / length * mean_norms[None, :, None].to(directions)
+
+
+def language_directions(residual: torch.Tensor, norms: torch.Tensor, tokens: torch.Tensor, unit: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffMean directions (float32) from per-language residual sums ``(languages, layers + 1, H)``, residual-norm
+    sums ``(languages, layers + 1)`` and token counts ``(languages,)`` (:func:`language_sums` of each language),
+    :func:`normalise`\\ d when ``unit``; and the pooled mean residual norm per layer ``(layers + 1,)``."""
+    mean_norms = norms.sum(0) / tokens.sum()
+    raw = diffmean(residual, tokens)
+    return (normalise(raw, mean_norms) if unit else raw).float(), mean_norms

@@ -1,6 +1,6 @@
 """The ``babelscope steer`` step: DiffMean directions (:mod:`babelscope.steer.diffmean`), the sweep over layers and
-α, LAPE-neuron steering (:mod:`babelscope.steer.apply`), the CLaS-Bench scores (:mod:`babelscope.steer.score`) and
-the perplexity cost on the other languages at each language's best setting.
+α with LAPE-neuron steering beside it, the best setting per language and its perplexity cost on the other languages
+(:mod:`babelscope.steer.sweep`, which scores with :mod:`babelscope.steer.score`).
 
 Means are computed on the *train* side of the id split (per language, ``sums/<lang>.safetensors``, re-read by a
 re-run with the same key); prompts are the first half of held-out units that every language has, so each prompt
@@ -10,9 +10,8 @@ per-request cache keyed by the model *and* the steering condition, so an interru
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -78,26 +77,34 @@ def model_layers(sr) -> int:
     return int(text.num_hidden_layers)
 
 
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+@dataclass
+class SteerInputs:
+    """What the step reads and checks before its model loads."""
+
+    corpus: Any
+    codes: list[str]
+    source: str
+    targets: list[str]
+    train: dict[str, list]
+    ids: list[str]
+    refs: dict[str, list[str]]
+    n_layers: int
+    layers: list[int]
+    alphas: list[float]
+    lape_alphas: list[float]
+    masks: dict = field(default_factory=dict)
+    nmeta: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
 
 
-def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str, Any]:
-    """The ``babelscope steer`` step."""
-    from tqdm.auto import tqdm
+def steer_inputs(sr) -> SteerInputs:
+    """The options, languages, train/test sides, prompt units and LAPE neurons of a steer step, each checked with
+    a one-line error; and the checksums of what was read (the step's inputs)."""
+    from babelscope.data.views import language_codes, open_text_corpus, split_side
+    from babelscope.runs import Step, load_results, text_sha256
+    from babelscope.steps import results_sha256
 
-    from babelscope.data.languages import resolve_language
-    from babelscope.data.views import SplitView, language_codes, open_text_corpus, split_side
-    from babelscope.evaluate.intervention import condition_checksum, perplexities
-    from babelscope.neurons.ffn import ffn_modules
-    from babelscope.runs import Step, is_main_process, load_results, provenance, text_sha256
-    from babelscope.steer.apply import neurons_set, steered
-    from babelscope.steer.diffmean import diffmean, language_sums, normalise
-    from babelscope.steer.score import score_generations
-    from babelscope.steps import StepRun, results_sha256
-    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
-
-    sr = StepRun(cfg, run_dir, step, loaded)
+    cfg = sr.cfg
     alphas = parse_floats(cfg.alphas, "--alphas")
     lape_alphas = parse_floats(cfg.lape_alphas, "--lape-alphas")
     corpus = open_text_corpus(cfg.corpus)
@@ -123,8 +130,7 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
     refs = {c: [next(u.text for u in test[c] if u.id == i) for i in ids] for c in codes}
     n_layers = model_layers(sr)
     layers = parse_layers(cfg.layers, n_layers)
-    masks, nmeta = {}, {}
-    reads = {}
+    masks, nmeta, reads = {}, {}, {}
     if cfg.neurons_step not in ("none", ""):
         from babelscope.neurons.lape import load_neurons
 
@@ -134,155 +140,119 @@ def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str
         reads[cfg.neurons_step] = results_sha256(sr.run_dir, cfg.neurons_step)
     inputs = {"train": {c: text_sha256(u.text for u in train[c]) for c in codes},
               "refs": {c: text_sha256(refs[c]) for c in codes}, **reads}
-    if (doc := sr.done(inputs=inputs, write_config=False)) is not None:
-        return doc
-    model, tokenizer, info = sr.model("causal", "steering")
-    if masks and nmeta.get("model") != info.checksum:
-        raise BabelscopeError(f"{cfg.neurons_step}: LAPE neurons of another model; run `babelscope neurons find` "
-                              f"with --model {cfg.model} first, or pass --neurons-step none")
-    ffns = ffn_modules(model)
-    main = is_main_process()
-    sr.write_config()
-    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
+    return SteerInputs(corpus, codes, source, targets, train, ids, refs, n_layers, layers, alphas, lape_alphas,
+                       masks, nmeta, inputs)
 
-    # 1. per-language sums over the train side: residual stream of every layer and the FFN down inputs
+
+def language_means(sr, engine, inp: SteerInputs, ffns) -> dict[str, tuple]:
+    """``{lang: (residual sums, norm sums, FFN sums, tokens)}`` over each language's train side, each saved as
+    ``sums/<lang>.safetensors`` (rank 0) and re-read by a re-run with the same key."""
+    from tqdm.auto import tqdm
+
+    from babelscope.caches import json_sha256
     from babelscope.data.views import language_windows
+    from babelscope.runs import is_main_process
+    from babelscope.steer import diffmean
+    from babelscope.tensorfiles import load_tensors, read_metadata, save_tensors
 
+    cfg, checksum = sr.cfg, sr.model()[2].checksum
     sums = {}
-    for code in tqdm(codes, desc="means", unit="lang", leave=False, disable=not engine.is_main):
-        key = _key({"model": info.checksum, "lang": code, "text": inputs["train"][code], "window": cfg.window,
-                    "max_tokens": cfg.max_tokens, "dtype": cfg.dtype, "device": engine.device.type})
+    for code in tqdm(inp.codes, desc="means", unit="lang", leave=False, disable=not engine.is_main):
+        key = json_sha256({"model": checksum, "lang": code, "text": inp.inputs["train"][code], "window": cfg.window,
+                           "max_tokens": cfg.max_tokens, "dtype": cfg.dtype, "device": engine.device.type}, 16)
         path = sr.path / "sums" / f"{code}.safetensors"
         meta = read_metadata(path) if path.exists() else {}
         if meta.get("key") == key:
             t = load_tensors(path)
             sums[code] = (t["residual"], t["norms"], t["ffn"], int(meta["tokens"]))
             continue
-        seqs = language_windows(engine, [u.text for u in train[code]], cfg.window, cfg.max_tokens)
-        s = language_sums(model, seqs, cfg.batch_size, engine.pad_id, ffns)
+        seqs = language_windows(engine, [u.text for u in inp.train[code]], cfg.window, cfg.max_tokens)
+        s = diffmean.language_sums(sr.model()[0], seqs, cfg.batch_size, engine.pad_id, ffns)
         if s.tokens == 0:
             raise BabelscopeError(f"language {code}: no tokens for the means; raise --max-tokens or --window")
         sums[code] = (s.residual, s.norms, s.ffn, s.tokens)
-        if main:
+        if is_main_process():
             save_tensors(path, {"residual": s.residual, "norms": s.norms, "ffn": s.ffn},
-                         {"key": key, "lang": code, "tokens": s.tokens, "model": info.checksum})
+                         {"key": key, "lang": code, "tokens": s.tokens, "model": checksum})
+    return sums
+
+
+def steering_of(sr, inp: SteerInputs, sums: dict[str, tuple], ffns):
+    """The :class:`~babelscope.steer.sweep.Steering` of the step (DiffMean directions from ``sums``, the LAPE
+    neurons), its directions saved (rank 0) as ``directions.safetensors``."""
+    from babelscope.runs import is_main_process
+    from babelscope.steer.diffmean import language_directions
+    from babelscope.steer.sweep import Steering
+    from babelscope.tensorfiles import save_tensors
+
+    codes, info = inp.codes, sr.model()[2]
     tokens = torch.tensor([sums[c][3] for c in codes], dtype=torch.float64)
-    raw = diffmean(torch.stack([sums[c][0] for c in codes]), tokens)
-    mean_norms = torch.stack([sums[c][1] for c in codes]).sum(0) / tokens.sum()
-    directions = (normalise(raw, mean_norms) if cfg.normalise else raw).float()
-    ffn_means = {c: (sums[c][2] / sums[c][3]).float() for c in codes}
-    dir_sha = hashlib.sha256(directions.numpy().tobytes()).hexdigest()[:16]
-    if main:
+    directions, mean_norms = language_directions(torch.stack([sums[c][0] for c in codes]),
+                                                 torch.stack([sums[c][1] for c in codes]), tokens, sr.cfg.normalise)
+    steering = Steering(sr.model()[0], ffns, codes, directions,
+                        {c: (sums[c][2] / sums[c][3]).float() for c in codes}, inp.masks)
+    if is_main_process():
         save_tensors(sr.path / "directions.safetensors",
-                     {f"layer.{i}": directions[:, i] for i in range(n_layers + 1)},
+                     {f"layer.{i}": directions[:, i] for i in range(inp.n_layers + 1)},
                      {"model": info.checksum, "model_name": info.name, "languages": codes,
-                      "tokens": {c: sums[c][3] for c in codes}, "normalised": cfg.normalise,
-                      "mean_residual_norm": [float(x) for x in mean_norms], "corpus": corpus.name,
-                      "layers": n_layers + 1, "sha": dir_sha})
+                      "tokens": {c: sums[c][3] for c in codes}, "normalised": sr.cfg.normalise,
+                      "mean_residual_norm": [float(x) for x in mean_norms], "corpus": inp.corpus.name,
+                      "layers": inp.n_layers + 1, "sha": steering.directions_sha})
+    return steering
 
-    # 2. generations: base, DiffMean sweep, LAPE
-    prompts = [prompt_of(t) for t in refs[source]]
-    iso = {resolve_language(c).iso639_1: c for c in codes if resolve_language(c).iso639_1}
 
-    def engine_for(*change: Any):
+def run(cfg: SteerConfig, run_dir, step: str = "steer", loaded=None) -> dict[str, Any]:
+    """The ``babelscope steer`` step."""
+    from tqdm.auto import tqdm
+
+    from babelscope.data.languages import resolve_language
+    from babelscope.data.views import SplitView
+    from babelscope.evaluate.intervention import condition_checksum, perplexities
+    from babelscope.neurons.ffn import ffn_modules
+    from babelscope.runs import provenance
+    from babelscope.steer.sweep import best_samples, ppl_cost, summarize, sweep
+    from babelscope.steps import StepRun
+
+    sr = StepRun(cfg, run_dir, step, loaded)
+    inp = steer_inputs(sr)
+    if (doc := sr.done(inputs=inp.inputs, write_config=False)) is not None:
+        return doc
+    model, tokenizer, info = sr.model("causal", "steering")
+    if inp.masks and inp.nmeta.get("model") != info.checksum:
+        raise BabelscopeError(f"{cfg.neurons_step}: LAPE neurons of another model; run `babelscope neurons find` "
+                              f"with --model {cfg.model} first, or pass --neurons-step none")
+    ffns = ffn_modules(model)
+    sr.write_config()
+    engine = sr.engine(cache=False, batch_size=cfg.batch_size, progress=False)
+    sums = language_means(sr, engine, inp, ffns)
+    steering = steering_of(sr, inp, sums, ffns)
+    codes, targets = inp.codes, inp.targets
+
+    def engine_for(*change: Any):  # the request cache knows the steered model by what was changed and how
         return sr.engine(checksum=condition_checksum(info.checksum, *change) if change else info.checksum,
                          batch_size=cfg.batch_size, progress=False)
 
-    base_engine = engine_for()
-    base_out = base_engine.generate(prompts, cfg.max_new_tokens)
-    conditions: list[dict[str, Any]] = []
-    samples: list[dict[str, Any]] = []
-    outputs: dict[tuple, list[str]] = {}
-
-    def record(method: str, target: str, layer, alpha, outs: list[str], neurons: int | None = None) -> None:
-        summary, rows = score_generations(outs, target, refs, iso)
-        conditions.append({"method": method, "lang": target, "layer": layer, "alpha": alpha, "neurons": neurons,
-                           **summary})
-        outputs[(method, target, layer, alpha)] = outs
-        samples.extend({"method": method, "lang": target, "layer": layer, "alpha": alpha,
-                        "prompt_text": prompts[r["prompt"]], **r} for r in rows)
-
-    for target in targets:
-        record("none", target, None, 0.0, base_out)
-    lape_targets = [t for t in targets if t in masks and bool(masks[t].any())]
-    total = len(targets) * len(layers) * len(alphas) + len(lape_targets) * len(lape_alphas)
-    from babelscope.neurons.lape import neuron_indices
-
+    prompts = [prompt_of(t) for t in inp.refs[inp.source]]
+    iso = {resolve_language(c).iso639_1: c for c in codes if resolve_language(c).iso639_1}
+    lape_targets = steering.lape_targets(targets)
+    total = len(targets) * len(inp.layers) * len(inp.alphas) + len(lape_targets) * len(inp.lape_alphas)
     with tqdm(total=total, desc="steer", unit="cond", leave=False, disable=not engine.is_main) as bar:
-        for target in targets:
-            t = codes.index(target)
-            for layer in layers:
-                for alpha in alphas:
-                    eng = engine_for("diffmean", target, layer, alpha, dir_sha)
-                    with steered(model, {layer: directions[t, layer]}, alpha):
-                        outs = eng.generate(prompts, cfg.max_new_tokens)
-                    record("diffmean", target, layer, alpha, outs)
-                    bar.update(1)
-            if target in lape_targets:
-                idx = neuron_indices(masks[target])
-                msha = hashlib.sha256(masks[target].numpy().tobytes()).hexdigest()[:16]
-                for alpha in lape_alphas:
-                    eng = engine_for("lape", target, alpha, msha, dir_sha)
-                    with neurons_set(ffns, idx, ffn_means[target], alpha) as n:
-                        outs = eng.generate(prompts, cfg.max_new_tokens)
-                    record("lape", target, None, alpha, outs, neurons=n)
-                    bar.update(1)
-
-    # 3. the best setting per method and language, and its perplexity cost on the other languages
-    view = SplitView(corpus, "test", cfg.test_fraction, cfg.seed)
-    base_ppl = perplexities(engine_for(), view, codes, cfg.window, cfg.ppl_max_tokens)
-    best_rows, ppl_rows = [], []
-    for method in ("diffmean", "lape"):
-        for target in targets:
-            mine = [c for c in conditions if c["method"] == method and c["lang"] == target]
-            if not mine:
-                continue
-            best = max(mine, key=lambda c: (c["harmonic"] or 0.0, c["forcing"] or 0.0, -abs(c["alpha"])))
-            if method == "diffmean":
-                t = codes.index(target)
-                ctx = steered(model, {best["layer"]: directions[t, best["layer"]]}, best["alpha"])
-                eng = engine_for("diffmean", target, best["layer"], best["alpha"], dir_sha)
-            else:
-                msha = hashlib.sha256(masks[target].numpy().tobytes()).hexdigest()[:16]
-                ctx = neurons_set(ffns, neuron_indices(masks[target]), ffn_means[target], best["alpha"])
-                eng = engine_for("lape", target, best["alpha"], msha, dir_sha)
-            with ctx:
-                after = perplexities(eng, view, codes, cfg.window, cfg.ppl_max_tokens)
-            ratios = {}
-            for code in codes:
-                ratio = after[code]["ppl"] / base_ppl[code]["ppl"] if base_ppl[code]["ppl"] else None
-                ratios[code] = ratio
-                ppl_rows.append({"method": method, "steered": target, "lang": code, "ppl": after[code]["ppl"],
-                                 "base_ppl": base_ppl[code]["ppl"], "ratio": ratio})
-            others = sorted(v for c, v in ratios.items() if c != target and v is not None)
-            med = (others[len(others) // 2] if len(others) % 2 else
-                   (others[len(others) // 2 - 1] + others[len(others) // 2]) / 2) if others else None
-            base_forcing = next(c["forcing"] for c in conditions if c["method"] == "none" and c["lang"] == target)
-            best_rows.append({**{k: best[k] for k in ("method", "lang", "layer", "alpha", "forcing", "relevance",
-                                                      "harmonic", "n")},
-                              "base_forcing": base_forcing, "own_ppl_ratio": ratios.get(target),
-                              "others_median_ppl_ratio": med})
+        conditions, samples = sweep(steering, prompts, targets, inp.layers, inp.alphas, inp.lape_alphas, inp.refs,
+                                    iso, lambda change, p: engine_for(*change).generate(p, cfg.max_new_tokens),
+                                    on_condition=lambda: bar.update(1))
+    view = SplitView(inp.corpus, "test", cfg.test_fraction, cfg.seed)
+    best_rows, ppl_rows = ppl_cost(steering, conditions, targets, lambda change: perplexities(
+        engine_for(*change), view, codes, cfg.window, cfg.ppl_max_tokens))
     if not engine.is_main:
         return sr.wait()
-    summary = {}
-    for method in ("diffmean", "lape"):
-        rows = [r for r in best_rows if r["method"] == method]
-        if rows:
-            summary[method] = {k: sum(r[k] for r in rows) / len(rows) for k in ("forcing", "relevance", "harmonic")}
-            summary[method]["languages"] = len(rows)
-    base_rows = [c for c in conditions if c["method"] == "none"]
-    summary["none"] = {k: sum(c[k] for c in base_rows) / len(base_rows) for k in ("forcing", "relevance")}
-    results = {"model": info.name, "model_checksum": info.checksum, "corpus": corpus.name, "languages": codes,
-               "source": source, "targets": targets, "layers": layers, "n_layers": n_layers, "alphas": alphas,
-               "lape_alphas": lape_alphas if lape_targets else [], "lape_targets": lape_targets,
-               "prompts": len(prompts), "normalised": cfg.normalise, "directions_file": "directions.safetensors",
-               "tokens": {c: sums[c][3] for c in codes}, "summary": summary,
-               "neurons_step": cfg.neurons_step if masks else None}
-    best_keys = {(r["method"], r["lang"], r["layer"], r["alpha"]) for r in best_rows}
-    shown = [s for s in samples if (s["method"], s["lang"], s["layer"], s["alpha"]) in best_keys
-             or s["method"] == "none"]
+    results = {"model": info.name, "model_checksum": info.checksum, "corpus": inp.corpus.name, "languages": codes,
+               "source": inp.source, "targets": targets, "layers": inp.layers, "n_layers": inp.n_layers,
+               "alphas": inp.alphas, "lape_alphas": inp.lape_alphas if lape_targets else [],
+               "lape_targets": lape_targets, "prompts": len(prompts), "normalised": cfg.normalise,
+               "directions_file": "directions.safetensors", "tokens": {c: sums[c][3] for c in codes},
+               "summary": summarize(best_rows, conditions), "neurons_step": cfg.neurons_step if inp.masks else None}
     prov = provenance(model=info.to_dict(), detector="py3langid",
-                      data={"corpus": corpus.name, "prompt_units": ids,
-                            "units": {c: [u.id for u in train[c]] for c in codes}})
+                      data={"corpus": inp.corpus.name, "prompt_units": inp.ids,
+                            "units": {c: [u.id for u in inp.train[c]] for c in codes}})
     return sr.write(KIND, results, {"best": best_rows, "conditions": conditions, "ppl_cost": ppl_rows,
-                                    "generations": shown}, prov)
+                                    "generations": best_samples(samples, best_rows)}, prov)
