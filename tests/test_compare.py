@@ -89,3 +89,14 @@ def test_bad_input(tmp_path, capsys):
     code, err = _cli(capsys, "compare", tmp_path / "missing", a, "-o", tmp_path / "out")
     assert code == 2 and "no such run directory" in err
     assert not (tmp_path / "out" / "compare" / "results.json").exists()
+
+
+def test_depth_grid_puts_models_of_different_depths_in_one_row():
+    from babelscope.compare import depth_grid
+
+    rows = [{"lang": "x", "depth": round(i / 17, 4), "a": float(i)} for i in range(18)]
+    rows += [{"lang": "x", "depth": round(i / 23, 4), "b": float(i)} for i in range(24)]
+    grid = depth_grid(rows, ["lang", "depth"], ["a", "b"])
+    assert [r["depth"] for r in grid] == [round(i / 10, 2) for i in range(11)]
+    assert grid[0]["a"] == 0 and grid[0]["b"] == 0 and grid[-1]["a"] == 17 and grid[-1]["b"] == 23
+    assert grid[5]["a"] in (8.0, 9.0) and grid[5]["b"] in (11.0, 12.0)  # the layers nearest half the depth

@@ -209,7 +209,6 @@ def compare(runs: list[Path], measures: str = "all") -> dict[str, Any]:
         raise BabelscopeError(f"--measures {','.join(bad)}: unknown; use all or some of {', '.join(BY_NAME)}")
     sources = find_results(runs)
     check_corpora(sources)
-    models = list(dict.fromkeys(s.model for s in sources))
     sections = []
     for name in names:
         columns, rows = join(sources, BY_NAME[name])
@@ -226,6 +225,9 @@ def compare(runs: list[Path], measures: str = "all") -> dict[str, Any]:
             "run the same step kind (ppl, tokens, bench, neurons, lens translate, regions, transfer pretrain) on "
             "at least two models"
         )
+    # the models compared: those with a column in some section (not every model a step touched, such as the
+    # extended-vocabulary copy a tokens step also read), in order of appearance
+    models = list(dict.fromkeys(col.split(" [")[0] for sec in sections for col in sec["columns"]))
     return {"models": models, "sections": sections}
 
 
@@ -273,13 +275,38 @@ def markdown(result: dict[str, Any], figures: dict[str, str]) -> str:
     for sec in result["sections"]:
         keys = [k for k in sec["rows"][0] if k not in sec["columns"]]
         lines += [f"## {sec['title']}", "", f"![{sec['measure']}]({figures[sec['measure']]})", ""]
+        rows = sec["rows"]
+        if keys and keys[-1] == "depth":  # each model's own layers: its value at the layer nearest each tenth
+            rows = depth_grid(rows, keys, sec["columns"])
+            lines += ["Each model at its layer nearest each tenth of its depth (every layer: the CSV and the "
+                      "figure).", ""]
         lines.append("| " + " | ".join(keys + sec["columns"]) + " |")
         lines.append("|" + "---|" * (len(keys) + len(sec["columns"])))
-        for r in sec["rows"]:
+        for r in rows:
             cells = [str(r.get(k, "")) for k in keys] + [_fmt(r.get(c)) for c in sec["columns"]]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def depth_grid(rows: list[dict], keys: list[str], columns: list[str], points: int = 11) -> list[dict]:
+    """Rows of a per-layer measurement on a common grid of relative depths (0, 0.1, ..., 1): per group of the
+    other keys and per model, the value of the model's layer whose depth is nearest each grid point (models of
+    18, 24 and 30 layers otherwise share almost no row)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys[:-1]), []).append(r)
+    out = []
+    for group, members in groups.items():
+        for i in range(points):
+            d = i / (points - 1)
+            row = {**dict(zip(keys[:-1], group, strict=True)), "depth": round(d, 2)}
+            for c in columns:
+                have = [r for r in members if r.get(c) is not None]
+                if have:
+                    row[c] = min(have, key=lambda r: abs(r["depth"] - d))[c]
+            out.append(row)
+    return out
 
 
 def _fmt(v: Any) -> str:
