@@ -6,7 +6,7 @@ loop: ``model.model(input_ids, attention_mask, output_hidden_states=True)`` (no 
 every layer's hidden states copied to CPU and kept, the masked means taken afterwards. Both see the same
 length-sorted batches; each batch is timed as the best of ``--repeats`` for each side, alternating, and each side's
 peak memory (RSS over the loaded model) is measured over one whole pass in its own child process. The sums must
-agree (float32 activations summed in float64, to 1e-4 relative), else no ratio is printed.
+agree (float32 activations summed in float64, to 1e-5 of each layer's largest sum), else no ratio is printed.
 
 PLND (:func:`babelscope.neurons.plnd.document_importance`): ``‖a_j‖ · ‖W_down[:, j]‖`` for all neurons of a layer
 from one forward, against the naive way: capture each down projection's input, then deactivate its neurons
@@ -167,8 +167,11 @@ def main() -> int:
         want = bare.sums()
         after = min(after, time.perf_counter() - start)
     mine = sum(got)
-    rel = float(((mine - want).abs() / want.abs().clamp_min(1e-3)).max())
-    if rel > 1e-4:
+    # per layer, relative to the layer's largest sum: two float32 forwards differ by a few ulps of the layer's
+    # largest activation, so the error scales with it, not with each element (Gemma's massive dimensions sum to
+    # 2.4e7 where others sum to 16: element-wise, 4e-3 of 16 is one float32 ulp at 1e5). Measured: at most 7e-7.
+    rel = float(((mine - want).abs().amax(dim=-1) / want.abs().amax(dim=-1).clamp_min(1e-12)).max())
+    if rel > 1e-5:
         print(f"MISMATCH: DiffMean sums differ by {rel:.2e} relative")
         return 1
     t = {"ours": sum(best["ours"]), "bare": sum(best["bare"]) + after}
