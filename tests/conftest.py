@@ -165,3 +165,18 @@ def assert_two_processes() -> None:
 
     state = _dist_state()
     assert state is not None and state.num_processes == 2
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    """Run the CLI entry point in this process (as `babelscope ARGS`): (exit code, stderr)."""
+    from babelscope import cli
+
+    capsys.readouterr()  # drop what the test printed before
+    saved = sys.argv
+    sys.argv = ["babelscope", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    finally:
+        sys.argv = saved
+    return exit_.value.code, capsys.readouterr().err

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from babelscope.compare import compare
 from babelscope.runs import Step
+from conftest import run_cli as _cli
 
 
 def _step(run, name, kind, model, results=None, tables=None, data=None):
@@ -62,17 +61,6 @@ def test_compare_step_writes_tables_figures_and_report(tmp_path):
     assert "## Bits per parallel unit per language" in report and "| lang | model-a |" in report
 
 
-def _cli(capsys, *args):
-    from babelscope import cli
-
-    capsys.readouterr()
-    saved, sys.argv = sys.argv, ["babelscope", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-    finally:
-        sys.argv = saved
-    return exit_.value.code, capsys.readouterr().err
 
 
 def test_bad_input(tmp_path, capsys):

@@ -3,7 +3,6 @@ sizes, SSU's column scores against a hand computation, frozen entries bit-identi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from babelscope.errors import BabelscopeError
 from conftest import build_tiny
+from conftest import run_cli as _cli
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +95,6 @@ def test_frozen_entries_stay_bit_identical(tiny, tmp_path, baseline):
     assert moved > 0  # the rest trained
 
 
-def _cli(capsys, *args):
-    from babelscope import cli
-
-    capsys.readouterr()
-    saved = sys.argv
-    sys.argv = ["babelscope", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-    finally:
-        sys.argv = saved
-    return exit_.value.code, capsys.readouterr().err
 
 
 def test_bad_input(tiny, tmp_path, capsys):

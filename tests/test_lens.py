@@ -3,12 +3,11 @@ Gemma's soft-capping), word-translation prompts and token sets, script shares, a
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from conftest import build_tiny
+from conftest import run_cli as _cli
 
 
 def _loaded(kind="gemma3", softcap=None):
@@ -130,19 +129,6 @@ def test_translation_method_without_a_run_dir_gives_the_step_numbers(tmp_path):
     assert translate.run.load() is steps.run_translate
 
 
-def _cli(capsys, *args) -> tuple[int, str]:
-    """Run the CLI entry point in this process (as `babelscope ARGS`): (exit code, stderr)."""
-    from babelscope import cli
-
-    capsys.readouterr()  # drop what the test printed before
-    saved = sys.argv
-    sys.argv = ["babelscope", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-    finally:
-        sys.argv = saved
-    return exit_.value.code, capsys.readouterr().err
 
 
 def test_bad_input(tmp_path, tiny_dir, capsys):

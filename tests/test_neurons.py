@@ -3,13 +3,13 @@ reference, the official selection rule, deactivation, resume, the regions overla
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import build_tiny
+from conftest import run_cli as _cli
 
 LANGS = "eng,fra,rus,cmn-Hans"
 
@@ -211,19 +211,6 @@ def test_overlap_with_regions(tmp_path):
             assert 0 <= r["weight_random_active"] <= 1 and 0 < r["weight_p_active"] <= 1
 
 
-def _cli(capsys, *args) -> tuple[int, str]:
-    """Run the CLI entry point in this process (as `babelscope ARGS`): (exit code, stderr)."""
-    from babelscope import cli
-
-    capsys.readouterr()  # drop what the test printed before
-    saved = sys.argv
-    sys.argv = ["babelscope", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-    finally:
-        sys.argv = saved
-    return exit_.value.code, capsys.readouterr().err
 
 
 def test_bad_input(tmp_path, capsys):

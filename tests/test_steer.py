@@ -5,12 +5,12 @@ resume, and bad input."""
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
 
 from conftest import build_tiny
+from conftest import run_cli as _cli
 
 LANGS = "eng,fra,rus,jpn"
 
@@ -193,18 +193,6 @@ def test_steer_step_with_lape_and_resume(tmp_path, monkeypatch):
     assert "Steering the output language of tiny" in html
 
 
-def _cli(capsys, *args):
-    from babelscope import cli
-
-    capsys.readouterr()
-    saved = sys.argv
-    sys.argv = ["babelscope", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-    finally:
-        sys.argv = saved
-    return exit_.value.code, capsys.readouterr().err
 
 
 def test_bad_input(tmp_path, capsys, tiny_dir):
