@@ -11,7 +11,8 @@ agree (float32 activations summed in float64, to 1e-5 of each layer's largest su
 PLND (:func:`babelscope.neurons.plnd.document_importance`): ``‖a_j‖ · ‖W_down[:, j]‖`` for all neurons of a layer
 from one forward, against the naive way: capture each down projection's input, then deactivate its neurons
 ``--chunk`` at a time (copies of the input with one neuron zeroed each) and measure the FFN output's change
-(:func:`babelscope.neurons.plnd.naive_importance`). The importances must agree (1e-3 relative).
+(:func:`babelscope.neurons.plnd.naive_importance`). The importances must agree to 1e-4 of each layer's largest
+importance in each window.
 
 The last line ``ratio X`` is DiffMean's speed over the bare loop's (target >= 1.0 at lower memory); the PLND line
 before it prints naive time / one-pass time.
@@ -124,7 +125,12 @@ def plnd(model, ffns, seqs, pad, chunk: int) -> tuple[float, float, float]:
         for f in ffns:
             slow[d, f.layer] = naive_importance(f, store[f.layer], chunk)
     t_slow = time.perf_counter() - start
-    rel = float(((fast - slow).abs() / slow.abs().clamp_min(1e-6)).max())
+    # per document and layer, relative to the layer's largest importance: the naive way subtracts two float32 FFN
+    # outputs, so its error is a few ulps of the output's norm, whatever the neuron's own importance; a neuron whose
+    # importance is 1e-5 of the output's comes out of the subtraction with a relative error of 1e-2 (measured on
+    # Gemma: element-wise up to 1.3e-3 in the first windows, while the one-pass value stays within 1.7e-6 of the
+    # float64 formula everywhere). Per layer, the two agree to 5e-6.
+    rel = float(((fast - slow).abs().amax(dim=-1) / slow.abs().amax(dim=-1).clamp_min(1e-12)).max())
     return t_fast, t_slow, rel
 
 
@@ -183,11 +189,12 @@ def main() -> int:
         print(f"diffmean {name:5s} {t[name]:7.2f} s  {tokens / t[name]:8.1f} tokens/s  peak RSS "
               f"{memory[name]['peak_mib']:7.0f} MiB (+{extra:.0f} MiB over the loaded model)")
     t_fast, t_slow, diff = plnd(model, ffns, seqs[: args.plnd_docs], pad, args.chunk)
-    if diff > 1e-3:
+    if diff > 1e-4:
         print(f"MISMATCH: PLND importances differ by {diff:.2e} relative")
         return 1
     print(f"plnd one-pass {t_fast:.2f} s  naive (deactivate {args.chunk} neurons at a time) {t_slow:.2f} s  "
-          f"over {min(args.plnd_docs, len(seqs))} windows  max rel diff {diff:.1e}  plnd ratio {t_slow / t_fast:.1f}")
+          f"over {min(args.plnd_docs, len(seqs))} windows  max per-layer rel diff {diff:.1e}  "
+          f"plnd ratio {t_slow / t_fast:.1f}")
     print(f"ratio {t['bare'] / t['ours']:.2f}")
     return 0
 
