@@ -333,16 +333,19 @@ def test_experiment_checked_whole_before_anything_runs(tmp_path, steps, defaults
     assert not (tmp_path / "run").exists()  # nothing ran, nothing was written
 
 
-def test_set_overrides_the_defaults_of_every_step(tmp_path):
+def test_set_overrides_an_option_in_every_step(tmp_path):
     from babelscope.experiment import apply_overrides, load_experiment, plan
 
     path = _experiment(tmp_path, "  - {command: ppl, step: a}\n  - {command: ppl, step: b, window: 16}\n")
     doc = apply_overrides(path, load_experiment(path), ["model=other", "window=32"])
     steps = plan(path, doc)
     assert [s.cfg.model for s in steps] == ["other", "other"]
-    assert [s.cfg.window for s in steps] == [32, 16]  # read as YAML (a number); a step's own option still wins
+    assert [s.cfg.window for s in steps] == [32, 32]  # read as YAML (a number); over a step's own option too
+    assert load_experiment(path)["steps"][1]["window"] == 16  # the file's document is not changed
     with pytest.raises(BabelscopeError, match=r"--set 'model': give KEY=VALUE"):
         apply_overrides(path, load_experiment(path), ["model"])
+    with pytest.raises(BabelscopeError, match=r"--set 'step=c': a step's step is not an option"):
+        apply_overrides(path, load_experiment(path), ["step=c"])
     with pytest.raises(BabelscopeError, match=r"defaults \['modle'\]"):  # the spelling check of defaults
         plan(path, apply_overrides(path, load_experiment(path), ["modle=x"]))
 

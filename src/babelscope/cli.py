@@ -232,8 +232,9 @@ def run_experiment(
         "--run-dir", "-o", help="Run directory (default: the file's run_dir, else runs/<file name>); re-run with "
         "the same one to resume.")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="KEY=VALUE merged into the file's defaults: for every step that has that option (repeat it), "
-        "e.g. --set model=qwen2.5-coder-0.5b -o runs/where-qwen runs the same experiment on another model.")] = None,
+        "--set", help="KEY=VALUE for every step that has that option, over the file's defaults and the steps' own "
+        "values (repeat it), e.g. --set model=qwen2.5-coder-0.5b -o runs/where-qwen runs the same experiment on "
+        "another model, --set samples=256 trains every step longer.")] = None,
 ) -> None:
     """Run an experiment's steps into one run directory (resuming finished ones) and render the report."""
     from babelscope.experiment import run_file

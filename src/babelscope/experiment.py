@@ -90,20 +90,31 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(path: str | Path, doc: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """``doc`` with ``KEY=VALUE`` overrides merged into its ``defaults:`` (VALUE read as YAML, so ``k=0.01`` is a
-    number): the same experiment on another model is ``--set model=qwen2.5-coder-0.5b -o runs/other``."""
+    """``doc`` with ``KEY=VALUE`` overrides (VALUE read as YAML, so ``k=0.01`` is a number) merged into its
+    ``defaults:`` and set in every step that gives that option itself: the command line wins over the file, so
+    ``--set samples=256`` scales every training step and ``--set model=qwen2.5-coder-0.5b -o runs/other`` runs the
+    same experiment on another model. A step without the option is left alone (the defaults' spelling check still
+    names a key that no step has)."""
     if not overrides:
         return doc
     defaults = dict(doc.get("defaults") or {})
+    given: dict[str, Any] = {}
     for item in overrides:
         key, eq, value = item.partition("=")
-        if not eq or not key.strip():
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
             raise BabelscopeError(f"--set {item!r}: give KEY=VALUE, e.g. --set model=qwen2.5-coder-0.5b")
+        if key in ("command", "step"):
+            raise BabelscopeError(f"--set {item!r}: a step's {key} is not an option; edit {path}")
         try:
-            defaults[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+            given[key] = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
             raise BabelscopeError(f"--set {item!r}: the value is not valid YAML; quote it") from None
-    return {**doc, "defaults": defaults}
+    steps = doc.get("steps")
+    if isinstance(steps, list):
+        steps = [{**raw, **{k: v for k, v in given.items() if k in raw}} if isinstance(raw, dict) else raw
+                 for raw in steps]
+    return {**doc, "defaults": {**defaults, **given}, "steps": steps}
 
 
 def experiment_run_dir(path: str | Path, doc: dict[str, Any], run_dir: str | Path | None = None) -> Path:
@@ -187,7 +198,7 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Pat
 
 
 def run_file(path: str | Path, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> Path:
-    """Run every step of the experiment file (``overrides``: ``KEY=VALUE`` merged into its ``defaults:``, see
+    """Run every step of the experiment file (``overrides``: ``KEY=VALUE`` over its defaults and steps' own options, see
     :func:`apply_overrides`); return the rendered report's path."""
     from babelscope.report import render_report
     from babelscope.runs import barrier, check_run_dir, is_main_process
