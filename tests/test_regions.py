@@ -225,7 +225,7 @@ def norm_eps(norm) -> float:
 
 # ------------------------------------------------------------------------------------------------ steps
 def test_steps_end_to_end_resume_and_report(tmp_path, monkeypatch):
-    from babelscope.regions import importance, pipeline
+    from babelscope.regions import ablate, importance, pipeline
     from babelscope.report import render_report
     from babelscope.runs import load_results
     from babelscope.tensorfiles import load_tensors, read_metadata
@@ -257,6 +257,12 @@ def test_steps_end_to_end_resume_and_report(tmp_path, monkeypatch):
     base = {r["lang"]: r["ppl"] for r in abl["tables"]["per_language"]["rows"] if r["region"] == "base"}
     assert all(r["ratio"] == pytest.approx(r["ppl"] / base[r["lang"]])
                for r in abl["tables"]["per_language"]["rows"])
+    def no_model():
+        raise AssertionError("the model loaded before the masks were checked")
+
+    with pytest.raises(BabelscopeError, match=r"top-k0\.1-tensor\.safetensors: no such region; run .* --k 0\.1"):
+        ablate.run(ablate.AblateConfig(k="0.1", scope="tensor"), tmp_path, "ablate-unsaved", no_model)
+    assert not (tmp_path / "ablate-unsaved").exists()  # refused before anything was written
     sel = load_results(tmp_path / "regions-select")
     assert {r["region"] for r in sel["tables"]["per_matrix"]["rows"]} >= {"core", "mono-eng"}
     scan = load_results(tmp_path / "regions-scan")

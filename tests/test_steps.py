@@ -322,6 +322,10 @@ def _experiment(tmp_path, steps: str, defaults: str = "{model: tiny}") -> str:
     ("  - {command: ppl}\n", "{model: tiny, modle: x}", r"defaults \['modle'\]"),
     ("  - {command: ppl, step: ''}\n", "{model: tiny}", "--step ''"),
     ("  - {command: ppl, max_units: -1}\n", "{model: tiny}", "--max-units -1"),
+    ("  - {command: regions-ablate}\n", "{model: tiny}",
+     r"step 1 \(regions-ablate\): .*regions-select/results.json: no results file"),  # and no select step before it
+    ("  - {command: regions-importance}\n  - {command: regions-select}\n  - {command: regions-ablate, mode: melt}\n",
+     "{model: tiny}", r"step 3 \(regions-ablate\): --mode 'melt'"),
     ("  - {command: ppl, step: a}\n  - {command: transfer-table, steps: 'a,b', labels: 'x (1, 2),y'}\n",
      "{model: tiny}", r"step 2 \(transfer-table\): --labels .*3 labels for 2 steps"),
 ])

@@ -28,6 +28,10 @@ def plan_check(cfg: Any, run_dir=None, earlier=()) -> None:
     """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
     if isinstance(cfg, ImportanceConfig):
         importance.plan_check(cfg, run_dir, earlier)
+    elif isinstance(cfg, AblateConfig):
+        ks, scopes, which = ablate_options(cfg)
+        if run_dir is not None and not {"regions-select", "regions"} & set(earlier):  # else written before it runs
+            check_masks(Path(run_dir), cfg.select_step, ks, scopes, which)
 
 
 def run_importance(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded=None) -> dict[str, Any]:
@@ -372,16 +376,12 @@ def ablate_inputs(sr) -> AblateInputs:
     """The options, the select and importance steps' results and the held-out text of each evaluation language
     (the test side of the importance step's split), each checked with a one-line error; and their checksums."""
     from babelscope.data.views import SplitView, language_codes, open_text_corpus
-    from babelscope.regions.apply import REGION_MODES
     from babelscope.runs import Step, load_results, text_sha256
     from babelscope.steps import results_sha256
 
     cfg = sr.cfg
-    ks = select.parse_fractions(cfg.k)
-    scopes = select.parse_choice(cfg.scope, select.SCOPES, "--scope")
-    which = select.parse_choice(cfg.regions, select.WHICH, "--regions")
-    if cfg.mode not in REGION_MODES:
-        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(REGION_MODES)}")
+    ks, scopes, which = ablate_options(cfg)
+    check_masks(sr.run_dir, cfg.select_step, ks, scopes, which)  # every region's mask, before the model loads
     imp_step = load_results(Step(sr.run_dir, cfg.select_step).results_path)["results"]["importance_step"]
     imp_doc = load_results(Step(sr.run_dir, imp_step).results_path)
     imp_cfg = imp_doc["config"]
@@ -393,6 +393,32 @@ def ablate_inputs(sr) -> AblateInputs:
               "importance": results_sha256(sr.run_dir, imp_step)}
     return AblateInputs(ks, scopes, which, imp_cfg, set(imp_doc["results"]["languages"]), corpus, codes, view,
                         inputs)
+
+
+def ablate_options(cfg: AblateConfig) -> tuple[list[float], list[str], list[str]]:
+    """``(ks, scopes, regions)`` of an ablate step, and its mode, each checked with a one-line error."""
+    from babelscope.regions.apply import REGION_MODES
+
+    ks = select.parse_fractions(cfg.k)
+    scopes = select.parse_choice(cfg.scope, select.SCOPES, "--scope")
+    which = select.parse_choice(cfg.regions, select.WHICH, "--regions")
+    if cfg.mode not in REGION_MODES:
+        raise BabelscopeError(f"--mode {cfg.mode!r}: use one of {', '.join(REGION_MODES)}")
+    return ks, scopes, which
+
+
+def check_masks(run_dir: Path, select_step: str, ks: list[float], scopes: list[str], which: list[str]) -> None:
+    """The one-line error naming the first region whose mask the select step did not save (its results first)."""
+    from babelscope.runs import Step, load_results
+
+    load_results(Step(run_dir, select_step).results_path)  # "no results file; run the step first"
+    for scope in scopes:
+        for k in ks:
+            for region in which:
+                path = run_dir / select_step / select.mask_file(region, k, scope)
+                if not path.exists():
+                    raise BabelscopeError(f"{path}: no such region; run `babelscope regions select` with --k {k} "
+                                          f"--scope {scope}")
 
 
 def region_change(sr, region: str, k: float, scope: str, params: dict, checksum: str) -> tuple[Any, tuple]:
