@@ -323,6 +323,27 @@ def test_local_choice_scoring_always_scores_and_picks_the_most_likely(tiny, tmp_
         run(RespondConfig(judge="openai", judge_scoring="choice"), tmp_path, "r2", loaded=lambda: pytest.fail())
 
 
+def test_local_each_scoring_scores_every_criterion_on_its_own(tiny, tmp_path):
+    """``judge_scoring="each"``: every criterion is the argmax of log P(" d" | prompt + "<criterion>:"), with none
+    of the other criteria's scores in its context; a judge of its own identity."""
+    from babelscope.evaluate.judge import CRITERIA, LocalJudge, chat_prompt, judge_messages
+    from babelscope.models.engine import Engine
+
+    model, tok, info = tiny
+    engine = Engine(model, tok, batch_size=4, progress=False, checksum=info.checksum)
+    judge = LocalJudge(engine, scoring="each")
+    messages = judge_messages("Say hi.", "Hi there.", "Hello.")
+    scores = parse_scores(judge(messages))
+    assert scores is not None and set(scores) == set(CRITERIA)
+    prefix = chat_prompt(tok, messages)
+    for crit in CRITERIA:  # recomputed one request at a time, from the bare prompt
+        lls = [engine.loglikelihood([(prefix + f"{crit}:", f" {d}")])[0].logprob for d in range(4)]
+        assert scores[crit] == max(range(4), key=lls.__getitem__)
+    assert len({LocalJudge(engine).identity, LocalJudge(engine, scoring="choice").identity, judge.identity}) == 3
+    with pytest.raises(BabelscopeError, match="--judge-scoring 'each': use generate, or choice / each with"):
+        run(RespondConfig(judge="openai", judge_scoring="each"), tmp_path, "r", loaded=lambda: pytest.fail())
+
+
 def test_judge_by_named_model_is_checked_before_loading(tmp_path):
     """``judge: qwen2.5-coder-1.5b`` (a named model run locally) is accepted; anything else is refused in one line
     that names the choices, before any model loads."""

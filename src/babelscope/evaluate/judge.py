@@ -173,7 +173,9 @@ class LocalJudge:
     is parsed. ``scoring="choice"``: each criterion in turn is the most likely of ``0``-``3`` after
     ``<criterion>:`` (the earlier criteria's chosen lines kept in the prompt), so a small or base model that does
     not follow the reply format still gives five scores (the probability-weighted form is G-Eval's, Liu et al.
-    2023; this keeps the argmax, an integer like the generated scores)."""
+    2023; this keeps the argmax, an integer like the generated scores). ``scoring="each"``: the same choice with
+    every criterion scored on its own, right after the prompt (none of the other criteria's scores in its context:
+    a small judge copies its first digit down the list otherwise); the five share the prompt's forward."""
 
     engine: Any  # babelscope.models.engine.Engine
     name: str = "local"
@@ -189,6 +191,11 @@ class LocalJudge:
         prompt = chat_prompt(self.engine.tokenizer, messages)
         if self.scoring == "generate":
             return self.engine.generate([prompt], self.max_tokens, [], desc="judge")[0]
+        if self.scoring == "each":
+            scored = self.engine.loglikelihood([(f"{prompt}{crit}:", f" {d}") for crit in CRITERIA for d in range(4)],
+                                               desc="judge")
+            return "".join(f"{crit}: {max(range(4), key=lambda d, i=i: scored[4 * i + d].logprob)}\n"
+                           for i, crit in enumerate(CRITERIA))
         reply = ""
         for crit in CRITERIA:
             context = f"{prompt}{reply}{crit}:"

@@ -37,8 +37,9 @@ class RespondConfig:
     timeout: float = opt(60.0, "Seconds per judge request.")
     retries: int = count(4, "Retries on timeouts, connection errors, 429 and 5xx.", minimum=0)
     judge_max_tokens: int = count(64, "Judge reply length cap in tokens.")
-    judge_scoring: str = opt("generate", "Local judge: generate (parse its reply) or choice (each criterion the "
-                             "most likely of 0-3; for small or base judges that ignore the reply format).")
+    judge_scoring: str = opt("generate", "Local judge: generate (parse its reply), choice (each criterion in turn "
+                             "the most likely of 0-3 after the earlier ones; for small or base judges that ignore the "
+                             "reply format) or each (the same, every criterion on its own).")
     pipeline_check: bool = opt(False, "Label results as a pipeline check.")
     batch_size: int = count(4, "Prompts per generation batch.")
     dtype: str = "float32"

@@ -138,8 +138,10 @@ def respond_inputs(cfg: RespondConfig) -> tuple[str, list[dict[str, Any]]]:
                               f"({', '.join(NAMED_MODELS)})")
     if cfg.judge in NAMED_MODELS and cfg.judge_model not in (None, cfg.judge):
         raise BabelscopeError(f"--judge {cfg.judge} and --judge-model {cfg.judge_model}: give one judge model")
-    if cfg.judge_scoring not in ("generate", "choice") or (cfg.judge_scoring == "choice" and kind != "local"):
-        raise BabelscopeError(f"--judge-scoring {cfg.judge_scoring!r}: use generate, or choice with --judge local")
+    if cfg.judge_scoring not in ("generate", "choice", "each") or (cfg.judge_scoring != "generate"
+                                                                     and kind != "local"):
+        raise BabelscopeError(f"--judge-scoring {cfg.judge_scoring!r}: use generate, or choice / each with --judge "
+                              "local")
     if cfg.retries < 0 or cfg.timeout <= 0:
         raise BabelscopeError(f"--retries {cfg.retries} / --timeout {cfg.timeout}: need retries >= 0, timeout > 0")
     items = respond.select_items(respond.read_instructions(cfg.instructions), cfg.langs, cfg.limit)
@@ -177,7 +179,7 @@ def respond_judge(cfg: RespondConfig, kind: str, loaded: tuple) -> tuple[Any, st
         from babelscope.models.loader import model_name
 
         judge_name = f"{info.name if spec == cfg.model else model_name(spec)} (local" + (
-            ", choice scoring)" if cfg.judge_scoring == "choice" else ")")
+            f", {cfg.judge_scoring} scoring)" if cfg.judge_scoring != "generate" else ")")
     else:
         judge_name = f"{cfg.judge_api_model} @ {cfg.judge_url}"
     judge = make_judge(kind, url=cfg.judge_url, api_model=cfg.judge_api_model, api_key_env=cfg.api_key_env,
