@@ -24,6 +24,11 @@ def test_every_command_is_an_object_whose_step_loads():
         assert callable(cmd.run.load()), name
         cls, fn = registry.command(name, commands)
         assert cls is cmd.config and fn is cmd.run.load()
+        assert cmd.check is None or callable(cmd.check.load()), name
+    # the steps with checks that need no model name them in the table (what the planner calls)
+    assert {name for name, cmd in commands.items() if cmd.check} == {
+        "regions-importance", "regions-ablate", "neurons", "neurons-overlap", "transfer-vocab", "transfer-pretrain",
+        "transfer-sft"}
 
 
 def test_the_older_string_form_reads_as_the_same_command():

@@ -28,7 +28,7 @@ class StepFunction:
 
     def load(self) -> Callable[..., Any]:
         """The function; an older name that is itself a ``StepFunction`` (``importance.run``) is followed to the
-        step it names, so the planner finds the ``plan_check`` beside it."""
+        step it names."""
         fn = getattr(importlib.import_module(self.module), self.name)
         return fn.load() if isinstance(fn, StepFunction) else fn
 
@@ -72,12 +72,15 @@ class Results:
 @dataclass(frozen=True)
 class Command:
     """One command: ``name`` (what an experiment file's ``command:`` says), the config dataclass whose fields are
-    its options, the step function that runs it, and the results it writes (each with its report section)."""
+    its options, the step function that runs it, the results it writes (each with its report section) and its
+    ``check``: ``check(cfg, run_dir, earlier_commands)``, the checks that need no model (budgets, masks, lengths),
+    which ``babelscope run`` calls for every step while it plans, before step 1 runs."""
 
     name: str
     config: type
     run: StepFunction
     results: tuple[Results, ...] = ()
+    check: StepFunction | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -17,9 +17,9 @@ that name another step (``responses: respond``, ``store: syntax-extract``) need 
 run directory already.
 
 The whole file is checked before any step runs (unknown commands, options or ``defaults:`` keys, values of the
-wrong type, repeated step names: one line naming the file and step), and so is every step's own ``plan_check``
-(the module of its run function may define ``plan_check(cfg, run_dir, earlier_commands)``: the checks that need
-no model, such as budgets, mask files and sequence lengths against the model's config.json). Finished steps
+wrong type, repeated step names: one line naming the file and step), and so is every step's own check
+(its command's ``check(cfg, run_dir, earlier_commands)`` in the command table: the checks that need no model,
+such as budgets, mask files and sequence lengths against the model's config.json). Finished steps
 (results written with the same config from the same inputs) are skipped, so re-running resumes; a model is
 loaded once and shared by the steps that use it; the report is rendered at the end.
 """
@@ -27,14 +27,13 @@ loaded once and shared by the steps that use it; the report is rendered at the e
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from babelscope.errors import BabelscopeError
-from babelscope.registry import COMMANDS, all_commands, command  # noqa: F401  (COMMANDS: the built-in table)
+from babelscope.registry import COMMANDS, all_commands, command, find  # noqa: F401  (COMMANDS, command: older imports)
 
 #: the keys an experiment file may have at its top level
 KEYS = ("run_dir", "defaults", "steps", "description")
@@ -165,7 +164,8 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Pat
         where = f"{path}: step {i} ({name})"
         try:
             options = substitute_run_dir(options, out)
-            cfg_cls, fn = command(name, commands)
+            cmd = find(name, commands)
+            cfg_cls, fn = cmd.config, cmd.run.load()
             check_step_name(step)
         except BabelscopeError as exc:
             raise BabelscopeError(f"{where}: {exc}") from None
@@ -182,9 +182,8 @@ def plan(path: str | Path, doc: dict[str, Any] | None = None, run_dir: str | Pat
             raise BabelscopeError(f"{where}: unknown option(s) {unknown}; known: {sorted(fields)}")
         try:
             cfg = check_config(cfg_cls(**options))
-            plan_check = getattr(sys.modules.get(getattr(fn, "__module__", ""), None), "plan_check", None)
-            if plan_check is not None:  # the step's checks that need no model (budgets, masks, lengths)
-                plan_check(cfg, out, [s.command for s in steps])
+            if cmd.check is not None:  # the step's checks that need no model (budgets, masks, lengths)
+                cmd.check(cfg, out, [s.command for s in steps])
         except BabelscopeError as exc:
             raise BabelscopeError(f"{where}: {exc}") from None
         steps.append(PlannedStep(i, name, step, cfg, fn))

@@ -56,11 +56,16 @@ def all_commands() -> dict[str, Command]:
     return commands
 
 
-def command(name: str, commands: dict[str, Command] | None = None) -> tuple[type, object]:
-    """``(ConfigClass, run function)`` of an experiment command; a one-line error naming the known ones."""
+def find(name: str, commands: dict[str, Command] | None = None) -> Command:
+    """The experiment command ``name``; a one-line error naming the known ones."""
     commands = commands or all_commands()
     try:
-        cmd = commands[name]
+        return commands[name]
     except KeyError:
         raise BabelscopeError(f"unknown command {name!r}; use one of {', '.join(sorted(commands))}") from None
+
+
+def command(name: str, commands: dict[str, Command] | None = None) -> tuple[type, object]:
+    """``(ConfigClass, run function)`` of an experiment command; a one-line error naming the known ones."""
+    cmd = find(name, commands)
     return cmd.config, cmd.run.load()

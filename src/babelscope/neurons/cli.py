@@ -21,12 +21,14 @@ app = typer.Typer(
 
 #: Experiment commands (``babelscope run EXPERIMENT.yaml``), the objects the command line below mounts too.
 NEURONS = Command("neurons", NeuronsConfig, StepFunction("babelscope.neurons.steps", "run_find"),
-                  (Results("neurons", "neurons:neurons_section"),))
+                  (Results("neurons", "neurons:neurons_section"),),
+                  StepFunction("babelscope.neurons.lape", "plan_check"))
 NEURONS_DEACTIVATE = Command("neurons-deactivate", DeactivateConfig,
                              StepFunction("babelscope.neurons.steps", "run_deactivate"),
                              (Results("neurons-deactivation", "neurons:deactivation_section"),))
 NEURONS_OVERLAP = Command("neurons-overlap", OverlapConfig, StepFunction("babelscope.neurons.steps", "run_overlap"),
-                          (Results("neurons-overlap", "neurons:overlap_section"),))
+                          (Results("neurons-overlap", "neurons:overlap_section"),),
+                          StepFunction("babelscope.neurons.overlap", "plan_check"))
 NEURONS_PLND = Command("neurons-plnd", PlndConfig, StepFunction("babelscope.neurons.steps", "run_plnd"),
                        (Results("neurons-plnd", "neurons:plnd_section"),))
 EXPERIMENT_COMMANDS = command_table(NEURONS, NEURONS_DEACTIVATE, NEURONS_OVERLAP, NEURONS_PLND)

@@ -17,15 +17,6 @@ from babelscope.neurons import deactivate, lape, overlap, plnd
 from babelscope.neurons.configs import DeactivateConfig, NeuronsConfig, OverlapConfig, PlndConfig
 
 
-def plan_check(cfg: Any, run_dir=None, earlier=()) -> list[str] | None:
-    """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
-    if isinstance(cfg, NeuronsConfig):
-        return lape.plan_check(cfg, run_dir, earlier)
-    if isinstance(cfg, OverlapConfig):
-        return overlap.plan_check(cfg, run_dir, earlier)
-    return None
-
-
 # ------------------------------------------------------------------------------------------------- find
 def language_counts(sr, engine, ffns, codes: list[str], texts: dict[str, list]
                     ) -> tuple[list[torch.Tensor], list[int], list[dict]]:

@@ -24,11 +24,12 @@ SCAN_RESULTS = Results("regions-scan", "regions:scan_section")
 REGIONS = Command("regions", RegionsConfig, StepFunction("babelscope.regions.pipeline"),
                   (IMPORTANCE_RESULTS, SELECT_RESULTS, ABLATION_RESULTS, SCAN_RESULTS))  # one step folder each
 REGIONS_IMPORTANCE = Command("regions-importance", ImportanceConfig,
-                             StepFunction("babelscope.regions.steps", "run_importance"), (IMPORTANCE_RESULTS,))
+                             StepFunction("babelscope.regions.steps", "run_importance"), (IMPORTANCE_RESULTS,),
+                             StepFunction("babelscope.regions.importance", "plan_check"))
 REGIONS_SELECT = Command("regions-select", SelectConfig, StepFunction("babelscope.regions.steps", "run_select"),
                          (SELECT_RESULTS,))
 REGIONS_ABLATE = Command("regions-ablate", AblateConfig, StepFunction("babelscope.regions.steps", "run_ablate"),
-                         (ABLATION_RESULTS,))
+                         (ABLATION_RESULTS,), StepFunction("babelscope.regions.steps", "plan_check_ablate"))
 REGIONS_SCAN = Command("regions-scan", ScanConfig, StepFunction("babelscope.regions.steps", "run_scan"),
                        (SCAN_RESULTS,))
 EXPERIMENT_COMMANDS = command_table(REGIONS, REGIONS_IMPORTANCE, REGIONS_SELECT, REGIONS_ABLATE, REGIONS_SCAN)

@@ -1,10 +1,10 @@
 """The regions steps apart from their methods: ``regions importance`` (the method in :mod:`.importance`),
 ``regions select`` (:mod:`.select`), ``regions ablate`` (:mod:`.ablate`) and ``regions scan-dims`` (:mod:`.scan`).
 
-A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
-planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
-provenance, atomic writes, barriers). The importance step also keeps one score file per language in its folder, so
-that a re-run computes only the languages that are missing (:func:`_language_scores`).
+A step checks its options and data before any model loads (its command's ``check`` does the same when an
+experiment is planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest
+(the done check, provenance, atomic writes, barriers). The importance step also keeps one score file per language
+in its folder, so that a re-run computes only the languages that are missing (:func:`_language_scores`).
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ from babelscope.regions.configs import AblateConfig, ImportanceConfig, ScanConfi
 
 
 # ------------------------------------------------------------------------------------------- importance
-def plan_check(cfg: Any, run_dir=None, earlier=()) -> None:
-    """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
-    if isinstance(cfg, ImportanceConfig):
-        importance.plan_check(cfg, run_dir, earlier)
-    elif isinstance(cfg, AblateConfig):
-        ks, scopes, which = ablate_options(cfg)
-        if run_dir is not None and not {"regions-select", "regions"} & set(earlier):  # else written before it runs
-            check_masks(Path(run_dir), cfg.select_step, ks, scopes, which)
-
-
 def run_importance(cfg: ImportanceConfig, run_dir, step: str = "regions-importance", loaded=None) -> dict[str, Any]:
     """The ``babelscope regions importance`` step: per-language scores, then ``importance.safetensors``."""
     from babelscope.data.views import language_codes, open_text_corpus, split_side
@@ -393,6 +383,14 @@ def ablate_inputs(sr) -> AblateInputs:
               "importance": results_sha256(sr.run_dir, imp_step)}
     return AblateInputs(ks, scopes, which, imp_cfg, set(imp_doc["results"]["languages"]), corpus, codes, view,
                         inputs)
+
+
+def plan_check_ablate(cfg: AblateConfig, run_dir=None, earlier=()) -> None:
+    """The ablate step's checks that need no model, run when an experiment is planned: its options, and its masks
+    unless an earlier step of the experiment writes them."""
+    ks, scopes, which = ablate_options(cfg)
+    if run_dir is not None and not {"regions-select", "regions"} & set(earlier):
+        check_masks(Path(run_dir), cfg.select_step, ks, scopes, which)
 
 
 def ablate_options(cfg: AblateConfig) -> tuple[list[float], list[str], list[str]]:

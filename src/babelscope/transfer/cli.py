@@ -24,7 +24,8 @@ EXPERIMENT_COMMANDS: dict[str, Command] = {}
 # ------------------------------------------------------------------------------------------- vocabulary (vocab)
 
 TRANSFER_VOCAB = Command("transfer-vocab", VocabConfig, StepFunction("babelscope.transfer.steps", "run_vocab"),
-                         (Results("vocab", "tokens:vocab_section"),))
+                         (Results("vocab", "tokens:vocab_section"),),
+                         StepFunction("babelscope.transfer.vocab", "plan_check"))
 EXPERIMENT_COMMANDS[TRANSFER_VOCAB.name] = TRANSFER_VOCAB
 
 
@@ -44,7 +45,8 @@ step_command(app, "vocab", TRANSFER_VOCAB, step="vocab", required=("lang", "trai
 # ------------------------------------------------------------------------------------- further pretraining (pretrain)
 TRANSFER_PRETRAIN = Command("transfer-pretrain", PretrainConfig,
                             StepFunction("babelscope.transfer.steps", "run_pretrain"),
-                            (Results("transfer-pretrain", "transfer_pretrain:transfer_pretrain_section"),))
+                            (Results("transfer-pretrain", "transfer_pretrain:transfer_pretrain_section"),),
+                            StepFunction("babelscope.transfer.pretrain", "plan_check"))
 EXPERIMENT_COMMANDS[TRANSFER_PRETRAIN.name] = TRANSFER_PRETRAIN
 
 
@@ -76,7 +78,8 @@ step_command(app, "pretrain", TRANSFER_PRETRAIN, step="transfer-pretrain",
 
 # --------------------------------------------------------------------------------------- instruction tuning (sft)
 TRANSFER_SFT = Command("transfer-sft", SftConfig, StepFunction("babelscope.transfer.steps", "run_sft"),
-                       (Results("sft", "transfer_sft:sft_section"),))
+                       (Results("sft", "transfer_sft:sft_section"),),
+                       StepFunction("babelscope.transfer.steps", "plan_check_sft"))
 EXPERIMENT_COMMANDS[TRANSFER_SFT.name] = TRANSFER_SFT
 TRANSFER_TABLE = Command("transfer-table", StudyTableConfig, StepFunction("babelscope.transfer.study"),
                          (Results("transfer_table", "transfer_sft:table_section"),))

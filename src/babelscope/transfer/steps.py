@@ -2,9 +2,9 @@
 ``pretrain`` (further pretraining, :mod:`.pretrain`) and ``sft`` (instruction tuning, :mod:`.sft`); the training
 loop of both is :mod:`.loop`.
 
-A step checks its options and data before any model loads (``plan_check`` does the same when an experiment is
-planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest (the done check,
-provenance, atomic writes, barriers).
+A step checks its options and data before any model loads (its command's ``check`` does the same when an
+experiment is planned), calls the method and returns its tables; :class:`babelscope.steps.StepRun` does the rest
+(the done check, provenance, atomic writes, barriers).
 """
 
 from __future__ import annotations
@@ -57,16 +57,6 @@ def check_length(cfg: SftConfig, config) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit and cfg.max_length > limit:
         raise BabelscopeError(f"--max-length {cfg.max_length}: over the model's maximum {limit}")
-
-
-def plan_check(cfg: Any, run_dir: Path, earlier=()) -> None:
-    """The checks of a step here that need no model, run when an experiment is planned (by the config's type)."""
-    if isinstance(cfg, VocabConfig):
-        vocab.plan_check(cfg, run_dir, earlier)
-    elif isinstance(cfg, PretrainConfig):
-        pretrain.plan_check(cfg, run_dir, earlier)
-    elif isinstance(cfg, SftConfig):
-        plan_check_sft(cfg, run_dir, earlier)
 
 
 def plan_check_sft(cfg: SftConfig, run_dir: Path, earlier=()) -> None:
