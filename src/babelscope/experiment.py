@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from babelscope.errors import BabelscopeError
-from babelscope.registry import COMMANDS, all_commands, command, find  # noqa: F401  (COMMANDS, command: older imports)
+from babelscope.registry import COMMANDS, all_commands, find  # noqa: F401  (COMMANDS: the built-in table)
 
 #: the keys an experiment file may have at its top level
 KEYS = ("run_dir", "defaults", "steps", "description")

@@ -30,6 +30,9 @@ from babelscope.commands import StepFunction
 from babelscope.errors import BabelscopeError
 from babelscope.regions.configs import SelectConfig  # noqa: F401  (re-exported: the older import path)
 
+#: the experiment commands that write region masks (a later step's mask may not exist yet when it is planned)
+MASK_WRITERS = frozenset({"regions-select", "regions"})
+
 KIND = "regions-select"
 WHICH = ("top", "bottom", "random")
 SCOPES = ("tensor", "global")

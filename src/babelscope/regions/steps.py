@@ -371,8 +371,8 @@ def ablate_inputs(sr) -> AblateInputs:
 
     cfg = sr.cfg
     ks, scopes, which = ablate_options(cfg)
-    check_masks(sr.run_dir, cfg.select_step, ks, scopes, which)  # every region's mask, before the model loads
-    imp_step = load_results(Step(sr.run_dir, cfg.select_step).results_path)["results"]["importance_step"]
+    sel = check_masks(sr.run_dir, cfg.select_step, ks, scopes, which)  # every region's mask, before the model loads
+    imp_step = sel["results"]["importance_step"]
     imp_doc = load_results(Step(sr.run_dir, imp_step).results_path)
     imp_cfg = imp_doc["config"]
     corpus = open_text_corpus(cfg.corpus)
@@ -389,7 +389,7 @@ def plan_check_ablate(cfg: AblateConfig, run_dir=None, earlier=()) -> None:
     """The ablate step's checks that need no model, run when an experiment is planned: its options, and its masks
     unless an earlier step of the experiment writes them."""
     ks, scopes, which = ablate_options(cfg)
-    if run_dir is not None and not {"regions-select", "regions"} & set(earlier):
+    if run_dir is not None and not select.MASK_WRITERS & set(earlier):
         check_masks(Path(run_dir), cfg.select_step, ks, scopes, which)
 
 
@@ -405,11 +405,13 @@ def ablate_options(cfg: AblateConfig) -> tuple[list[float], list[str], list[str]
     return ks, scopes, which
 
 
-def check_masks(run_dir: Path, select_step: str, ks: list[float], scopes: list[str], which: list[str]) -> None:
-    """The one-line error naming the first region whose mask the select step did not save (its results first)."""
+def check_masks(run_dir: Path, select_step: str, ks: list[float], scopes: list[str], which: list[str]
+                ) -> dict[str, Any]:
+    """The select step's results, after the one-line error naming the first region whose mask it did not save
+    (or that it has no results)."""
     from babelscope.runs import Step, load_results
 
-    load_results(Step(run_dir, select_step).results_path)  # "no results file; run the step first"
+    doc = load_results(Step(run_dir, select_step).results_path)  # "no results file; run the step first"
     for scope in scopes:
         for k in ks:
             for region in which:
@@ -417,15 +419,14 @@ def check_masks(run_dir: Path, select_step: str, ks: list[float], scopes: list[s
                 if not path.exists():
                     raise BabelscopeError(f"{path}: no such region; run `babelscope regions select` with --k {k} "
                                           f"--scope {scope}")
+    return doc
 
 
 def region_change(sr, region: str, k: float, scope: str, params: dict, checksum: str) -> tuple[Any, tuple]:
     """The mask of one region saved by the select step, and the change's name (what the changed model's request
     cache is keyed by): the region, the mode and its settings, and the mask file's own checksum."""
     cfg = sr.cfg
-    path = sr.run_dir / cfg.select_step / select.mask_file(region, k, scope)
-    if not path.exists():
-        raise BabelscopeError(f"{path}: no such region; run `babelscope regions select` with --k {k} --scope {scope}")
+    path = sr.run_dir / cfg.select_step / select.mask_file(region, k, scope)  # there: ablate_inputs checked
     mask, meta = select.load_mask(path, params, checksum)
     return mask, (region, k, scope, cfg.mode, cfg.factor, cfg.include_norms, cfg.initial, meta.get("size"),
                   meta.get("importance"), ablate.file_digest(path))  # the selection itself (e.g. --skip-zeros)

@@ -471,10 +471,12 @@ def plan_check(cfg: PretrainConfig, run_dir: Path, earlier: Sequence[str] = ()) 
     check_seq_len(cfg, planning=True)
     ready = model_text_config(cfg.model, planning=True) is not None
     if cfg.freeze_region:
+        from babelscope.regions.select import MASK_WRITERS
+
         try:
             mask_file = mask_path(cfg.freeze_region, run_dir)
         except BabelscopeError:
-            if not {"regions-select", "regions"} & set(earlier):
+            if not MASK_WRITERS & set(earlier):
                 raise
             mask_file = None  # written by an earlier `regions select` (or `regions`) step
         if mask_file is not None:
